@@ -1,0 +1,23 @@
+//! pgveil: a transparent encrypting proxy for PostgreSQL.
+//!
+//! The path of one query: `net` (framing, startup, TLS) → `session` (one connection's
+//! state) → `sql` (analysis into a plan) → `crypto` (keys, envelope, typed values) and
+//! `policy` (roles, masks) → `audit` (records, chain, verify/search/report).
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::dbg_macro,
+    clippy::print_stdout,
+    rust_2018_idioms
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod audit;
+pub mod crypto;
+pub mod policy;
+pub mod schema;
+pub mod sql;
