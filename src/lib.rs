@@ -17,7 +17,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod audit;
+pub mod cli;
+pub mod config;
 pub mod crypto;
+pub mod logging;
+pub mod metrics;
+pub mod net;
+pub mod pgerror;
 pub mod policy;
 pub mod schema;
+pub mod server;
+pub mod session;
 pub mod sql;

@@ -1,1 +1,3 @@
-//! See the module's files.
+//! Who may see what: role resolution, access decisions and masks.
+
+pub mod mask;

@@ -1,0 +1,1097 @@
+//! The configuration file (DESIGN.md "Configuration").
+//!
+//! The file is walked key by key over a span-keeping TOML document instead of being handed to
+//! serde, so that `pgveil check` can report every problem at once, each with its line and
+//! column, rather than stopping at the first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{ImDocument, Item, TableLike, Value};
+
+use crate::policy::mask::MaskKind;
+use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
+
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the configuration file; relative paths are resolved against it.
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub keys: KeysConfig,
+    /// `None` when the file has no `[audit]` section: nothing is audited.
+    pub audit: Option<AuditConfig>,
+    pub policy: PolicyConfig,
+    pub tables: Vec<TableConfig>,
+    pub columns: Vec<ColumnConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: bool,
+    pub metrics_listen: Option<String>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub max_message_size: usize,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    pub auth: AuthMode,
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Passthrough,
+    Scram,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeysConfig {
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    pub scope: AuditScope,
+    pub signing_key_file: PathBuf,
+    pub segment_max_bytes: u64,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditScope {
+    Protected,
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub default_access: Access,
+}
+
+/// What a role may do with a protected column's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Deny,
+    Mask(MaskKind),
+    Plaintext,
+}
+
+impl Access {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "plaintext" => Some(Self::Plaintext),
+            "deny" => Some(Self::Deny),
+            _ => text
+                .strip_prefix("mask:")
+                .and_then(MaskKind::parse)
+                .map(Self::Mask),
+        }
+    }
+
+    /// Ordering for "the most permissive of a session's rules wins".
+    pub fn permissiveness(self) -> u8 {
+        match self {
+            Self::Deny => 0,
+            Self::Mask(_) => 1,
+            Self::Plaintext => 2,
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Deny => f.write_str("deny"),
+            Self::Plaintext => f.write_str("plaintext"),
+            Self::Mask(kind) => write!(f, "mask:{}", kind.name()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    pub name: TableName,
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ColumnConfig {
+    pub column: ProtectedColumn,
+    /// Role name → access, as written.
+    pub access: BTreeMap<String, Access>,
+}
+
+/// One problem found in a configuration file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub location: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// Every problem as its own line, for `pgveil check`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Read { .. } => vec![self.to_string()],
+            Self::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Self::parse(&text, &path.display().to_string(), &base_dir)
+    }
+
+    /// Parses configuration text; `origin` names the file in problem locations.
+    pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let doc = ImDocument::parse(text).map_err(|e| {
+            let at = e
+                .span()
+                .map_or_else(|| origin.to_string(), |s| locate(origin, text, s.start));
+            ConfigError::Invalid(vec![Problem {
+                location: at,
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let mut walker = Walker {
+            origin,
+            text,
+            problems: Vec::new(),
+            base_dir,
+        };
+        let config = walker.document(doc.as_table());
+        if walker.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(walker.problems))
+        }
+    }
+
+    pub fn protected_columns(&self) -> Vec<ProtectedColumn> {
+        self.columns.iter().map(|c| c.column.clone()).collect()
+    }
+
+    pub fn subjects(&self) -> HashMap<TableName, String> {
+        self.tables
+            .iter()
+            .filter_map(|t| t.subject.clone().map(|s| (t.name.clone(), s)))
+            .collect()
+    }
+
+    /// `host:port` of the upstream database.
+    pub fn upstream_addr(&self) -> String {
+        format!("{}:{}", self.upstream.host, self.upstream.port)
+    }
+}
+
+fn locate(origin: &str, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{origin}:{line}:{column}")
+}
+
+struct Walker<'a> {
+    origin: &'a str,
+    text: &'a str,
+    base_dir: &'a Path,
+    problems: Vec<Problem>,
+}
+
+/// Reads one TOML table, remembering which keys were consumed so the rest can be reported.
+struct Section<'t> {
+    name: String,
+    table: &'t dyn TableLike,
+    span: Option<Range<usize>>,
+    seen: HashSet<&'static str>,
+}
+
+impl Walker<'_> {
+    fn problem(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let location = match span {
+            Some(span) => locate(self.origin, self.text, span.start),
+            None => self.origin.to_string(),
+        };
+        self.problems.push(Problem {
+            location,
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, raw: &str) -> PathBuf {
+        let path = PathBuf::from(raw);
+        if path.is_absolute() {
+            path
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn document(&mut self, root: &toml_edit::Table) -> Config {
+        let mut top = Section {
+            name: String::new(),
+            table: root,
+            span: None,
+            seen: HashSet::new(),
+        };
+        let server = self.sub_table(&mut top, "server").map(|mut s| {
+            let c = self.server(&mut s);
+            self.finish(s);
+            c
+        });
+        let upstream = self.sub_table(&mut top, "upstream").map(|mut s| {
+            let c = self.upstream(&mut s);
+            self.finish(s);
+            c
+        });
+        let keys = self.sub_table(&mut top, "keys").map(|mut s| {
+            let c = KeysConfig {
+                master_key_file: self
+                    .opt_str(&mut s, "master_key_file")
+                    .map(|p| self.path(&p)),
+            };
+            self.finish(s);
+            c
+        });
+        let audit = self.sub_table(&mut top, "audit").map(|mut s| {
+            let c = self.audit(&mut s);
+            self.finish(s);
+            c
+        });
+        let policy = self.sub_table(&mut top, "policy").map(|mut s| {
+            let c = self.policy(&mut s);
+            self.finish(s);
+            c
+        });
+        let tables = self.array_of_tables(&mut top, "table", Self::table);
+        let columns = self.array_of_tables(&mut top, "column", Self::column);
+        self.finish(top);
+
+        let mut config = Config {
+            base_dir: self.base_dir.to_path_buf(),
+            server: server.unwrap_or_else(|| self.server(&mut empty_section("server"))),
+            upstream: upstream.unwrap_or_else(|| self.upstream(&mut empty_section("upstream"))),
+            keys: keys.unwrap_or_default(),
+            audit,
+            policy: policy.unwrap_or(PolicyConfig {
+                default_access: Access::Deny,
+            }),
+            tables: tables.into_iter().flatten().collect(),
+            columns: Vec::new(),
+        };
+        config.columns = self.cross_check(&config, columns);
+        config
+    }
+
+    /// Checks that need more than one entry: duplicates, domains, table rules.
+    fn cross_check(
+        &mut self,
+        config: &Config,
+        columns: Vec<Option<(ColumnConfig, Option<Range<usize>>)>>,
+    ) -> Vec<ColumnConfig> {
+        let mut seen_tables = HashSet::new();
+        for table in &config.tables {
+            if !seen_tables.insert(table.name.clone()) {
+                self.problem(None, format!("[[table]] {} is listed twice", table.name));
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut domains: HashMap<String, (LogicalType, String)> = HashMap::new();
+        let mut out = Vec::new();
+        for (column, span) in columns.into_iter().flatten() {
+            let col = &column.column;
+            let name = col.qualified_name();
+            if !seen.insert((col.table.clone(), col.column.clone())) {
+                self.problem(span.clone(), format!("[[column]] {name} is listed twice"));
+            }
+            if let Some(domain) = &col.domain {
+                let family = text_family(col.logical_type);
+                match domains.get(domain) {
+                    Some((ty, first)) if *ty != family => self.problem(
+                        span.clone(),
+                        format!(
+                            "[[column]] {name}: domain \"{domain}\" mixes type {} with {} of {first}",
+                            col.logical_type, ty
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        domains.insert(domain.clone(), (family, name.clone()));
+                    }
+                }
+            }
+            out.push(column);
+        }
+        let needs_key = !out.is_empty();
+        if needs_key
+            && config.keys.master_key_file.is_none()
+            && std::env::var_os("PGVEIL_MASTER_KEY").is_none()
+        {
+            self.problem(
+                None,
+                "[keys]: columns are configured but neither master_key_file nor the environment variable PGVEIL_MASTER_KEY is set",
+            );
+        }
+        for table in &config.tables {
+            if table.subject.is_none() {
+                continue;
+            }
+            if !out.iter().any(|c| c.column.table == table.name) {
+                tracing::debug!(table = %table.name, "subject table has no protected column");
+            }
+        }
+        out
+    }
+
+    fn server(&mut self, s: &mut Section<'_>) -> ServerConfig {
+        let listen = self
+            .opt_str(s, "listen")
+            .unwrap_or_else(|| "127.0.0.1:6432".into());
+        if listen.parse::<SocketAddr>().is_err() {
+            let span = self.span_of(s, "listen");
+            self.problem(
+                span,
+                format!("[server] listen: \"{listen}\" is not an address:port"),
+            );
+        }
+        let tls_cert = self.opt_str(s, "tls_cert").map(|p| self.path(&p));
+        let tls_key = self.opt_str(s, "tls_key").map(|p| self.path(&p));
+        if tls_cert.is_some() != tls_key.is_some() {
+            self.problem(
+                s.span.clone(),
+                "[server]: tls_cert and tls_key must be set together",
+            );
+        }
+        let require_tls = self.opt_bool(s, "require_tls").unwrap_or(false);
+        if require_tls && tls_cert.is_none() {
+            self.problem(
+                s.span.clone(),
+                "[server]: require_tls needs tls_cert and tls_key",
+            );
+        }
+        let metrics_listen = self.opt_str(s, "metrics_listen");
+        if let Some(addr) = &metrics_listen {
+            if addr.parse::<SocketAddr>().is_err() {
+                let span = self.span_of(s, "metrics_listen");
+                self.problem(
+                    span,
+                    format!("[server] metrics_listen: \"{addr}\" is not an address:port"),
+                );
+            }
+        }
+        let log_format = match self
+            .opt_choice(s, "log_format", &["human", "json"])
+            .as_deref()
+        {
+            Some("json") => LogFormat::Json,
+            _ => LogFormat::Human,
+        };
+        let log_level = self
+            .opt_str(s, "log_level")
+            .unwrap_or_else(|| "info".into());
+        let max_message_size = self
+            .opt_int(s, "max_message_size", 1024, i64::from(u32::MAX >> 1))
+            .map_or(DEFAULT_MAX_MESSAGE_SIZE, |v| v as usize);
+        let shutdown_timeout = self
+            .opt_int(s, "shutdown_timeout_secs", 0, 86_400)
+            .map_or(Duration::from_secs(30), |v| Duration::from_secs(v as u64));
+        ServerConfig {
+            listen,
+            tls_cert,
+            tls_key,
+            require_tls,
+            metrics_listen,
+            log_format,
+            log_level,
+            max_message_size,
+            shutdown_timeout,
+        }
+    }
+
+    fn upstream(&mut self, s: &mut Section<'_>) -> UpstreamConfig {
+        let host = self
+            .opt_str(s, "host")
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = self.opt_int(s, "port", 1, 65535).map_or(5432, |p| p as u16);
+        let tls = match self
+            .opt_choice(s, "tls", &["disable", "prefer", "require", "verify-full"])
+            .as_deref()
+        {
+            Some("disable") => UpstreamTls::Disable,
+            Some("require") => UpstreamTls::Require,
+            Some("verify-full") => UpstreamTls::VerifyFull,
+            _ => UpstreamTls::Prefer,
+        };
+        let ca_file = self.opt_str(s, "ca_file").map(|p| self.path(&p));
+        if tls == UpstreamTls::VerifyFull && ca_file.is_none() {
+            let span = self.span_of(s, "tls");
+            self.problem(span, "[upstream] tls = \"verify-full\" needs ca_file");
+        }
+        let auth = match self
+            .opt_choice(s, "auth", &["passthrough", "scram"])
+            .as_deref()
+        {
+            Some("scram") => AuthMode::Scram,
+            _ => AuthMode::Passthrough,
+        };
+        let auth_user = self.opt_str(s, "auth_user");
+        if auth == AuthMode::Scram && auth_user.is_none() {
+            let span = self.span_of(s, "auth");
+            self.problem(span, "[upstream] auth = \"scram\" needs auth_user");
+        }
+        let auth_query = self
+            .opt_str(s, "auth_query")
+            .unwrap_or_else(|| "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into());
+        let connect_timeout = self
+            .opt_int(s, "connect_timeout_secs", 1, 3600)
+            .map_or(Duration::from_secs(10), |v| Duration::from_secs(v as u64));
+        UpstreamConfig {
+            host,
+            port,
+            tls,
+            ca_file,
+            auth,
+            auth_user,
+            auth_query,
+            connect_timeout,
+        }
+    }
+
+    fn audit(&mut self, s: &mut Section<'_>) -> AuditConfig {
+        let dir_raw = self.opt_str(s, "dir").unwrap_or_else(|| "audit".into());
+        let dir = self.path(&dir_raw);
+        let scope = match self
+            .opt_choice(s, "scope", &["protected", "all"])
+            .as_deref()
+        {
+            Some("all") => AuditScope::All,
+            _ => AuditScope::Protected,
+        };
+        let signing_key_file = match self.opt_str(s, "signing_key_file") {
+            Some(p) => self.path(&p),
+            None => {
+                self.problem(s.span.clone(), "[audit]: signing_key_file is required");
+                PathBuf::new()
+            }
+        };
+        let segment_max_bytes = self
+            .opt_int(s, "segment_max_bytes", 4096, i64::MAX)
+            .map_or(64 << 20, |v| v as u64);
+        let checkpoint_every = self
+            .opt_int(s, "checkpoint_every", 1, i64::MAX)
+            .map_or(1000, |v| v as u64);
+        let checkpoint_interval = self
+            .opt_int(s, "checkpoint_interval_secs", 1, 86_400)
+            .map_or(Duration::from_secs(10), |v| Duration::from_secs(v as u64));
+        AuditConfig {
+            dir,
+            scope,
+            signing_key_file,
+            segment_max_bytes,
+            checkpoint_every,
+            checkpoint_interval,
+        }
+    }
+
+    fn policy(&mut self, s: &mut Section<'_>) -> PolicyConfig {
+        let default_access = match self.opt_str(s, "default_access") {
+            None => Access::Deny,
+            Some(text) => match Access::parse(&text) {
+                Some(Access::Mask(MaskKind::Null))
+                | Some(Access::Deny)
+                | Some(Access::Plaintext) => Access::parse(&text).unwrap_or(Access::Deny),
+                Some(Access::Mask(kind)) => {
+                    // A type-specific mask cannot be the default for every column type.
+                    let span = self.span_of(s, "default_access");
+                    self.problem(
+                        span,
+                        format!("[policy] default_access: mask:{} does not apply to every type; use deny, plaintext or mask:null", kind.name()),
+                    );
+                    Access::Deny
+                }
+                None => {
+                    let span = self.span_of(s, "default_access");
+                    self.problem(span, format!("[policy] default_access: unknown access \"{text}\" (expected plaintext, deny or mask:KIND)"));
+                    Access::Deny
+                }
+            },
+        };
+        PolicyConfig { default_access }
+    }
+
+    fn table(&mut self, s: &mut Section<'_>) -> Option<TableConfig> {
+        let raw = self.req_str(s, "name")?;
+        let Some(name) = TableName::parse(&raw) else {
+            let span = self.span_of(s, "name");
+            self.problem(
+                span,
+                format!(
+                    "{}: \"{raw}\" is not a table name (table or schema.table)",
+                    s.name
+                ),
+            );
+            return None;
+        };
+        let subject = self.opt_str(s, "subject");
+        Some(TableConfig { name, subject })
+    }
+
+    fn column(&mut self, s: &mut Section<'_>) -> Option<(ColumnConfig, Option<Range<usize>>)> {
+        let table_raw = self.req_str(s, "table");
+        let column = self.req_str(s, "column");
+        let type_raw = self.req_str(s, "type");
+        let mode_raw = self.req_str(s, "encryption");
+        let domain = self.opt_str(s, "domain");
+        let table = table_raw.as_deref().and_then(|raw| {
+            let parsed = TableName::parse(raw);
+            if parsed.is_none() {
+                let span = self.span_of(s, "table");
+                self.problem(span, format!("{}: \"{raw}\" is not a table name", s.name));
+            }
+            parsed
+        });
+        let label = match (&table, &column) {
+            (Some(t), Some(c)) => format!("[[column]] {t}.{c}"),
+            _ => s.name.clone(),
+        };
+        let logical_type = type_raw.as_deref().and_then(|raw| {
+            let parsed = LogicalType::from_name(raw);
+            if parsed.is_none() {
+                let span = self.span_of(s, "type");
+                let known: Vec<_> = LogicalType::ALL.iter().map(|t| t.name()).collect();
+                self.problem(
+                    span,
+                    format!(
+                        "{label}: unknown type \"{raw}\" (expected one of {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+            parsed
+        });
+        let mode = mode_raw.as_deref().and_then(|raw| match raw {
+            "deterministic" => Some(EncryptionMode::Deterministic),
+            "randomized" => Some(EncryptionMode::Randomized),
+            _ => {
+                let span = self.span_of(s, "encryption");
+                self.problem(span, format!("{label}: unknown encryption \"{raw}\" (expected deterministic or randomized)"));
+                None
+            }
+        });
+        if mode == Some(EncryptionMode::Randomized) && domain.is_some() {
+            let span = self.span_of(s, "domain");
+            self.problem(
+                span,
+                format!("{label}: domain is only allowed on deterministic columns"),
+            );
+        }
+        let access = self.access_rules(s, &label, logical_type);
+        let span = s.span.clone();
+        Some((
+            ColumnConfig {
+                column: ProtectedColumn {
+                    table: table?,
+                    column: column?,
+                    logical_type: logical_type?,
+                    mode: mode?,
+                    domain,
+                },
+                access,
+            },
+            span,
+        ))
+    }
+
+    fn access_rules(
+        &mut self,
+        s: &mut Section<'_>,
+        label: &str,
+        ty: Option<LogicalType>,
+    ) -> BTreeMap<String, Access> {
+        s.seen.insert("access");
+        let mut rules = BTreeMap::new();
+        let Some(item) = s.table.get("access") else {
+            return rules;
+        };
+        let Some(table) = item.as_table_like() else {
+            self.problem(
+                item.span(),
+                format!("{label}: access must be a table of role = \"access\""),
+            );
+            return rules;
+        };
+        for (role, value) in table.iter() {
+            let Some(text) = value.as_str() else {
+                self.problem(
+                    value.span(),
+                    format!("{label}: access for role \"{role}\" must be a string"),
+                );
+                continue;
+            };
+            match Access::parse(text) {
+                Some(Access::Mask(kind)) if ty.is_some_and(|t| !kind.applies_to(t)) => {
+                    let ty = ty.map_or("", LogicalType::name);
+                    self.problem(value.span(), format!("{label}: mask:{} does not apply to type {ty}", kind.name()));
+                }
+                Some(access) => {
+                    rules.insert(role.to_string(), access);
+                }
+                None => self.problem(
+                    value.span(),
+                    format!("{label}: unknown access \"{text}\" for role \"{role}\" (expected plaintext, deny, or mask:null|redact|last4|year|zip3)"),
+                ),
+            }
+        }
+        rules
+    }
+
+    fn sub_table<'t>(
+        &mut self,
+        parent: &mut Section<'t>,
+        key: &'static str,
+    ) -> Option<Section<'t>> {
+        parent.seen.insert(key);
+        let item = parent.table.get(key)?;
+        match item.as_table_like() {
+            Some(table) => Some(Section {
+                name: format!("[{key}]"),
+                table,
+                span: item.span(),
+                seen: HashSet::new(),
+            }),
+            None => {
+                self.problem(item.span(), format!("{key} must be a table ([{key}])"));
+                None
+            }
+        }
+    }
+
+    fn array_of_tables<'t, T>(
+        &mut self,
+        parent: &mut Section<'t>,
+        key: &'static str,
+        read: impl Fn(&mut Self, &mut Section<'t>) -> Option<T>,
+    ) -> Vec<Option<T>> {
+        parent.seen.insert(key);
+        let Some(item) = parent.table.get(key) else {
+            return Vec::new();
+        };
+        let Some(array) = item.as_array_of_tables() else {
+            self.problem(
+                item.span(),
+                format!("{key} must be an array of tables ([[{key}]])"),
+            );
+            return Vec::new();
+        };
+        array
+            .iter()
+            .enumerate()
+            .map(|(i, table)| {
+                let mut section = Section {
+                    name: format!("[[{key}]] #{}", i + 1),
+                    table,
+                    span: table.span(),
+                    seen: HashSet::new(),
+                };
+                let value = read(self, &mut section);
+                self.finish(section);
+                value
+            })
+            .collect()
+    }
+
+    /// Reports every key of the section that no reader consumed.
+    fn finish(&mut self, s: Section<'_>) {
+        for (key, item) in s.table.iter() {
+            if !s.seen.contains(key) {
+                let span = s
+                    .table
+                    .key(key)
+                    .and_then(|k| k.span())
+                    .or_else(|| item.span());
+                let place = if s.name.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} ", s.name)
+                };
+                self.problem(span, format!("{place}unknown key \"{key}\""));
+            }
+        }
+    }
+
+    fn span_of(&self, s: &Section<'_>, key: &str) -> Option<Range<usize>> {
+        s.table
+            .get(key)
+            .and_then(Item::span)
+            .or_else(|| s.span.clone())
+    }
+
+    fn value<'t>(&mut self, s: &mut Section<'t>, key: &'static str) -> Option<&'t Value> {
+        s.seen.insert(key);
+        let item = s.table.get(key)?;
+        match item.as_value() {
+            Some(v) => Some(v),
+            None => {
+                self.problem(
+                    item.span(),
+                    format!("{} {key}: expected a value, found a table", s.name),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_str(&mut self, s: &mut Section<'_>, key: &'static str) -> Option<String> {
+        let value = self.value(s, key)?;
+        match value.as_str() {
+            Some(text) => Some(text.to_string()),
+            None => {
+                self.problem(value.span(), format!("{} {key}: expected a string", s.name));
+                None
+            }
+        }
+    }
+
+    fn req_str(&mut self, s: &mut Section<'_>, key: &'static str) -> Option<String> {
+        let present = s.table.contains_key(key);
+        let value = self.opt_str(s, key);
+        if !present {
+            self.problem(
+                s.span.clone(),
+                format!("{}: missing required key \"{key}\"", s.name),
+            );
+        }
+        value
+    }
+
+    fn opt_bool(&mut self, s: &mut Section<'_>, key: &'static str) -> Option<bool> {
+        let value = self.value(s, key)?;
+        match value.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.problem(
+                    value.span(),
+                    format!("{} {key}: expected true or false", s.name),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_int(
+        &mut self,
+        s: &mut Section<'_>,
+        key: &'static str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
+        let value = self.value(s, key)?;
+        match value.as_integer() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.problem(
+                    value.span(),
+                    format!("{} {key}: {n} is outside {min}..={max}", s.name),
+                );
+                None
+            }
+            None => {
+                self.problem(
+                    value.span(),
+                    format!("{} {key}: expected an integer", s.name),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_choice(
+        &mut self,
+        s: &mut Section<'_>,
+        key: &'static str,
+        choices: &[&str],
+    ) -> Option<String> {
+        let text = self.opt_str(s, key)?;
+        if choices.contains(&text.as_str()) {
+            Some(text)
+        } else {
+            let span = self.span_of(s, key);
+            self.problem(
+                span,
+                format!(
+                    "{} {key}: \"{text}\" is not one of {}",
+                    s.name,
+                    choices.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn empty_section(name: &str) -> Section<'static> {
+    static EMPTY: std::sync::OnceLock<toml_edit::Table> = std::sync::OnceLock::new();
+    Section {
+        name: format!("[{name}]"),
+        table: EMPTY.get_or_init(toml_edit::Table::new),
+        span: None,
+        seen: HashSet::new(),
+    }
+}
+
+/// Text and varchar share one canonical encoding, so they may share a domain.
+fn text_family(ty: LogicalType) -> LogicalType {
+    match ty {
+        LogicalType::Varchar => LogicalType::Text,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "t.toml", Path::new("/etc/pgveil"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.lines(),
+        }
+    }
+
+    const FULL: &str = r#"
+[server]
+listen = "127.0.0.1:6432"
+metrics_listen = "127.0.0.1:9187"
+
+[upstream]
+host = "127.0.0.1"
+port = 5432
+tls = "prefer"
+auth = "passthrough"
+
+[keys]
+master_key_file = "keys/master.key"
+
+[audit]
+dir = "audit"
+scope = "protected"
+signing_key_file = "keys/audit.key"
+
+[policy]
+default_access = "deny"
+
+[[table]]
+name = "public.patients"
+subject = "id"
+
+[[table]]
+name = "visits"
+subject = "patient_id"
+
+[[column]]
+table = "public.patients"
+column = "ssn"
+type = "text"
+encryption = "deterministic"
+access = { clinician = "plaintext", billing = "mask:last4" }
+
+[[column]]
+table = "public.patients"
+column = "birth_date"
+type = "date"
+encryption = "randomized"
+access = { clinician = "plaintext", billing = "mask:year", researcher = "mask:year" }
+"#;
+
+    #[test]
+    fn design_example_parses() {
+        let config = parse(FULL).unwrap();
+        assert_eq!(config.columns.len(), 2);
+        assert_eq!(config.tables[1].name, TableName::new("public", "visits"));
+        assert_eq!(
+            config.keys.master_key_file,
+            Some(PathBuf::from("/etc/pgveil/keys/master.key"))
+        );
+        let ssn = &config.columns[0];
+        assert_eq!(ssn.access["billing"], Access::Mask(MaskKind::Last4));
+        assert_eq!(config.audit.as_ref().unwrap().scope, AuditScope::Protected);
+        assert_eq!(
+            config.server.metrics_listen.as_deref(),
+            Some("127.0.0.1:9187")
+        );
+    }
+
+    #[test]
+    fn minimal_file_is_a_plain_relay() {
+        let config =
+            parse("[server]\nlisten = \"127.0.0.1:7000\"\n[upstream]\nport = 5433\n").unwrap();
+        assert!(config.columns.is_empty());
+        assert!(config.audit.is_none());
+        assert_eq!(config.upstream.tls, UpstreamTls::Prefer);
+        assert_eq!(config.server.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = "[server]\nlisten = \"nope\"\nbogus = 1\n[upstream]\ntls = \"maybe\"\n[[column]]\ntable = \"t\"\ncolumn = \"c\"\ntype = \"txt\"\nencryption = \"randomized\"\ndomain = \"d\"\naccess = { r = \"mask:year\" }\n";
+        let lines = problems(text);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.toml:2:") && l.contains("listen")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.toml:3:") && l.contains("unknown key \"bogus\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.toml:5:") && l.contains("maybe")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("unknown type \"txt\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("domain is only allowed")),
+            "{lines:?}"
+        );
+        assert!(lines.len() >= 5, "{lines:?}");
+    }
+
+    #[test]
+    fn duplicate_columns_and_bad_masks_are_errors() {
+        let col = "[[column]]\ntable = \"p\"\ncolumn = \"c\"\ntype = \"date\"\nencryption = \"deterministic\"\naccess = { a = \"mask:last4\" }\n";
+        let text = format!("[keys]\nmaster_key_file = \"k\"\n{col}{col}");
+        let lines = problems(&text);
+        assert!(
+            lines.iter().any(|l| l.contains("listed twice")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("mask:last4 does not apply to type date")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_location() {
+        let lines = problems("[server\nlisten = 1");
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("t.toml:1:"), "{lines:?}");
+    }
+
+    #[test]
+    fn missing_required_keys_and_wrong_types() {
+        let lines = problems("[keys]\nmaster_key_file = 3\n[[column]]\ntable = \"p\"\n");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("master_key_file: expected a string")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("missing required key \"column\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("missing required key \"type\"")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn domains_must_share_a_type() {
+        let text = "[keys]\nmaster_key_file = \"k\"\n[[column]]\ntable = \"a\"\ncolumn = \"x\"\ntype = \"text\"\nencryption = \"deterministic\"\ndomain = \"d\"\n[[column]]\ntable = \"b\"\ncolumn = \"y\"\ntype = \"varchar\"\nencryption = \"deterministic\"\ndomain = \"d\"\n[[column]]\ntable = \"b\"\ncolumn = \"z\"\ntype = \"int4\"\nencryption = \"deterministic\"\ndomain = \"d\"\n";
+        let lines = problems(text);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("mixes type int4"), "{lines:?}");
+    }
+
+    #[test]
+    fn access_precedence() {
+        assert!(Access::Plaintext.permissiveness() > Access::Mask(MaskKind::Year).permissiveness());
+        assert!(Access::Mask(MaskKind::Null).permissiveness() > Access::Deny.permissiveness());
+        assert_eq!(
+            Access::parse("mask:zip3"),
+            Some(Access::Mask(MaskKind::Zip3))
+        );
+        assert_eq!(Access::parse("mask:"), None);
+    }
+}

@@ -1,0 +1,8 @@
+//! The wire: framing, the startup handshake, TLS, and connections upstream.
+
+pub mod frame;
+pub mod handshake;
+pub mod startup;
+pub mod stream;
+pub mod tls;
+pub mod upstream;

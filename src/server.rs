@@ -1,0 +1,205 @@
+//! The listener: accepts clients, runs their handshake, connects each to the database,
+//! and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::metrics::{self, ErrorKind};
+use crate::net::handshake::{Accepted, Handshake};
+use crate::net::stream::MaybeTls;
+use crate::net::tls::{self, TlsError};
+use crate::net::upstream::{Connector, UpstreamError};
+use crate::pgerror::{sqlstate, PgError};
+use crate::session::{self, SessionConfig};
+
+/// How long a client may take to get from connect to a startup message.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("client TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+struct Proxy {
+    handshake: Handshake,
+    connector: Connector,
+    max_message_size: usize,
+}
+
+/// Serves clients from `listener` until `shutdown` resolves, then stops accepting, lets
+/// busy sessions finish their current work (idle ones are closed at once), and closes
+/// whatever is left after `[server] shutdown_timeout_secs`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let proxy = Arc::new(Proxy {
+        handshake: Handshake::new(server_tls, config.server.require_tls),
+        connector: Connector::new(&config.upstream)?,
+        max_message_size: config.server.max_message_size,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    if let Some(addr) = &config.server.metrics_listen {
+        let metrics_listener =
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+        if let Some(handle) = metrics::install() {
+            tokio::spawn(metrics::serve(metrics_listener, handle, stop_rx.clone()));
+        }
+    }
+    let _ = metrics::get();
+
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, addr)) => {
+                    let proxy = proxy.clone();
+                    let stop = stop_rx.clone();
+                    sessions.spawn(async move { handle_client(tcp, addr, proxy, stop).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+        while sessions.try_join_next().is_some() {}
+    }
+    drop(listener);
+    tracing::info!(
+        sessions = sessions.len(),
+        "shutting down: no longer accepting connections"
+    );
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.server.shutdown_timeout, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            sessions = sessions.len(),
+            "shutdown deadline passed; closing remaining sessions"
+        );
+        sessions.shutdown().await;
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Decrements the open-connections gauge however the session ends.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        let m = metrics::get();
+        m.connections_total.increment(1);
+        m.connections_open.increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::get().connections_open.decrement(1.0);
+    }
+}
+
+async fn handle_client(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    stop: watch::Receiver<bool>,
+) {
+    let _open = OpenConnection::new();
+    let _ = tcp.set_nodelay(true);
+    let accepted = match tokio::time::timeout(STARTUP_TIMEOUT, proxy.handshake.accept(tcp)).await {
+        Ok(accepted) => accepted,
+        Err(_) => {
+            tracing::info!(client = %addr, "client did not complete startup in time");
+            return;
+        }
+    };
+    match accepted {
+        Ok(Accepted::Cancel { pid, secret }) => {
+            if let Err(e) = proxy.connector.cancel(pid, &secret).await {
+                tracing::warn!(client = %addr, error = %e, "could not forward cancel request");
+            }
+        }
+        Ok(Accepted::Session {
+            mut stream,
+            startup,
+        }) => {
+            let upstream = match connect_upstream(&proxy.connector, &startup.raw).await {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    metrics::get().error(ErrorKind::UpstreamConnect);
+                    tracing::error!(client = %addr, error = %e, "cannot reach the database");
+                    let error =
+                        PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("pgveil: {e}"));
+                    let _ = stream.write_all(&error.encode()).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            };
+            tracing::debug!(client = %addr, user = startup.user(), database = startup.database(), "session started");
+            let config = SessionConfig {
+                client_addr: addr,
+                max_message_size: proxy.max_message_size,
+            };
+            session::run(stream, upstream, config, stop).await;
+        }
+        Err((stream, error)) => {
+            let kind = if matches!(error, crate::net::handshake::HandshakeError::Tls(_)) {
+                ErrorKind::Tls
+            } else {
+                ErrorKind::Protocol
+            };
+            metrics::get().error(kind);
+            tracing::info!(client = %addr, error = %error, "startup failed");
+            if let (Some(mut stream), Some(reply)) = (stream, error.client_error()) {
+                let _ = stream.write_all(&reply.encode()).await;
+                let _ = stream.shutdown().await;
+            }
+        }
+    }
+}
+
+async fn connect_upstream(
+    connector: &Connector,
+    startup: &[u8],
+) -> Result<MaybeTls, UpstreamError> {
+    let mut upstream = connector.connect().await?;
+    upstream.write_all(startup).await?;
+    upstream.flush().await?;
+    Ok(upstream)
+}

@@ -1,0 +1,330 @@
+//! One client connection, relayed to its own upstream connection.
+//!
+//! Each direction runs as its own future (polled by one task), so a client that is busy
+//! writing never stalls the rows coming back and vice versa; each direction has its own
+//! backpressure. The two halves share only a small, briefly locked state: the queue of
+//! requests awaiting their ReadyForQuery, and the transaction status.
+
+pub mod relay;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::{self, ErrorKind};
+use crate::net::frame::{read_cstr, FrameError};
+use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
+use crate::pgerror::{sqlstate, PgError};
+use relay::{drain_frames, new_buffer, Action, Outbox};
+
+/// Message types a frontend may send once started; anything else is refused rather than
+/// forwarded, since pgveil cannot know what it would do.
+const FRONTEND_TAGS: &[u8] = b"QPBEDCSHFXdcfp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("invalid frontend message type {0}")]
+    UnknownMessage(u8),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SessionError {
+    fn client_error(&self) -> Option<PgError> {
+        match self {
+            Self::Frame(FrameError::TooLarge { .. }) => Some(PgError::fatal(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                self.to_string(),
+            )),
+            Self::Frame(_) | Self::UnknownMessage(_) => Some(PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                self.to_string(),
+            )),
+            Self::Io(_) => None,
+        }
+    }
+}
+
+pub struct SessionConfig {
+    pub client_addr: SocketAddr,
+    pub max_message_size: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// When each request that will end in ReadyForQuery (Query, Sync, FunctionCall) was sent.
+    awaiting_ready: VecDeque<Instant>,
+    /// Transaction status from the last ReadyForQuery; 0 before the first one.
+    status: u8,
+    client_terminated: bool,
+}
+
+impl Shared {
+    fn idle(&self) -> bool {
+        self.awaiting_ready.is_empty() && self.status == b'I'
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    // A poisoned lock only means the other half panicked; the state is still usable.
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Relays one session until either side ends it or shutdown finds it idle.
+pub async fn run(
+    client: MaybeTls,
+    upstream: MaybeTls,
+    config: SessionConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = upstream.split();
+    let shared = Mutex::new(Shared::default());
+    let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
+
+    let upstream_bound = async {
+        let result = client_to_server(&mut client_read, &mut server_write, &shared, &config).await;
+        if let Err(e) = &result {
+            if let Some(error) = e.client_error() {
+                metrics::get().error(ErrorKind::Protocol);
+                tracing::warn!(client = %config.client_addr, error = %e, "closing client connection");
+                let _ = fatal_tx.send(error).await;
+            }
+        }
+        result
+    };
+    let client_bound = server_to_client(
+        &mut server_read,
+        &mut client_write,
+        &shared,
+        fatal_rx,
+        shutdown,
+        &config,
+    );
+    tokio::pin!(upstream_bound, client_bound);
+    tokio::select! {
+        result = &mut upstream_bound => {
+            if result.is_err() {
+                // Let the other half deliver the FATAL error at a frame boundary.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut client_bound).await;
+            }
+        }
+        _ = &mut client_bound => {}
+    }
+}
+
+async fn client_to_server(
+    reader: &mut ReadHalf,
+    writer: &mut WriteHalf,
+    shared: &Mutex<Shared>,
+    config: &SessionConfig,
+) -> Result<(), SessionError> {
+    let metrics = metrics::get();
+    let mut buf = new_buffer();
+    let mut out = Outbox::default();
+    loop {
+        let n = reader.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        metrics.bytes_from_client.increment(n as u64);
+        let mut terminated = false;
+        drain_frames(&mut buf, config.max_message_size, &mut out, |frame| {
+            match frame[0] {
+                b'Q' | b'S' | b'F' => {
+                    lock(shared).awaiting_ready.push_back(Instant::now());
+                    metrics.queries.increment(1);
+                }
+                b'X' => {
+                    terminated = true;
+                    lock(shared).client_terminated = true;
+                }
+                tag if !FRONTEND_TAGS.contains(&tag) => {
+                    return Err(SessionError::UnknownMessage(tag))
+                }
+                _ => {}
+            }
+            Ok(Action::Forward)
+        })?;
+        out.flush_to(writer.as_mut()).await?;
+        if terminated {
+            return Ok(());
+        }
+    }
+}
+
+async fn server_to_client(
+    reader: &mut ReadHalf,
+    writer: &mut WriteHalf,
+    shared: &Mutex<Shared>,
+    mut fatal: mpsc::Receiver<PgError>,
+    mut shutdown: watch::Receiver<bool>,
+    config: &SessionConfig,
+) -> Result<(), SessionError> {
+    let metrics = metrics::get();
+    let mut buf = new_buffer();
+    let mut out = Outbox::default();
+    let mut upstream_said_fatal = false;
+    let mut shutting_down = shutdown.borrow().to_owned();
+    loop {
+        if shutting_down && lock(shared).idle() {
+            let error = PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection because pgveil is shutting down",
+            );
+            out.push(error.encode());
+            out.flush_to(writer.as_mut()).await?;
+            return Ok(());
+        }
+        let n = tokio::select! {
+            biased;
+            error = fatal.recv() => {
+                if let Some(error) = error {
+                    out.push(error.encode());
+                    out.flush_to(writer.as_mut()).await?;
+                }
+                return Ok(());
+            }
+            changed = shutdown.changed(), if !shutting_down => {
+                // A dropped sender means the server is gone: shut down as well.
+                shutting_down = changed.is_err() || *shutdown.borrow();
+                continue;
+            }
+            n = reader.read_buf(&mut buf) => n,
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(e) if upstream_said_fatal || lock(shared).client_terminated => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(client = %config.client_addr, error = %e, "lost the database connection");
+                0
+            }
+        };
+        if n == 0 {
+            if !upstream_said_fatal && !lock(shared).client_terminated {
+                metrics.error(ErrorKind::UpstreamLost);
+                let error = PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "pgveil: the database connection was lost",
+                );
+                out.push(error.encode());
+                out.flush_to(writer.as_mut()).await?;
+            }
+            return Ok(());
+        }
+        metrics.bytes_from_server.increment(n as u64);
+        drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
+            Ok::<_, SessionError>(match frame[0] {
+                b'Z' => {
+                    let mut state = lock(shared);
+                    if let Some(sent) = state.awaiting_ready.pop_front() {
+                        metrics.query_seconds.record(sent.elapsed().as_secs_f64());
+                    }
+                    state.status = frame.get(5).copied().unwrap_or(b'I');
+                    Action::Forward
+                }
+                b'E' => {
+                    metrics.error(ErrorKind::Database);
+                    upstream_said_fatal |= is_fatal(&frame[5..]);
+                    Action::Forward
+                }
+                b'R' => match without_channel_binding(frame) {
+                    Some(replacement) => Action::Replace(replacement),
+                    None => Action::Forward,
+                },
+                _ => Action::Forward,
+            })
+        })?;
+        out.flush_to(writer.as_mut()).await?;
+    }
+}
+
+fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let mut tail = tail;
+        let Some(value) = read_cstr(&mut tail) else {
+            break;
+        };
+        if field == b'V' || field == b'S' {
+            return value == b"FATAL" || value == b"PANIC";
+        }
+        rest = tail;
+    }
+    false
+}
+
+/// AuthenticationSASL lists the mechanisms the database offers. pgveil terminates the
+/// client's TLS, so channel binding to the database's certificate can never succeed:
+/// `SCRAM-SHA-256-PLUS` is taken off the list.
+fn without_channel_binding(frame: &[u8]) -> Option<Bytes> {
+    const SASL: [u8; 4] = 10u32.to_be_bytes();
+    if frame.len() < 9 || frame[5..9] != SASL {
+        return None;
+    }
+    let mut rest = &frame[9..];
+    let mut kept = Vec::new();
+    let mut removed = false;
+    while let Some(mechanism) = read_cstr(&mut rest) {
+        if mechanism.is_empty() {
+            break;
+        }
+        if mechanism == b"SCRAM-SHA-256-PLUS" {
+            removed = true;
+        } else {
+            kept.push(mechanism);
+        }
+    }
+    if !removed {
+        return None;
+    }
+    let body_len: usize = 4 + 4 + kept.iter().map(|m| m.len() + 1).sum::<usize>() + 1;
+    let mut out = BytesMut::with_capacity(body_len + 1);
+    out.put_u8(b'R');
+    out.put_u32(body_len as u32);
+    out.put_slice(&SASL);
+    for mechanism in kept {
+        out.put_slice(mechanism);
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_binding_is_removed_from_sasl_offers() {
+        let mut frame = vec![b'R'];
+        let body = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+        frame.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        frame.extend_from_slice(body);
+        let out = without_channel_binding(&frame).unwrap();
+        assert_eq!(&out[5..], b"\0\0\0\x0aSCRAM-SHA-256\0\0");
+        assert_eq!(
+            u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize + 1,
+            out.len()
+        );
+        assert!(without_channel_binding(&out).is_none());
+    }
+
+    #[test]
+    fn fatal_errors_are_recognised() {
+        assert!(is_fatal(b"SFATAL\0VFATAL\0C28P01\0\0"));
+        assert!(!is_fatal(b"SERROR\0VERROR\0C42601\0\0"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Moving frames from one side's read buffer to the other side's socket.
+//!
+//! Consecutive frames that pass unchanged leave as one zero-copy slice of the read buffer;
+//! only frames that are replaced or dropped break a run.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::net::frame::{frame_len, FrameError};
+
+/// What to do with one complete frame.
+pub enum Action {
+    Forward,
+    Replace(Bytes),
+    Drop,
+}
+
+/// Frames ready to be written, in order.
+#[derive(Default)]
+pub struct Outbox {
+    chunks: Vec<Bytes>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.chunks.push(bytes);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    pub async fn flush_to<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        for chunk in self.chunks.drain(..) {
+            writer.write_all(&chunk).await?;
+        }
+        writer.flush().await
+    }
+}
+
+/// Runs `decide` over every complete frame at the front of `buf`, moving the result into
+/// `out`. Incomplete trailing bytes stay in `buf`; the buffer grows to fit the next frame.
+pub fn drain_frames<E>(
+    buf: &mut BytesMut,
+    limit: usize,
+    out: &mut Outbox,
+    mut decide: impl FnMut(&[u8]) -> Result<Action, E>,
+) -> Result<(), E>
+where
+    E: From<FrameError>,
+{
+    let mut run = 0;
+    while let Some(len) = frame_len(&buf[run..], limit)? {
+        match decide(&buf[run..run + len])? {
+            Action::Forward => run += len,
+            action => {
+                if run > 0 {
+                    out.push(buf.split_to(run).freeze());
+                    run = 0;
+                }
+                let _ = buf.split_to(len);
+                if let Action::Replace(bytes) = action {
+                    out.push(bytes);
+                }
+            }
+        }
+    }
+    if run > 0 {
+        out.push(buf.split_to(run).freeze());
+    }
+    reserve_for_next(buf);
+    Ok(())
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Makes room for the rest of a partly received frame (its length is known once five bytes
+/// are in), and gives back memory after a large one.
+fn reserve_for_next(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 8 * READ_CHUNK {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+        return;
+    }
+    let wanted = if buf.len() >= 5 {
+        let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        (length + 1).saturating_sub(buf.len()).max(READ_CHUNK / 4)
+    } else {
+        READ_CHUNK / 4
+    };
+    if buf.capacity() - buf.len() < wanted {
+        buf.reserve(wanted.max(READ_CHUNK));
+    }
+}
+
+pub fn new_buffer() -> BytesMut {
+    BytesMut::with_capacity(READ_CHUNK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn forwarded_runs_stay_whole_and_replacements_keep_order() {
+        let mut input = frame(b'T', b"a");
+        input.extend(frame(b'D', b"b"));
+        input.extend(frame(b'C', b"c"));
+        input.extend(&frame(b'Z', b"I")[..3]);
+        let mut buf = BytesMut::from(&input[..]);
+        let mut out = Outbox::default();
+        drain_frames::<FrameError>(&mut buf, 1 << 20, &mut out, |f| {
+            Ok(if f[0] == b'D' {
+                Action::Replace(Bytes::from_static(b"X"))
+            } else {
+                Action::Forward
+            })
+        })
+        .unwrap();
+        let chunks: Vec<&[u8]> = out.chunks.iter().map(|b| &b[..]).collect();
+        assert_eq!(
+            chunks,
+            vec![&frame(b'T', b"a")[..], b"X", &frame(b'C', b"c")[..]]
+        );
+        assert_eq!(&buf[..], &frame(b'Z', b"I")[..3]);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let mut buf = BytesMut::from(&b"Q\x00\x10\x00\x00"[..]);
+        let mut out = Outbox::default();
+        let result = drain_frames::<FrameError>(&mut buf, 1024, &mut out, |_| Ok(Action::Forward));
+        assert!(matches!(result, Err(FrameError::TooLarge { .. })));
+    }
+}
