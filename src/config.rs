@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub log_level: String,
     pub max_message_size: usize,
     pub shutdown_timeout: Duration,
+    /// Session threads; `None`: one per CPU.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,7 +458,9 @@ impl Walker<'_> {
         let shutdown_timeout = self
             .opt_int(s, "shutdown_timeout_secs", 0, 86_400)
             .map_or(Duration::from_secs(30), |v| Duration::from_secs(v as u64));
+        let workers = self.opt_int(s, "workers", 1, 1024).map(|v| v as usize);
         ServerConfig {
+            workers,
             listen,
             tls_cert,
             tls_key,

@@ -36,6 +36,53 @@ pub enum ServeError {
     },
 }
 
+/// Sessions run on per-core current-thread runtimes: every wakeup of a session (its two
+/// sockets and its task) stays on one thread, which on a loaded machine costs far fewer
+/// context switches than a work-stealing pool.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next: usize,
+}
+
+impl Workers {
+    fn start(count: usize) -> std::io::Result<Self> {
+        let mut workers = Workers { handles: Vec::new(), stops: Vec::new(), threads: Vec::new(), next: 0 };
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            workers.handles.push(runtime.handle().clone());
+            workers.stops.push(stop_tx);
+            workers.threads.push(
+                std::thread::Builder::new().name(format!("pgveil-worker-{index}")).spawn(move || {
+                    runtime.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                })?,
+            );
+        }
+        Ok(workers)
+    }
+
+    fn next(&mut self) -> &tokio::runtime::Handle {
+        let handle = &self.handles[self.next % self.handles.len()];
+        self.next = self.next.wrapping_add(1);
+        handle
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 struct Proxy {
     handshake: Handshake,
     connector: Connector,
@@ -75,15 +122,26 @@ pub async fn serve(
     }
     let _ = metrics::get();
 
+    let worker_count = config.server.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    let mut workers = Workers::start(worker_count).map_err(|source| ServeError::Listen { addr: "worker threads".into(), source })?;
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, addr)) => {
+                    // Re-registered with the worker's own I/O driver inside the task.
+                    let Ok(tcp) = tcp.into_std() else { continue };
                     let proxy = proxy.clone();
                     let stop = stop_rx.clone();
-                    sessions.spawn(async move { handle_client(tcp, addr, proxy, stop).await });
+                    sessions.spawn_on(
+                        async move {
+                            if let Ok(tcp) = TcpStream::from_std(tcp) {
+                                handle_client(tcp, addr, proxy, stop).await;
+                            }
+                        },
+                        workers.next(),
+                    );
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -112,6 +170,7 @@ pub async fn serve(
         );
         sessions.shutdown().await;
     }
+    drop(workers);
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -1,0 +1,140 @@
+"""Shared pieces of the benchmarks: a throwaway cluster, pgveil and PgBouncer processes,
+and pgbench runs."""
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+
+
+def as_postgres(cmd):
+    """PostgreSQL and PgBouncer refuse to run as root."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if IS_ROOT else cmd
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_pgveil():
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    return ROOT / "target" / "release" / "pgveil"
+
+
+def server_pid(proc):
+    """The PID doing the work: under `runuser`, its child."""
+    if IS_ROOT and proc.args and proc.args[0] == "runuser":
+        for _ in range(100):
+            try:
+                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            except OSError:
+                children = []
+            if children:
+                return int(children[0])
+            time.sleep(0.02)
+    return proc.pid
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU time of a process and its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class Cluster:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.port = free_port()
+
+    def bin(self, name):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        d = Path(out.stdout.strip()) if out.returncode == 0 else None
+        if not d or not (d / "initdb").exists():
+            d = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+        return str(d / name)
+
+    def start(self, extra_conf=()):
+        subprocess.run([str(ROOT / "scripts" / "local-postgres.sh"), "start", str(self.path), str(self.port), "trust"],
+                       check=True)
+
+    def stop(self):
+        subprocess.run([str(ROOT / "scripts" / "local-postgres.sh"), "stop", str(self.path)], check=False)
+
+    def env(self):
+        env = dict(os.environ)
+        env.update(PGUSER="postgres", PGDATABASE="postgres", PGSSLMODE="disable")
+        return env
+
+    def conn_args(self, port):
+        return ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "postgres"]
+
+    def psql(self, sql, port=None):
+        return subprocess.run([self.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql,
+                               *self.conn_args(port or self.port)],
+                              check=True, capture_output=True, text=True, env=self.env()).stdout
+
+
+def wait_port(port, proc, what):
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start listening on {port}")
+
+
+def start_pgveil(binary, work, port, upstream_port, extra=""):
+    config = Path(work) / f"pgveil-{port}.toml"
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nlog_level = "warn"\n\n'
+        f'[upstream]\nhost = "127.0.0.1"\nport = {upstream_port}\ntls = "disable"\n{extra}'
+    )
+    proc = subprocess.Popen([str(binary), "serve", "--config", str(config)], stderr=open(Path(work) / f"pgveil-{port}.log", "w"))
+    wait_port(port, proc, "pgveil")
+    return proc
+
+
+def start_pgbouncer(work, port, upstream_port):
+    work = Path(work)
+    (work / "userlist.txt").write_text('"postgres" ""\n')
+    ini = work / "pgbouncer.ini"
+    ini.write_text(
+        "[databases]\n"
+        f"postgres = host=127.0.0.1 port={upstream_port} dbname=postgres\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {work / 'userlist.txt'}\n"
+        "pool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 50\n"
+        f"logfile = {work / 'pgbouncer.log'}\n"
+    )
+    if IS_ROOT:
+        subprocess.run(["chown", "-R", "postgres:postgres", str(work)], check=False)
+    binary = "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else "pgbouncer"
+    proc = subprocess.Popen(as_postgres([binary, str(ini)]))
+    wait_port(port, proc, "pgbouncer")
+    return proc
+
+
+def run_pgbench(cluster, port, workload_args, mode, clients, duration, script=None):
+    """Returns (tps, average latency ms, transactions)."""
+    threads = 2 if clients > 1 else 1
+    cmd = [cluster.bin("pgbench"), "-n", "-T", str(duration), "-c", str(clients), "-j", str(threads), "-M", mode,
+           *workload_args, *cluster.conn_args(port)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=cluster.env())
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
+    tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout).group(1))
+    lat = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))
+    txs = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
+    return tps, lat, txs

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test. Installs what the tests need when it is missing (PostgreSQL server
+# binaries, psql, a Python virtualenv with psycopg), so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+have_server() {
+  { command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; } || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+have_server || need_apt+=(postgresql postgresql-contrib)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "missing packages: ${need_apt[*]} (install them, e.g. with sudo apt-get install)" >&2
+    exit 1
+  fi
+fi
+
+# Python clients used by the integration tests.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -c 'import psycopg' 2>/dev/null || .venv/bin/pip install -q 'psycopg[binary]>=3.1'
+export PGVEIL_PYTHON="$PWD/.venv/bin/python"
+
+cargo test --all-targets "$@"
