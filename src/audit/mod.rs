@@ -24,6 +24,9 @@ pub(crate) mod segment;
 pub mod verify;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 pub use record::{
     Access, AuditRecord, Checkpoint, CheckpointReason, ColumnAccess, Outcome, RecordDraft,
     StatementKind, Subjects, GENESIS,

@@ -275,6 +275,26 @@ impl AuditRecord {
             && self.fingerprint.starts_with(MAINTENANCE_PREFIX)
     }
 
+    /// The caller-supplied part of the record.
+    pub fn to_draft(&self) -> RecordDraft {
+        RecordDraft {
+            time: self.time,
+            session: self.session.clone(),
+            client: self.client.clone(),
+            user: self.user.clone(),
+            roles: self.roles.clone(),
+            application: self.application.clone(),
+            kind: self.kind,
+            fingerprint: self.fingerprint.clone(),
+            tables: self.tables.clone(),
+            columns: self.columns.clone(),
+            rows: self.rows,
+            outcome: self.outcome,
+            sqlstate: self.sqlstate.clone(),
+            subjects: self.subjects.clone(),
+        }
+    }
+
     /// Columns whose values (or masks) were returned to the client.
     pub fn read_columns(&self) -> impl Iterator<Item = &ColumnAccess> {
         self.columns.iter().filter(|c| c.access.is_read())

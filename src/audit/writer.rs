@@ -560,7 +560,6 @@ impl Writer {
             if file.set_len(self.durable_len).is_ok() {
                 let _ = file.sync_data();
             }
-            self.counters.failures.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         self.durable_len += buf.len() as u64;
@@ -619,6 +618,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, records = replies.len(), "audit log write failed");
                 for reply in replies {
                     let _ = reply.send(Err(AuditError::Unavailable(e.clone())));
@@ -637,6 +637,7 @@ impl Writer {
             return;
         }
         if let Err(e) = self.commit(&[], Some(reason)) {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, reason = reason.as_str(), "audit checkpoint failed");
             // Try again after another interval.
             self.last_checkpoint = Instant::now();
