@@ -40,10 +40,8 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 
 fn decode_key_text(text: &str) -> Option<Vec<u8>> {
     let t = text.trim();
-    if t.len() % 2 == 0
-        && t.bytes().all(|b| b.is_ascii_hexdigit())
-        && (t.len() == 64 || t.len() == 128)
-    {
+    // Hex of 32 or 64 bytes; base64 of those sizes is 44 or 88 characters.
+    if (t.len() == 64 || t.len() == 128) && t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return hex::decode(t).ok();
     }
     base64::engine::general_purpose::STANDARD.decode(t).ok()

@@ -24,7 +24,11 @@ fn seg(dir: &Path, n: u64) -> PathBuf {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn write_lines(path: &Path, lines: &[String]) {
@@ -47,12 +51,20 @@ fn copy_dir(from: &Path) -> tempfile::TempDir {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn draft_n(i: u64) -> RecordDraft {
-    let mut d = draft(if i % 2 == 0 { "alice" } else { "bob" }, &format!("{}", i % 5));
-    d.time = Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap() + chrono::Duration::seconds(i as i64);
+    let mut d = draft(
+        if i.is_multiple_of(2) { "alice" } else { "bob" },
+        &format!("{}", i % 5),
+    );
+    d.time =
+        Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap() + chrono::Duration::seconds(i as i64);
     d
 }
 
@@ -91,7 +103,10 @@ fn concurrent_appends_group_commit() {
         let mut all = Vec::new();
         for h in handles {
             let seqs = h.await.unwrap();
-            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a task's records are in order");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "a task's records are in order"
+            );
             all.extend(seqs);
         }
         all.sort_unstable();
@@ -99,7 +114,10 @@ fn concurrent_appends_group_commit() {
         assert_eq!(all, expected);
         let stats = log.stats();
         log.shutdown().await;
-        assert!(matches!(log.append(draft_n(0)).await, Err(AuditError::Closed)));
+        assert!(matches!(
+            log.append(draft_n(0)).await,
+            Err(AuditError::Closed)
+        ));
         stats
     });
     assert_eq!(stats.records_written, tasks * per_task);
@@ -132,13 +150,21 @@ fn restart_continues_chain() {
         log.shutdown().await;
     });
     let s = verify(dir.path()).unwrap();
-    assert_eq!((s.segments, s.records, s.last_seq, s.checkpoints), (1, 5, 5, 2));
+    assert_eq!(
+        (s.segments, s.records, s.last_seq, s.checkpoints),
+        (1, 5, 5, 2)
+    );
     // Restart after a crash (no shutdown checkpoint): tail records are unsigned.
     let lines1 = lines(&seg(dir.path(), 1));
     write_lines(&seg(dir.path(), 1), &lines1[..lines1.len() - 1]);
     let s = verify(dir.path()).unwrap();
     assert_eq!(s.unsigned_tail, 2);
-    assert!(s.to_string().contains("2 record(s) after the last checkpoint (seq 3) are chained but not yet signed"), "{s}");
+    assert!(
+        s.to_string().contains(
+            "2 record(s) after the last checkpoint (seq 3) are chained but not yet signed"
+        ),
+        "{s}"
+    );
     rt().block_on(async {
         let log = AuditLog::open(opts(dir.path())).unwrap();
         assert_eq!(log.append(draft_n(6)).await.unwrap(), 6);
@@ -157,7 +183,8 @@ fn torn_final_line_reported_and_repaired() {
         let secret = "SECRET-SSN-123-45-6789";
         let torn: Vec<u8> = match variant {
             // Unterminated partial record.
-            0 => format!("{{\"seq\":5,\"time\":\"2026-01-05T10:00:00Z\",\"user\":\"{secret}").into_bytes(),
+            0 => format!("{{\"seq\":5,\"time\":\"2026-01-05T10:00:00Z\",\"user\":\"{secret}")
+                .into_bytes(),
             // A complete but unparseable line (zero-filled hole, then the rest).
             1 => {
                 let mut v = vec![0u8; 40];
@@ -179,7 +206,10 @@ fn torn_final_line_reported_and_repaired() {
             "variant {variant}"
         );
         // Search skips a torn final line.
-        assert_eq!(search(dir.path(), &SearchFilter::default()).unwrap().len(), 4);
+        assert_eq!(
+            search(dir.path(), &SearchFilter::default()).unwrap().len(),
+            4
+        );
 
         rt().block_on(async {
             let log = AuditLog::open(opts(dir.path())).unwrap();
@@ -190,7 +220,10 @@ fn torn_final_line_reported_and_repaired() {
         let s = verify(dir.path()).unwrap();
         assert_eq!(s.records, 6);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(secret), "the removed content is never logged");
+        assert!(
+            !text.contains(secret),
+            "the removed content is never logged"
+        );
         let all = search(dir.path(), &SearchFilter::default()).unwrap();
         let repair = all.iter().find(|r| r.is_maintenance()).unwrap();
         assert_eq!(repair.seq, 5);
@@ -239,7 +272,10 @@ fn rotation_by_size_and_fixture_is_valid() {
     for k in 1..n {
         let l = lines(&seg(dir.path(), k));
         let last = l.last().unwrap();
-        assert!(last.contains("\"reason\":\"rotate\""), "segment {k} closes with rotate");
+        assert!(
+            last.contains("\"reason\":\"rotate\""),
+            "segment {k} closes with rotate"
+        );
         assert!(last.contains(&format!("\"segment\":{k},")));
         let size = std::fs::metadata(seg(dir.path(), k)).unwrap().len();
         assert!(size < 3000 + 2000, "segment {k} is {size} bytes");
@@ -278,11 +314,19 @@ fn tampering_is_detected() {
     let i = record_line_index(&l, first2 + 1);
     l[i] = l[i].replacen("\"rows\":1,", "\"rows\":2,", 1);
     write_lines(&seg(d.path(), 2), &l);
-    expect_failure(d.path(), 2, Some(first2 + 1), "hash mismatch (record was modified)");
+    expect_failure(
+        d.path(),
+        2,
+        Some(first2 + 1),
+        "hash mismatch (record was modified)",
+    );
     let f = verify(d.path()).unwrap_err();
     assert_eq!(
         f.to_string(),
-        format!("segment-000002.jsonl seq {}: hash mismatch (record was modified)", first2 + 1)
+        format!(
+            "segment-000002.jsonl seq {}: hash mismatch (record was modified)",
+            first2 + 1
+        )
     );
 
     // Deleted record.
@@ -335,21 +379,27 @@ fn tampering_is_detected() {
         write_lines(&seg(d.path(), k), &l);
     }
     let (cp_seg, cp_seq) = first_cp_after.unwrap();
-    expect_failure(d.path(), cp_seg, Some(cp_seq), "checkpoint head does not match");
+    expect_failure(
+        d.path(),
+        cp_seg,
+        Some(cp_seq),
+        "checkpoint head does not match",
+    );
 
     // Edited checkpoint.
     let d = copy_dir(base.path());
     let mut l = seg2.clone();
-    let ci = l.iter().position(|x| x.starts_with("{\"checkpoint\"")).unwrap();
+    let ci = l
+        .iter()
+        .position(|x| x.starts_with("{\"checkpoint\""))
+        .unwrap();
     let cp = match parse_line(l[ci].as_bytes()).unwrap() {
         LogLine::Checkpoint(c) => c,
         LogLine::Record(_) => unreachable!(),
     };
-    l[ci] = l[ci].replacen("\"reason\":\"periodic\"", "\"reason\":\"shutdown\"", 1).replacen(
-        "\"reason\":\"rotate\"",
-        "\"reason\":\"shutdown\"",
-        1,
-    );
+    l[ci] = l[ci]
+        .replacen("\"reason\":\"periodic\"", "\"reason\":\"shutdown\"", 1)
+        .replacen("\"reason\":\"rotate\"", "\"reason\":\"shutdown\"", 1);
     write_lines(&seg(d.path(), 2), &l);
     expect_failure(d.path(), 2, Some(cp.seq), "checkpoint signature invalid");
 
@@ -373,8 +423,11 @@ fn tampering_is_detected() {
     expect_failure(d.path(), 2, Some(first2), "checkpoint signature invalid");
 
     // Wrong public key.
-    let f = verify_dir(base.path(), &SigningKey::from_bytes(&[2u8; 32]).verifying_key())
-        .unwrap_err();
+    let f = verify_dir(
+        base.path(),
+        &SigningKey::from_bytes(&[2u8; 32]).verifying_key(),
+    )
+    .unwrap_err();
     assert!(f.reason.contains("signature invalid"), "{f}");
 
     // First segment removed.
@@ -390,7 +443,12 @@ fn tampering_is_detected() {
     // Last segment removed.
     let d = copy_dir(base.path());
     std::fs::remove_file(seg(d.path(), last)).unwrap();
-    expect_failure(d.path(), last - 1, None, "is missing (last segment removed)");
+    expect_failure(
+        d.path(),
+        last - 1,
+        None,
+        "is missing (last segment removed)",
+    );
 
     // Middle segment removed and the later ones renamed to close the gap.
     let d = copy_dir(base.path());
@@ -406,7 +464,12 @@ fn tampering_is_detected() {
     let mut l = seg2.clone();
     l.pop();
     write_lines(&seg(d.path(), 2), &l);
-    expect_failure(d.path(), 2, None, "does not end with a signed rotate checkpoint");
+    expect_failure(
+        d.path(),
+        2,
+        None,
+        "does not end with a signed rotate checkpoint",
+    );
 
     // Trailing records of a closed segment removed (with its rotate checkpoint kept).
     let d = copy_dir(base.path());
@@ -440,10 +503,17 @@ fn rename_dir_away_fails_closed_and_resumes() {
         assert_eq!(e.sqlstate(), "58030");
         // A new, different directory at the same path is not written either.
         std::fs::create_dir(&dir).unwrap();
-        assert!(matches!(log.append(draft_n(2)).await, Err(AuditError::Unavailable(_))));
+        assert!(matches!(
+            log.append(draft_n(2)).await,
+            Err(AuditError::Unavailable(_))
+        ));
         std::fs::remove_dir(&dir).unwrap();
         std::fs::rename(&moved, &dir).unwrap();
-        assert_eq!(log.append(draft_n(3)).await.unwrap(), 2, "chain resumes after the last durable record");
+        assert_eq!(
+            log.append(draft_n(3)).await.unwrap(),
+            2,
+            "chain resumes after the last durable record"
+        );
         assert!(log.stats().failures >= 2);
         log.shutdown().await;
     });
@@ -459,11 +529,20 @@ fn removed_current_segment_continues_in_a_fresh_one() {
         log.append(draft_n(1)).await.unwrap();
         log.append(draft_n(2)).await.unwrap();
         std::fs::remove_file(seg(dir.path(), 1)).unwrap();
-        assert_eq!(log.append(draft_n(3)).await.unwrap(), 4, "seq 3 is the maintenance record");
+        assert_eq!(
+            log.append(draft_n(3)).await.unwrap(),
+            4,
+            "seq 3 is the maintenance record"
+        );
         log.shutdown().await;
     });
     let all = search(dir.path(), &SearchFilter::default()).unwrap();
-    assert!(all[0].is_maintenance() && all[0].fingerprint.contains("segment-000001.jsonl was removed"));
+    assert!(
+        all[0].is_maintenance()
+            && all[0]
+                .fingerprint
+                .contains("segment-000001.jsonl was removed")
+    );
     // verify reports the lost segment.
     expect_failure(dir.path(), 2, None, "segment-000001.jsonl is missing");
 }
@@ -498,13 +577,23 @@ fn rec(
     d.columns = columns;
     d.outcome = outcome;
     d.kind = kind;
-    d.roles = vec![user.to_string(), if user == "carol" { "billing".into() } else { "clinician".into() }];
+    d.roles = vec![
+        user.to_string(),
+        if user == "carol" {
+            "billing".into()
+        } else {
+            "clinician".into()
+        },
+    ];
     d
 }
 
 fn subj(table: &str, ids: &[&str]) -> Subjects {
     let mut m = BTreeMap::new();
-    m.insert(table.to_string(), ids.iter().map(|s| s.to_string()).collect());
+    m.insert(
+        table.to_string(),
+        ids.iter().map(|s| s.to_string()).collect(),
+    );
     Subjects::Known(m)
 }
 
@@ -515,21 +604,77 @@ fn report_fixture() -> tempfile::TempDir {
     let diag = |a| ColumnAccess::new("clinic.visits.diagnosis", a);
     let drafts = vec![
         // 1: alice reads 17's ssn.
-        rec("alice", 1, subj("public.patients", &["17", "18"]), vec![ssn(Access::Plaintext)], Outcome::Ok, StatementKind::Select),
+        rec(
+            "alice",
+            1,
+            subj("public.patients", &["17", "18"]),
+            vec![ssn(Access::Plaintext)],
+            Outcome::Ok,
+            StatementKind::Select,
+        ),
         // 2: carol reads 17 masked.
-        rec("carol", 2, subj("public.patients", &["17"]), vec![ssn(Access::Masked), bd(Access::Masked)], Outcome::Ok, StatementKind::Select),
+        rec(
+            "carol",
+            2,
+            subj("public.patients", &["17"]),
+            vec![ssn(Access::Masked), bd(Access::Masked)],
+            Outcome::Ok,
+            StatementKind::Select,
+        ),
         // 3: write without RETURNING: not a disclosure.
-        rec("alice", 3, subj("public.patients", &["17"]), vec![ssn(Access::Write)], Outcome::Ok, StatementKind::Update),
+        rec(
+            "alice",
+            3,
+            subj("public.patients", &["17"]),
+            vec![ssn(Access::Write)],
+            Outcome::Ok,
+            StatementKind::Update,
+        ),
         // 4: refused: not a disclosure.
-        rec("carol", 4, subj("public.patients", &["17"]), vec![ssn(Access::Denied)], Outcome::Refused, StatementKind::Select),
+        rec(
+            "carol",
+            4,
+            subj("public.patients", &["17"]),
+            vec![ssn(Access::Denied)],
+            Outcome::Refused,
+            StatementKind::Select,
+        ),
         // 5: subjects unknown on patients.
-        rec("bob", 5, Subjects::Unknown("aggregate without subject column".into()), vec![bd(Access::Plaintext)], Outcome::Ok, StatementKind::Select),
+        rec(
+            "bob",
+            5,
+            Subjects::Unknown("aggregate without subject column".into()),
+            vec![bd(Access::Plaintext)],
+            Outcome::Ok,
+            StatementKind::Select,
+        ),
         // 6: other patient.
-        rec("alice", 6, subj("public.patients", &["99"]), vec![ssn(Access::Plaintext)], Outcome::Ok, StatementKind::Select),
+        rec(
+            "alice",
+            6,
+            subj("public.patients", &["99"]),
+            vec![ssn(Access::Plaintext)],
+            Outcome::Ok,
+            StatementKind::Select,
+        ),
         // 7: other schema table.
-        rec("bob", 7, subj("clinic.visits", &["17"]), vec![diag(Access::Plaintext)], Outcome::Ok, StatementKind::Select),
+        rec(
+            "bob",
+            7,
+            subj("clinic.visits", &["17"]),
+            vec![diag(Access::Plaintext)],
+            Outcome::Ok,
+            StatementKind::Select,
+        ),
         // 8: earlier time, later seq: report orders by time.
-        rec("alice", 0, subj("public.patients", &["17"]), vec![bd(Access::Plaintext)], Outcome::Ok, StatementKind::Select),
+        rec(
+            "alice",
+            0,
+            subj("public.patients", &["17"]),
+            vec![bd(Access::Plaintext)],
+            Outcome::Ok,
+            StatementKind::Select,
+        ),
     ];
     rt().block_on(async {
         let log = AuditLog::open(opts(dir.path())).unwrap();
@@ -555,19 +700,97 @@ fn search_filters() {
     let f = |args: cli::SearchArgs| seqs(&search(p, &cli::build_filter(&args).unwrap()).unwrap());
     let a = cli::SearchArgs::default;
     assert_eq!(f(a()).len(), 8);
-    assert_eq!(f(cli::SearchArgs { user: Some("alice".into()), ..a() }), vec![1, 3, 6, 8]);
-    assert_eq!(f(cli::SearchArgs { role: Some("billing".into()), ..a() }), vec![2, 4]);
-    assert_eq!(f(cli::SearchArgs { table: Some("visits".into()), ..a() }), Vec::<u64>::new());
-    assert_eq!(f(cli::SearchArgs { table: Some("clinic.visits".into()), ..a() }), vec![7]);
-    assert_eq!(f(cli::SearchArgs { table: Some("patients".into()), ..a() }), vec![1, 2, 3, 4, 5, 6, 8]);
-    assert_eq!(f(cli::SearchArgs { column: Some("birth_date".into()), ..a() }), vec![2, 5, 8]);
-    assert_eq!(f(cli::SearchArgs { column: Some("patients.BIRTH_DATE".into()), ..a() }), vec![2, 5, 8]);
-    assert_eq!(f(cli::SearchArgs { column: Some("public.patients.ssn".into()), ..a() }), vec![1, 2, 3, 4, 6]);
-    assert_eq!(f(cli::SearchArgs { column: Some("visits.diagnosis".into()), ..a() }), Vec::<u64>::new());
-    assert_eq!(f(cli::SearchArgs { column: Some("clinic.visits.diagnosis".into()), ..a() }), vec![7]);
-    assert_eq!(f(cli::SearchArgs { subject: Some("patients:17".into()), ..a() }), vec![1, 2, 3, 4, 8]);
-    assert_eq!(f(cli::SearchArgs { subject: Some("public.patients:18".into()), ..a() }), vec![1]);
-    assert_eq!(f(cli::SearchArgs { outcome: Some("refused".into()), ..a() }), vec![4]);
+    assert_eq!(
+        f(cli::SearchArgs {
+            user: Some("alice".into()),
+            ..a()
+        }),
+        vec![1, 3, 6, 8]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            role: Some("billing".into()),
+            ..a()
+        }),
+        vec![2, 4]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            table: Some("visits".into()),
+            ..a()
+        }),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            table: Some("clinic.visits".into()),
+            ..a()
+        }),
+        vec![7]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            table: Some("patients".into()),
+            ..a()
+        }),
+        vec![1, 2, 3, 4, 5, 6, 8]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            column: Some("birth_date".into()),
+            ..a()
+        }),
+        vec![2, 5, 8]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            column: Some("patients.BIRTH_DATE".into()),
+            ..a()
+        }),
+        vec![2, 5, 8]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            column: Some("public.patients.ssn".into()),
+            ..a()
+        }),
+        vec![1, 2, 3, 4, 6]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            column: Some("visits.diagnosis".into()),
+            ..a()
+        }),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            column: Some("clinic.visits.diagnosis".into()),
+            ..a()
+        }),
+        vec![7]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            subject: Some("patients:17".into()),
+            ..a()
+        }),
+        vec![1, 2, 3, 4, 8]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            subject: Some("public.patients:18".into()),
+            ..a()
+        }),
+        vec![1]
+    );
+    assert_eq!(
+        f(cli::SearchArgs {
+            outcome: Some("refused".into()),
+            ..a()
+        }),
+        vec![4]
+    );
     assert_eq!(
         f(cli::SearchArgs {
             since: Some("2026-02-01T09:02:00Z".into()),
@@ -578,23 +801,48 @@ fn search_filters() {
     );
     // Errors are one line.
     for bad in [
-        cli::SearchArgs { since: Some("yesterday".into()), ..a() },
-        cli::SearchArgs { subject: Some("patients".into()), ..a() },
-        cli::SearchArgs { outcome: Some("maybe".into()), ..a() },
-        cli::SearchArgs { column: Some("a.b.c.d".into()), ..a() },
-        cli::SearchArgs { table: Some("a.b.c".into()), ..a() },
+        cli::SearchArgs {
+            since: Some("yesterday".into()),
+            ..a()
+        },
+        cli::SearchArgs {
+            subject: Some("patients".into()),
+            ..a()
+        },
+        cli::SearchArgs {
+            outcome: Some("maybe".into()),
+            ..a()
+        },
+        cli::SearchArgs {
+            column: Some("a.b.c.d".into()),
+            ..a()
+        },
+        cli::SearchArgs {
+            table: Some("a.b.c".into()),
+            ..a()
+        },
     ] {
         let e = cli::build_filter(&bad).unwrap_err();
         assert!(!e.contains('\n') && !e.is_empty(), "{e}");
     }
     // Text and JSON output.
-    let filter = cli::build_filter(&cli::SearchArgs { user: Some("carol".into()), ..a() }).unwrap();
+    let filter = cli::build_filter(&cli::SearchArgs {
+        user: Some("carol".into()),
+        ..a()
+    })
+    .unwrap();
     let mut out = Vec::new();
     assert_eq!(cli::search(p, &filter, true, &mut out).unwrap(), 2);
     let stored = lines(&seg(p, 1));
     let out = String::from_utf8(out).unwrap();
     let got: Vec<&str> = out.lines().collect();
-    assert_eq!(got, vec![stored[record_line_index(&stored, 2)].as_str(), stored[record_line_index(&stored, 4)].as_str()]);
+    assert_eq!(
+        got,
+        vec![
+            stored[record_line_index(&stored, 2)].as_str(),
+            stored[record_line_index(&stored, 4)].as_str()
+        ]
+    );
     let mut out = Vec::new();
     cli::search(p, &filter, false, &mut out).unwrap();
     let out = String::from_utf8(out).unwrap();
@@ -608,22 +856,43 @@ fn report_accounting_of_disclosures() {
     let r = report(dir.path(), ("patients", "17"), None, None).unwrap();
     assert_eq!(r.table, "public.patients");
     let d: Vec<u64> = r.disclosures.iter().map(|e| e.record.seq).collect();
-    assert_eq!(d, vec![2, 1, 8], "newest first; writes and refusals excluded");
+    assert_eq!(
+        d,
+        vec![2, 1, 8],
+        "newest first; writes and refusals excluded"
+    );
     assert_eq!(r.disclosures[0].columns.len(), 2);
     let p: Vec<u64> = r.possible.iter().map(|e| e.record.seq).collect();
     assert_eq!(p, vec![5]);
     let since = cli::parse_time("2026-02-01T09:01:00Z").unwrap();
     let r2 = report(dir.path(), ("public.patients", "17"), Some(since), None).unwrap();
-    assert_eq!(r2.disclosures.iter().map(|e| e.record.seq).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(
+        r2.disclosures
+            .iter()
+            .map(|e| e.record.seq)
+            .collect::<Vec<_>>(),
+        vec![2, 1]
+    );
 
     let subject = cli::parse_subject("patients:17").unwrap();
     let mut out = Vec::new();
-    assert_eq!(cli::report(dir.path(), &subject, None, None, false, &mut out).unwrap(), 3);
+    assert_eq!(
+        cli::report(dir.path(), &subject, None, None, false, &mut out).unwrap(),
+        3
+    );
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("Accounting of disclosures for public.patients id 17 (whole log): 3 disclosure(s), newest first\n"), "{text}");
     assert!(text.contains("user carol  roles carol,billing  from 10.0.0.5:51234  application \"psql\"  select  columns public.patients.ssn (masked),public.patients.birth_date (masked)"), "{text}");
-    assert!(text.contains("1 statement(s) read protected columns of public.patients without recorded subjects"), "{text}");
-    assert!(text.contains("subjects unknown: aggregate without subject column"), "{text}");
+    assert!(
+        text.contains(
+            "1 statement(s) read protected columns of public.patients without recorded subjects"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("subjects unknown: aggregate without subject column"),
+        "{text}"
+    );
     let mut out = Vec::new();
     cli::report(dir.path(), &subject, None, None, true, &mut out).unwrap();
     let json = String::from_utf8(out).unwrap();
@@ -651,7 +920,13 @@ fn records_contain_only_what_the_caller_gave() {
         log.shutdown().await;
     });
     let mut allowed: HashSet<String> = HashSet::new();
-    for s in [&d.session, &d.client, &d.user, &d.application, &d.fingerprint] {
+    for s in [
+        &d.session,
+        &d.client,
+        &d.user,
+        &d.application,
+        &d.fingerprint,
+    ] {
         allowed.insert(s.clone());
     }
     allowed.extend(d.roles.iter().cloned());
@@ -701,16 +976,25 @@ fn cli_verify_and_keys() {
     assert!(!line.contains('\n'));
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pk.to_bytes());
     assert_eq!(cli::parse_public_key(&format!("{b64}\n")).unwrap(), pk);
-    assert_eq!(cli::parse_public_key(&hex::encode(pk.to_bytes())).unwrap(), pk);
+    assert_eq!(
+        cli::parse_public_key(&hex::encode(pk.to_bytes())).unwrap(),
+        pk
+    );
     assert!(cli::parse_public_key("nope").is_err());
     let sk = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key().to_bytes());
     assert_eq!(cli::parse_signing_key(&sk).unwrap().verifying_key(), pk);
-    let pair = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key().to_keypair_bytes());
+    let pair = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        key().to_keypair_bytes(),
+    );
     assert_eq!(cli::parse_signing_key(&pair).unwrap().verifying_key(), pk);
     std::fs::remove_file(seg(dir.path(), 1)).unwrap();
     let (code, line) = cli::verify(dir.path(), &pk);
     assert_eq!(code, 1);
-    assert!(line.starts_with("audit log verification failed: segment-000002.jsonl: "), "{line}");
+    assert!(
+        line.starts_with("audit log verification failed: segment-000002.jsonl: "),
+        "{line}"
+    );
     let (code, _) = cli::verify(&dir.path().join("missing"), &pk);
     assert_eq!(code, 1);
 }

@@ -154,14 +154,16 @@ pub fn verify_dir(dir: &Path, key: &VerifyingKey) -> Result<VerifySummary, Verif
                     ),
                 ))
             }
-            Some(p) if !prev_closed_by_rotate => return Err(fail(
-                segment_name(p),
-                None,
-                format!(
+            Some(p) if !prev_closed_by_rotate => {
+                return Err(fail(
+                    segment_name(p),
+                    None,
+                    format!(
                     "segment does not end with a signed rotate checkpoint although {name} follows \
                          (closing checkpoint or the segment's end removed)"
                 ),
-            )),
+                ))
+            }
             _ => {}
         }
         prev_num = Some(*num);
