@@ -100,6 +100,15 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> (i32, String) {
     }
 }
 
+/// `audit verify --dir DIR --public-key FILE`: like [`verify`]; exit code 2 when the key
+/// file cannot be read or parsed.
+pub fn verify_with_key_file(dir: &Path, public_key_file: &Path) -> (i32, String) {
+    match load_public_key(public_key_file) {
+        Ok(key) => verify(dir, &key),
+        Err(e) => (2, e),
+    }
+}
+
 /// Raw `audit search` arguments as given on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct SearchArgs {

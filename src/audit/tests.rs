@@ -120,6 +120,7 @@ fn concurrent_appends_group_commit() {
         ));
         stats
     });
+    eprintln!("group commit: {stats:?}");
     assert_eq!(stats.records_written, tasks * per_task);
     assert_eq!(stats.last_seq, tasks * per_task);
     assert!(
@@ -997,4 +998,131 @@ fn cli_verify_and_keys() {
     );
     let (code, _) = cli::verify(&dir.path().join("missing"), &pk);
     assert_eq!(code, 1);
+    let key_file = dir.path().join("audit.pub");
+    std::fs::write(&key_file, format!("{b64}\n")).unwrap();
+    let (code, line) = cli::verify_with_key_file(dir.path(), &key_file);
+    assert_eq!(code, 1, "{line}");
+    let (code, line) = cli::verify_with_key_file(dir.path(), &dir.path().join("nope.pub"));
+    assert_eq!(code, 2);
+    assert!(line.starts_with("cannot read public key "), "{line}");
+}
+
+#[test]
+fn audit_log_is_send_sync_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<AuditLog>();
+}
+
+#[test]
+fn restart_completes_an_interrupted_rotation() {
+    // Crash after the next segment was created but before the rotate checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 3, AuditOptions::DEFAULT_SEGMENT_MAX_BYTES, 1000);
+    let l = lines(&seg(dir.path(), 1));
+    write_lines(&seg(dir.path(), 1), &l[..l.len() - 1]);
+    std::fs::write(seg(dir.path(), 2), b"").unwrap();
+    expect_failure(
+        dir.path(),
+        1,
+        None,
+        "does not end with a signed rotate checkpoint",
+    );
+    rt().block_on(async {
+        let log = AuditLog::open(opts(dir.path())).unwrap();
+        assert_eq!(log.append(draft_n(4)).await.unwrap(), 4);
+        log.shutdown().await;
+    });
+    let s = verify(dir.path()).unwrap();
+    assert_eq!((s.segments, s.records), (2, 4));
+    assert!(lines(&seg(dir.path(), 2))[0].starts_with("{\"seq\":4,"));
+
+    // A rotate checkpoint whose (empty) successor is gone: the restart creates it.
+    std::fs::remove_file(seg(dir.path(), 2)).unwrap();
+    let l = lines(&seg(dir.path(), 1));
+    assert!(l.last().unwrap().contains("\"reason\":\"rotate\""));
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(seg(dir.path(), 1), seg(d.path(), 1)).unwrap();
+    expect_failure(
+        d.path(),
+        1,
+        None,
+        "segment-000002.jsonl is missing (last segment removed)",
+    );
+    rt().block_on(async {
+        let log = AuditLog::open(opts(d.path())).unwrap();
+        assert_eq!(log.append(draft_n(4)).await.unwrap(), 4);
+        log.shutdown().await;
+    });
+    assert_eq!(verify(d.path()).unwrap().records, 4);
+}
+
+#[test]
+fn truncated_current_segment_continues_in_a_fresh_one() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let log = AuditLog::open(opts(dir.path())).unwrap();
+        log.append(draft_n(1)).await.unwrap();
+        log.append(draft_n(2)).await.unwrap();
+        let l = lines(&seg(dir.path(), 1));
+        write_lines(&seg(dir.path(), 1), &l[..1]);
+        assert_eq!(log.append(draft_n(3)).await.unwrap(), 4);
+        log.shutdown().await;
+    });
+    let l2 = lines(&seg(dir.path(), 2));
+    assert!(l2[0].contains("pgveil:segment-lost segment-000001.jsonl shrank from"));
+    // The shrunk segment lacks its record 2 and its closing checkpoint.
+    let f = verify(dir.path()).unwrap_err();
+    assert_eq!(f.segment, "segment-000001.jsonl", "{f}");
+}
+
+#[test]
+fn concurrent_appends_with_rotation_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut o = opts(dir.path());
+        o.segment_max_bytes = 4000;
+        o.checkpoint_every = 7;
+        let log = AuditLog::open(o).unwrap();
+        let mut handles = Vec::new();
+        for t in 0..16u64 {
+            let log = log.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..20u64 {
+                    log.append(draft_n(t * 100 + i)).await.unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        log.shutdown().await;
+    });
+    let s = verify(dir.path()).unwrap();
+    assert_eq!(s.records, 320);
+    assert!(s.segments > 10, "{s}");
+    assert_eq!(s.unsigned_tail, 0);
+}
+
+#[test]
+fn leftover_of_a_failed_write_is_cut_before_the_next_batch() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let log = AuditLog::open(opts(dir.path())).unwrap();
+        log.append(draft_n(1)).await.unwrap();
+        // What a write that failed half-way (and could not be truncated) leaves behind.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(seg(dir.path(), 1))
+            .unwrap();
+        f.write_all(b"{\"seq\":2,\"time\":\"2026").unwrap();
+        drop(f);
+        assert_eq!(log.append(draft_n(2)).await.unwrap(), 2);
+        log.shutdown().await;
+    });
+    let s = verify(dir.path()).unwrap();
+    assert_eq!(s.records, 2);
+    assert!(!std::fs::read_to_string(seg(dir.path(), 1))
+        .unwrap()
+        .contains("\"time\":\"2026{"));
 }

@@ -580,11 +580,16 @@ impl Writer {
         Ok(seqs)
     }
 
-    /// Closes the current segment with a `rotate` checkpoint after creating the next one.
+    /// Closes the current segment with a `rotate` checkpoint after creating the next one, so
+    /// that a crash in between never leaves a `rotate` without its successor.
     fn rotate(&mut self) -> Result<(), String> {
-        self.check_dir()?;
-        let next = self.current + 1;
-        let next_path = self.path(next);
+        // Handles a vanished or shrunk segment first; a fresh segment needs no rotation.
+        drop(self.open_current()?);
+        if !self.needs_rotation() {
+            return Ok(());
+        }
+        let before = self.current;
+        let next_path = self.path(before + 1);
         OpenOptions::new()
             .write(true)
             .create(true)
@@ -593,9 +598,12 @@ impl Writer {
             .map_err(|e| format!("cannot create {}: {e}", next_path.display()))?;
         sync_dir(&self.dir).map_err(|e| format!("cannot sync {}: {e}", self.dir.display()))?;
         self.commit(&[], Some(CheckpointReason::Rotate))?;
-        self.current = next;
+        // Normally `closed == before`; if the segment vanished during the commit, the
+        // checkpoint went to the fresh segment, whose successor is created on the next write.
+        let closed = self.current;
+        self.current = closed + 1;
         self.durable_len = 0;
-        self.dir_synced = true;
+        self.dir_synced = closed == before;
         Ok(())
     }
 
