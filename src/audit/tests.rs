@@ -1126,3 +1126,19 @@ fn leftover_of_a_failed_write_is_cut_before_the_next_batch() {
         .unwrap()
         .contains("\"time\":\"2026{"));
 }
+
+#[test]
+fn one_writer_per_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let log = AuditLog::open(opts(dir.path())).unwrap();
+        let e = AuditLog::open(opts(dir.path())).unwrap_err();
+        assert!(
+            e.to_string().contains("in use by another audit writer"),
+            "{e}"
+        );
+        log.shutdown().await;
+        let again = AuditLog::open(opts(dir.path())).unwrap();
+        again.shutdown().await;
+    });
+}

@@ -38,6 +38,13 @@ pub struct VerifySummary {
     pub unsigned_tail: u64,
 }
 
+impl VerifySummary {
+    /// Whether records follow the last signed checkpoint (chained, not yet signed).
+    pub fn has_unsigned_tail(&self) -> bool {
+        self.unsigned_tail > 0
+    }
+}
+
 impl fmt::Display for VerifySummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.records == 0 {

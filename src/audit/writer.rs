@@ -136,6 +136,7 @@ impl AuditLog {
         std::fs::create_dir_all(&dir).map_err(|e| {
             AuditError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
+        let lock = lock_dir(&dir)?;
         let dir_id = dir_identity(&dir)
             .map_err(|e| AuditError::Unavailable(format!("cannot stat {}: {e}", dir.display())))?;
         let counters = Arc::new(Counters::default());
@@ -155,6 +156,7 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             pending_events: Vec::new(),
             counters: counters.clone(),
+            lock: Some(lock),
         };
         writer.recover()?;
         counters.last_seq.store(writer.last_seq, Ordering::Relaxed);
@@ -197,6 +199,30 @@ impl AuditLog {
             failures: c.failures.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Name of the lock file in the audit directory (not a segment; ignored by verify).
+pub const LOCK_FILE: &str = "writer.lock";
+
+fn lock_dir(dir: &Path) -> Result<File, AuditError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| AuditError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Unavailable(format!(
+            "{} is in use by another audit writer",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -314,6 +340,8 @@ struct Writer {
     /// Maintenance events to be written, as chained records, with the next write.
     pending_events: Vec<String>,
     counters: Arc<Counters>,
+    /// Held (flock) while the writer runs, so two processes never append to one log.
+    lock: Option<File>,
 }
 
 /// Whether a line is a `rotate` checkpoint.
@@ -688,6 +716,8 @@ impl Writer {
             }
             if let Some(reply) = shutdown {
                 self.checkpoint(CheckpointReason::Shutdown);
+                // Release the lock before answering, so a new writer can open at once.
+                drop(self.lock.take());
                 let _ = reply.send(());
                 return;
             }
