@@ -203,21 +203,32 @@ impl Subjects {
 /// without literals; the audit module stores exactly what it is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordDraft {
+    /// When the statement ran (stored in UTC with microseconds).
     pub time: DateTime<Utc>,
+    /// Session identifier chosen by the proxy.
     pub session: String,
     /// `address:port` of the client.
     pub client: String,
+    /// Session user.
     pub user: String,
+    /// The session's roles (the user and every role it is a member of).
     pub roles: Vec<String>,
+    /// `application_name` of the session.
     pub application: String,
     pub kind: StatementKind,
+    /// Normalized statement text without literals (the caller's responsibility).
     pub fingerprint: String,
-    /// `schema.table` names.
+    /// `schema.table` names of the tables the statement touches.
     pub tables: Vec<String>,
+    /// Protected columns touched, with the access applied.
     pub columns: Vec<ColumnAccess>,
+    /// Rows returned (or affected, for writes without RETURNING).
     pub rows: u64,
     pub outcome: Outcome,
+    /// SQLSTATE of an error or refusal.
     pub sqlstate: Option<String>,
+    /// Subject ids (values of each table's configured subject column, as text) or why they
+    /// are unknown.
     pub subjects: Subjects,
 }
 

@@ -1142,3 +1142,40 @@ fn one_writer_per_directory() {
         again.shutdown().await;
     });
 }
+
+/// `cargo test --lib audit::tests::bench_group_commit -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let log = AuditLog::open(opts(dir.path())).unwrap();
+        let start = std::time::Instant::now();
+        let stop = start + Duration::from_secs(3);
+        let mut handles = Vec::new();
+        for t in 0..256u64 {
+            let log = log.clone();
+            handles.push(tokio::spawn(async move {
+                let mut i = 0;
+                while std::time::Instant::now() < stop {
+                    log.append(draft_n(t * 1_000_000 + i)).await.unwrap();
+                    i += 1;
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let s = log.stats();
+        eprintln!(
+            "{:.0} records/s, {:.0} fsyncs/s ({} records, {} fsyncs, {:.1} records per fsync)",
+            s.records_written as f64 / secs,
+            s.fsyncs as f64 / secs,
+            s.records_written,
+            s.fsyncs,
+            s.records_written as f64 / s.fsyncs.max(1) as f64
+        );
+        log.shutdown().await;
+    });
+}

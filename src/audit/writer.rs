@@ -16,6 +16,17 @@
 //! moves on to a fresh segment and the first record there is a chained maintenance record
 //! saying so; `verify` will still report the damaged segment.
 //!
+//! Use from a session:
+//!
+//! ```text
+//! let log = AuditLog::open(AuditOptions::new(dir, signing_key))?;   // once, at start
+//! match log.append(draft).await {                                    // per statement
+//!     Ok(_seq) => { /* durable: release the rows */ }
+//!     Err(e) => { /* refuse with SQLSTATE e.sqlstate() == "58030" */ }
+//! }
+//! log.shutdown().await;                                              // at exit
+//! ```
+//!
 //! Restart: the writer continues the newest segment, reading the last seq and hash from its
 //! tail (or the previous segment's, if the newest is empty). A torn final line (not
 //! newline-terminated, or the last line unparseable) is removed at open and a chained
