@@ -24,19 +24,33 @@ pub const AUDIT_PUB_FILE: &str = "audit.pub";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("no master key: set [keys] master_key_file or the environment variable PGVEIL_MASTER_KEY")]
+    #[error(
+        "no master key: set [keys] master_key_file or the environment variable PGVEIL_MASTER_KEY"
+    )]
     NoMasterKey,
     #[error("{what} {} does not exist", path.display())]
     Missing { what: &'static str, path: PathBuf },
     #[error("{what} {} cannot be read: {reason}", path.display())]
-    Unreadable { what: &'static str, path: PathBuf, reason: String },
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{what} {} is accessible by group or others (mode {mode:04o}); chmod 600 it", path.display())]
-    Permissions { what: &'static str, path: PathBuf, mode: u32 },
+    Permissions {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
     /// `source` is a file path or the environment variable's name.
     #[error("{source_name} is not valid base64")]
     NotBase64 { source_name: String },
     #[error("{source_name} must hold exactly {expected} bytes (base64), it holds {actual}")]
-    WrongLength { source_name: String, expected: usize, actual: usize },
+    WrongLength {
+        source_name: String,
+        expected: usize,
+        actual: usize,
+    },
     #[error("{what} {} is not a valid Ed25519 public key", path.display())]
     InvalidPublicKey { what: &'static str, path: PathBuf },
     #[error("{} already exists; refusing to overwrite key files", path.display())]
@@ -98,7 +112,11 @@ fn read_secret_file(what: &'static str, path: &Path) -> Result<Zeroizing<String>
     })?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::Permissions { what, path: path.to_path_buf(), mode });
+        return Err(KeyError::Permissions {
+            what,
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     read_all(what, path, &mut file)
 }
@@ -106,32 +124,50 @@ fn read_secret_file(what: &'static str, path: &Path) -> Result<Zeroizing<String>
 fn open_for_read(what: &'static str, path: &Path) -> Result<File, KeyError> {
     File::open(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            KeyError::Missing { what, path: path.to_path_buf() }
+            KeyError::Missing {
+                what,
+                path: path.to_path_buf(),
+            }
         } else {
-            KeyError::Unreadable { what, path: path.to_path_buf(), reason: io_reason(&e) }
+            KeyError::Unreadable {
+                what,
+                path: path.to_path_buf(),
+                reason: io_reason(&e),
+            }
         }
     })
 }
 
-fn read_all(what: &'static str, path: &Path, file: &mut File) -> Result<Zeroizing<String>, KeyError> {
+fn read_all(
+    what: &'static str,
+    path: &Path,
+    file: &mut File,
+) -> Result<Zeroizing<String>, KeyError> {
     let mut raw = Zeroizing::new(Vec::new());
     // A key file is a few dozen bytes; refuse to slurp something huge.
-    file.take(64 * 1024).read_to_end(&mut raw).map_err(|e| KeyError::Unreadable {
-        what,
-        path: path.to_path_buf(),
-        reason: io_reason(&e),
-    })?;
+    file.take(64 * 1024)
+        .read_to_end(&mut raw)
+        .map_err(|e| KeyError::Unreadable {
+            what,
+            path: path.to_path_buf(),
+            reason: io_reason(&e),
+        })?;
     match std::str::from_utf8(&raw) {
         Ok(s) => Ok(Zeroizing::new(s.to_string())),
-        Err(_) => Err(KeyError::NotBase64 { source_name: format!("{what} {}", path.display()) }),
+        Err(_) => Err(KeyError::NotBase64 {
+            source_name: format!("{what} {}", path.display()),
+        }),
     }
 }
 
 fn decode_key(text: &str, source_name: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
-    let decoded = Zeroizing::new(
-        B64.decode(text.trim().as_bytes())
-            .map_err(|_| KeyError::NotBase64 { source_name: source_name.to_string() })?,
-    );
+    let decoded =
+        Zeroizing::new(
+            B64.decode(text.trim().as_bytes())
+                .map_err(|_| KeyError::NotBase64 {
+                    source_name: source_name.to_string(),
+                })?,
+        );
     if decoded.len() != KEY_LEN {
         return Err(KeyError::WrongLength {
             source_name: source_name.to_string(),
@@ -158,8 +194,10 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
     let mut file = open_for_read(WHAT, path)?;
     let text = read_all(WHAT, path, &mut file)?;
     let bytes = decode_key(&text, &format!("{WHAT} {}", path.display()))?;
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| KeyError::InvalidPublicKey { what: WHAT, path: path.to_path_buf() })
+    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPublicKey {
+        what: WHAT,
+        path: path.to_path_buf(),
+    })
 }
 
 /// Creates `dir` (mode 0700) if missing and writes `master.key` (0600), `audit.key` (0600)
@@ -179,7 +217,10 @@ pub fn init_key_dir(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| KeyError::Create { path: dir.to_path_buf(), reason: io_reason(&e) })?;
+            .map_err(|e| KeyError::Create {
+                path: dir.to_path_buf(),
+                reason: io_reason(&e),
+            })?;
     }
 
     let mut master = Zeroizing::new([0u8; KEY_LEN]);
@@ -189,8 +230,16 @@ pub fn init_key_dir(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     let public = signing.verifying_key().to_bytes();
 
     let files: [(&PathBuf, Zeroizing<String>, u32); 3] = [
-        (&master_path, Zeroizing::new(B64.encode(&master[..]) + "\n"), 0o600),
-        (&audit_path, Zeroizing::new(B64.encode(&seed[..]) + "\n"), 0o600),
+        (
+            &master_path,
+            Zeroizing::new(B64.encode(&master[..]) + "\n"),
+            0o600,
+        ),
+        (
+            &audit_path,
+            Zeroizing::new(B64.encode(&seed[..]) + "\n"),
+            0o600,
+        ),
         (&pub_path, Zeroizing::new(B64.encode(public) + "\n"), 0o644),
     ];
     let mut written: Vec<PathBuf> = Vec::new();
@@ -210,14 +259,25 @@ pub fn init_key_dir(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
 fn write_new_file(path: &Path, content: &[u8], mode: u32) -> Result<(), KeyError> {
     let create_err = |e: io::Error| {
         if e.kind() == io::ErrorKind::AlreadyExists {
-            KeyError::AlreadyExists { path: path.to_path_buf() }
+            KeyError::AlreadyExists {
+                path: path.to_path_buf(),
+            }
         } else {
-            KeyError::Create { path: path.to_path_buf(), reason: io_reason(&e) }
+            KeyError::Create {
+                path: path.to_path_buf(),
+                reason: io_reason(&e),
+            }
         }
     };
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(create_err)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(create_err)?;
     // The umask may have removed bits from `mode`; set it exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(create_err)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(create_err)?;
     file.write_all(content).map_err(create_err)?;
     file.sync_all().map_err(create_err)?;
     Ok(())
@@ -244,7 +304,10 @@ mod tests {
         let written = init_key_dir(&keys).unwrap();
         assert_eq!(written.len(), 3);
         let mode = |p: &str| fs::metadata(keys.join(p)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         assert_eq!(mode(MASTER_KEY_FILE), 0o600);
         assert_eq!(mode(AUDIT_KEY_FILE), 0o600);
         assert_eq!(mode(AUDIT_PUB_FILE), 0o644);
@@ -278,7 +341,10 @@ mod tests {
         assert_eq!(k.expose(), &[7u8; 32]);
         let k = MasterKey::load(None, Some(&format!("{env}\n"))).unwrap();
         assert_eq!(k.expose(), &[9u8; 32]);
-        assert!(matches!(MasterKey::load(None, None), Err(KeyError::NoMasterKey)));
+        assert!(matches!(
+            MasterKey::load(None, None),
+            Err(KeyError::NoMasterKey)
+        ));
         assert_eq!(format!("{k:?}"), "MasterKey(<redacted>)");
     }
 
@@ -295,7 +361,10 @@ mod tests {
         write_mode(&file, &secret, 0o644);
         let err = MasterKey::load(Some(&file), None).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("accessible by group or others (mode 0644); chmod 600 it"), "{msg}");
+        assert!(
+            msg.contains("accessible by group or others (mode 0644); chmod 600 it"),
+            "{msg}"
+        );
         assert!(msg.contains("master.key"));
         assert!(!msg.contains(&secret));
 
@@ -308,14 +377,23 @@ mod tests {
         fs::remove_file(&file).unwrap();
         write_mode(&file, &B64.encode([1u8; 16]), 0o600);
         let err = MasterKey::load(Some(&file), None).unwrap_err();
-        assert!(matches!(err, KeyError::WrongLength { actual: 16, .. }), "{err}");
+        assert!(
+            matches!(err, KeyError::WrongLength { actual: 16, .. }),
+            "{err}"
+        );
 
         let err = MasterKey::load(None, Some("%%%")).unwrap_err();
         assert_eq!(err.to_string(), "PGVEIL_MASTER_KEY is not valid base64");
 
         // A directory cannot be read as a key.
         let err = MasterKey::load(Some(dir.path()), None).unwrap_err();
-        assert!(matches!(err, KeyError::Unreadable { .. } | KeyError::Permissions { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                KeyError::Unreadable { .. } | KeyError::Permissions { .. }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -323,9 +401,15 @@ mod tests {
         let dir = tmp();
         let sk_path = dir.path().join("audit.key");
         write_mode(&sk_path, &B64.encode([3u8; 32]), 0o640);
-        assert!(matches!(load_signing_key(&sk_path), Err(KeyError::Permissions { mode: 0o640, .. })));
+        assert!(matches!(
+            load_signing_key(&sk_path),
+            Err(KeyError::Permissions { mode: 0o640, .. })
+        ));
         let pk_path = dir.path().join("audit.pub");
         write_mode(&pk_path, &B64.encode([5u8; 31]), 0o644);
-        assert!(matches!(load_verifying_key(&pk_path), Err(KeyError::WrongLength { .. })));
+        assert!(matches!(
+            load_verifying_key(&pk_path),
+            Err(KeyError::WrongLength { .. })
+        ));
     }
 }

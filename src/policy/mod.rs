@@ -1,1 +1,2 @@
 //! See the module's files.
+pub mod mask;
