@@ -110,6 +110,13 @@ fn read_secret_file(what: &'static str, path: &Path) -> Result<Zeroizing<String>
         path: path.to_path_buf(),
         reason: io_reason(&e),
     })?;
+    if !meta.is_file() {
+        return Err(KeyError::Unreadable {
+            what,
+            path: path.to_path_buf(),
+            reason: "not a regular file".to_string(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Permissions {

@@ -475,7 +475,7 @@ pub fn canonical_from_text(
                 LogicalType::Numeric => Ok(numeric_in(s)?.normalized_text().into_bytes()),
                 LogicalType::Float8 => Ok(float8_canonical(float8_in(s)?)),
                 LogicalType::Bool => Ok(vec![u8::from(bool_in(s)?)]),
-                LogicalType::Date => Ok(date_in(s)?.to_be_bytes().to_vec()),
+                LogicalType::Date => Ok(date_in(s, tz)?.to_be_bytes().to_vec()),
                 LogicalType::Timestamp | LogicalType::Timestamptz => {
                     Ok(timestamp_in(s, ty, tz)?.to_be_bytes().to_vec())
                 }
@@ -585,7 +585,20 @@ pub fn canonical_from_binary(
             let s = std::str::from_utf8(bytes).map_err(|_| ValueError::binary(ty))?;
             jsonb_in(s).map(String::into_bytes)
         }
-        (LogicalType::Text, OID_VARCHAR) | (LogicalType::Varchar, OID_TEXT) => Ok(bytes.to_vec()),
+        // Every type converts to a string type by assignment (its text output; bool as
+        // `true`/`false`, as PostgreSQL's bool-to-text cast prints it).
+        (LogicalType::Text | LogicalType::Varchar, _) => {
+            let src_ty = LogicalType::ALL
+                .into_iter()
+                .find(|t| t.oid() == src)
+                .ok_or_else(|| ValueError::mismatch(ty, src))?;
+            let canon = recv_own(src_ty, bytes)?;
+            match (src_ty, canon.as_slice()) {
+                (LogicalType::Bool, [1]) => Ok(b"true".to_vec()),
+                (LogicalType::Bool, _) => Ok(b"false".to_vec()),
+                _ => to_wire(src_ty, &canon, WireFormat::Text, tz),
+            }
+        }
         _ => Err(ValueError::mismatch(ty, src)),
     }
 }
@@ -1343,8 +1356,14 @@ fn take_digits(b: &[u8], i: &mut usize) -> Option<(i64, usize)> {
 /// PostgreSQL's common ISO input: `YYYY-MM-DD` or `YYYYMMDD`, optionally followed by
 /// ` ` or `T` and `HH:MM[:SS[.ffffff]]`, optionally a zone (`Z`, `UTC`, `GMT`, `±HH`,
 /// `±HH:MM[:SS]`, `±HHMM`, an IANA name), optionally `BC`/`AD`; or `infinity`,
-/// `-infinity`, `epoch`.
-fn parse_datetime(s: &str, ty: LogicalType) -> Result<ParsedDateTime, ValueError> {
+/// `-infinity`, `epoch`, `now`, `today`, `tomorrow`, `yesterday` (local to the session
+/// zone). Year-first `YYYY/MM/DD` is accepted too; month- or day-first forms (DateStyle
+/// dependent) are not.
+fn parse_datetime(
+    s: &str,
+    ty: LogicalType,
+    tz: &SessionTime,
+) -> Result<ParsedDateTime, ValueError> {
     let syntax = || ValueError::syntax(ty);
     let field = || ValueError {
         kind: ValueErrorKind::DatetimeOverflow,
@@ -1358,6 +1377,29 @@ fn parse_datetime(s: &str, ty: LogicalType) -> Result<ParsedDateTime, ValueError
     match lower.as_str() {
         "infinity" | "+infinity" => return Ok(ParsedDateTime::NoEnd),
         "-infinity" => return Ok(ParsedDateTime::NoBegin),
+        "now" | "today" | "tomorrow" | "yesterday" => {
+            let utc_now = chrono::Utc::now().timestamp_micros() - UNIX_TO_PG_DAYS * USECS_PER_DAY;
+            let off = tz.offset_at_utc(utc_now);
+            let local = utc_now + i64::from(off) * USECS_PER_SEC;
+            let days = local.div_euclid(USECS_PER_DAY);
+            return Ok(match lower.as_str() {
+                "now" => ParsedDateTime::Value {
+                    days,
+                    time_us: local.rem_euclid(USECS_PER_DAY),
+                    zone: Some(Zone::Fixed(off)),
+                },
+                word => ParsedDateTime::Value {
+                    days: days
+                        + match word {
+                            "tomorrow" => 1,
+                            "yesterday" => -1,
+                            _ => 0,
+                        },
+                    time_us: 0,
+                    zone: None,
+                },
+            });
+        }
         "epoch" => {
             return Ok(ParsedDateTime::Value {
                 days: -UNIX_TO_PG_DAYS,
@@ -1552,9 +1594,9 @@ fn parse_zone_token(z: &str) -> Option<Zone> {
     named_zone(z).map(Zone::Named)
 }
 
-fn date_in(s: &str) -> Result<i32, ValueError> {
+fn date_in(s: &str, tz: &SessionTime) -> Result<i32, ValueError> {
     let ty = LogicalType::Date;
-    match parse_datetime(s, ty)? {
+    match parse_datetime(s, ty, tz)? {
         ParsedDateTime::NoBegin => Ok(DATE_NOBEGIN),
         ParsedDateTime::NoEnd => Ok(DATE_NOEND),
         ParsedDateTime::Value { days, .. } => {
@@ -1568,7 +1610,7 @@ fn date_in(s: &str) -> Result<i32, ValueError> {
 
 fn timestamp_in(s: &str, ty: LogicalType, tz: &SessionTime) -> Result<i64, ValueError> {
     let range = || ValueError::datetime_range(ty);
-    match parse_datetime(s, ty)? {
+    match parse_datetime(s, ty, tz)? {
         ParsedDateTime::NoBegin => Ok(DT_NOBEGIN),
         ParsedDateTime::NoEnd => Ok(DT_NOEND),
         ParsedDateTime::Value {
@@ -2538,7 +2580,7 @@ mod tests {
             (T::Date, 1184),
             (T::Uuid, 17),
             (T::Bool, 23),
-            (T::Text, 23),
+            (T::Text, 600),
             (T::Bytea, 25),
             (T::Jsonb, 17),
         ] {
@@ -2622,6 +2664,7 @@ mod tests {
             (T::Int8, "1e3", "22P02"),
             (T::Numeric, "1e9999999", "22003"),
             (T::Numeric, "1e-20000", "22003"),
+            // PostgreSQL (glibc strtod) reads hex floats; pgveil does not.
             (T::Float8, "0x1p3", "22P02"),
             (T::Bool, "tru e", "22P02"),
             (T::Date, "2024-02-29x", "22007"),
@@ -2721,6 +2764,31 @@ mod tests {
                 fallback: true
             }
         );
+    }
+
+    #[test]
+    fn relative_dates() {
+        let berlin = SessionTime::from_timezone("Europe/Berlin").unwrap();
+        let today = read_i32(&canonical_from_text(T::Date, b"today", &berlin).unwrap()).unwrap();
+        let tomorrow =
+            read_i32(&canonical_from_text(T::Date, b"Tomorrow", &berlin).unwrap()).unwrap();
+        let yesterday =
+            read_i32(&canonical_from_text(T::Date, b"yesterday", &berlin).unwrap()).unwrap();
+        assert_eq!((tomorrow - today, today - yesterday), (1, 1));
+        assert!(today > 9000, "after 2024");
+        let now_tz =
+            read_i64(&canonical_from_text(T::Timestamptz, b"now", &berlin).unwrap()).unwrap();
+        let real_now = chrono::Utc::now().timestamp_micros() - UNIX_TO_PG_DAYS * USECS_PER_DAY;
+        assert!((real_now - now_tz).abs() < 60 * USECS_PER_SEC);
+        let now_local =
+            read_i64(&canonical_from_text(T::Timestamp, b"now", &berlin).unwrap()).unwrap();
+        let off = now_local - now_tz;
+        // Two reads of the clock: allow a second between them.
+        let near = |h: i64| (off - h * 3600 * USECS_PER_SEC).abs() < USECS_PER_SEC;
+        assert!(near(1) || near(2), "{off}");
+        let midnight =
+            read_i64(&canonical_from_text(T::Timestamp, b"today", &berlin).unwrap()).unwrap();
+        assert_eq!(midnight, i64::from(today) * USECS_PER_DAY);
     }
 
     #[test]
