@@ -2792,6 +2792,25 @@ mod tests {
     }
 
     #[test]
+    fn numeric_limits_match_postgres() {
+        // Checked against PostgreSQL 15: 131072 integer digits and 16383 fraction digits are
+        // the limits; beyond them 22003.
+        assert_eq!(canon(T::Numeric, "1e131071").len(), 131_072);
+        assert_eq!(canon(T::Numeric, "1e-16383").len(), 16_385);
+        for bad in [
+            "1e131072",
+            "1e-16384",
+            "0.0000e-16400",
+            "1e-20000",
+            "1e9999999",
+        ] {
+            assert_eq!(err_of(T::Numeric, bad).sqlstate(), "22003", "{bad}");
+        }
+        // A jsonb number is a numeric too.
+        assert_eq!(err_of(T::Jsonb, "[1e131072]").sqlstate(), "22003");
+    }
+
+    #[test]
     fn wire_format_codes() {
         assert_eq!(WireFormat::from_code(0), Some(WireFormat::Text));
         assert_eq!(WireFormat::from_code(1), Some(WireFormat::Binary));
