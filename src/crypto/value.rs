@@ -216,6 +216,17 @@ enum Zone {
 pub struct SessionTime {
     zone: Zone,
     fallback: bool,
+    date_order: DateOrder,
+    iso_output: bool,
+}
+
+/// Field order for dates written with a one- or two-digit first field (`01/05/2024`), from
+/// the session's `DateStyle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateOrder {
+    Mdy,
+    Dmy,
+    Ymd,
 }
 
 impl Default for SessionTime {
@@ -229,6 +240,8 @@ impl SessionTime {
         Self {
             zone: Zone::Fixed(0),
             fallback: false,
+            date_order: DateOrder::Mdy,
+            iso_output: true,
         }
     }
 
@@ -243,6 +256,8 @@ impl SessionTime {
             return Some(Self {
                 zone: Zone::Named(zone),
                 fallback: false,
+                date_order: DateOrder::Mdy,
+                iso_output: true,
             });
         }
         // A plain number of hours (PostgreSQL's check_timezone tries this first).
@@ -258,6 +273,8 @@ impl SessionTime {
                     return Some(Self {
                         zone: Zone::Fixed((hours * 3600.0).round() as i32),
                         fallback: false,
+                        date_order: DateOrder::Mdy,
+                        iso_output: true,
                     });
                 }
             }
@@ -265,6 +282,8 @@ impl SessionTime {
         parse_posix_fixed(value).map(|east| Self {
             zone: Zone::Fixed(east),
             fallback: false,
+            date_order: DateOrder::Mdy,
+            iso_output: true,
         })
     }
 
@@ -274,7 +293,40 @@ impl SessionTime {
         Self::from_timezone(value).unwrap_or(Self {
             zone: Zone::Fixed(0),
             fallback: true,
+            date_order: DateOrder::Mdy,
+            iso_output: true,
         })
+    }
+
+    /// Applies a `DateStyle` ParameterStatus value (`ISO, MDY`, `SQL, DMY`, …): the field
+    /// order for ambiguous date input. Output is always ISO (see
+    /// [`SessionTime::output_is_iso`]).
+    pub fn with_datestyle(mut self, datestyle: &str) -> Self {
+        let upper = datestyle.to_ascii_uppercase();
+        let mut parts = upper.split(',').map(str::trim);
+        let style = parts.next().unwrap_or("ISO");
+        let order = parts.next().unwrap_or("");
+        self.iso_output = style == "ISO";
+        self.date_order = if order.contains("DMY")
+            || (order.is_empty() && matches!(style, "GERMAN" | "EUROPEAN"))
+        {
+            DateOrder::Dmy
+        } else if order.contains("YMD") {
+            DateOrder::Ymd
+        } else {
+            DateOrder::Mdy
+        };
+        self
+    }
+
+    pub fn date_order(&self) -> DateOrder {
+        self.date_order
+    }
+
+    /// False when the session's DateStyle asks for a non-ISO output style (`SQL`, `Postgres`,
+    /// `German`), which `to_wire` does not produce: it always prints ISO.
+    pub fn output_is_iso(&self) -> bool {
+        self.iso_output
     }
 
     /// True when the zone was not understood and UTC is used instead.
@@ -1353,12 +1405,13 @@ fn take_digits(b: &[u8], i: &mut usize) -> Option<(i64, usize)> {
     (*i > start).then_some((v, *i - start))
 }
 
-/// PostgreSQL's common ISO input: `YYYY-MM-DD` or `YYYYMMDD`, optionally followed by
+/// PostgreSQL's common numeric input: `YYYY-MM-DD` (also `/` or `.` between the fields),
+/// `YYYYMMDD`, or `NN/NN/YYYY`-style dates read in the session's DateStyle field order (two-digit
+/// years as PostgreSQL: 70–99 → 19xx, else 20xx), optionally followed by
 /// ` ` or `T` and `HH:MM[:SS[.ffffff]]`, optionally a zone (`Z`, `UTC`, `GMT`, `±HH`,
 /// `±HH:MM[:SS]`, `±HHMM`, an IANA name), optionally `BC`/`AD`; or `infinity`,
 /// `-infinity`, `epoch`, `now`, `today`, `tomorrow`, `yesterday` (local to the session
-/// zone). Year-first `YYYY/MM/DD` is accepted too; month- or day-first forms (DateStyle
-/// dependent) are not.
+/// zone). Month names (`Jan 5 2024`) and Julian dates are not accepted.
 fn parse_datetime(
     s: &str,
     ty: LogicalType,
@@ -1425,19 +1478,36 @@ fn parse_datetime(
     let b = body.as_bytes();
     let mut i = 0;
     let (first, first_len) = take_digits(b, &mut i).ok_or_else(syntax)?;
-    let sep = b.get(i).copied();
-    let (year, month, day) = if sep == Some(b'-') || (sep == Some(b'/') && first_len >= 3) {
+    let sep = b
+        .get(i)
+        .copied()
+        .filter(|c| matches!(c, b'-' | b'/' | b'.'));
+    let (year, month, day) = if let Some(sep) = sep {
         i += 1;
-        let (m, ml) = take_digits(b, &mut i).ok_or_else(syntax)?;
-        if b.get(i).copied() != sep || ml > 2 {
+        let (second, second_len) = take_digits(b, &mut i).ok_or_else(syntax)?;
+        if b.get(i) != Some(&sep) || second_len > 2 {
             return Err(syntax());
         }
         i += 1;
-        let (d, dl) = take_digits(b, &mut i).ok_or_else(syntax)?;
-        if dl > 2 {
-            return Err(syntax());
+        let (third, third_len) = take_digits(b, &mut i).ok_or_else(syntax)?;
+        // Two-digit years as PostgreSQL reads them: 70–99 → 19xx, 00–69 → 20xx.
+        let full_year = |y: i64, len: usize| match (len, y) {
+            (3.., _) => y,
+            (_, 0..=69) => y + 2000,
+            _ => y + 1900,
+        };
+        if first_len >= 3 {
+            if third_len > 2 {
+                return Err(syntax());
+            }
+            (first, second, third)
+        } else {
+            match tz.date_order {
+                DateOrder::Mdy => (full_year(third, third_len), first, second),
+                DateOrder::Dmy => (full_year(third, third_len), second, first),
+                DateOrder::Ymd => (full_year(first, first_len), second, third),
+            }
         }
-        (first, m, d)
     } else if first_len == 8 {
         (first / 10_000, first / 100 % 100, first % 100)
     } else {
@@ -1832,6 +1902,8 @@ fn timestamp_in(s: &str, ty: LogicalType, tz: &SessionTime) -> Result<i64, Value
                     Some(z) => SessionTime {
                         zone: z,
                         fallback: false,
+                        date_order: DateOrder::Mdy,
+                        iso_output: true,
                     },
                     None => tz.clone(),
                 };
@@ -2963,7 +3035,9 @@ mod tests {
             fallback,
             SessionTime {
                 zone: Zone::Fixed(0),
-                fallback: true
+                fallback: true,
+                date_order: DateOrder::Mdy,
+                iso_output: true,
             }
         );
     }
@@ -2991,6 +3065,38 @@ mod tests {
         let midnight =
             read_i64(&canonical_from_text(T::Timestamp, b"today", &berlin).unwrap()).unwrap();
         assert_eq!(midnight, i64::from(today) * USECS_PER_DAY);
+    }
+
+    #[test]
+    fn date_order_from_datestyle() {
+        // Checked against PostgreSQL 15 under each DateStyle.
+        let cases = [
+            ("01/05/2024", ["2024-01-05", "2024-05-01", "22008"]),
+            ("01-05-2024", ["2024-01-05", "2024-05-01", "22008"]),
+            ("01.05.2024", ["2024-01-05", "2024-05-01", "22008"]),
+            ("1/5/24", ["2024-01-05", "2024-05-01", "2001-05-24"]),
+            ("1/5/70", ["1970-01-05", "1970-05-01", "22008"]),
+            ("13/05/2024", ["22008", "2024-05-13", "22008"]),
+            ("01/05/2024 10:00", ["2024-01-05", "2024-05-01", "22008"]),
+            ("2024.01.05", ["2024-01-05", "2024-01-05", "2024-01-05"]),
+            ("01/05/2024 BC", ["2024-01-05 BC", "2024-05-01 BC", "22008"]),
+        ];
+        for (input, expected) in cases {
+            for (style, want) in ["ISO, MDY", "ISO, DMY", "ISO, YMD"].iter().zip(expected) {
+                let tz = SessionTime::utc().with_datestyle(style);
+                match canonical_from_text(T::Date, input.as_bytes(), &tz) {
+                    Ok(c) => assert_eq!(out_text(T::Date, &c, &tz), want, "{input} {style}"),
+                    Err(e) => assert_eq!(e.sqlstate(), want, "{input} {style}"),
+                }
+            }
+        }
+        let sql = SessionTime::utc().with_datestyle("SQL, DMY");
+        assert!(!sql.output_is_iso());
+        assert_eq!(sql.date_order(), DateOrder::Dmy);
+        assert!(SessionTime::utc()
+            .with_datestyle("ISO, MDY")
+            .output_is_iso());
+        assert_eq!(SessionTime::utc().date_order(), DateOrder::Mdy);
     }
 
     #[test]
