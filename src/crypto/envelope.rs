@@ -386,6 +386,12 @@ mod tests {
     }
 
     #[test]
+    fn cipher_is_shareable_across_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ColumnCipher>();
+    }
+
+    #[test]
     fn debug_is_redacted() {
         let c = ColumnCipher::new(
             &master(),

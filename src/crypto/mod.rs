@@ -19,7 +19,7 @@ pub mod envelope;
 pub mod keys;
 pub mod value;
 
-pub use envelope::{ColumnCipher, CryptoError};
+pub use envelope::{key_id_of, ColumnCipher, CryptoError};
 pub use keys::{init_key_dir, load_signing_key, load_verifying_key, KeyError, MasterKey};
 pub use value::{
     canonical_from_binary, canonical_from_text, to_wire, SessionTime, ValueError, WireFormat,
