@@ -19,6 +19,13 @@
 //! | jsonb | the text PostgreSQL's jsonb output prints |
 //!
 //! Error messages name the type, never the value (values are PHI).
+//!
+//! Known differences from PostgreSQL, all refused with an error rather than misread:
+//! hexadecimal float input (`0x1p3`), dates with month names (`Jan 5 2024`) or Julian days,
+//! timestamps with a POSIX zone rule inside the value. Text output is always ISO DateStyle
+//! ([`SessionTime::output_is_iso`] tells when the session asked for another). Equality is
+//! byte equality of the canonical form: float8 `-0` and `0`, and jsonb numbers that differ
+//! only in scale (`1.5` / `1.50`, which jsonb prints differently), are distinct values here.
 
 use std::fmt;
 use std::str::FromStr;
