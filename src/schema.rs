@@ -146,10 +146,7 @@ pub struct TableName {
 
 impl TableName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            schema: schema.into(),
-            name: name.into(),
-        }
+        Self { schema: schema.into(), name: name.into() }
     }
 
     /// Parses `schema.table` or `table` (meaning `public.table`).
@@ -211,14 +208,8 @@ mod tests {
 
     #[test]
     fn table_names_default_to_public() {
-        assert_eq!(
-            TableName::parse("patients"),
-            Some(TableName::new("public", "patients"))
-        );
-        assert_eq!(
-            TableName::parse("ehr.visits"),
-            Some(TableName::new("ehr", "visits"))
-        );
+        assert_eq!(TableName::parse("patients"), Some(TableName::new("public", "patients")));
+        assert_eq!(TableName::parse("ehr.visits"), Some(TableName::new("ehr", "visits")));
         assert_eq!(TableName::parse("a.b.c"), None);
         assert_eq!(TableName::parse(".x"), None);
     }
