@@ -48,18 +48,27 @@ struct Workers {
 
 impl Workers {
     fn start(count: usize) -> std::io::Result<Self> {
-        let mut workers = Workers { handles: Vec::new(), stops: Vec::new(), threads: Vec::new(), next: 0 };
+        let mut workers = Workers {
+            handles: Vec::new(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+            next: 0,
+        };
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             workers.handles.push(runtime.handle().clone());
             workers.stops.push(stop_tx);
             workers.threads.push(
-                std::thread::Builder::new().name(format!("pgveil-worker-{index}")).spawn(move || {
-                    runtime.block_on(async {
-                        let _ = stop_rx.await;
-                    });
-                })?,
+                std::thread::Builder::new()
+                    .name(format!("pgveil-worker-{index}"))
+                    .spawn(move || {
+                        runtime.block_on(async {
+                            let _ = stop_rx.await;
+                        });
+                    })?,
             );
         }
         Ok(workers)
@@ -122,8 +131,14 @@ pub async fn serve(
     }
     let _ = metrics::get();
 
-    let worker_count = config.server.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
-    let mut workers = Workers::start(worker_count).map_err(|source| ServeError::Listen { addr: "worker threads".into(), source })?;
+    let worker_count = config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    let mut workers = Workers::start(worker_count).map_err(|source| ServeError::Listen {
+        addr: "worker threads".into(),
+        source,
+    })?;
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
