@@ -12,12 +12,12 @@ use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
     visit_expressions, visit_relations, BinaryOperator, CastKind, ConflictTarget, CopySource,
-    Delete, Distinct, DuplicateTreatment, Expr, FromTable, Function, FunctionArg,
-    FunctionArgExpr, FunctionArgumentClause, FunctionArguments, GroupByExpr, Ident, Insert,
-    JoinConstraint, JoinOperator, LimitClause, ObjectName, ObjectNamePart, OnConflictAction,
-    OnInsert, OrderBy, OrderByKind, Query, Select, SelectItem, SelectItemQualifiedWildcardKind,
-    SetExpr, SetOperator, SetQuantifier, Statement, TableFactor, TableObject, TableWithJoins,
-    UnaryOperator, Update, UpdateTableFromKind, Value, ValueWithSpan, WindowType,
+    Delete, Distinct, DuplicateTreatment, Expr, FromTable, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentClause, FunctionArguments, GroupByExpr, Ident, Insert, JoinConstraint,
+    JoinOperator, LimitClause, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, OrderBy,
+    OrderByKind, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SetOperator,
+    SetQuantifier, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Update,
+    UpdateTableFromKind, Value, ValueWithSpan, WindowType,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -27,8 +27,7 @@ use super::catalog::{Catalog, ColumnRef, Protection};
 use super::fast::may_touch_protected;
 use super::tokens::Tokens;
 use super::{
-    AnalyzeError, LiteralBinding, Refusal, StatementKind, StatementPlan, SubjectPlan,
-    SubjectSource,
+    AnalyzeError, LiteralBinding, Refusal, StatementKind, StatementPlan, SubjectPlan, SubjectSource,
 };
 use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
 
@@ -55,7 +54,10 @@ struct Param {
 
 #[derive(Debug, Clone)]
 enum Val {
-    Col { prot: Option<ColumnRef>, origin: Option<Origin> },
+    Col {
+        prot: Option<ColumnRef>,
+        origin: Option<Origin>,
+    },
     Lit(Lit),
     Param(Param),
     Null,
@@ -71,7 +73,10 @@ impl Val {
         }
     }
     fn plain() -> Val {
-        Val::Col { prot: None, origin: None }
+        Val::Col {
+            prot: None,
+            origin: None,
+        }
     }
 }
 
@@ -138,21 +143,48 @@ fn quote_ident(s: &str) -> String {
 }
 
 fn qname(prot: &Protection, c: ColumnRef) -> String {
-    prot.column(c).map_or_else(|| "?".to_string(), ProtectedColumn::qualified_name)
+    prot.column(c)
+        .map_or_else(|| "?".to_string(), ProtectedColumn::qualified_name)
 }
 
 const AGGREGATES: &[&str] = &[
-    "count", "sum", "avg", "min", "max", "array_agg", "string_agg", "bool_and", "bool_or",
-    "every", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "bit_and", "bit_or",
-    "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp", "mode",
-    "percentile_cont", "percentile_disc", "xmlagg", "range_agg", "any_value",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "bit_and",
+    "bit_or",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "mode",
+    "percentile_cont",
+    "percentile_disc",
+    "xmlagg",
+    "range_agg",
+    "any_value",
 ];
 
 /// Is a cast of a literal or parameter to `cast` acceptable for a column of type `ty`?
 fn cast_ok(ty: LogicalType, cast: &str) -> bool {
     let base = cast.split('(').next().unwrap_or(cast).trim();
-    if matches!(base, "text" | "varchar" | "character varying" | "unknown" | "name")
-        || base.starts_with("char")
+    if matches!(
+        base,
+        "text" | "varchar" | "character varying" | "unknown" | "name"
+    ) || base.starts_with("char")
         || base == "bpchar"
     {
         return true;
@@ -228,7 +260,16 @@ pub fn analyze(
             continue;
         };
         let range = tk.ranges[first].start..tk.ranges[last].end;
-        plans.push(analyze_one(sql, &tk, first, last, range, protection, catalog, search_path)?);
+        plans.push(analyze_one(
+            sql,
+            &tk,
+            first,
+            last,
+            range,
+            protection,
+            catalog,
+            search_path,
+        )?);
     }
     Ok(plans)
 }
@@ -247,7 +288,8 @@ fn analyze_one(
     let text = &sql[range.clone()];
     let touches = may_touch_protected(text, prot);
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tk.toks[first..=last].to_vec());
+    let mut parser =
+        Parser::new(&dialect).with_tokens_with_locations(tk.toks[first..=last].to_vec());
     let parsed = match parser.parse_statement() {
         Ok(st) if parser.peek_token().token == Token::EOF => Ok(st),
         Ok(_) => Err("unexpected text after the statement".to_string()),
@@ -297,7 +339,10 @@ fn analyze_one(
         }
         Err(Halt::Refuse(message)) => {
             plan.tables = cx.tables;
-            plan.refusal = Some(Refusal { sqlstate: NOT_SUPPORTED, message });
+            plan.refusal = Some(Refusal {
+                sqlstate: NOT_SUPPORTED,
+                message,
+            });
         }
         Err(Halt::Error(e)) if touches => return Err(e),
         Err(Halt::Error(_)) => {}
@@ -381,7 +426,8 @@ impl Ctx<'_> {
             }
         }
         // Literal ranges: sorted, exact duplicates merged, no overlap.
-        self.literals.sort_by_key(|l| (l.byte_range.start, l.byte_range.end));
+        self.literals
+            .sort_by_key(|l| (l.byte_range.start, l.byte_range.end));
         dedup(&mut self.literals);
         for w in self.literals.windows(2) {
             if w[1].byte_range.start < w[0].byte_range.end {
@@ -409,13 +455,21 @@ impl Ctx<'_> {
         }
         let mut sources = Vec::new();
         for table in tables {
-            let Some(subject) = self.prot.subject_column(&table) else { continue };
+            let Some(subject) = self.prot.subject_column(&table) else {
+                continue;
+            };
             let selected = self.top_outs.iter().position(|o| match &o.val {
-                Val::Col { origin: Some((t, c)), .. } => *t == table && c == subject,
+                Val::Col {
+                    origin: Some((t, c)),
+                    ..
+                } => *t == table && c == subject,
                 _ => false,
             });
             if let Some(output_position) = selected {
-                sources.push(SubjectSource::Selected { table, output_position });
+                sources.push(SubjectSource::Selected {
+                    table,
+                    output_position,
+                });
                 continue;
             }
             let unknown = |reason: &str| SubjectSource::Unknown {
@@ -424,11 +478,22 @@ impl Ctx<'_> {
             };
             let source = match &self.top {
                 None => unknown("statement shape does not allow adding the subject column"),
-                Some(TopInfo { blocker: Some(b), .. }) => unknown(b),
-                Some(TopInfo { insert_at: None, .. }) => unknown("no place to add the subject column"),
-                Some(TopInfo { insert_at: Some(at), aliases, .. }) => {
-                    let matching: Vec<&String> =
-                        aliases.iter().filter(|(t, _)| *t == table).map(|(_, a)| a).collect();
+                Some(TopInfo {
+                    blocker: Some(b), ..
+                }) => unknown(b),
+                Some(TopInfo {
+                    insert_at: None, ..
+                }) => unknown("no place to add the subject column"),
+                Some(TopInfo {
+                    insert_at: Some(at),
+                    aliases,
+                    ..
+                }) => {
+                    let matching: Vec<&String> = aliases
+                        .iter()
+                        .filter(|(t, _)| *t == table)
+                        .map(|(_, a)| a)
+                        .collect();
                     match matching.as_slice() {
                         [alias] => SubjectSource::Injectable {
                             table: table.clone(),
@@ -491,15 +556,25 @@ impl Ctx<'_> {
                 Ok(())
             }
             Statement::Copy { source, .. } => match source {
-                CopySource::Table { table_name, columns } => {
-                    let Some(src) = self.table_source(table_name, None)? else { return Ok(()) };
-                    let Some(table) = src.table.clone() else { return Ok(()) };
+                CopySource::Table {
+                    table_name,
+                    columns,
+                } => {
+                    let Some(src) = self.table_source(table_name, None)? else {
+                        return Ok(());
+                    };
+                    let Some(table) = src.table.clone() else {
+                        return Ok(());
+                    };
                     let protected: Vec<ColumnRef> = if columns.is_empty() {
                         let mut v: Vec<ColumnRef> = self.prot.table_columns(&table).collect();
                         v.sort();
                         v
                     } else {
-                        columns.iter().filter_map(|c| self.prot.lookup(&table, &norm(c))).collect()
+                        columns
+                            .iter()
+                            .filter_map(|c| self.prot.lookup(&table, &norm(c)))
+                            .collect()
                     };
                     match protected.first() {
                         Some(&c) => self.refuse("COPY", c),
@@ -524,7 +599,10 @@ impl Ctx<'_> {
                         "pgveil: PREPARE is not supported on protected table {t}; use the extended protocol"
                     )));
                 }
-                if may_touch_protected(&self.sql[self.tk.ranges[first].start..self.stmt_end], self.prot) {
+                if may_touch_protected(
+                    &self.sql[self.tk.ranges[first].start..self.stmt_end],
+                    self.prot,
+                ) {
                     return unsupported("PREPARE of a statement that may touch a protected table");
                 }
                 self.clear_bindings();
@@ -658,7 +736,9 @@ impl Ctx<'_> {
         let mut i = first;
         while i <= last && words.len() < 2 {
             match self.tk.token(i) {
-                Some(Token::Word(w)) if w.quote_style.is_none() => words.push(w.value.to_ascii_uppercase()),
+                Some(Token::Word(w)) if w.quote_style.is_none() => {
+                    words.push(w.value.to_ascii_uppercase())
+                }
                 Some(Token::Whitespace(_)) => {}
                 _ => break,
             }
@@ -703,8 +783,16 @@ impl Ctx<'_> {
         let outs = self.set_expr(&q.body, top, q.order_by.as_ref())?;
         if let Some(limit) = &q.limit_clause {
             match limit {
-                LimitClause::LimitOffset { limit, offset, limit_by } => {
-                    for e in limit.iter().chain(offset.iter().map(|o| &o.value)).chain(limit_by) {
+                LimitClause::LimitOffset {
+                    limit,
+                    offset,
+                    limit_by,
+                } => {
+                    for e in limit
+                        .iter()
+                        .chain(offset.iter().map(|o| &o.value))
+                        .chain(limit_by)
+                    {
                         let v = self.expr(e)?;
                         self.plain_use(&v, "LIMIT/OFFSET")?;
                     }
@@ -731,14 +819,22 @@ impl Ctx<'_> {
                     (None, None)
                 }
             };
-            cols.push(SrcCol { name: o.name.clone(), prot, origin });
+            cols.push(SrcCol {
+                name: o.name.clone(),
+                prot,
+                origin,
+            });
         }
         Ok(cols)
     }
 
     fn block_top(&mut self, top: bool, reason: &str) {
         if top {
-            self.top = Some(TopInfo { insert_at: None, blocker: Some(reason.into()), aliases: Vec::new() });
+            self.top = Some(TopInfo {
+                insert_at: None,
+                blocker: Some(reason.into()),
+                aliases: Vec::new(),
+            });
         }
     }
 
@@ -750,7 +846,12 @@ impl Ctx<'_> {
                 self.order_by_outputs(order_by, &outs)?;
                 Ok(outs)
             }
-            SetExpr::SetOperation { left, op, set_quantifier, right } => {
+            SetExpr::SetOperation {
+                left,
+                op,
+                set_quantifier,
+                right,
+            } => {
                 let l = self.set_expr(left, false, None)?;
                 let r = self.set_expr(right, false, None)?;
                 self.block_top(top, "set operation");
@@ -779,8 +880,14 @@ impl Ctx<'_> {
                             }
                             lo.val.clone()
                         }
-                        (Some(a), None) if matches!(ro, Val::Null) => Val::Col { prot: Some(a), origin: None },
-                        (None, Some(b)) if matches!(lo.val, Val::Null) => Val::Col { prot: Some(b), origin: None },
+                        (Some(a), None) if matches!(ro, Val::Null) => Val::Col {
+                            prot: Some(a),
+                            origin: None,
+                        },
+                        (None, Some(b)) if matches!(lo.val, Val::Null) => Val::Col {
+                            prot: Some(b),
+                            origin: None,
+                        },
                         (Some(a), None) | (None, Some(a)) => {
                             return self.refuse(&format!("{op_name} with a different value"), a)
                         }
@@ -795,7 +902,10 @@ impl Ctx<'_> {
                             self.require_det(c, op_name)?;
                         }
                     }
-                    outs.push(OutCol { name: lo.name.clone(), val });
+                    outs.push(OutCol {
+                        name: lo.name.clone(),
+                        val,
+                    });
                 }
                 self.order_by_outputs(order_by, &outs)?;
                 Ok(outs)
@@ -812,7 +922,12 @@ impl Ctx<'_> {
                     }
                 }
                 self.scopes.pop();
-                Ok((1..=width).map(|i| OutCol { name: format!("column{i}"), val: Val::Other }).collect())
+                Ok((1..=width)
+                    .map(|i| OutCol {
+                        name: format!("column{i}"),
+                        val: Val::Other,
+                    })
+                    .collect())
             }
             SetExpr::Insert(st) | SetExpr::Update(st) | SetExpr::Delete(st) => match st {
                 Statement::Insert(i) => self.insert(i, top),
@@ -821,7 +936,9 @@ impl Ctx<'_> {
                 _ => unsupported("data-modifying statement"),
             },
             SetExpr::Table(t) => {
-                let Some(name) = &t.table_name else { return unsupported("TABLE") };
+                let Some(name) = &t.table_name else {
+                    return unsupported("TABLE");
+                };
                 let mut parts = Vec::new();
                 if let Some(s) = &t.schema_name {
                     parts.push(Ident::new(s.clone()));
@@ -846,7 +963,12 @@ impl Ctx<'_> {
         result
     }
 
-    fn select_inner(&mut self, s: &Select, top: bool, order_by: Option<&OrderBy>) -> R<Vec<OutCol>> {
+    fn select_inner(
+        &mut self,
+        s: &Select,
+        top: bool,
+        order_by: Option<&OrderBy>,
+    ) -> R<Vec<OutCol>> {
         for twj in &s.from {
             self.table_with_joins(twj)?;
         }
@@ -964,7 +1086,11 @@ impl Ctx<'_> {
                 Token::LParen | Token::LBracket => depth += 1,
                 Token::RParen | Token::RBracket => depth -= 1,
                 Token::SemiColon | Token::EOF => return None,
-                Token::Word(w) if depth == 0 && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("from") => {
+                Token::Word(w)
+                    if depth == 0
+                        && w.quote_style.is_none()
+                        && w.value.eq_ignore_ascii_case("from") =>
+                {
                     let prev = self.tk.prev_solid(i)?;
                     return (prev > start).then(|| self.tk.ranges[prev].end);
                 }
@@ -984,11 +1110,17 @@ impl Ctx<'_> {
             match item {
                 SelectItem::UnnamedExpr(e) => {
                     let val = self.expr(e)?;
-                    outs.push(OutCol { name: expr_name(e), val });
+                    outs.push(OutCol {
+                        name: expr_name(e),
+                        val,
+                    });
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
                     let val = self.expr(expr)?;
-                    outs.push(OutCol { name: norm(alias), val });
+                    outs.push(OutCol {
+                        name: norm(alias),
+                        val,
+                    });
                 }
                 SelectItem::ExprWithAliases { expr, aliases } => {
                     let val = self.expr(expr)?;
@@ -1015,14 +1147,19 @@ impl Ctx<'_> {
     }
 
     fn expand_wildcard(&mut self, qualifier: Option<&[String]>) -> R<Vec<OutCol>> {
-        let Some(scope) = self.scopes.last() else { return Ok(Vec::new()) };
+        let Some(scope) = self.scopes.last() else {
+            return Ok(Vec::new());
+        };
         let mut outs = Vec::new();
         let mut matched = false;
         for src in scope {
             if let Some(q) = qualifier {
                 let hit = match q {
                     [a] => src.alias == *a,
-                    [.., s, t] => src.table.as_ref().is_some_and(|tn| tn.schema == *s && tn.name == *t),
+                    [.., s, t] => src
+                        .table
+                        .as_ref()
+                        .is_some_and(|tn| tn.schema == *s && tn.name == *t),
                     [] => false,
                 };
                 if !hit {
@@ -1033,11 +1170,17 @@ impl Ctx<'_> {
             match &src.cols {
                 Some(cols) => outs.extend(cols.iter().map(|c| OutCol {
                     name: c.name.clone(),
-                    val: Val::Col { prot: c.prot, origin: c.origin.clone() },
+                    val: Val::Col {
+                        prot: c.prot,
+                        origin: c.origin.clone(),
+                    },
                 })),
                 // Unknown relation: its width is unknown, so are later positions. It holds
                 // no protected column (unknown relations never have a protected name).
-                None => outs.push(OutCol { name: "?column?".into(), val: Val::Other }),
+                None => outs.push(OutCol {
+                    name: "?column?".into(),
+                    val: Val::Other,
+                }),
             }
         }
         if qualifier.is_some() && !matched {
@@ -1083,7 +1226,11 @@ impl Ctx<'_> {
     }
 
     fn order_by_outputs(&mut self, order_by: Option<&OrderBy>, outs: &[OutCol]) -> R<()> {
-        if let Some(OrderBy { kind: OrderByKind::Expressions(list), .. }) = order_by {
+        if let Some(OrderBy {
+            kind: OrderByKind::Expressions(list),
+            ..
+        }) = order_by
+        {
             for item in list {
                 self.order_item(&item.expr, outs, false)?;
             }
@@ -1162,24 +1309,39 @@ impl Ctx<'_> {
     }
 
     fn join_using(&mut self, split: usize, name: &str) -> R<()> {
-        let Some(scope) = self.scopes.last() else { return Ok(()) };
+        let Some(scope) = self.scopes.last() else {
+            return Ok(());
+        };
         let find = |srcs: &[Source]| {
-            srcs.iter().rev().find_map(|s| s.cols.as_ref()?.iter().find(|c| c.name == name).cloned())
+            srcs.iter()
+                .rev()
+                .find_map(|s| s.cols.as_ref()?.iter().find(|c| c.name == name).cloned())
         };
         let (Some(l), Some(r)) = (find(&scope[..split]), find(&scope[split..])) else {
             return Ok(());
         };
-        let lv = Val::Col { prot: l.prot, origin: l.origin };
-        let rv = Val::Col { prot: r.prot, origin: r.origin };
+        let lv = Val::Col {
+            prot: l.prot,
+            origin: l.origin,
+        };
+        let rv = Val::Col {
+            prot: r.prot,
+            origin: r.origin,
+        };
         self.compare(&lv, &rv, "JOIN USING")
     }
 
     fn table_factor(&mut self, tf: &TableFactor) -> R<()> {
         match tf {
-            TableFactor::Table { name, alias, args: None, .. } => {
-                self.table_factor_name(name, alias.as_ref())
-            }
-            TableFactor::Derived { subquery, alias, .. } => {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => self.table_factor_name(name, alias.as_ref()),
+            TableFactor::Derived {
+                subquery, alias, ..
+            } => {
                 let outs = self.query(subquery, false)?;
                 let mut cols = self.src_cols(&outs)?;
                 let alias_name = alias.as_ref().map(|a| norm(&a.name)).unwrap_or_default();
@@ -1188,10 +1350,17 @@ impl Ctx<'_> {
                         col.name = norm(&def.name);
                     }
                 }
-                self.push_source(Source { alias: alias_name, table: None, cols: Some(cols) });
+                self.push_source(Source {
+                    alias: alias_name,
+                    table: None,
+                    cols: Some(cols),
+                });
                 Ok(())
             }
-            TableFactor::NestedJoin { table_with_joins, alias } => {
+            TableFactor::NestedJoin {
+                table_with_joins,
+                alias,
+            } => {
                 if alias.is_some() {
                     return unsupported("alias on a parenthesized join");
                 }
@@ -1209,22 +1378,39 @@ impl Ctx<'_> {
                     _ => None,
                 }
                 .unwrap_or_default();
-                self.push_source(Source { alias, table: None, cols: None });
+                self.push_source(Source {
+                    alias,
+                    table: None,
+                    cols: None,
+                });
                 Ok(())
             }
         }
     }
 
     /// Resolves a relation name (CTE first, then the catalog) into a source.
-    fn table_source(&mut self, name: &ObjectName, alias: Option<&sqlparser::ast::TableAlias>) -> R<Option<Source>> {
+    fn table_source(
+        &mut self,
+        name: &ObjectName,
+        alias: Option<&sqlparser::ast::TableAlias>,
+    ) -> R<Option<Source>> {
         let parts = name_parts(name)?;
         let alias_name = alias.map(|a| norm(&a.name));
         let cte = match parts.as_slice() {
-            [n] => self.ctes.iter().rev().find(|(c, _)| c == n).map(|(_, cols)| cols.clone()),
+            [n] => self
+                .ctes
+                .iter()
+                .rev()
+                .find(|(c, _)| c == n)
+                .map(|(_, cols)| cols.clone()),
             _ => None,
         };
         let mut src = match (parts.as_slice(), cte) {
-            ([n], Some(cols)) => Source { alias: n.clone(), table: None, cols: Some(cols) },
+            ([n], Some(cols)) => Source {
+                alias: n.clone(),
+                table: None,
+                cols: Some(cols),
+            },
             ([n], None) => self.catalog_source(None, n)?,
             ([.., schema, n], _) => self.catalog_source(Some(schema.as_str()), n)?,
             _ => return unsupported("relation name"),
@@ -1254,23 +1440,36 @@ impl Ctx<'_> {
                         origin: Some((info.name.clone(), c.name.clone())),
                     })
                     .collect();
-                Ok(Source { alias: info.name.name.clone(), table: Some(info.name), cols: Some(cols) })
+                Ok(Source {
+                    alias: info.name.name.clone(),
+                    table: Some(info.name),
+                    cols: Some(cols),
+                })
             }
             None => {
                 let protected_name = self.prot.is_protected_name(name)
-                    || schema.is_some_and(|s| self.prot.is_protected_table(&TableName::new(s, name)));
+                    || schema
+                        .is_some_and(|s| self.prot.is_protected_table(&TableName::new(s, name)));
                 if protected_name {
                     return Err(Halt::Error(AnalyzeError::Resolve(format!(
                         "relation {}{name}",
                         schema.map(|s| format!("{s}.")).unwrap_or_default()
                     ))));
                 }
-                Ok(Source { alias: name.to_string(), table: None, cols: None })
+                Ok(Source {
+                    alias: name.to_string(),
+                    table: None,
+                    cols: None,
+                })
             }
         }
     }
 
-    fn table_factor_name(&mut self, name: &ObjectName, alias: Option<&sqlparser::ast::TableAlias>) -> R<()> {
+    fn table_factor_name(
+        &mut self,
+        name: &ObjectName,
+        alias: Option<&sqlparser::ast::TableAlias>,
+    ) -> R<()> {
         if let Some(src) = self.table_source(name, alias)? {
             self.push_source(src);
         }
@@ -1283,8 +1482,13 @@ impl Ctx<'_> {
     /// `Ok(None)`: no such column anywhere.
     fn lookup_column(&self, idents: &[Ident]) -> R<Option<Val>> {
         let names: Vec<String> = idents.iter().map(norm).collect();
-        let Some((col, qual)) = names.split_last() else { return Ok(None) };
-        let val_of = |c: &SrcCol| Val::Col { prot: c.prot, origin: c.origin.clone() };
+        let Some((col, qual)) = names.split_last() else {
+            return Ok(None);
+        };
+        let val_of = |c: &SrcCol| Val::Col {
+            prot: c.prot,
+            origin: c.origin.clone(),
+        };
         if qual.is_empty() {
             for scope in self.scopes.iter().rev() {
                 let mut found: Vec<&SrcCol> = Vec::new();
@@ -1324,7 +1528,10 @@ impl Ctx<'_> {
             for src in scope.iter().rev() {
                 let hit = match qual {
                     [a] => src.alias == *a,
-                    [.., s, t] => src.table.as_ref().is_some_and(|tn| tn.schema == *s && tn.name == *t),
+                    [.., s, t] => src
+                        .table
+                        .as_ref()
+                        .is_some_and(|tn| tn.schema == *s && tn.name == *t),
                     [] => false,
                 };
                 if !hit {
@@ -1349,7 +1556,10 @@ impl Ctx<'_> {
             }
         }
         if self.prot.is_protected_column_name(col) {
-            return Err(Halt::Error(AnalyzeError::Resolve(format!("column {}", names.join(".")))));
+            return Err(Halt::Error(AnalyzeError::Resolve(format!(
+                "column {}",
+                names.join(".")
+            ))));
         }
         Ok(None)
     }
@@ -1407,7 +1617,8 @@ impl Ctx<'_> {
                     if !cast_ok(ty, cast) {
                         return self.refuse(&format!("a cast to {cast}"), c);
                     }
-                    self.rewrites.push((range.clone(), format!("${}::bytea", p.n)));
+                    self.rewrites
+                        .push((range.clone(), format!("${}::bytea", p.n)));
                 }
                 self.params.push((p.n, c));
                 Ok(true)
@@ -1444,7 +1655,9 @@ impl Ctx<'_> {
         match other {
             Val::Lit(_) | Val::Param(_) => self.bind(c, other).map(|_| ()),
             Val::Null => Ok(()),
-            Val::Col { prot: None, .. } => self.refuse(&format!("{op} with an unencrypted column"), c),
+            Val::Col { prot: None, .. } => {
+                self.refuse(&format!("{op} with an unencrypted column"), c)
+            }
             _ => self.refuse(&format!("{op} with a computed value"), c),
         }
     }
@@ -1461,7 +1674,9 @@ impl Ctx<'_> {
         match v {
             Val::Lit(_) | Val::Param(_) => self.bind(c, v).map(|_| ()),
             Val::Null | Val::Default => Ok(()),
-            Val::Col { prot: Some(src), .. } => {
+            Val::Col {
+                prot: Some(src), ..
+            } => {
                 let (a, b) = (self.col(c)?, self.col(*src)?);
                 if a.key_scope() == b.key_scope() && a.logical_type == b.logical_type {
                     Ok(())
@@ -1484,16 +1699,25 @@ impl Ctx<'_> {
                 if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") {
                     return Ok(Val::Default);
                 }
-                Ok(self.lookup_column(std::slice::from_ref(id))?.unwrap_or(Val::Other))
+                Ok(self
+                    .lookup_column(std::slice::from_ref(id))?
+                    .unwrap_or(Val::Other))
             }
             Expr::CompoundIdentifier(ids) => Ok(self.lookup_column(ids)?.unwrap_or(Val::Other)),
             Expr::Value(v) => self.value(v),
-            Expr::UnaryOp { op: op @ (UnaryOperator::Minus | UnaryOperator::Plus), expr: inner }
-                if matches!(&**inner, Expr::Value(ValueWithSpan { value: Value::Number(..), .. })) =>
+            Expr::UnaryOp {
+                op: op @ (UnaryOperator::Minus | UnaryOperator::Plus),
+                expr: inner,
+            } if is_number(inner)
+                || matches!(&**inner, Expr::Cast { expr: e, kind: CastKind::DoubleColon, .. } if is_number(e)) =>
             {
-                let Val::Lit(mut lit) = self.expr(inner)? else { return Ok(Val::Other) };
+                let Val::Lit(mut lit) = self.expr(inner)? else {
+                    return Ok(Val::Other);
+                };
                 let idx = self.token_index_at(lit.range.start)?;
-                let Some(prev) = self.tk.prev_solid(idx) else { return unsupported("unary operator") };
+                let Some(prev) = self.tk.prev_solid(idx) else {
+                    return unsupported("unary operator");
+                };
                 if !matches!(self.tk.token(prev), Some(Token::Minus | Token::Plus)) {
                     return unsupported("cannot locate unary operator");
                 }
@@ -1514,7 +1738,12 @@ impl Ctx<'_> {
                 // only on its own.
                 Ok(v)
             }
-            Expr::Cast { kind, expr: inner, data_type, format } => {
+            Expr::Cast {
+                kind,
+                expr: inner,
+                data_type,
+                format,
+            } => {
                 let v = self.expr(inner)?;
                 let ty = data_type.to_string().to_ascii_lowercase();
                 if let Some(c) = v.prot() {
@@ -1550,7 +1779,9 @@ impl Ctx<'_> {
                 if ts.uses_odbc_syntax {
                     return unsupported("ODBC literal");
                 }
-                let Val::Lit(mut lit) = self.value(&ts.value)? else { return Ok(Val::Other) };
+                let Val::Lit(mut lit) = self.value(&ts.value)? else {
+                    return Ok(Val::Other);
+                };
                 lit.range.start = self.typed_string_start(lit.range.start)?;
                 lit.cast = Some(ts.data_type.to_string().to_ascii_lowercase());
                 Ok(Val::Lit(lit))
@@ -1586,7 +1817,11 @@ impl Ctx<'_> {
                 self.compare(&lv, &rv, "IS DISTINCT FROM")?;
                 Ok(Val::Other)
             }
-            Expr::InList { expr: inner, list, negated } => {
+            Expr::InList {
+                expr: inner,
+                list,
+                negated,
+            } => {
                 let l = self.expr(inner)?;
                 let op = if *negated { "NOT IN" } else { "IN" };
                 for item in list {
@@ -1598,7 +1833,11 @@ impl Ctx<'_> {
                 }
                 Ok(Val::Other)
             }
-            Expr::InSubquery { expr: inner, subquery, negated } => {
+            Expr::InSubquery {
+                expr: inner,
+                subquery,
+                negated,
+            } => {
                 let l = self.expr(inner)?;
                 let op = if *negated { "NOT IN" } else { "IN" };
                 self.scopes.push(Vec::new());
@@ -1616,7 +1855,12 @@ impl Ctx<'_> {
                 }
                 Ok(Val::Other)
             }
-            Expr::Between { expr: inner, low, high, negated } => {
+            Expr::Between {
+                expr: inner,
+                low,
+                high,
+                negated,
+            } => {
                 let op = if *negated { "NOT BETWEEN" } else { "BETWEEN" };
                 for x in [inner, low, high] {
                     let v = self.expr(x)?;
@@ -1624,13 +1868,31 @@ impl Ctx<'_> {
                 }
                 Ok(Val::Other)
             }
-            Expr::Like { expr: inner, pattern, escape_char, .. } => self.pattern_op("LIKE", inner, pattern, escape_char.as_deref()),
-            Expr::ILike { expr: inner, pattern, escape_char, .. } => self.pattern_op("ILIKE", inner, pattern, escape_char.as_deref()),
-            Expr::SimilarTo { expr: inner, pattern, escape_char, .. } => {
-                self.pattern_op("SIMILAR TO", inner, pattern, escape_char.as_deref())
-            }
+            Expr::Like {
+                expr: inner,
+                pattern,
+                escape_char,
+                ..
+            } => self.pattern_op("LIKE", inner, pattern, escape_char.as_deref()),
+            Expr::ILike {
+                expr: inner,
+                pattern,
+                escape_char,
+                ..
+            } => self.pattern_op("ILIKE", inner, pattern, escape_char.as_deref()),
+            Expr::SimilarTo {
+                expr: inner,
+                pattern,
+                escape_char,
+                ..
+            } => self.pattern_op("SIMILAR TO", inner, pattern, escape_char.as_deref()),
             Expr::Function(f) => self.function(f),
-            Expr::Case { operand, conditions, else_result, .. } => {
+            Expr::Case {
+                operand,
+                conditions,
+                else_result,
+                ..
+            } => {
                 let op_val = match operand {
                     Some(o) => Some(self.expr(o)?),
                     None => None,
@@ -1670,7 +1932,10 @@ impl Ctx<'_> {
                 let outs = r?;
                 match outs.as_slice() {
                     [one] => Ok(match &one.val {
-                        Val::Col { prot, .. } => Val::Col { prot: *prot, origin: None },
+                        Val::Col { prot, .. } => Val::Col {
+                            prot: *prot,
+                            origin: None,
+                        },
                         other => other.clone(),
                     }),
                     _ => {
@@ -1730,7 +1995,12 @@ impl Ctx<'_> {
     }
 
     fn function(&mut self, f: &Function) -> R<Val> {
-        let name = f.name.0.last().map(|p| p.to_string().to_ascii_lowercase()).unwrap_or_default();
+        let name = f
+            .name
+            .0
+            .last()
+            .map(|p| p.to_string().to_ascii_lowercase())
+            .unwrap_or_default();
         let label = format!("function {name}()");
         if let Some(filter) = &f.filter {
             self.cond(filter)?;
@@ -1767,13 +2037,18 @@ impl Ctx<'_> {
                 }
             }
             FunctionArguments::List(list) => {
-                let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
+                let distinct =
+                    matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
                 let count = name == "count" && f.name.0.len() <= 2 && list.args.len() == 1;
                 for arg in &list.args {
                     let e = match arg {
-                        FunctionArg::Unnamed(a) | FunctionArg::Named { arg: a, .. } | FunctionArg::ExprNamed { arg: a, .. } => a,
+                        FunctionArg::Unnamed(a)
+                        | FunctionArg::Named { arg: a, .. }
+                        | FunctionArg::ExprNamed { arg: a, .. } => a,
                     };
-                    let FunctionArgExpr::Expr(e) = e else { continue };
+                    let FunctionArgExpr::Expr(e) = e else {
+                        continue;
+                    };
                     let v = self.expr(e)?;
                     match v.prot() {
                         Some(c) if count => {
@@ -1812,9 +2087,9 @@ impl Ctx<'_> {
             match e {
                 Expr::Identifier(id) => idents.push(vec![id.clone()]),
                 Expr::CompoundIdentifier(ids) => idents.push(ids.clone()),
-                Expr::Subquery(q) | Expr::Exists { subquery: q, .. } | Expr::InSubquery { subquery: q, .. } => {
-                    queries.push((**q).clone())
-                }
+                Expr::Subquery(q)
+                | Expr::Exists { subquery: q, .. }
+                | Expr::InSubquery { subquery: q, .. } => queries.push((**q).clone()),
                 _ => {}
             }
             ControlFlow::<()>::Continue(())
@@ -1872,7 +2147,11 @@ impl Ctx<'_> {
                 return match n {
                     Some(n) if n > 0 => {
                         let range = self.span_range(v.span)?;
-                        Ok(Val::Param(Param { n, range, cast: None }))
+                        Ok(Val::Param(Param {
+                            n,
+                            range,
+                            cast: None,
+                        }))
                     }
                     _ => unsupported("placeholder"),
                 };
@@ -1887,7 +2166,11 @@ impl Ctx<'_> {
             _ => return Ok(Val::Other),
         };
         let range = self.span_range(v.span)?;
-        Ok(Val::Lit(Lit { range, value: text, cast: None }))
+        Ok(Val::Lit(Lit {
+            range,
+            value: text,
+            cast: None,
+        }))
     }
 
     /// Extends a literal's range over a following `::type` or an enclosing `CAST(… AS type)`.
@@ -1895,14 +2178,19 @@ impl Ctx<'_> {
         let last = self.token_index_ending_at(lit.end)?;
         match kind {
             CastKind::DoubleColon => {
-                let Some(dc) = self.tk.next_solid(last) else { return unsupported("cast") };
+                let Some(dc) = self.tk.next_solid(last) else {
+                    return unsupported("cast");
+                };
                 if !matches!(self.tk.token(dc), Some(Token::DoubleColon)) {
                     return unsupported("cannot locate cast");
                 }
-                let Some(ty_start) = self.tk.next_solid(dc) else { return unsupported("cast") };
+                let Some(ty_start) = self.tk.next_solid(dc) else {
+                    return unsupported("cast");
+                };
                 let stop = (ty_start + 48).min(self.tk.toks.len());
                 let dialect = PostgreSqlDialect {};
-                let mut p = Parser::new(&dialect).with_tokens_with_locations(self.tk.toks[ty_start..stop].to_vec());
+                let mut p = Parser::new(&dialect)
+                    .with_tokens_with_locations(self.tk.toks[ty_start..stop].to_vec());
                 if p.parse_data_type().is_err() {
                     return unsupported("cannot parse cast type");
                 }
@@ -1916,8 +2204,12 @@ impl Ctx<'_> {
                 let first = self.token_index_at(lit.start)?;
                 let open = self.tk.prev_solid(first);
                 let kw = open.and_then(|o| self.tk.prev_solid(o));
-                let (Some(open), Some(kw)) = (open, kw) else { return unsupported("cast") };
-                if !matches!(self.tk.token(open), Some(Token::LParen)) || !self.tk.is_keyword(kw, "cast") {
+                let (Some(open), Some(kw)) = (open, kw) else {
+                    return unsupported("cast");
+                };
+                if !matches!(self.tk.token(open), Some(Token::LParen))
+                    || !self.tk.is_keyword(kw, "cast")
+                {
                     return unsupported("cannot locate CAST");
                 }
                 let mut depth = 0i32;
@@ -1925,7 +2217,9 @@ impl Ctx<'_> {
                 while let Some(t) = self.tk.token(i) {
                     match t {
                         Token::LParen => depth += 1,
-                        Token::RParen if depth == 0 => return Ok(self.tk.ranges[kw].start..self.tk.ranges[i].end),
+                        Token::RParen if depth == 0 => {
+                            return Ok(self.tk.ranges[kw].start..self.tk.ranges[i].end)
+                        }
                         Token::RParen => depth -= 1,
                         _ => {}
                     }
@@ -1953,12 +2247,18 @@ impl Ctx<'_> {
         let mut best = None;
         let mut k = lit;
         for _ in 0..8 {
-            let Some(prev) = self.tk.prev_solid(k) else { break };
-            if !matches!(self.tk.token(prev), Some(Token::Word(_) | Token::LParen | Token::RParen | Token::Number(..))) {
+            let Some(prev) = self.tk.prev_solid(k) else {
+                break;
+            };
+            if !matches!(
+                self.tk.token(prev),
+                Some(Token::Word(_) | Token::LParen | Token::RParen | Token::Number(..))
+            ) {
                 break;
             }
             k = prev;
-            let mut p = Parser::new(&dialect).with_tokens_with_locations(self.tk.toks[k..lit].to_vec());
+            let mut p =
+                Parser::new(&dialect).with_tokens_with_locations(self.tk.toks[k..lit].to_vec());
             if p.parse_data_type().is_ok() && p.peek_token().token == Token::EOF {
                 best = Some(k);
             }
@@ -1992,15 +2292,25 @@ impl Ctx<'_> {
             let aliases = self
                 .scopes
                 .last()
-                .map(|sc| sc.iter().filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone()))).collect())
+                .map(|sc| {
+                    sc.iter()
+                        .filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone())))
+                        .collect()
+                })
                 .unwrap_or_default();
-            self.top = Some(TopInfo { insert_at: Some(self.stmt_end), blocker: None, aliases });
+            self.top = Some(TopInfo {
+                insert_at: Some(self.stmt_end),
+                blocker: None,
+                aliases,
+            });
         }
         Ok(outs)
     }
 
     fn insert(&mut self, ins: &Insert, top: bool) -> R<Vec<OutCol>> {
-        let TableObject::TableName(name) = &ins.table else { return unsupported("INSERT INTO function") };
+        let TableObject::TableName(name) = &ins.table else {
+            return unsupported("INSERT INTO function");
+        };
         let target = self.target_source(name, ins.table_alias.as_ref().map(|a| &a.alias))?;
         if let Some(t) = &target.table {
             self.tables.push(t.clone());
@@ -2126,8 +2436,14 @@ impl Ctx<'_> {
         self.scopes.push(Vec::new());
         let result = (|| -> R<Vec<OutCol>> {
             self.table_with_joins(&u.table)?;
-            let table = self.scopes.last().and_then(|sc| sc.first()).and_then(|s| s.table.clone());
-            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = &u.from {
+            let table = self
+                .scopes
+                .last()
+                .and_then(|sc| sc.first())
+                .and_then(|s| s.table.clone());
+            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
+                &u.from
+            {
                 for twj in f {
                     self.table_with_joins(twj)?;
                 }
@@ -2166,8 +2482,22 @@ impl Ctx<'_> {
     }
 }
 
+fn is_number(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::Value(ValueWithSpan {
+            value: Value::Number(..),
+            ..
+        })
+    )
+}
+
 fn position_ref(e: &Expr, outs: &[OutCol]) -> Option<Val> {
-    if let Expr::Value(ValueWithSpan { value: Value::Number(n, _), .. }) = e {
+    if let Expr::Value(ValueWithSpan {
+        value: Value::Number(n, _),
+        ..
+    }) = e
+    {
         let i: usize = n.parse().ok()?;
         return outs.get(i.checked_sub(1)?).map(|o| o.val.clone());
     }
@@ -2178,7 +2508,12 @@ fn expr_name(e: &Expr) -> String {
     match e {
         Expr::Identifier(id) => norm(id),
         Expr::CompoundIdentifier(ids) => ids.last().map(norm).unwrap_or_default(),
-        Expr::Function(f) => f.name.0.last().map(|p| p.to_string().to_ascii_lowercase()).unwrap_or_default(),
+        Expr::Function(f) => f
+            .name
+            .0
+            .last()
+            .map(|p| p.to_string().to_ascii_lowercase())
+            .unwrap_or_default(),
         Expr::Cast { expr, .. } | Expr::Nested(expr) => expr_name(expr),
         _ => "?column?".to_string(),
     }

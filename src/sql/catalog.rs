@@ -39,7 +39,12 @@ impl Protection {
             }
         }
         needles.sort();
-        Self { columns, index, subjects, needles }
+        Self {
+            columns,
+            index,
+            subjects,
+            needles,
+        }
     }
 
     /// All protected columns; a [`ColumnRef`] indexes this slice.
@@ -67,7 +72,10 @@ impl Protection {
 
     /// Protected columns of one table.
     pub fn table_columns(&self, table: &TableName) -> impl Iterator<Item = ColumnRef> + '_ {
-        self.index.get(table).into_iter().flat_map(|m| m.values().copied())
+        self.index
+            .get(table)
+            .into_iter()
+            .flat_map(|m| m.values().copied())
     }
 
     /// The subject id column configured for a table.
@@ -113,8 +121,12 @@ pub trait Catalog {
     /// `schema` given: that relation or nothing. Otherwise the first schema of
     /// `search_path` (entries as `SHOW search_path` lists them, already unquoted;
     /// `$user` may be left for the implementation to skip or substitute) that has it.
-    fn resolve(&self, schema: Option<&str>, name: &str, search_path: &[String])
-        -> Option<TableInfo>;
+    fn resolve(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        search_path: &[String],
+    ) -> Option<TableInfo>;
 }
 
 /// A simple in-memory catalog: for tests, and for the session to fill from `pg_class`.
@@ -143,7 +155,11 @@ impl StaticCatalog {
                 type_oid: 17,
             })
             .collect();
-        self.insert(TableInfo { name: TableName::new(schema, name), oid, columns });
+        self.insert(TableInfo {
+            name: TableName::new(schema, name),
+            oid,
+            columns,
+        });
     }
 
     pub fn tables(&self) -> impl Iterator<Item = &TableInfo> {

@@ -8,7 +8,10 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 /// collapsed to single spaces; `$n` parameters stay.
 pub fn fingerprint(sql: &str) -> String {
     let dialect = PostgreSqlDialect {};
-    match Tokenizer::new(&dialect, sql).with_unescape(false).tokenize() {
+    match Tokenizer::new(&dialect, sql)
+        .with_unescape(false)
+        .tokenize()
+    {
         Ok(tokens) => from_tokens(&tokens),
         Err(_) => hand_scan(sql),
     }
@@ -35,7 +38,10 @@ impl Out {
 }
 
 fn from_tokens(tokens: &[Token]) -> String {
-    let mut out = Out { s: String::new(), space: false };
+    let mut out = Out {
+        s: String::new(),
+        space: false,
+    };
     for t in tokens {
         match t {
             Token::EOF => {}
@@ -85,7 +91,10 @@ fn from_tokens(tokens: &[Token]) -> String {
 /// conservative scan that drops comments and replaces anything quoted or numeric by `?`.
 fn hand_scan(sql: &str) -> String {
     let b = sql.as_bytes();
-    let mut out = Out { s: String::new(), space: false };
+    let mut out = Out {
+        s: String::new(),
+        space: false,
+    };
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -180,14 +189,17 @@ fn hand_scan(sql: &str) -> String {
                 out.push("$");
                 i += 1;
             }
-        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
+        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
                 i += 1;
             }
             out.push("?");
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+            {
                 i += 1;
             }
             // The slice ends on an ASCII byte or the end, so it is valid UTF-8.

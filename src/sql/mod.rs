@@ -76,10 +76,17 @@ pub struct Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubjectSource {
     /// The top-level output already contains the table's subject column at this position.
-    Selected { table: TableName, output_position: usize },
+    Selected {
+        table: TableName,
+        output_position: usize,
+    },
     /// Insert `text` at byte `insert_at` of the query string to append the subject column
     /// as one extra output column (the last one); the session strips it from the rows.
-    Injectable { table: TableName, insert_at: usize, text: String },
+    Injectable {
+        table: TableName,
+        insert_at: usize,
+        text: String,
+    },
     /// The subject cannot be determined (aggregate, set operation, DISTINCT, …).
     Unknown { table: TableName, reason: String },
 }

@@ -3,7 +3,13 @@ use std::collections::HashMap;
 use super::*;
 use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
 
-fn pc(table: &str, column: &str, ty: LogicalType, mode: EncryptionMode, domain: Option<&str>) -> ProtectedColumn {
+fn pc(
+    table: &str,
+    column: &str,
+    ty: LogicalType,
+    mode: EncryptionMode,
+    domain: Option<&str>,
+) -> ProtectedColumn {
     ProtectedColumn {
         table: TableName::parse(table).unwrap(),
         column: column.into(),
@@ -34,8 +40,27 @@ fn protection() -> Protection {
 
 fn catalog() -> StaticCatalog {
     let mut c = StaticCatalog::new();
-    c.add_table("public", "patients", 1001, &["id", "ssn", "birth_date", "mrn", "name", "zip", "age", "Weird"]);
-    c.add_table("public", "visits", 1002, &["id", "patient_id", "mrn", "note", "visit_date"]);
+    c.add_table(
+        "public",
+        "patients",
+        1001,
+        &[
+            "id",
+            "ssn",
+            "birth_date",
+            "mrn",
+            "name",
+            "zip",
+            "age",
+            "Weird",
+        ],
+    );
+    c.add_table(
+        "public",
+        "visits",
+        1002,
+        &["id", "patient_id", "mrn", "note", "visit_date"],
+    );
     c.add_table("ehr", "records", 1003, &["id", "ssn", "data"]);
     c.add_table("public", "staff", 1004, &["id", "name", "ssn_plain"]);
     c.add_table("public", "Patients", 1005, &["id", "ssn"]);
@@ -58,13 +83,19 @@ fn plan(sql: &str) -> StatementPlan {
 
 fn ok(sql: &str) -> StatementPlan {
     let p = plan(sql);
-    assert!(p.refusal.is_none(), "{sql}: unexpected refusal {:?}", p.refusal);
+    assert!(
+        p.refusal.is_none(),
+        "{sql}: unexpected refusal {:?}",
+        p.refusal
+    );
     p
 }
 
 fn refused(sql: &str) -> String {
     let p = plan(sql);
-    let Some(r) = p.refusal.clone() else { panic!("{sql}: not refused: {p:?}") };
+    let Some(r) = p.refusal.clone() else {
+        panic!("{sql}: not refused: {p:?}")
+    };
     assert_eq!(r.sqlstate, "0A000");
     r.message
 }
@@ -83,7 +114,13 @@ fn names(cs: &[ColumnRef]) -> Vec<String> {
 fn lits(sql: &str, p: &StatementPlan) -> Vec<(String, String, String)> {
     p.literals
         .iter()
-        .map(|l| (sql[l.byte_range.clone()].to_string(), name(l.column), l.value.clone().unwrap_or_default()))
+        .map(|l| {
+            (
+                sql[l.byte_range.clone()].to_string(),
+                name(l.column),
+                l.value.clone().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -111,9 +148,15 @@ fn fast_path_matches_names_case_insensitively() {
     assert!(may_touch_protected("SELECT * FROM PATIENTS", &p));
     assert!(may_touch_protected("select * from \"Patients\"", &p));
     assert!(may_touch_protected("select * from ehr.RECORDS", &p));
-    assert!(may_touch_protected("select 1 from x where y = U&\"d\\0061t\\+000061\"", &p));
+    assert!(may_touch_protected(
+        "select 1 from x where y = U&\"d\\0061t\\+000061\"",
+        &p
+    ));
     assert!(may_touch_protected("select 1 from u&\"x\"", &p));
-    assert!(!may_touch_protected("select * from staff where name = 'x'", &p));
+    assert!(!may_touch_protected(
+        "select * from staff where name = 'x'",
+        &p
+    ));
     assert!(!may_touch_protected("", &p));
     assert!(!may_touch_protected("pat", &p));
     assert!(may_touch_protected("VISITS", &p));
@@ -126,8 +169,14 @@ fn unprotected_statements_have_no_bindings() {
     let sql = "SELECT * FROM staff WHERE name = 'bob'; UPDATE staff SET name = 'x' ;  ";
     let ps = plans(sql);
     assert_eq!(ps.len(), 2);
-    assert_eq!(&sql[ps[0].byte_range.clone()], "SELECT * FROM staff WHERE name = 'bob'");
-    assert_eq!(&sql[ps[1].byte_range.clone()], "UPDATE staff SET name = 'x'");
+    assert_eq!(
+        &sql[ps[0].byte_range.clone()],
+        "SELECT * FROM staff WHERE name = 'bob'"
+    );
+    assert_eq!(
+        &sql[ps[1].byte_range.clone()],
+        "UPDATE staff SET name = 'x'"
+    );
     assert_eq!(ps[0].kind, StatementKind::Select);
     assert_eq!(ps[1].kind, StatementKind::Update);
     for p in &ps {
@@ -141,7 +190,10 @@ fn multi_statement_with_protected_and_multibyte() {
     let sql = "SELECT 'héllo ☃';\nSELECT name FROM patients\n  WHERE ssn = 'ü-123' ; select 1";
     let ps = plans(sql);
     assert_eq!(ps.len(), 3);
-    assert_eq!(&sql[ps[1].byte_range.clone()], "SELECT name FROM patients\n  WHERE ssn = 'ü-123'");
+    assert_eq!(
+        &sql[ps[1].byte_range.clone()],
+        "SELECT name FROM patients\n  WHERE ssn = 'ü-123'"
+    );
     assert_eq!(lits(sql, &ps[1]), vec![t("'ü-123'", SSN, "ü-123")]);
     assert_eq!(&sql[ps[2].byte_range.clone()], "select 1");
 }
@@ -152,9 +204,25 @@ fn unparsable_statements() {
     let ps = plans("DO $$ BEGIN PERFORM 1; END $$");
     assert_eq!(ps[0].kind, StatementKind::Other);
     // Mentions one: error (the session refuses).
-    assert!(analyze("DO $$ BEGIN UPDATE patients SET ssn = '1'; END $$", &protection(), &catalog(), &sp()).is_err());
-    assert!(analyze("SELECT ssn FROM patients WHERE", &protection(), &catalog(), &sp()).is_err());
-    assert!(analyze("SELECT FROM WHERE staff", &protection(), &catalog(), &sp()).unwrap()[0].literals.is_empty());
+    assert!(analyze(
+        "DO $$ BEGIN UPDATE patients SET ssn = '1'; END $$",
+        &protection(),
+        &catalog(),
+        &sp()
+    )
+    .is_err());
+    assert!(analyze(
+        "SELECT ssn FROM patients WHERE",
+        &protection(),
+        &catalog(),
+        &sp()
+    )
+    .is_err());
+    assert!(
+        analyze("SELECT FROM WHERE staff", &protection(), &catalog(), &sp()).unwrap()[0]
+            .literals
+            .is_empty()
+    );
 }
 
 // ----- SELECT --------------------------------------------------------------------------
@@ -173,10 +241,22 @@ fn select_where_equality_binds_literal() {
 
 #[test]
 fn literal_on_either_side_and_not_equal() {
-    assert_eq!(lit("SELECT 1 FROM patients WHERE '1' = ssn"), vec![t("'1'", SSN, "1")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn <> 'a'"), vec![t("'a'", SSN, "a")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn != 'a'"), vec![t("'a'", SSN, "a")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE NOT (ssn = 'a')"), vec![t("'a'", SSN, "a")]);
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE '1' = ssn"),
+        vec![t("'1'", SSN, "1")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn <> 'a'"),
+        vec![t("'a'", SSN, "a")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn != 'a'"),
+        vec![t("'a'", SSN, "a")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE NOT (ssn = 'a')"),
+        vec![t("'a'", SSN, "a")]
+    );
 }
 
 #[test]
@@ -196,7 +276,10 @@ fn in_and_not_in_lists() {
 #[test]
 fn parameters_bind() {
     let p = ok("SELECT name FROM patients WHERE ssn = $1 AND name = $2 AND $3 = mrn");
-    assert_eq!(params(&p), vec![(1, SSN.to_string()), (3, "public.patients.mrn".to_string())]);
+    assert_eq!(
+        params(&p),
+        vec![(1, SSN.to_string()), (3, "public.patients.mrn".to_string())]
+    );
     let p = ok("SELECT name FROM patients WHERE ssn IN ($1, $2)");
     assert_eq!(params(&p).len(), 2);
     // A cast on a bound parameter is rewritten to bytea.
@@ -205,7 +288,10 @@ fn parameters_bind() {
     assert_eq!(params(&p), vec![(1, SSN.to_string())]);
     assert_eq!(p.rewrites.len(), 1);
     assert_eq!(&sql[p.rewrites[0].0.clone()], "$1::text");
-    assert_eq!(rewrite(sql, &p.rewrites), "SELECT 1 FROM patients WHERE ssn = $1::bytea");
+    assert_eq!(
+        rewrite(sql, &p.rewrites),
+        "SELECT 1 FROM patients WHERE ssn = $1::bytea"
+    );
 }
 
 #[test]
@@ -218,7 +304,10 @@ fn parameter_conflicts_are_refused() {
 #[test]
 fn is_null_allowed_on_both_modes() {
     let p = ok("SELECT id FROM patients WHERE birth_date IS NULL OR ssn IS NOT NULL");
-    assert_eq!(names(&p.conditions), vec!["public.patients.birth_date", SSN]);
+    assert_eq!(
+        names(&p.conditions),
+        vec!["public.patients.birth_date", SSN]
+    );
     assert!(p.literals.is_empty());
 }
 
@@ -241,26 +330,53 @@ fn wildcard_expansion() {
     assert_eq!(p.result_columns.len(), 6);
     assert_eq!(name(p.result_columns[2].unwrap()), "public.visits.mrn");
     assert_eq!(name(p.result_columns[5].unwrap()), SSN);
-    assert_eq!(names(&p.conditions), vec!["public.patients.mrn", "public.visits.mrn"]);
+    assert_eq!(
+        names(&p.conditions),
+        vec!["public.patients.mrn", "public.visits.mrn"]
+    );
 }
 
 #[test]
 fn name_resolution_forms() {
-    assert_eq!(lit("SELECT 1 FROM patients p WHERE p.ssn = 'x'"), vec![t("'x'", SSN, "x")]);
-    assert_eq!(lit("SELECT 1 FROM public.patients WHERE patients.ssn = 'x'"), vec![t("'x'", SSN, "x")]);
-    assert_eq!(lit("SELECT 1 FROM public.patients WHERE public.patients.ssn = 'x'"), vec![t("'x'", SSN, "x")]);
-    assert_eq!(lit("SELECT 1 FROM PUBLIC.\"patients\" P WHERE P.SSN = 'x'"), vec![t("'x'", SSN, "x")]);
+    assert_eq!(
+        lit("SELECT 1 FROM patients p WHERE p.ssn = 'x'"),
+        vec![t("'x'", SSN, "x")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM public.patients WHERE patients.ssn = 'x'"),
+        vec![t("'x'", SSN, "x")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM public.patients WHERE public.patients.ssn = 'x'"),
+        vec![t("'x'", SSN, "x")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM PUBLIC.\"patients\" P WHERE P.SSN = 'x'"),
+        vec![t("'x'", SSN, "x")]
+    );
     // Other schema via qualification, same column name, own key.
-    assert_eq!(lit("SELECT 1 FROM ehr.records r WHERE r.ssn = 'x'"), vec![t("'x'", "ehr.records.ssn", "x")]);
+    assert_eq!(
+        lit("SELECT 1 FROM ehr.records r WHERE r.ssn = 'x'"),
+        vec![t("'x'", "ehr.records.ssn", "x")]
+    );
     // Quoted identifiers keep case: "Patients" is another (unprotected) table.
     let p = ok("SELECT ssn FROM \"Patients\" WHERE ssn = 'x'");
     assert!(p.literals.is_empty() && p.reads.is_empty());
     // A quoted protected column name.
-    assert_eq!(lit("SELECT 1 FROM patients WHERE \"Weird\" = 'x'"), vec![t("'x'", "public.patients.Weird", "x")]);
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE \"Weird\" = 'x'"),
+        vec![t("'x'", "public.patients.Weird", "x")]
+    );
     let p = ok("SELECT 1 FROM patients WHERE weird = 'x'");
     assert!(p.literals.is_empty());
     // search_path decides where an unqualified name lives.
-    let p = analyze("SELECT 1 FROM records WHERE ssn = 'x'", &protection(), &catalog(), &["ehr".to_string()]).unwrap();
+    let p = analyze(
+        "SELECT 1 FROM records WHERE ssn = 'x'",
+        &protection(),
+        &catalog(),
+        &["ehr".to_string()],
+    )
+    .unwrap();
     assert_eq!(p[0].literals.len(), 1);
     assert_eq!(name(p[0].literals[0].column), "ehr.records.ssn");
 }
@@ -268,12 +384,18 @@ fn name_resolution_forms() {
 #[test]
 fn joins_and_domains() {
     let p = ok("SELECT p.name FROM patients p JOIN visits v ON p.mrn = v.mrn WHERE v.mrn = 'M1'");
-    assert_eq!(names(&p.conditions), vec!["public.patients.mrn", "public.visits.mrn"]);
+    assert_eq!(
+        names(&p.conditions),
+        vec!["public.patients.mrn", "public.visits.mrn"]
+    );
     assert_eq!(p.literals.len(), 1);
     ok("SELECT 1 FROM patients a JOIN patients b ON a.ssn = b.ssn");
     ok("SELECT 1 FROM patients JOIN visits USING (mrn)");
     let m = refused("SELECT 1 FROM patients p JOIN ehr.records r ON p.ssn = r.ssn");
-    assert!(m.contains("public.patients.ssn") && m.contains("ehr.records.ssn"), "{m}");
+    assert!(
+        m.contains("public.patients.ssn") && m.contains("ehr.records.ssn"),
+        "{m}"
+    );
     let m = refused("SELECT 1 FROM patients p JOIN staff s ON p.ssn = s.ssn_plain");
     assert!(m.contains(SSN), "{m}");
     refused("SELECT 1 FROM patients p, visits v WHERE p.ssn = v.mrn");
@@ -292,7 +414,8 @@ fn subqueries_and_ctes() {
     assert_eq!(name(p.result_columns[0].unwrap()), SSN);
     let sql = "WITH c(s) AS (SELECT ssn FROM patients) SELECT s FROM c WHERE s IN ('a')";
     assert_eq!(lit(sql), vec![t("'a'", SSN, "a")]);
-    let sql = "SELECT name FROM patients WHERE id IN (SELECT patient_id FROM visits WHERE mrn = 'm')";
+    let sql =
+        "SELECT name FROM patients WHERE id IN (SELECT patient_id FROM visits WHERE mrn = 'm')";
     assert_eq!(lit(sql), vec![t("'m'", "public.visits.mrn", "m")]);
     let sql = "SELECT name FROM visits v WHERE EXISTS (SELECT 1 FROM patients p WHERE p.mrn = v.mrn AND p.ssn = 'z')";
     assert_eq!(lit(sql), vec![t("'z'", SSN, "z")]);
@@ -324,10 +447,16 @@ fn refusals_name_column_and_operation() {
     let cases = [
         ("SELECT 1 FROM patients WHERE ssn LIKE '12%'", "LIKE"),
         ("SELECT 1 FROM patients WHERE ssn ILIKE '12%'", "ILIKE"),
-        ("SELECT 1 FROM patients WHERE ssn SIMILAR TO '1'", "SIMILAR TO"),
+        (
+            "SELECT 1 FROM patients WHERE ssn SIMILAR TO '1'",
+            "SIMILAR TO",
+        ),
         ("SELECT 1 FROM patients WHERE ssn < '5'", "<"),
         ("SELECT 1 FROM patients WHERE age >= 5", ">="),
-        ("SELECT 1 FROM patients WHERE ssn BETWEEN 'a' AND 'b'", "BETWEEN"),
+        (
+            "SELECT 1 FROM patients WHERE ssn BETWEEN 'a' AND 'b'",
+            "BETWEEN",
+        ),
         ("SELECT ssn FROM patients ORDER BY ssn", "ORDER BY"),
         ("SELECT ssn AS s FROM patients ORDER BY s", "ORDER BY"),
         ("SELECT ssn FROM patients ORDER BY 1", "ORDER BY"),
@@ -338,19 +467,28 @@ fn refusals_name_column_and_operation() {
         ("SELECT CAST(ssn AS text) FROM patients", "cast"),
         ("SELECT age + 1 FROM patients", "+"),
         ("SELECT ssn || 'x' FROM patients", "||"),
-        ("SELECT 1 FROM patients WHERE birth_date = DATE '2000-01-01'", "randomized"),
+        (
+            "SELECT 1 FROM patients WHERE birth_date = DATE '2000-01-01'",
+            "randomized",
+        ),
         ("SELECT 1 FROM patients WHERE ssn = lower('A')", "computed"),
         ("SELECT 1 FROM patients WHERE ssn", "boolean"),
         ("SELECT 1 FROM patients WHERE ssn = ANY($1)", "ANY"),
         ("SELECT CASE WHEN true THEN ssn END FROM patients", "CASE"),
         ("SELECT coalesce(ssn, 'x') FROM patients", "coalesce"),
-        ("SELECT 1 FROM patients WHERE substring(ssn from 1 for 3) = '123'", "expression"),
+        (
+            "SELECT 1 FROM patients WHERE substring(ssn from 1 for 3) = '123'",
+            "expression",
+        ),
     ];
     for (sql, op) in cases {
         let m = refused(sql);
         assert!(m.contains(op), "{sql}: {m}");
         assert!(m.contains("public.patients."), "{sql}: {m}");
-        assert!(!m.contains("12%") && !m.contains("2000-01-01"), "{sql}: {m}");
+        assert!(
+            !m.contains("12%") && !m.contains("2000-01-01"),
+            "{sql}: {m}"
+        );
     }
 }
 
@@ -358,7 +496,10 @@ fn refusals_name_column_and_operation() {
 fn set_operations() {
     let p = ok("SELECT ssn FROM patients WHERE id = 1 UNION SELECT ssn FROM patients WHERE id = 2");
     assert_eq!(name(p.result_columns[0].unwrap()), SSN);
-    assert!(matches!(p.subject.sources[0], SubjectSource::Unknown { .. }));
+    assert!(matches!(
+        p.subject.sources[0],
+        SubjectSource::Unknown { .. }
+    ));
     ok("SELECT mrn FROM patients UNION ALL SELECT mrn FROM visits");
     ok("SELECT ssn FROM patients UNION ALL SELECT NULL");
     refused("SELECT ssn FROM patients UNION SELECT name FROM staff");
@@ -374,18 +515,54 @@ fn set_operations() {
 fn literal_forms() {
     let sql = "SELECT 1 FROM patients WHERE ssn = E'a\\nb\\'c'";
     assert_eq!(lit(sql), vec![t("E'a\\nb\\'c'", SSN, "a\nb'c")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn = 'it''s'"), vec![t("'it''s'", SSN, "it's")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn = $$dollar 'x'$$"), vec![t("$$dollar 'x'$$", SSN, "dollar 'x'")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn = $q$x$q$"), vec![t("$q$x$q$", SSN, "x")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE age = 42"), vec![t("42", "public.patients.age", "42")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE age = - 42"), vec![t("- 42", "public.patients.age", "-42")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE age = -42"), vec![t("-42", "public.patients.age", "-42")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE age = 1.5e3"), vec![t("1.5e3", "public.patients.age", "1.5e3")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn = 'x'::text"), vec![t("'x'::text", SSN, "x")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn = 'x'::character varying(10)"), vec![t("'x'::character varying(10)", SSN, "x")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE ssn = CAST( 'x' AS text )"), vec![t("CAST( 'x' AS text )", SSN, "x")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE age = '5'::int8"), vec![t("'5'::int8", "public.patients.age", "5")]);
-    assert_eq!(lit("SELECT 1 FROM patients WHERE age = -5::int4"), vec![t("-5::int4", "public.patients.age", "-5")]);
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = 'it''s'"),
+        vec![t("'it''s'", SSN, "it's")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = $$dollar 'x'$$"),
+        vec![t("$$dollar 'x'$$", SSN, "dollar 'x'")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = $q$x$q$"),
+        vec![t("$q$x$q$", SSN, "x")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age = 42"),
+        vec![t("42", "public.patients.age", "42")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age = - 42"),
+        vec![t("- 42", "public.patients.age", "-42")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age = -42"),
+        vec![t("-42", "public.patients.age", "-42")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age = 1.5e3"),
+        vec![t("1.5e3", "public.patients.age", "1.5e3")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = 'x'::text"),
+        vec![t("'x'::text", SSN, "x")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = 'x'::character varying(10)"),
+        vec![t("'x'::character varying(10)", SSN, "x")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = CAST( 'x' AS text )"),
+        vec![t("CAST( 'x' AS text )", SSN, "x")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age = '5'::int8"),
+        vec![t("'5'::int8", "public.patients.age", "5")]
+    );
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age = -5::int4"),
+        vec![t("-5::int4", "public.patients.age", "-5")]
+    );
     let p = ok("SELECT 1 FROM patients WHERE ssn = 'x'::text");
     assert_eq!(p.literals[0].cast.as_deref(), Some("text"));
     refused("SELECT 1 FROM patients WHERE ssn = '1'::int4");
@@ -404,7 +581,14 @@ fn typed_and_date_literals() {
     assert_eq!(l[0], t("DATE '2024-01-05'", bd, "2024-01-05"));
     assert_eq!(l[1], t("'2024-01-06'::date", bd, "2024-01-06"));
     assert_eq!(l[2], t("CAST('2024-01-07' AS date)", bd, "2024-01-07"));
-    assert_eq!(l[3], t("timestamp with time zone '2024-01-08 00:00+00'", bd, "2024-01-08 00:00+00"));
+    assert_eq!(
+        l[3],
+        t(
+            "timestamp with time zone '2024-01-08 00:00+00'",
+            bd,
+            "2024-01-08 00:00+00"
+        )
+    );
     assert_eq!(p.literals[0].cast.as_deref(), Some("date"));
 }
 
@@ -412,9 +596,21 @@ fn typed_and_date_literals() {
 fn booleans_and_multiline_ranges() {
     let sql = "SELECT 1\nFROM patients\nWHERE\n  ssn = 'é'\n  AND age = 7";
     let p = ok(sql);
-    assert_eq!(lits(sql, &p), vec![t("'é'", SSN, "é"), t("7", "public.patients.age", "7")]);
-    let out = rewrite(sql, &p.literals.iter().map(|l| (l.byte_range.clone(), "X".to_string())).collect::<Vec<_>>());
-    assert_eq!(out, "SELECT 1\nFROM patients\nWHERE\n  ssn = X\n  AND age = X");
+    assert_eq!(
+        lits(sql, &p),
+        vec![t("'é'", SSN, "é"), t("7", "public.patients.age", "7")]
+    );
+    let out = rewrite(
+        sql,
+        &p.literals
+            .iter()
+            .map(|l| (l.byte_range.clone(), "X".to_string()))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        out,
+        "SELECT 1\nFROM patients\nWHERE\n  ssn = X\n  AND age = X"
+    );
 }
 
 // ----- INSERT --------------------------------------------------------------------------
@@ -434,7 +630,11 @@ fn insert_values_with_and_without_column_list() {
         lits(sql, &p),
         vec![
             t("'111'", SSN, "111"),
-            t("DATE '2000-01-01'", "public.patients.birth_date", "2000-01-01"),
+            t(
+                "DATE '2000-01-01'",
+                "public.patients.birth_date",
+                "2000-01-01"
+            ),
             t("'M'", "public.patients.mrn", "M"),
             t("30", "public.patients.age", "30"),
         ]
@@ -447,17 +647,28 @@ fn insert_values_with_and_without_column_list() {
 fn insert_returning_and_on_conflict() {
     let sql = "INSERT INTO patients AS p (id, ssn) VALUES (1, 'a') ON CONFLICT (ssn) DO UPDATE SET ssn = EXCLUDED.ssn, age = 5 RETURNING p.id, p.ssn";
     let p = ok(sql);
-    assert_eq!(lits(sql, &p), vec![t("'a'", SSN, "a"), t("5", "public.patients.age", "5")]);
+    assert_eq!(
+        lits(sql, &p),
+        vec![t("'a'", SSN, "a"), t("5", "public.patients.age", "5")]
+    );
     assert_eq!(names(&p.reads), vec![SSN]);
     assert_eq!(p.result_columns.len(), 2);
-    assert!(matches!(&p.subject.sources[..], [SubjectSource::Selected { output_position: 0, .. }]));
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Selected {
+            output_position: 0,
+            ..
+        }]
+    ));
     ok("INSERT INTO patients (ssn) VALUES ('a') ON CONFLICT (ssn) DO NOTHING");
     refused("INSERT INTO patients (birth_date) VALUES (NULL) ON CONFLICT (birth_date) DO NOTHING");
     refused("INSERT INTO patients (ssn) VALUES ('a') ON CONFLICT (ssn) DO UPDATE SET ssn = EXCLUDED.mrn");
     let sql = "INSERT INTO patients (ssn) VALUES ($1) RETURNING ssn";
     let p = ok(sql);
     match &p.subject.sources[..] {
-        [SubjectSource::Injectable { insert_at, text, .. }] => {
+        [SubjectSource::Injectable {
+            insert_at, text, ..
+        }] => {
             assert_eq!(*insert_at, sql.len());
             assert_eq!(text, ", \"patients\".\"id\"");
         }
@@ -486,8 +697,22 @@ fn update_forms() {
     let p = ok(sql);
     assert_eq!(p.kind, StatementKind::Update);
     assert_eq!(lits(sql, &p), vec![t("'n'", SSN, "n")]);
-    assert_eq!(params(&p), vec![(2, "public.patients.age".to_string()), (1, "public.visits.mrn".to_string())]);
-    assert_eq!(names(&p.writes), vec!["public.patients.age", "public.patients.birth_date", "public.patients.mrn", SSN]);
+    assert_eq!(
+        params(&p),
+        vec![
+            (2, "public.patients.age".to_string()),
+            (1, "public.visits.mrn".to_string())
+        ]
+    );
+    assert_eq!(
+        names(&p.writes),
+        vec![
+            "public.patients.age",
+            "public.patients.birth_date",
+            "public.patients.mrn",
+            SSN
+        ]
+    );
     assert!(p.reads.is_empty());
     refused("UPDATE patients SET ssn = name");
     refused("UPDATE patients SET ssn = ssn || 'x'");
@@ -557,24 +782,38 @@ fn subjects() {
     let p = ok("SELECT id, ssn FROM patients WHERE age = 3");
     assert_eq!(
         p.subject.sources,
-        vec![SubjectSource::Selected { table: TableName::new("public", "patients"), output_position: 0 }]
+        vec![SubjectSource::Selected {
+            table: TableName::new("public", "patients"),
+            output_position: 0
+        }]
     );
     let sql = "SELECT p.ssn, v.note FROM patients p /* c */ JOIN visits v ON v.patient_id = p.id";
     let p = ok(sql);
     assert_eq!(p.subject.sources.len(), 2);
     match &p.subject.sources[0] {
-        SubjectSource::Injectable { insert_at, text, .. } => {
+        SubjectSource::Injectable {
+            insert_at, text, ..
+        } => {
             assert_eq!(&sql[..*insert_at], "SELECT p.ssn, v.note");
             assert_eq!(text, ", \"p\".\"id\"");
         }
         other => panic!("{other:?}"),
     }
     let p = ok("SELECT ssn, count(*) FROM patients GROUP BY ssn");
-    assert!(matches!(&p.subject.sources[..], [SubjectSource::Unknown { .. }]));
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Unknown { .. }]
+    ));
     let p = ok("SELECT DISTINCT ssn FROM patients");
-    assert!(matches!(&p.subject.sources[..], [SubjectSource::Unknown { .. }]));
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Unknown { .. }]
+    ));
     let p = ok("SELECT s FROM (SELECT ssn AS s FROM patients) x");
-    assert!(matches!(&p.subject.sources[..], [SubjectSource::Unknown { .. }]));
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Unknown { .. }]
+    ));
     // Nothing read → no subject entry.
     let p = ok("SELECT id FROM patients WHERE ssn = 'a'");
     assert!(p.subject.sources.is_empty());
@@ -588,7 +827,10 @@ fn subjects() {
 #[test]
 fn fingerprint_strips_values() {
     let f = fingerprint("SELECT  name FROM patients\n WHERE ssn = '123-45-6789' AND age = -42 -- ssn 999-99-9999\n AND x = $1 /* 555 */");
-    assert_eq!(f, "SELECT name FROM patients WHERE ssn = ? AND age = -? AND x = $1");
+    assert_eq!(
+        f,
+        "SELECT name FROM patients WHERE ssn = ? AND age = -? AND x = $1"
+    );
     for sql in [
         "select E'se\\'cret', $$secret$$, $t$secret$t$, B'1010', X'ff', N'secret', U&'secret', 3.14e2, DATE '2024-01-05'",
         "select 'secret",
@@ -611,7 +853,11 @@ fn fingerprint_strips_values() {
 fn rewrite_replaces_ranges() {
     let sql = "SELECT 1 FROM patients WHERE ssn = 'a' AND mrn IN ('b', 'c')";
     let p = ok(sql);
-    let reps: Vec<_> = p.literals.iter().map(|l| (l.byte_range.clone(), "'\\x00'::bytea".to_string())).collect();
+    let reps: Vec<_> = p
+        .literals
+        .iter()
+        .map(|l| (l.byte_range.clone(), "'\\x00'::bytea".to_string()))
+        .collect();
     assert_eq!(
         rewrite(sql, &reps),
         "SELECT 1 FROM patients WHERE ssn = '\\x00'::bytea AND mrn IN ('\\x00'::bytea, '\\x00'::bytea)"

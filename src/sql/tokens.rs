@@ -46,10 +46,18 @@ impl Tokens {
             .with_unescape(true)
             .tokenize_with_location()
             .map_err(|e| e.to_string())?;
-        let mut cur = Cursor { chars: sql.char_indices(), len: sql.len(), line: 1, col: 1, byte: 0 };
+        let mut cur = Cursor {
+            chars: sql.char_indices(),
+            len: sql.len(),
+            line: 1,
+            col: 1,
+            byte: 0,
+        };
         let mut ranges = Vec::with_capacity(toks.len());
         for t in &toks {
-            let start = cur.seek(t.span.start).ok_or("token position out of range")?;
+            let start = cur
+                .seek(t.span.start)
+                .ok_or("token position out of range")?;
             let end = cur.seek(t.span.end).ok_or("token position out of range")?;
             ranges.push(start..end);
         }
@@ -67,7 +75,10 @@ impl Tokens {
     }
 
     pub fn is_trivia(&self, i: usize) -> bool {
-        matches!(self.toks.get(i).map(|t| &t.token), Some(Token::Whitespace(_)) | Some(Token::EOF))
+        matches!(
+            self.toks.get(i).map(|t| &t.token),
+            Some(Token::Whitespace(_)) | Some(Token::EOF)
+        )
     }
 
     /// The nearest non-whitespace token before `i`.
