@@ -370,14 +370,10 @@ fn statement_kind(st: &Statement) -> StatementKind {
     }
 }
 
-fn dedup<T: PartialEq + Clone>(v: &mut Vec<T>) {
-    let mut out: Vec<T> = Vec::with_capacity(v.len());
-    for x in v.drain(..) {
-        if !out.contains(&x) {
-            out.push(x);
-        }
-    }
-    *v = out;
+/// Removes later duplicates, keeping the order of first appearance (linear).
+fn dedup<T: std::hash::Hash + Eq + Clone>(v: &mut Vec<T>) {
+    let mut seen = HashSet::with_capacity(v.len());
+    v.retain(|x| seen.insert(x.clone()));
 }
 
 impl Ctx<'_> {
@@ -406,6 +402,8 @@ impl Ctx<'_> {
         dedup(&mut self.rewrites);
         // A parameter carries one value: it can be encrypted for one key and type only, and
         // not also be used in plaintext.
+        let mut first_binding: std::collections::HashMap<u32, ColumnRef> =
+            std::collections::HashMap::with_capacity(self.params.len());
         for &(n, c) in &self.params {
             if self.plain_params.contains(&n) {
                 return Err(Halt::Refuse(format!(
@@ -413,22 +411,27 @@ impl Ctx<'_> {
                     qname(self.prot, c)
                 )));
             }
-            let a = self.col(c)?;
-            for &(m, d) in &self.params {
-                let b = self.col(d)?;
-                if m == n && (a.key_scope() != b.key_scope() || a.logical_type != b.logical_type) {
+            let d = *first_binding.entry(n).or_insert(c);
+            if d != c {
+                let (a, b) = (self.col(c)?, self.col(d)?);
+                if a.key_scope() != b.key_scope() || a.logical_type != b.logical_type {
                     return Err(Halt::Refuse(format!(
                         "pgveil: parameter ${n} is bound to encrypted columns {} and {} with different keys",
-                        a.qualified_name(),
-                        b.qualified_name()
+                        b.qualified_name(),
+                        a.qualified_name()
                     )));
                 }
             }
         }
         // Literal ranges: sorted, exact duplicates merged, no overlap.
-        self.literals
-            .sort_by_key(|l| (l.byte_range.start, l.byte_range.end));
-        dedup(&mut self.literals);
+        self.literals.sort_by(|a, b| {
+            (a.byte_range.start, a.byte_range.end, a.column).cmp(&(
+                b.byte_range.start,
+                b.byte_range.end,
+                b.column,
+            ))
+        });
+        self.literals.dedup();
         for w in self.literals.windows(2) {
             if w[1].byte_range.start < w[0].byte_range.end {
                 if w[1].byte_range == w[0].byte_range {
@@ -1152,6 +1155,7 @@ impl Ctx<'_> {
         };
         let mut outs = Vec::new();
         let mut matched = false;
+        let mut after_unknown = false;
         for src in scope {
             if let Some(q) = qualifier {
                 let hit = match q {
@@ -1167,6 +1171,13 @@ impl Ctx<'_> {
                 }
             }
             matched = true;
+            if after_unknown && src.cols.iter().flatten().any(|c| c.prot.is_some()) {
+                // Output positions of the protected columns would be unknown.
+                return unsupported(
+                    "* over a relation of unknown columns before a protected table",
+                );
+            }
+            after_unknown |= src.cols.is_none();
             match &src.cols {
                 Some(cols) => outs.extend(cols.iter().map(|c| OutCol {
                     name: c.name.clone(),
@@ -1431,7 +1442,16 @@ impl Ctx<'_> {
     fn catalog_source(&self, schema: Option<&str>, name: &str) -> R<Source> {
         match self.cat.resolve(schema, name, self.sp) {
             Some(info) => {
-                let cols = info
+                for c in self.prot.table_columns(&info.name) {
+                    let col = &self.col(c)?.column;
+                    if !info.columns.iter().any(|ci| ci.name == *col) {
+                        return Err(Halt::Error(AnalyzeError::Resolve(format!(
+                            "protected column {} is missing from the catalog",
+                            qname(self.prot, c)
+                        ))));
+                    }
+                }
+                let cols: Vec<SrcCol> = info
                     .columns
                     .iter()
                     .map(|c| SrcCol {
@@ -1513,6 +1533,28 @@ impl Ctx<'_> {
                     }
                     [] => {}
                     many => {
+                        // `JOIN … USING (col)` merges same-named columns; when all are
+                        // protected with one key and type, the value decrypts the same.
+                        if let Some(first) = many[0].prot {
+                            let a = self.col(first)?;
+                            let mut same = true;
+                            for c in &many[1..] {
+                                same &= match c.prot {
+                                    Some(p) => {
+                                        let b = self.col(p)?;
+                                        a.key_scope() == b.key_scope()
+                                            && a.logical_type == b.logical_type
+                                    }
+                                    None => false,
+                                };
+                            }
+                            if same {
+                                return Ok(Some(Val::Col {
+                                    prot: Some(first),
+                                    origin: None,
+                                }));
+                            }
+                        }
                         if many.iter().any(|c| c.prot.is_some()) {
                             return Err(Halt::Error(AnalyzeError::Resolve(format!(
                                 "ambiguous column {col}"
@@ -1714,13 +1756,15 @@ impl Ctx<'_> {
                 let Val::Lit(mut lit) = self.expr(inner)? else {
                     return Ok(Val::Other);
                 };
-                let idx = self.token_index_at(lit.range.start)?;
-                let Some(prev) = self.tk.prev_solid(idx) else {
-                    return unsupported("unary operator");
+                // Not locatable: not bindable (refused if compared with a protected column).
+                let prev = self
+                    .token_index_at(lit.range.start)
+                    .and_then(|i| self.tk.prev_solid(i));
+                let Some(prev) =
+                    prev.filter(|&p| matches!(self.tk.token(p), Some(Token::Minus | Token::Plus)))
+                else {
+                    return Ok(Val::Other);
                 };
-                if !matches!(self.tk.token(prev), Some(Token::Minus | Token::Plus)) {
-                    return unsupported("cannot locate unary operator");
-                }
                 lit.range.start = self.tk.ranges[prev].start;
                 if matches!(op, UnaryOperator::Minus) {
                     lit.value = format!("-{}", lit.value);
@@ -1755,7 +1799,9 @@ impl Ctx<'_> {
                 }
                 match v {
                     Val::Lit(mut lit) => {
-                        let range = self.cast_range(kind, lit.range.clone())?;
+                        let Some(range) = self.cast_range(kind, lit.range.clone()) else {
+                            return Ok(Val::Other);
+                        };
                         lit.range = range;
                         lit.cast = Some(ty);
                         Ok(Val::Lit(lit))
@@ -1764,7 +1810,10 @@ impl Ctx<'_> {
                         if p.cast.is_some() {
                             return unsupported("double cast of a parameter");
                         }
-                        let range = self.cast_range(kind, p.range.clone())?;
+                        let Some(range) = self.cast_range(kind, p.range.clone()) else {
+                            self.plain_params.insert(p.n);
+                            return Ok(Val::Other);
+                        };
                         p.cast = Some((range, ty));
                         Ok(Val::Param(p))
                     }
@@ -1782,7 +1831,10 @@ impl Ctx<'_> {
                 let Val::Lit(mut lit) = self.value(&ts.value)? else {
                     return Ok(Val::Other);
                 };
-                lit.range.start = self.typed_string_start(lit.range.start)?;
+                let Some(start) = self.typed_string_start(lit.range.start) else {
+                    return Ok(Val::Other);
+                };
+                lit.range.start = start;
                 lit.cast = Some(ts.data_type.to_string().to_ascii_lowercase());
                 Ok(Val::Lit(lit))
             }
@@ -2124,11 +2176,11 @@ impl Ctx<'_> {
 
     // ----- literals --------------------------------------------------------------------
 
-    fn token_index_at(&self, byte: usize) -> R<usize> {
+    fn token_index_at(&self, byte: usize) -> Option<usize> {
         let i = self.tk.ranges.partition_point(|r| r.start < byte);
         match self.tk.ranges.get(i) {
-            Some(r) if r.start == byte => Ok(i),
-            _ => unsupported("cannot locate literal"),
+            Some(r) if r.start == byte => Some(i),
+            _ => None,
         }
     }
 
@@ -2174,43 +2226,43 @@ impl Ctx<'_> {
     }
 
     /// Extends a literal's range over a following `::type` or an enclosing `CAST(… AS type)`.
-    fn cast_range(&self, kind: &CastKind, lit: Range<usize>) -> R<Range<usize>> {
+    fn cast_range(&self, kind: &CastKind, lit: Range<usize>) -> Option<Range<usize>> {
         let last = self.token_index_ending_at(lit.end)?;
         match kind {
             CastKind::DoubleColon => {
                 let Some(dc) = self.tk.next_solid(last) else {
-                    return unsupported("cast");
+                    return None;
                 };
                 if !matches!(self.tk.token(dc), Some(Token::DoubleColon)) {
-                    return unsupported("cannot locate cast");
+                    return None;
                 }
                 let Some(ty_start) = self.tk.next_solid(dc) else {
-                    return unsupported("cast");
+                    return None;
                 };
                 let stop = (ty_start + 48).min(self.tk.toks.len());
                 let dialect = PostgreSqlDialect {};
                 let mut p = Parser::new(&dialect)
                     .with_tokens_with_locations(self.tk.toks[ty_start..stop].to_vec());
                 if p.parse_data_type().is_err() {
-                    return unsupported("cannot parse cast type");
+                    return None;
                 }
                 let end_tok = ty_start + p.get_current_index();
                 if self.tk.is_trivia(end_tok) {
-                    return unsupported("cannot locate cast end");
+                    return None;
                 }
-                Ok(lit.start..self.tk.ranges[end_tok].end)
+                Some(lit.start..self.tk.ranges[end_tok].end)
             }
             CastKind::Cast => {
                 let first = self.token_index_at(lit.start)?;
                 let open = self.tk.prev_solid(first);
                 let kw = open.and_then(|o| self.tk.prev_solid(o));
                 let (Some(open), Some(kw)) = (open, kw) else {
-                    return unsupported("cast");
+                    return None;
                 };
                 if !matches!(self.tk.token(open), Some(Token::LParen))
                     || !self.tk.is_keyword(kw, "cast")
                 {
-                    return unsupported("cannot locate CAST");
+                    return None;
                 }
                 let mut depth = 0i32;
                 let mut i = last + 1;
@@ -2218,30 +2270,30 @@ impl Ctx<'_> {
                     match t {
                         Token::LParen => depth += 1,
                         Token::RParen if depth == 0 => {
-                            return Ok(self.tk.ranges[kw].start..self.tk.ranges[i].end)
+                            return Some(self.tk.ranges[kw].start..self.tk.ranges[i].end)
                         }
                         Token::RParen => depth -= 1,
                         _ => {}
                     }
                     i += 1;
                 }
-                unsupported("unterminated CAST")
+                None
             }
-            _ => unsupported("cast kind"),
+            _ => None,
         }
     }
 
-    fn token_index_ending_at(&self, byte: usize) -> R<usize> {
+    fn token_index_ending_at(&self, byte: usize) -> Option<usize> {
         let i = self.tk.ranges.partition_point(|r| r.end < byte);
         match self.tk.ranges.get(i) {
-            Some(r) if r.end == byte && !self.tk.is_trivia(i) => Ok(i),
-            _ => unsupported("cannot locate literal end"),
+            Some(r) if r.end == byte && !self.tk.is_trivia(i) => Some(i),
+            _ => None,
         }
     }
 
     /// Start of a typed literal (`DATE '…'`, `timestamp with time zone '…'`): the
     /// farthest-back run of tokens before the string that parses exactly as a type.
-    fn typed_string_start(&self, lit_start: usize) -> R<usize> {
+    fn typed_string_start(&self, lit_start: usize) -> Option<usize> {
         let lit = self.token_index_at(lit_start)?;
         let dialect = PostgreSqlDialect {};
         let mut best = None;
@@ -2264,8 +2316,8 @@ impl Ctx<'_> {
             }
         }
         match best {
-            Some(k) => Ok(self.tk.ranges[k].start),
-            None => unsupported("cannot locate typed literal"),
+            Some(k) => Some(self.tk.ranges[k].start),
+            None => None,
         }
     }
 
