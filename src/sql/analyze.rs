@@ -2230,15 +2230,11 @@ impl Ctx<'_> {
         let last = self.token_index_ending_at(lit.end)?;
         match kind {
             CastKind::DoubleColon => {
-                let Some(dc) = self.tk.next_solid(last) else {
-                    return None;
-                };
+                let dc = self.tk.next_solid(last)?;
                 if !matches!(self.tk.token(dc), Some(Token::DoubleColon)) {
                     return None;
                 }
-                let Some(ty_start) = self.tk.next_solid(dc) else {
-                    return None;
-                };
+                let ty_start = self.tk.next_solid(dc)?;
                 let stop = (ty_start + 48).min(self.tk.toks.len());
                 let dialect = PostgreSqlDialect {};
                 let mut p = Parser::new(&dialect)
@@ -2315,10 +2311,7 @@ impl Ctx<'_> {
                 best = Some(k);
             }
         }
-        match best {
-            Some(k) => Some(self.tk.ranges[k].start),
-            None => None,
-        }
+                best.map(|k| self.tk.ranges[k].start)
     }
 
     // ----- DML -------------------------------------------------------------------------
