@@ -352,11 +352,20 @@ fn analyze_one(
 
 fn statement_kind(st: &Statement) -> StatementKind {
     fn of_query(q: &Query) -> StatementKind {
-        match &*q.body {
+        let kind = match &*q.body {
             SetExpr::Insert(_) => StatementKind::Insert,
             SetExpr::Update(_) => StatementKind::Update,
             SetExpr::Delete(_) => StatementKind::Delete,
             _ => StatementKind::Select,
+        };
+        // A SELECT whose CTE modifies data is reported as that modification.
+        let ctes = q.with.iter().flat_map(|w| &w.cte_tables);
+        match ctes
+            .map(|c| of_query(&c.query))
+            .find(|k| *k != StatementKind::Select)
+        {
+            Some(k) if kind == StatementKind::Select => k,
+            _ => kind,
         }
     }
     match st {
@@ -2311,7 +2320,7 @@ impl Ctx<'_> {
                 best = Some(k);
             }
         }
-                best.map(|k| self.tk.ranges[k].start)
+        best.map(|k| self.tk.ranges[k].start)
     }
 
     // ----- DML -------------------------------------------------------------------------

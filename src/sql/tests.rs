@@ -865,3 +865,146 @@ fn rewrite_replaces_ranges() {
     assert_eq!(rewrite("abc", &[(1..5, "x".into())]), "");
     assert!(try_rewrite("abc", &[(0..2, "x".into()), (1..3, "y".into())]).is_err());
 }
+
+// ----- more constructs -----------------------------------------------------------------
+
+#[test]
+fn join_using_merged_column_and_case_and_distinct_from() {
+    let sql = "SELECT mrn FROM patients JOIN visits USING (mrn) WHERE mrn = 'x'";
+    let p = ok(sql);
+    assert_eq!(lits(sql, &p), vec![t("'x'", "public.patients.mrn", "x")]);
+    let sql = "SELECT CASE ssn WHEN 'a' THEN 1 ELSE 0 END FROM patients";
+    assert_eq!(lit(sql), vec![t("'a'", SSN, "a")]);
+    let sql = "SELECT 1 FROM patients WHERE ssn IS NOT DISTINCT FROM $1";
+    assert_eq!(params(&ok(sql)), vec![(1, SSN.to_string())]);
+    let sql = "SELECT ssn = 'x' AS m FROM patients";
+    let p = ok(sql);
+    assert_eq!(lits(sql, &p).len(), 1);
+    assert!(p.reads.is_empty());
+    ok("SELECT row_number() OVER (PARTITION BY ssn) FROM patients");
+    refused("SELECT row_number() OVER (ORDER BY ssn) FROM patients");
+    refused("SELECT string_agg(name, ',' ORDER BY ssn) FROM patients");
+}
+
+#[test]
+fn data_modifying_cte_and_lateral() {
+    let sql = "WITH n AS (INSERT INTO patients (ssn) VALUES ('a') RETURNING id, ssn) SELECT id, ssn FROM n";
+    let p = ok(sql);
+    assert_eq!(p.kind, StatementKind::Insert);
+    assert_eq!(lits(sql, &p), vec![t("'a'", SSN, "a")]);
+    assert_eq!(names(&p.reads), vec![SSN]);
+    let sql = "SELECT v.note FROM patients p, LATERAL (SELECT note FROM visits WHERE visits.mrn = p.mrn) v WHERE p.ssn = 'k'";
+    let p = ok(sql);
+    assert_eq!(lits(sql, &p), vec![t("'k'", SSN, "k")]);
+    assert_eq!(names(&p.reads), vec!["public.visits.note"]);
+}
+
+#[test]
+fn unknown_and_catalog_relations() {
+    // pg_catalog or other relations the catalog does not know: fine when no protected
+    // column can be involved.
+    ok("SELECT c.relname, p.ssn FROM pg_class c JOIN patients p ON p.id = c.oid");
+    // An unqualified protected column name next to a relation of unknown columns: cannot
+    // tell which it is → error (fail closed).
+    assert!(analyze(
+        "SELECT 1 FROM unknown_t, patients WHERE ssn = 'x'",
+        &protection(),
+        &catalog(),
+        &sp()
+    )
+    .is_ok());
+    assert!(analyze(
+        "SELECT 1 FROM patients WHERE EXISTS (SELECT 1 FROM unknown_t WHERE ssn = 'x')",
+        &protection(),
+        &catalog(),
+        &sp()
+    )
+    .is_err());
+    // A protected table the catalog cannot resolve.
+    assert!(matches!(
+        analyze(
+            "SELECT 1 FROM patients",
+            &protection(),
+            &StaticCatalog::new(),
+            &sp()
+        ),
+        Err(AnalyzeError::Resolve(_))
+    ));
+    // A stale catalog missing a protected column.
+    let mut cat = StaticCatalog::new();
+    cat.add_table("public", "patients", 1, &["id", "name"]);
+    assert!(analyze(
+        "SELECT name FROM patients WHERE ssn = 'x'",
+        &protection(),
+        &cat,
+        &sp()
+    )
+    .is_err());
+    // Unprotected statements never fail because of the catalog.
+    let p = analyze(
+        "SELECT * FROM nowhere WHERE a = 'x'",
+        &protection(),
+        &StaticCatalog::new(),
+        &sp(),
+    )
+    .unwrap();
+    assert!(p[0].literals.is_empty());
+}
+
+#[test]
+fn message_never_contains_values() {
+    for sql in [
+        "SELECT 1 FROM patients WHERE ssn LIKE 'SECRET%'",
+        "SELECT 1 FROM patients WHERE ssn = 'SECRET'::int4",
+        "INSERT INTO patients (ssn) VALUES (upper('SECRET'))",
+        "COPY (SELECT ssn FROM patients WHERE ssn = 'SECRET') TO STDOUT",
+        "CREATE VIEW v AS SELECT 1 FROM patients WHERE ssn = 'SECRET'",
+        "ALTER TABLE patients ADD CONSTRAINT c CHECK (ssn <> 'SECRET')",
+    ] {
+        let m = refused(sql);
+        assert!(!m.contains("SECRET"), "{sql}: {m}");
+    }
+}
+
+#[test]
+fn large_insert_is_linear() {
+    let mut sql = String::from("INSERT INTO patients (id, ssn, name) VALUES ");
+    for i in 0..20_000 {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("({i}, '{i:09}', 'n{i}')"));
+    }
+    let start = std::time::Instant::now();
+    let p = ok(&sql);
+    assert_eq!(p.literals.len(), 20_000);
+    // Generous bound for an unoptimized build on a shared machine.
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut params = String::from("INSERT INTO patients (ssn) VALUES ");
+    for i in 1..=30_000 {
+        if i > 1 {
+            params.push_str(", ");
+        }
+        params.push_str(&format!("(${i})"));
+    }
+    let p = ok(&params);
+    assert_eq!(p.params.len(), 30_000);
+}
+
+#[test]
+fn fast_path_is_cheap_and_consistent_with_analysis() {
+    let p = protection();
+    // Anything the analysis binds must have been caught by the fast path.
+    for sql in [
+        "select 1 from PATIENTS where SSN = 'x'",
+        "select 1 from \"patients\" where ssn = 'x'",
+        "select 1 from public . patients where ssn = 'x'",
+    ] {
+        assert!(may_touch_protected(sql, &p), "{sql}");
+        assert_eq!(plan(sql).literals.len(), 1, "{sql}");
+    }
+}
