@@ -297,6 +297,15 @@ fn analyze_one(
     };
     let stmt = match parsed {
         Ok(st) => st,
+        // Anonymous code blocks cannot be analysed: refuse them by name.
+        Err(_) if touches && tk.is_keyword(first, "do") => {
+            let mut plan = StatementPlan::empty(StatementKind::Other, range);
+            plan.refusal = Some(Refusal {
+                sqlstate: NOT_SUPPORTED,
+                message: "pgveil: DO blocks mentioning a protected table are not supported".into(),
+            });
+            return Ok(plan);
+        }
         Err(e) if touches => return Err(AnalyzeError::Parse(e)),
         // Nothing protected can be involved: forward untouched.
         Err(_) => return Ok(StatementPlan::empty(StatementKind::Other, range)),
