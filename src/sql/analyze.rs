@@ -678,13 +678,22 @@ impl Ctx<'_> {
             names.push(r.clone());
             ControlFlow::<()>::Continue(())
         });
+        if let Statement::Drop {
+            object_type: sqlparser::ast::ObjectType::Table,
+            names: dropped,
+            ..
+        } = st
+        {
+            names.extend(dropped.iter().cloned());
+        }
         let mut protected_tables = Vec::new();
         for n in &names {
             if let Ok(Some(src)) = self.table_source(n, None) {
                 if let Some(t) = src.table {
                     if self.prot.is_protected_table(&t) {
-                        protected_tables.push(t);
+                        protected_tables.push(t.clone());
                     }
+                    self.tables.push(t);
                 }
             }
         }

@@ -760,6 +760,13 @@ fn prepare_declare_explain_ddl() {
     ] {
         let p = ok(ddl);
         assert_eq!(p.kind, StatementKind::Other, "{ddl}");
+        if ddl != "BEGIN" {
+            assert_eq!(
+                p.tables,
+                vec![TableName::new("public", "patients")],
+                "{ddl}"
+            );
+        }
         assert!(p.literals.is_empty(), "{ddl}");
     }
     refused("CREATE INDEX ON patients (ssn) WHERE ssn = '123'");
@@ -1001,5 +1008,39 @@ fn fast_path_is_cheap_and_consistent_with_analysis() {
     ] {
         assert!(may_touch_protected(sql, &p), "{sql}");
         assert_eq!(plan(sql).literals.len(), 1, "{sql}");
+    }
+}
+
+#[test]
+fn never_panics_on_truncated_input() {
+    let samples = [
+        "SELECT p.ssn, E'x\\'y', $$a$$ FROM patients p /* c */ JOIN visits v USING (mrn) WHERE p.ssn = 'é' AND age = -1::int4 -- x\n ORDER BY 1",
+        "INSERT INTO patients (ssn, birth_date) VALUES ($1, DATE '2024-01-01') ON CONFLICT (ssn) DO UPDATE SET ssn = EXCLUDED.ssn RETURNING id",
+        "WITH c AS (SELECT ssn FROM patients) SELECT * FROM c WHERE ssn IN (SELECT ssn FROM patients WHERE CAST('1' AS text) = ssn)",
+        "COPY (SELECT 1) TO STDOUT; DO $x$ BEGIN END $x$; U&\"p\" ",
+    ];
+    let (p, c, s) = (protection(), catalog(), sp());
+    for sample in samples {
+        for (i, _) in sample.char_indices() {
+            let sql = &sample[..i];
+            if let Ok(plans) = analyze(sql, &p, &c, &s) {
+                for plan in plans {
+                    let reps: Vec<_> = plan
+                        .literals
+                        .iter()
+                        .map(|l| (l.byte_range.clone(), "?".to_string()))
+                        .collect();
+                    assert!(try_rewrite(sql, &reps).is_ok(), "{sql}");
+                    for l in &plan.literals {
+                        assert!(
+                            l.byte_range.start >= plan.byte_range.start
+                                && l.byte_range.end <= plan.byte_range.end
+                        );
+                    }
+                }
+            }
+            let _ = fingerprint(sql);
+            let _ = may_touch_protected(sql, &p);
+        }
     }
 }
