@@ -1,1 +1,201 @@
-//! See the module's files.
+//! SQL analysis: decides, per statement, what pgveil must do with a query.
+//!
+//! * [`may_touch_protected`]: the cheap textual check run on every query.
+//! * [`analyze`]: parses a query string (one or several statements) into [`StatementPlan`]s:
+//!   which literals and parameters to encrypt for which column, which protected columns are
+//!   read, used in conditions or written, what to refuse, and how to find the data subject.
+//! * [`rewrite`]: applies byte-range replacements (e.g. literal → ciphertext).
+//! * [`fingerprint`]: the literal-free statement text for the audit log.
+
+mod analyze;
+mod catalog;
+mod fast;
+mod fingerprint;
+mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+
+pub use analyze::analyze;
+pub use catalog::{Catalog, ColumnInfo, ColumnRef, Protection, StaticCatalog, TableInfo};
+pub use fast::may_touch_protected;
+pub use fingerprint::fingerprint;
+
+use crate::schema::TableName;
+
+/// Statement kind, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Other,
+}
+
+impl StatementKind {
+    /// The audit log's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Select => "select",
+            Self::Insert => "insert",
+            Self::Update => "update",
+            Self::Delete => "delete",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A literal that must be replaced by the ciphertext of its value for `column`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiteralBinding {
+    /// The whole literal expression in the query string: including a unary minus, a
+    /// `::type` / `CAST(… AS type)` cast or a type prefix (`DATE '…'`).
+    pub byte_range: Range<usize>,
+    pub column: ColumnRef,
+    /// The literal's text, unescaped (`E'a\nb'` → "a" newline "b"; `-42`; `true`).
+    /// `None` is never produced today (NULL literals are not bound) but kept for callers.
+    pub value: Option<String>,
+    /// The type the literal was cast to, lower-case as written (`date`, `text`), if any.
+    /// Only casts to text-like types, the column's logical type or a type of the same family
+    /// (integers/numeric/float; date/timestamps) are accepted.
+    pub cast: Option<String>,
+}
+
+/// Why a statement is refused before it reaches the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    /// Names the column (`schema.table.column`) and the operation; never a value.
+    pub message: String,
+}
+
+/// How the audit log learns whose data a statement returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectSource {
+    /// The top-level output already contains the table's subject column at this position.
+    Selected {
+        table: TableName,
+        output_position: usize,
+    },
+    /// Insert `text` at byte `insert_at` of the query string to append the subject column
+    /// as one extra output column (the last one); the session strips it from the rows.
+    Injectable {
+        table: TableName,
+        insert_at: usize,
+        text: String,
+    },
+    /// The subject cannot be determined (aggregate, set operation, DISTINCT, …).
+    Unknown { table: TableName, reason: String },
+}
+
+/// One entry per table that has a subject column and whose protected columns the
+/// statement reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectPlan {
+    pub sources: Vec<SubjectSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementPlan {
+    pub kind: StatementKind,
+    /// This statement within the query string (without the terminating `;`).
+    pub byte_range: Range<usize>,
+    /// Every table referenced, resolved (deduplicated, in order of appearance).
+    pub tables: Vec<TableName>,
+    /// Literals to encrypt; ranges are exact and non-overlapping, sorted by position.
+    pub literals: Vec<LiteralBinding>,
+    /// Parameters (`$n`) bound to protected columns (deduplicated).
+    pub params: Vec<(u32, ColumnRef)>,
+    /// Protected columns whose values the statement returns.
+    pub reads: Vec<ColumnRef>,
+    /// Protected columns used in conditions, grouping, DISTINCT, count, joins.
+    pub conditions: Vec<ColumnRef>,
+    /// Protected columns written.
+    pub writes: Vec<ColumnRef>,
+    /// Set when pgveil must refuse the statement (SQLSTATE `0A000`).
+    pub refusal: Option<Refusal>,
+    /// Top-level output position → protected column, where known.
+    pub result_columns: Vec<Option<ColumnRef>>,
+    pub subject: SubjectPlan,
+    /// Value-independent replacements the session must also apply (with the literal
+    /// ones) before forwarding: a cast on a parameter bound to a protected column
+    /// (`$1::text`) becomes `$1::bytea`. Usually empty.
+    pub rewrites: Vec<(Range<usize>, String)>,
+}
+
+impl StatementPlan {
+    pub(crate) fn empty(kind: StatementKind, byte_range: Range<usize>) -> Self {
+        Self {
+            kind,
+            byte_range,
+            tables: Vec::new(),
+            literals: Vec::new(),
+            params: Vec::new(),
+            reads: Vec::new(),
+            conditions: Vec::new(),
+            writes: Vec::new(),
+            refusal: None,
+            result_columns: Vec::new(),
+            subject: SubjectPlan::default(),
+            rewrites: Vec::new(),
+        }
+    }
+
+    /// True when the session must change the statement text or its parameters.
+    pub fn needs_rewrite(&self) -> bool {
+        !self.literals.is_empty() || !self.params.is_empty() || !self.rewrites.is_empty()
+    }
+}
+
+/// Why a query could not be analysed. When [`may_touch_protected`] was true, the session
+/// refuses such a query (fail closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("pgveil: cannot parse statement: {0}")]
+    Parse(String),
+    #[error("pgveil: cannot resolve {0}")]
+    Resolve(String),
+    #[error("pgveil: cannot analyse statement: {0}")]
+    Unsupported(String),
+}
+
+/// Replaces byte ranges of `sql`. Ranges may come in any order but must be non-overlapping,
+/// in bounds and on character boundaries (those from a [`StatementPlan`] are). Fails closed:
+/// with an invalid range it returns an empty string (an empty query) rather than text that
+/// could still hold a plaintext literal; use [`try_rewrite`] to get an error instead.
+pub fn rewrite(sql: &str, replacements: &[(Range<usize>, String)]) -> String {
+    try_rewrite(sql, replacements).unwrap_or_default()
+}
+
+/// [`rewrite`], reporting an invalid range as an error.
+pub fn try_rewrite(
+    sql: &str,
+    replacements: &[(Range<usize>, String)],
+) -> Result<String, AnalyzeError> {
+    let mut order: Vec<&(Range<usize>, String)> = replacements.iter().collect();
+    order.sort_by_key(|(r, _)| (r.start, r.end));
+    let extra: usize = replacements.iter().map(|(_, s)| s.len()).sum();
+    let mut out = String::with_capacity(sql.len() + extra);
+    let mut pos = 0;
+    for (range, text) in order {
+        if range.start < pos
+            || range.end < range.start
+            || range.end > sql.len()
+            || !sql.is_char_boundary(range.start)
+            || !sql.is_char_boundary(range.end)
+        {
+            return Err(AnalyzeError::Unsupported(format!(
+                "invalid replacement range {}..{}",
+                range.start, range.end
+            )));
+        }
+        out.push_str(&sql[pos..range.start]);
+        out.push_str(text);
+        pos = range.end;
+    }
+    out.push_str(&sql[pos..]);
+    Ok(out)
+}
