@@ -29,3 +29,4 @@ pub mod schema;
 pub mod server;
 pub mod session;
 pub mod sql;
+pub mod veil;

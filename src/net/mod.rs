@@ -2,6 +2,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod messages;
 pub mod startup;
 pub mod stream;
 pub mod tls;

@@ -5,7 +5,10 @@
 //! backpressure. The two halves share only a small, briefly locked state: the queue of
 //! requests awaiting their ReadyForQuery, and the transaction status.
 
+pub mod catalog;
+pub mod protected;
 pub mod relay;
+pub mod startup;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,7 +27,7 @@ use relay::{drain_frames, new_buffer, Action, Outbox};
 
 /// Message types a frontend may send once started; anything else is refused rather than
 /// forwarded, since pgveil cannot know what it would do.
-const FRONTEND_TAGS: &[u8] = b"QPBEDCSHFXdcfp";
+pub(crate) const FRONTEND_TAGS: &[u8] = b"QPBEDCSHFXdcfp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -32,12 +35,16 @@ pub enum SessionError {
     Frame(#[from] FrameError),
     #[error("invalid frontend message type {0}")]
     UnknownMessage(u8),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("authentication failed or the database closed the connection during startup")]
+    Startup,
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
 impl SessionError {
-    fn client_error(&self) -> Option<PgError> {
+    pub(crate) fn client_error(&self) -> Option<PgError> {
         match self {
             Self::Frame(FrameError::TooLarge { .. }) => Some(PgError::fatal(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
@@ -248,7 +255,7 @@ async fn server_to_client(
     }
 }
 
-fn is_fatal(body: &[u8]) -> bool {
+pub(crate) fn is_fatal(body: &[u8]) -> bool {
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
@@ -269,7 +276,7 @@ fn is_fatal(body: &[u8]) -> bool {
 /// AuthenticationSASL lists the mechanisms the database offers. pgveil terminates the
 /// client's TLS, so channel binding to the database's certificate can never succeed:
 /// `SCRAM-SHA-256-PLUS` is taken off the list.
-fn without_channel_binding(frame: &[u8]) -> Option<Bytes> {
+pub(crate) fn without_channel_binding(frame: &[u8]) -> Option<Bytes> {
     const SASL: [u8; 4] = 10u32.to_be_bytes();
     if frame.len() < 9 || frame[5..9] != SASL {
         return None;

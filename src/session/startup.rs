@@ -1,0 +1,172 @@
+//! A protected session's start: the login is relayed as is, then pgveil reads what it needs
+//! (catalog, search path, the login's roles) on the same connection before the client gets
+//! its first ReadyForQuery.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::catalog::{Collector, Wanted};
+use super::protected::{self, Shared};
+use super::relay::{drain_frames, new_buffer, Action, Outbox};
+use super::{without_channel_binding, SessionConfig, SessionError};
+use crate::crypto::value::SessionTime;
+use crate::net::frame::read_cstr;
+use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
+use crate::pgerror::{sqlstate, PgError};
+use crate::veil::{DbCatalog, Veil};
+
+/// Authentication request codes that the client must answer.
+const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
+
+struct Established {
+    ready: Bytes,
+    timezone: String,
+    datestyle: String,
+    leftover: BytesMut,
+}
+
+pub async fn run(
+    client: MaybeTls,
+    upstream: MaybeTls,
+    database: String,
+    config: SessionConfig,
+    veil: Arc<Veil>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = upstream.split();
+    let established = match establish(&mut client_read, &mut client_write, &mut server_read, &mut server_write, &config).await {
+        Ok(established) => established,
+        Err(e) => {
+            tracing::debug!(client = %config.client_addr, error = %e, "session ended during startup");
+            return;
+        }
+    };
+    let cached = veil.catalog(&database);
+    let wanted = Wanted { catalog: cached.is_none(), search_path: true, roles: true };
+    let facts = match learn(&mut server_read, &mut server_write, wanted).await {
+        Ok(Some(facts)) => facts,
+        _ => {
+            tracing::error!(client = %config.client_addr, "cannot read the catalog or roles; refusing the session");
+            let error = PgError::fatal(sqlstate::INTERNAL_ERROR, "pgveil: cannot read the database catalog, so the session is refused");
+            let _ = client_write.write_all(&error.encode()).await;
+            return;
+        }
+    };
+    let catalog = match (facts.catalog, cached) {
+        (Some(tables), _) => veil.install_catalog(&database, DbCatalog::new(tables, &veil.protection)),
+        (None, Some(cached)) => cached,
+        (None, None) => return,
+    };
+    let roles = facts.roles.unwrap_or_default();
+    let time = SessionTime::from_timezone_or_utc(&established.timezone).with_datestyle(&established.datestyle);
+    let shared = Shared::new(veil, database, catalog, facts.search_path.unwrap_or_default(), &roles, time);
+    if client_write.write_all(&established.ready).await.is_err() || client_write.flush().await.is_err() {
+        return;
+    }
+    protected::relay(
+        (client_read, client_write),
+        (server_read, server_write),
+        established.leftover,
+        shared,
+        config,
+        shutdown,
+    )
+    .await;
+}
+
+/// Relays the authentication exchange; holds back the first ReadyForQuery.
+async fn establish(
+    client_read: &mut ReadHalf,
+    client_write: &mut WriteHalf,
+    server_read: &mut ReadHalf,
+    server_write: &mut WriteHalf,
+    config: &SessionConfig,
+) -> Result<Established, SessionError> {
+    let mut from_server = new_buffer();
+    let mut from_client = new_buffer();
+    let mut out = Outbox::default();
+    let mut timezone = String::from("UTC");
+    let mut datestyle = String::from("ISO, MDY");
+    loop {
+        if server_read.read_buf(&mut from_server).await? == 0 {
+            return Err(SessionError::Startup);
+        }
+        let mut ready = None;
+        let mut needs_answer = false;
+        let mut failed = false;
+        drain_frames(&mut from_server, usize::MAX >> 1, &mut out, |frame| {
+            Ok::<_, SessionError>(match frame[0] {
+                b'R' => {
+                    let code = frame.get(5..9).map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                    needs_answer = NEEDS_ANSWER.contains(&code);
+                    without_channel_binding(frame).map_or(Action::Forward, Action::Replace)
+                }
+                b'S' => {
+                    let mut body = &frame[5..];
+                    if let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body)) {
+                        match name {
+                            b"TimeZone" => timezone = String::from_utf8_lossy(value).into_owned(),
+                            b"DateStyle" => datestyle = String::from_utf8_lossy(value).into_owned(),
+                            _ => {}
+                        }
+                    }
+                    Action::Forward
+                }
+                b'Z' => {
+                    ready = Some(Bytes::copy_from_slice(frame));
+                    Action::Drop
+                }
+                b'E' => {
+                    failed = true;
+                    Action::Forward
+                }
+                _ => Action::Forward,
+            })
+        })?;
+        out.flush_to(client_write.as_mut()).await?;
+        if failed {
+            return Err(SessionError::Startup);
+        }
+        if let Some(ready) = ready {
+            return Ok(Established { ready, timezone, datestyle, leftover: from_client });
+        }
+        while needs_answer {
+            if client_read.read_buf(&mut from_client).await? == 0 {
+                return Err(SessionError::Startup);
+            }
+            drain_frames(&mut from_client, config.max_message_size, &mut out, |_| Ok::<_, SessionError>(Action::Forward))?;
+            needs_answer = out.is_empty();
+            out.flush_to(server_write.as_mut()).await?;
+        }
+    }
+}
+
+/// Runs pgveil's own query and collects its answer.
+async fn learn(
+    server_read: &mut ReadHalf,
+    server_write: &mut WriteHalf,
+    wanted: Wanted,
+) -> Result<Option<super::catalog::Facts>, SessionError> {
+    server_write.write_all(&wanted.query()).await?;
+    server_write.flush().await?;
+    let mut collector = Collector::new(wanted);
+    let mut buf = new_buffer();
+    let mut out = Outbox::default();
+    loop {
+        if server_read.read_buf(&mut buf).await? == 0 {
+            return Err(SessionError::Startup);
+        }
+        let mut done = false;
+        drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
+            done |= collector.feed(frame);
+            Ok::<_, SessionError>(Action::Drop)
+        })?;
+        if done {
+            return Ok(collector.finish());
+        }
+    }
+}
