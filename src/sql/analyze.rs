@@ -33,8 +33,9 @@ use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
 
 const NOT_SUPPORTED: &str = "0A000";
 
-/// Where a plain column value comes from (for subject detection).
-type Origin = (TableName, String);
+/// Where a column value comes from (for subject detection): table, column, and which
+/// reference to the table (each catalog relation in FROM gets its own number).
+type Origin = (TableName, String, u32);
 
 #[derive(Debug, Clone)]
 struct Lit {
@@ -97,6 +98,8 @@ struct SrcCol {
 struct Source {
     alias: String,
     table: Option<TableName>,
+    /// The reference number in [`Origin`] (catalog relations only).
+    ref_id: u32,
     /// `None`: a relation whose columns are unknown (table function, unknown table).
     cols: Option<Vec<SrcCol>>,
 }
@@ -116,7 +119,8 @@ fn unsupported<T>(msg: impl Into<String>) -> R<T> {
 struct TopInfo {
     insert_at: Option<usize>,
     blocker: Option<String>,
-    aliases: Vec<(TableName, String)>,
+    /// Catalog relations of the top-level FROM: table, alias, reference number.
+    aliases: Vec<(TableName, String, u32)>,
 }
 
 /// Normalizes an identifier as PostgreSQL does: unquoted ASCII folds to lower case.
@@ -234,6 +238,7 @@ struct Ctx<'a> {
     result_columns: Vec<Option<ColumnRef>>,
     top_outs: Vec<OutCol>,
     top: Option<TopInfo>,
+    next_ref: std::cell::Cell<u32>,
 }
 
 /// Analyses a query string: one plan per statement. See the module documentation.
@@ -330,6 +335,7 @@ fn analyze_one(
         result_columns: Vec::new(),
         top_outs: Vec::new(),
         top: None,
+        next_ref: std::cell::Cell::new(1),
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
@@ -479,11 +485,44 @@ impl Ctx<'_> {
             let Some(subject) = self.prot.subject_column(&table) else {
                 continue;
             };
+            let unknown = |reason: &str| SubjectSource::Unknown {
+                table: table.clone(),
+                reason: reason.to_string(),
+            };
+            // Which references to the table the returned protected values come from.
+            let mut refs: Vec<Option<u32>> = Vec::new();
+            for o in &self.top_outs {
+                if let Val::Col {
+                    prot: Some(c),
+                    origin,
+                } = &o.val
+                {
+                    if self.prot.column(*c).is_some_and(|col| col.table == table) {
+                        let r = origin.as_ref().map(|(_, _, r)| *r);
+                        if !refs.contains(&r) {
+                            refs.push(r);
+                        }
+                    }
+                }
+            }
+            let reference = match refs.as_slice() {
+                [Some(r)] => *r,
+                [None] => {
+                    sources.push(unknown(
+                        "value passes through an expression or set operation",
+                    ));
+                    continue;
+                }
+                _ => {
+                    sources.push(unknown("table is read through more than one reference"));
+                    continue;
+                }
+            };
             let selected = self.top_outs.iter().position(|o| match &o.val {
                 Val::Col {
-                    origin: Some((t, c)),
+                    origin: Some((t, c, r)),
                     ..
-                } => *t == table && c == subject,
+                } => *t == table && c == subject && *r == reference,
                 _ => false,
             });
             if let Some(output_position) = selected {
@@ -493,10 +532,6 @@ impl Ctx<'_> {
                 });
                 continue;
             }
-            let unknown = |reason: &str| SubjectSource::Unknown {
-                table: table.clone(),
-                reason: reason.to_string(),
-            };
             let source = match &self.top {
                 None => unknown("statement shape does not allow adding the subject column"),
                 Some(TopInfo {
@@ -509,22 +544,14 @@ impl Ctx<'_> {
                     insert_at: Some(at),
                     aliases,
                     ..
-                }) => {
-                    let matching: Vec<&String> = aliases
-                        .iter()
-                        .filter(|(t, _)| *t == table)
-                        .map(|(_, a)| a)
-                        .collect();
-                    match matching.as_slice() {
-                        [alias] => SubjectSource::Injectable {
-                            table: table.clone(),
-                            insert_at: *at,
-                            text: format!(", {}.{}", quote_ident(alias), quote_ident(subject)),
-                        },
-                        [] => unknown("table is read through a subquery or CTE"),
-                        _ => unknown("table is referenced more than once"),
-                    }
-                }
+                }) => match aliases.iter().find(|(_, _, r)| *r == reference) {
+                    Some((_, alias, _)) => SubjectSource::Injectable {
+                        table: table.clone(),
+                        insert_at: *at,
+                        text: format!(", {}.{}", quote_ident(alias), quote_ident(subject)),
+                    },
+                    None => unknown("table is read through a subquery or CTE"),
+                },
             };
             sources.push(source);
         }
@@ -1093,7 +1120,11 @@ impl Ctx<'_> {
                 .last()
                 .map(|sc| {
                     sc.iter()
-                        .filter_map(|src| src.table.clone().map(|t| (t, src.alias.clone())))
+                        .filter_map(|src| {
+                            src.table
+                                .clone()
+                                .map(|t| (t, src.alias.clone(), src.ref_id))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -1391,6 +1422,7 @@ impl Ctx<'_> {
                 self.push_source(Source {
                     alias: alias_name,
                     table: None,
+                    ref_id: 0,
                     cols: Some(cols),
                 });
                 Ok(())
@@ -1419,6 +1451,7 @@ impl Ctx<'_> {
                 self.push_source(Source {
                     alias,
                     table: None,
+                    ref_id: 0,
                     cols: None,
                 });
                 Ok(())
@@ -1447,6 +1480,7 @@ impl Ctx<'_> {
             ([n], Some(cols)) => Source {
                 alias: n.clone(),
                 table: None,
+                ref_id: 0,
                 cols: Some(cols),
             },
             ([n], None) => self.catalog_source(None, n)?,
@@ -1469,6 +1503,8 @@ impl Ctx<'_> {
     fn catalog_source(&self, schema: Option<&str>, name: &str) -> R<Source> {
         match self.cat.resolve(schema, name, self.sp) {
             Some(info) => {
+                let ref_id = self.next_ref.get();
+                self.next_ref.set(ref_id.wrapping_add(1));
                 for c in self.prot.table_columns(&info.name) {
                     let col = &self.col(c)?.column;
                     if !info.columns.iter().any(|ci| ci.name == *col) {
@@ -1484,12 +1520,13 @@ impl Ctx<'_> {
                     .map(|c| SrcCol {
                         name: c.name.clone(),
                         prot: self.prot.lookup(&info.name, &c.name),
-                        origin: Some((info.name.clone(), c.name.clone())),
+                        origin: Some((info.name.clone(), c.name.clone(), ref_id)),
                     })
                     .collect();
                 Ok(Source {
                     alias: info.name.name.clone(),
                     table: Some(info.name),
+                    ref_id,
                     cols: Some(cols),
                 })
             }
@@ -1506,6 +1543,7 @@ impl Ctx<'_> {
                 Ok(Source {
                     alias: name.to_string(),
                     table: None,
+                    ref_id: 0,
                     cols: None,
                 })
             }
@@ -2366,7 +2404,7 @@ impl Ctx<'_> {
                 .last()
                 .map(|sc| {
                     sc.iter()
-                        .filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone())))
+                        .filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone(), s.ref_id)))
                         .collect()
                 })
                 .unwrap_or_default();

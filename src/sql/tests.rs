@@ -1044,3 +1044,41 @@ fn never_panics_on_truncated_input() {
         }
     }
 }
+
+#[test]
+fn subjects_follow_the_reference_that_was_read() {
+    // The id selected is a's, the ssn read is b's: not "Selected".
+    let sql = "SELECT a.id, b.ssn FROM patients a JOIN patients b ON a.mrn = b.mrn";
+    let p = ok(sql);
+    match &p.subject.sources[..] {
+        [SubjectSource::Injectable {
+            text, insert_at, ..
+        }] => {
+            assert_eq!(text, ", \"b\".\"id\"");
+            assert_eq!(&sql[..*insert_at], "SELECT a.id, b.ssn");
+        }
+        other => panic!("{other:?}"),
+    }
+    let p = ok("SELECT b.id, b.ssn FROM patients a JOIN patients b ON a.mrn = b.mrn");
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Selected {
+            output_position: 0,
+            ..
+        }]
+    ));
+    let p = ok("SELECT a.ssn, b.ssn FROM patients a JOIN patients b ON a.mrn = b.mrn");
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Unknown { .. }]
+    ));
+    // Through a derived table the origin is kept.
+    let p = ok("SELECT s.id, s.ssn FROM (SELECT id, ssn FROM patients) s");
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Selected {
+            output_position: 0,
+            ..
+        }]
+    ));
+}
