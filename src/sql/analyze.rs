@@ -1925,6 +1925,9 @@ impl Ctx<'_> {
                 let v = self.expr(inner)?;
                 match v.prot() {
                     Some(c) => self.conditions.push(c),
+                    // `$1 IS NULL` holds for the ciphertext exactly when it holds for the
+                    // plaintext: not a plaintext use of the parameter.
+                    None if matches!(v, Val::Param(_)) => {}
                     None => self.plain_use(&v, "IS NULL")?,
                 }
                 Ok(Val::Other)

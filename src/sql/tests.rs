@@ -292,6 +292,8 @@ fn parameters_bind() {
 #[test]
 fn parameter_conflicts_are_refused() {
     refused("SELECT 1 FROM patients WHERE ssn = $1 AND name = $1");
+    let p = ok("SELECT 1 FROM patients WHERE ($1 IS NULL OR ssn = $1)");
+    assert_eq!(params(&p), vec![(1, SSN.to_string())]);
     refused("SELECT 1 FROM patients WHERE ssn = $1 AND age = $1");
     ok("SELECT 1 FROM patients p JOIN visits v ON v.mrn = p.mrn WHERE p.mrn = $1 AND v.mrn = $1");
 }
