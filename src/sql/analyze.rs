@@ -1079,6 +1079,9 @@ impl Ctx<'_> {
         if let Some(q) = &s.qualify {
             self.cond(q)?;
         }
+        if !s.named_window.is_empty() {
+            self.opaque_node(&s.named_window, "WINDOW")?;
+        }
         if s.into.is_some() {
             if let Some(c) = outs.iter().find_map(|o| o.val.prot()) {
                 return self.refuse("SELECT INTO", c);

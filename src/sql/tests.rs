@@ -1084,3 +1084,14 @@ fn subjects_follow_the_reference_that_was_read() {
         }]
     ));
 }
+
+#[test]
+fn crlf_tabs_and_named_windows() {
+    let sql = "SELECT 1\r\nFROM\tpatients\r\n\tWHERE ssn = 'ä'\r\n AND mrn = $$m$$";
+    let p = ok(sql);
+    assert_eq!(
+        lits(sql, &p),
+        vec![t("'ä'", SSN, "ä"), t("$$m$$", "public.patients.mrn", "m")]
+    );
+    refused("SELECT rank() OVER w FROM patients WINDOW w AS (ORDER BY ssn)");
+}
