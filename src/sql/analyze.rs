@@ -292,6 +292,13 @@ fn analyze_one(
 ) -> Result<StatementPlan, AnalyzeError> {
     let text = &sql[range.clone()];
     let touches = may_touch_protected(text, prot);
+    // `U&"…"` identifiers are not understood by the parser (it reads `U & "…"`), so a
+    // protected table or column could hide behind one: fail closed.
+    if touches && has_unicode_identifier(tk, first, last) {
+        return Err(AnalyzeError::Unsupported(
+            "Unicode-escaped identifiers (U&\"…\")".into(),
+        ));
+    }
     let dialect = PostgreSqlDialect {};
     let mut parser =
         Parser::new(&dialect).with_tokens_with_locations(tk.toks[first..=last].to_vec());
@@ -363,6 +370,17 @@ fn analyze_one(
         Err(Halt::Error(_)) => {}
     }
     Ok(plan)
+}
+
+fn has_unicode_identifier(tk: &Tokens, first: usize, last: usize) -> bool {
+    (first..last.saturating_sub(1)).any(|i| {
+        let adjacent = |a: usize, b: usize| tk.ranges[a].end == tk.ranges[b].start;
+        matches!(tk.token(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("u"))
+            && matches!(tk.token(i + 1), Some(Token::Ampersand))
+            && matches!(tk.token(i + 2), Some(Token::Word(w)) if w.quote_style == Some('"'))
+            && adjacent(i, i + 1)
+            && adjacent(i + 1, i + 2)
+    })
 }
 
 fn statement_kind(st: &Statement) -> StatementKind {

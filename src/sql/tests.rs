@@ -1095,3 +1095,23 @@ fn crlf_tabs_and_named_windows() {
     );
     refused("SELECT rank() OVER w FROM patients WINDOW w AS (ORDER BY ssn)");
 }
+
+#[test]
+fn unicode_escaped_identifiers_fail_closed() {
+    for sql in [
+        "SELECT * FROM patients WHERE U&\"ss\\006e\" = 'x'",
+        "SELECT * FROM U&\"p\\0061tients\" WHERE ssn = 'x'",
+        "SELECT * FROM staff WHERE u&\"n\\0061me\" = 'x'",
+    ] {
+        assert!(may_touch_protected(sql, &protection()), "{sql}");
+        assert!(
+            analyze(sql, &protection(), &catalog(), &sp()).is_err(),
+            "{sql}"
+        );
+    }
+    // Unicode string literals are fine.
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = U&'d\\0061t'"),
+        vec![t("U&'d\\0061t'", SSN, "dat")]
+    );
+}
