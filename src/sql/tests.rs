@@ -1115,3 +1115,19 @@ fn unicode_escaped_identifiers_fail_closed() {
         vec![t("U&'d\\0061t'", SSN, "dat")]
     );
 }
+
+#[test]
+fn lexer_agrees_with_postgres() {
+    // standard_conforming_strings: a backslash does not escape in '…'.
+    let sql = "SELECT 1 FROM patients WHERE name = 'a\\' AND ssn = '123'";
+    assert_eq!(lit(sql), vec![t("'123'", SSN, "123")]);
+    // Nested block comments, comments and strings holding `;`.
+    let sql = "SELECT 1 /* a /* b; */ c; */ FROM patients -- x; y\n WHERE ssn = ';'";
+    let ps = plans(sql);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(lits(sql, &ps[0]), vec![t("';'", SSN, ";")]);
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age=-1"),
+        vec![t("-1", "public.patients.age", "-1")]
+    );
+}
