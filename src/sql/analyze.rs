@@ -1827,11 +1827,21 @@ impl Ctx<'_> {
                 if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") {
                     return Ok(Val::Default);
                 }
-                Ok(self
-                    .lookup_column(std::slice::from_ref(id))?
-                    .unwrap_or(Val::Other))
+                match self.lookup_column(std::slice::from_ref(id))? {
+                    Some(v) => Ok(v),
+                    None => {
+                        self.no_whole_row(std::slice::from_ref(id), "a whole-row reference")?;
+                        Ok(Val::Other)
+                    }
+                }
             }
-            Expr::CompoundIdentifier(ids) => Ok(self.lookup_column(ids)?.unwrap_or(Val::Other)),
+            Expr::CompoundIdentifier(ids) => match self.lookup_column(ids)? {
+                Some(v) => Ok(v),
+                None => {
+                    self.no_whole_row(ids, "a whole-row reference")?;
+                    Ok(Val::Other)
+                }
+            },
             Expr::Value(v) => self.value(v),
             Expr::UnaryOp {
                 op: op @ (UnaryOperator::Minus | UnaryOperator::Plus),
@@ -2188,6 +2198,9 @@ impl Ctx<'_> {
                         | FunctionArg::ExprNamed { arg: a, .. } => a,
                     };
                     let FunctionArgExpr::Expr(e) = e else {
+                        if !count {
+                            self.no_wildcard_arg(e, &label)?;
+                        }
                         continue;
                     };
                     let v = self.expr(e)?;
@@ -2243,6 +2256,7 @@ impl Ctx<'_> {
                     }
                 }
                 None => {
+                    self.no_whole_row(ids, what)?;
                     let last = ids.last().map(norm).unwrap_or_default();
                     if self.prot.is_protected_column_name(&last) {
                         return Err(Halt::Refuse(format!(
@@ -2261,6 +2275,61 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A name that is not a column may be a whole-row reference to a relation (`p`,
+    /// `ssn(p)`, `(p).ssn`, `row_to_json(p)`): refused when that row holds protected columns.
+    fn no_whole_row(&self, ids: &[Ident], what: &str) -> R<()> {
+        let names: Vec<String> = ids.iter().map(norm).collect();
+        for scope in self.scopes.iter().rev() {
+            for src in scope.iter().rev() {
+                let hit = match names.as_slice() {
+                    [a] => src.alias == *a,
+                    [.., s, t] => src
+                        .table
+                        .as_ref()
+                        .is_some_and(|tn| tn.schema == *s && tn.name == *t),
+                    [] => false,
+                };
+                if hit {
+                    if let Some(c) = src.cols.iter().flatten().find_map(|c| c.prot) {
+                        return self.refuse(what, c);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `f(p.*)` / `f(*)` (other than `count(*)`): the whole rows of the relations.
+    fn no_wildcard_arg(&self, arg: &FunctionArgExpr, what: &str) -> R<()> {
+        match arg {
+            FunctionArgExpr::Expr(_) => Ok(()),
+            FunctionArgExpr::QualifiedWildcard(name) => {
+                let ids: Vec<Ident> = name
+                    .0
+                    .iter()
+                    .filter_map(|p| match p {
+                        ObjectNamePart::Identifier(id) => Some(id.clone()),
+                        ObjectNamePart::Function(_) => None,
+                    })
+                    .collect();
+                self.no_whole_row(&ids, what)
+            }
+            FunctionArgExpr::Wildcard | FunctionArgExpr::WildcardWithOptions(_) => {
+                if let Some(scope) = self.scopes.last() {
+                    if let Some(c) = scope
+                        .iter()
+                        .flat_map(|s| s.cols.iter().flatten())
+                        .find_map(|c| c.prot)
+                    {
+                        return self.refuse(what, c);
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     // ----- literals --------------------------------------------------------------------

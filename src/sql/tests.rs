@@ -1131,3 +1131,20 @@ fn lexer_agrees_with_postgres() {
         vec![t("-1", "public.patients.age", "-1")]
     );
 }
+
+#[test]
+fn whole_row_references_are_refused() {
+    for sql in [
+        "SELECT 1 FROM patients p WHERE ssn(p) = '123'",
+        "SELECT 1 FROM patients p WHERE (p).ssn = '123'",
+        "SELECT p FROM patients p",
+        "SELECT row_to_json(p) FROM patients p",
+        "SELECT row_to_json(p.*) FROM patients p",
+        "SELECT json_agg(patients) FROM patients",
+    ] {
+        let m = refused(sql);
+        assert!(m.contains("public.patients."), "{sql}: {m}");
+    }
+    ok("SELECT count(*), count(p.*) FROM patients p");
+    ok("SELECT row_to_json(s) FROM staff s");
+}
