@@ -248,7 +248,7 @@ pub fn analyze(
     catalog: &dyn Catalog,
     search_path: &[String],
 ) -> Result<Vec<StatementPlan>, AnalyzeError> {
-    let tk = Tokens::new(sql).map_err(AnalyzeError::Parse)?;
+    let tk = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
     let mut plans = Vec::new();
     let mut seg_start = 0;
     for i in 0..=tk.toks.len() {
@@ -318,7 +318,7 @@ fn analyze_one(
             });
             return Ok(plan);
         }
-        Err(e) if touches => return Err(AnalyzeError::Parse(e)),
+        Err(e) if touches => return Err(AnalyzeError::Parse(sanitize(&e))),
         // Nothing protected can be involved: forward untouched.
         Err(_) => return Ok(StatementPlan::empty(StatementKind::Other, range)),
     };
@@ -370,6 +370,14 @@ fn analyze_one(
         Err(Halt::Error(_)) => {}
     }
     Ok(plan)
+}
+
+/// Parser messages quote the offending token, which may be a value: keep only where.
+fn sanitize(message: &str) -> String {
+    match message.find("at Line:") {
+        Some(i) => format!("syntax not understood {}", &message[i..]),
+        None => "syntax not understood".to_string(),
+    }
 }
 
 fn has_unicode_identifier(tk: &Tokens, first: usize, last: usize) -> bool {

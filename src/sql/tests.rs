@@ -1148,3 +1148,24 @@ fn whole_row_references_are_refused() {
     ok("SELECT count(*), count(p.*) FROM patients p");
     ok("SELECT row_to_json(s) FROM staff s");
 }
+
+#[test]
+fn parse_errors_do_not_echo_values() {
+    for sql in [
+        "SELECT ssn FROM patients WHERE ssn = 'SECRET' 'MORE'",
+        "SELECT ssn FROM patients WHERE ssn = 'SECRET",
+        "SELECT ssn FROM patients WHERE ssn = 12345 12345",
+    ] {
+        let e = analyze(sql, &protection(), &catalog(), &sp())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("SECRET") && !e.contains("MORE") && !e.contains("12345"),
+            "{sql}: {e}"
+        );
+    }
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = TRUE"),
+        vec![t("TRUE", SSN, "true")]
+    );
+}
