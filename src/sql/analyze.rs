@@ -33,8 +33,9 @@ use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
 
 const NOT_SUPPORTED: &str = "0A000";
 
-/// Where a plain column value comes from (for subject detection).
-type Origin = (TableName, String);
+/// Where a column value comes from (for subject detection): table, column, and which
+/// reference to the table (each catalog relation in FROM gets its own number).
+type Origin = (TableName, String, u32);
 
 #[derive(Debug, Clone)]
 struct Lit {
@@ -97,6 +98,8 @@ struct SrcCol {
 struct Source {
     alias: String,
     table: Option<TableName>,
+    /// The reference number in [`Origin`] (catalog relations only).
+    ref_id: u32,
     /// `None`: a relation whose columns are unknown (table function, unknown table).
     cols: Option<Vec<SrcCol>>,
 }
@@ -116,7 +119,8 @@ fn unsupported<T>(msg: impl Into<String>) -> R<T> {
 struct TopInfo {
     insert_at: Option<usize>,
     blocker: Option<String>,
-    aliases: Vec<(TableName, String)>,
+    /// Catalog relations of the top-level FROM: table, alias, reference number.
+    aliases: Vec<(TableName, String, u32)>,
 }
 
 /// Normalizes an identifier as PostgreSQL does: unquoted ASCII folds to lower case.
@@ -234,6 +238,7 @@ struct Ctx<'a> {
     result_columns: Vec<Option<ColumnRef>>,
     top_outs: Vec<OutCol>,
     top: Option<TopInfo>,
+    next_ref: std::cell::Cell<u32>,
 }
 
 /// Analyses a query string: one plan per statement. See the module documentation.
@@ -243,7 +248,7 @@ pub fn analyze(
     catalog: &dyn Catalog,
     search_path: &[String],
 ) -> Result<Vec<StatementPlan>, AnalyzeError> {
-    let tk = Tokens::new(sql).map_err(AnalyzeError::Parse)?;
+    let tk = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
     let mut plans = Vec::new();
     let mut seg_start = 0;
     for i in 0..=tk.toks.len() {
@@ -287,6 +292,13 @@ fn analyze_one(
 ) -> Result<StatementPlan, AnalyzeError> {
     let text = &sql[range.clone()];
     let touches = may_touch_protected(text, prot);
+    // `U&"…"` identifiers are not understood by the parser (it reads `U & "…"`), so a
+    // protected table or column could hide behind one: fail closed.
+    if touches && has_unicode_identifier(tk, first, last) {
+        return Err(AnalyzeError::Unsupported(
+            "Unicode-escaped identifiers (U&\"…\")".into(),
+        ));
+    }
     let dialect = PostgreSqlDialect {};
     let mut parser =
         Parser::new(&dialect).with_tokens_with_locations(tk.toks[first..=last].to_vec());
@@ -306,7 +318,7 @@ fn analyze_one(
             });
             return Ok(plan);
         }
-        Err(e) if touches => return Err(AnalyzeError::Parse(e)),
+        Err(e) if touches => return Err(AnalyzeError::Parse(sanitize(&e))),
         // Nothing protected can be involved: forward untouched.
         Err(_) => return Ok(StatementPlan::empty(StatementKind::Other, range)),
     };
@@ -330,6 +342,7 @@ fn analyze_one(
         result_columns: Vec::new(),
         top_outs: Vec::new(),
         top: None,
+        next_ref: std::cell::Cell::new(1),
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
@@ -357,6 +370,25 @@ fn analyze_one(
         Err(Halt::Error(_)) => {}
     }
     Ok(plan)
+}
+
+/// Parser messages quote the offending token, which may be a value: keep only where.
+fn sanitize(message: &str) -> String {
+    match message.find("at Line:") {
+        Some(i) => format!("syntax not understood {}", &message[i..]),
+        None => "syntax not understood".to_string(),
+    }
+}
+
+fn has_unicode_identifier(tk: &Tokens, first: usize, last: usize) -> bool {
+    (first..last.saturating_sub(1)).any(|i| {
+        let adjacent = |a: usize, b: usize| tk.ranges[a].end == tk.ranges[b].start;
+        matches!(tk.token(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("u"))
+            && matches!(tk.token(i + 1), Some(Token::Ampersand))
+            && matches!(tk.token(i + 2), Some(Token::Word(w)) if w.quote_style == Some('"'))
+            && adjacent(i, i + 1)
+            && adjacent(i + 1, i + 2)
+    })
 }
 
 fn statement_kind(st: &Statement) -> StatementKind {
@@ -479,11 +511,44 @@ impl Ctx<'_> {
             let Some(subject) = self.prot.subject_column(&table) else {
                 continue;
             };
+            let unknown = |reason: &str| SubjectSource::Unknown {
+                table: table.clone(),
+                reason: reason.to_string(),
+            };
+            // Which references to the table the returned protected values come from.
+            let mut refs: Vec<Option<u32>> = Vec::new();
+            for o in &self.top_outs {
+                if let Val::Col {
+                    prot: Some(c),
+                    origin,
+                } = &o.val
+                {
+                    if self.prot.column(*c).is_some_and(|col| col.table == table) {
+                        let r = origin.as_ref().map(|(_, _, r)| *r);
+                        if !refs.contains(&r) {
+                            refs.push(r);
+                        }
+                    }
+                }
+            }
+            let reference = match refs.as_slice() {
+                [Some(r)] => *r,
+                [None] => {
+                    sources.push(unknown(
+                        "value passes through an expression or set operation",
+                    ));
+                    continue;
+                }
+                _ => {
+                    sources.push(unknown("table is read through more than one reference"));
+                    continue;
+                }
+            };
             let selected = self.top_outs.iter().position(|o| match &o.val {
                 Val::Col {
-                    origin: Some((t, c)),
+                    origin: Some((t, c, r)),
                     ..
-                } => *t == table && c == subject,
+                } => *t == table && c == subject && *r == reference,
                 _ => false,
             });
             if let Some(output_position) = selected {
@@ -493,10 +558,6 @@ impl Ctx<'_> {
                 });
                 continue;
             }
-            let unknown = |reason: &str| SubjectSource::Unknown {
-                table: table.clone(),
-                reason: reason.to_string(),
-            };
             let source = match &self.top {
                 None => unknown("statement shape does not allow adding the subject column"),
                 Some(TopInfo {
@@ -509,22 +570,14 @@ impl Ctx<'_> {
                     insert_at: Some(at),
                     aliases,
                     ..
-                }) => {
-                    let matching: Vec<&String> = aliases
-                        .iter()
-                        .filter(|(t, _)| *t == table)
-                        .map(|(_, a)| a)
-                        .collect();
-                    match matching.as_slice() {
-                        [alias] => SubjectSource::Injectable {
-                            table: table.clone(),
-                            insert_at: *at,
-                            text: format!(", {}.{}", quote_ident(alias), quote_ident(subject)),
-                        },
-                        [] => unknown("table is read through a subquery or CTE"),
-                        _ => unknown("table is referenced more than once"),
-                    }
-                }
+                }) => match aliases.iter().find(|(_, _, r)| *r == reference) {
+                    Some((_, alias, _)) => SubjectSource::Injectable {
+                        table: table.clone(),
+                        insert_at: *at,
+                        text: format!(", {}.{}", quote_ident(alias), quote_ident(subject)),
+                    },
+                    None => unknown("table is read through a subquery or CTE"),
+                },
             };
             sources.push(source);
         }
@@ -1052,6 +1105,9 @@ impl Ctx<'_> {
         if let Some(q) = &s.qualify {
             self.cond(q)?;
         }
+        if !s.named_window.is_empty() {
+            self.opaque_node(&s.named_window, "WINDOW")?;
+        }
         if s.into.is_some() {
             if let Some(c) = outs.iter().find_map(|o| o.val.prot()) {
                 return self.refuse("SELECT INTO", c);
@@ -1093,7 +1149,11 @@ impl Ctx<'_> {
                 .last()
                 .map(|sc| {
                     sc.iter()
-                        .filter_map(|src| src.table.clone().map(|t| (t, src.alias.clone())))
+                        .filter_map(|src| {
+                            src.table
+                                .clone()
+                                .map(|t| (t, src.alias.clone(), src.ref_id))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -1391,6 +1451,7 @@ impl Ctx<'_> {
                 self.push_source(Source {
                     alias: alias_name,
                     table: None,
+                    ref_id: 0,
                     cols: Some(cols),
                 });
                 Ok(())
@@ -1419,6 +1480,7 @@ impl Ctx<'_> {
                 self.push_source(Source {
                     alias,
                     table: None,
+                    ref_id: 0,
                     cols: None,
                 });
                 Ok(())
@@ -1447,6 +1509,7 @@ impl Ctx<'_> {
             ([n], Some(cols)) => Source {
                 alias: n.clone(),
                 table: None,
+                ref_id: 0,
                 cols: Some(cols),
             },
             ([n], None) => self.catalog_source(None, n)?,
@@ -1469,6 +1532,8 @@ impl Ctx<'_> {
     fn catalog_source(&self, schema: Option<&str>, name: &str) -> R<Source> {
         match self.cat.resolve(schema, name, self.sp) {
             Some(info) => {
+                let ref_id = self.next_ref.get();
+                self.next_ref.set(ref_id.wrapping_add(1));
                 for c in self.prot.table_columns(&info.name) {
                     let col = &self.col(c)?.column;
                     if !info.columns.iter().any(|ci| ci.name == *col) {
@@ -1484,12 +1549,13 @@ impl Ctx<'_> {
                     .map(|c| SrcCol {
                         name: c.name.clone(),
                         prot: self.prot.lookup(&info.name, &c.name),
-                        origin: Some((info.name.clone(), c.name.clone())),
+                        origin: Some((info.name.clone(), c.name.clone(), ref_id)),
                     })
                     .collect();
                 Ok(Source {
                     alias: info.name.name.clone(),
                     table: Some(info.name),
+                    ref_id,
                     cols: Some(cols),
                 })
             }
@@ -1506,6 +1572,7 @@ impl Ctx<'_> {
                 Ok(Source {
                     alias: name.to_string(),
                     table: None,
+                    ref_id: 0,
                     cols: None,
                 })
             }
@@ -1768,11 +1835,21 @@ impl Ctx<'_> {
                 if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") {
                     return Ok(Val::Default);
                 }
-                Ok(self
-                    .lookup_column(std::slice::from_ref(id))?
-                    .unwrap_or(Val::Other))
+                match self.lookup_column(std::slice::from_ref(id))? {
+                    Some(v) => Ok(v),
+                    None => {
+                        self.no_whole_row(std::slice::from_ref(id), "a whole-row reference")?;
+                        Ok(Val::Other)
+                    }
+                }
             }
-            Expr::CompoundIdentifier(ids) => Ok(self.lookup_column(ids)?.unwrap_or(Val::Other)),
+            Expr::CompoundIdentifier(ids) => match self.lookup_column(ids)? {
+                Some(v) => Ok(v),
+                None => {
+                    self.no_whole_row(ids, "a whole-row reference")?;
+                    Ok(Val::Other)
+                }
+            },
             Expr::Value(v) => self.value(v),
             Expr::UnaryOp {
                 op: op @ (UnaryOperator::Minus | UnaryOperator::Plus),
@@ -1887,6 +1964,9 @@ impl Ctx<'_> {
                 let v = self.expr(inner)?;
                 match v.prot() {
                     Some(c) => self.conditions.push(c),
+                    // `$1 IS NULL` holds for the ciphertext exactly when it holds for the
+                    // plaintext: not a plaintext use of the parameter.
+                    None if matches!(v, Val::Param(_)) => {}
                     None => self.plain_use(&v, "IS NULL")?,
                 }
                 Ok(Val::Other)
@@ -2126,6 +2206,9 @@ impl Ctx<'_> {
                         | FunctionArg::ExprNamed { arg: a, .. } => a,
                     };
                     let FunctionArgExpr::Expr(e) = e else {
+                        if !count {
+                            self.no_wildcard_arg(e, &label)?;
+                        }
                         continue;
                     };
                     let v = self.expr(e)?;
@@ -2181,6 +2264,7 @@ impl Ctx<'_> {
                     }
                 }
                 None => {
+                    self.no_whole_row(ids, what)?;
                     let last = ids.last().map(norm).unwrap_or_default();
                     if self.prot.is_protected_column_name(&last) {
                         return Err(Halt::Refuse(format!(
@@ -2199,6 +2283,61 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A name that is not a column may be a whole-row reference to a relation (`p`,
+    /// `ssn(p)`, `(p).ssn`, `row_to_json(p)`): refused when that row holds protected columns.
+    fn no_whole_row(&self, ids: &[Ident], what: &str) -> R<()> {
+        let names: Vec<String> = ids.iter().map(norm).collect();
+        for scope in self.scopes.iter().rev() {
+            for src in scope.iter().rev() {
+                let hit = match names.as_slice() {
+                    [a] => src.alias == *a,
+                    [.., s, t] => src
+                        .table
+                        .as_ref()
+                        .is_some_and(|tn| tn.schema == *s && tn.name == *t),
+                    [] => false,
+                };
+                if hit {
+                    if let Some(c) = src.cols.iter().flatten().find_map(|c| c.prot) {
+                        return self.refuse(what, c);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `f(p.*)` / `f(*)` (other than `count(*)`): the whole rows of the relations.
+    fn no_wildcard_arg(&self, arg: &FunctionArgExpr, what: &str) -> R<()> {
+        match arg {
+            FunctionArgExpr::Expr(_) => Ok(()),
+            FunctionArgExpr::QualifiedWildcard(name) => {
+                let ids: Vec<Ident> = name
+                    .0
+                    .iter()
+                    .filter_map(|p| match p {
+                        ObjectNamePart::Identifier(id) => Some(id.clone()),
+                        ObjectNamePart::Function(_) => None,
+                    })
+                    .collect();
+                self.no_whole_row(&ids, what)
+            }
+            FunctionArgExpr::Wildcard | FunctionArgExpr::WildcardWithOptions(_) => {
+                if let Some(scope) = self.scopes.last() {
+                    if let Some(c) = scope
+                        .iter()
+                        .flat_map(|s| s.cols.iter().flatten())
+                        .find_map(|c| c.prot)
+                    {
+                        return self.refuse(what, c);
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     // ----- literals --------------------------------------------------------------------
@@ -2366,7 +2505,7 @@ impl Ctx<'_> {
                 .last()
                 .map(|sc| {
                     sc.iter()
-                        .filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone())))
+                        .filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone(), s.ref_id)))
                         .collect()
                 })
                 .unwrap_or_default();

@@ -144,7 +144,8 @@ impl StaticCatalog {
         self.tables.insert(table.name.clone(), table);
     }
 
-    /// Convenience: a table whose columns all have type `oid` 25 unless given.
+    /// Convenience for tests: a table whose columns (in `attnum` order) all have type
+    /// `bytea` (OID 17).
     pub fn add_table(&mut self, schema: &str, name: &str, oid: u32, columns: &[&str]) {
         let columns = columns
             .iter()

@@ -1,11 +1,28 @@
 //! SQL analysis: decides, per statement, what pgveil must do with a query.
 //!
-//! * [`may_touch_protected`]: the cheap textual check run on every query.
-//! * [`analyze`]: parses a query string (one or several statements) into [`StatementPlan`]s:
-//!   which literals and parameters to encrypt for which column, which protected columns are
-//!   read, used in conditions or written, what to refuse, and how to find the data subject.
-//! * [`rewrite`]: applies byte-range replacements (e.g. literal → ciphertext).
+//! * [`may_touch_protected`]: the cheap textual check run on every query. `false` → forward
+//!   the query untouched, never parse it.
+//! * [`analyze`]: parses a query string (simple protocol: one or several statements;
+//!   extended protocol Parse: one statement with `$n`) into one [`StatementPlan`] per
+//!   statement: which literals and parameters to encrypt for which column, which protected
+//!   columns are read, used in conditions or written, what to refuse (`0A000`), and how to
+//!   learn the data subject. Plans depend only on the text, the configuration, the catalog
+//!   and the search_path, so they can be cached per statement text.
+//! * [`rewrite`] / [`try_rewrite`]: applies byte-range replacements.
 //! * [`fingerprint`]: the literal-free statement text for the audit log.
+//!
+//! How the session uses a plan:
+//! 1. `Err(AnalyzeError)` when `may_touch_protected` was true → refuse the whole query
+//!    (fail closed). A plan with `refusal` → answer that error for the statement.
+//! 2. Build replacements (all byte offsets are into the *whole* query string, not the
+//!    statement): each [`LiteralBinding`] → `'\x<hex ciphertext>'::bytea`; each entry of
+//!    [`StatementPlan::rewrites`] as given; each [`SubjectSource::Injectable`] → a
+//!    zero-length insertion `insert_at..insert_at` of its `text` (several at the same offset
+//!    are appended in the order listed, so the extra columns come last in that order).
+//!    Apply them all in one [`try_rewrite`] call.
+//! 3. `params` says which `$n` to encrypt (and which type to show in ParameterDescription);
+//!    `result_columns` maps output positions to protected columns when RowDescription
+//!    carries no table OID.
 
 mod analyze;
 mod catalog;
@@ -91,8 +108,8 @@ pub enum SubjectSource {
     Unknown { table: TableName, reason: String },
 }
 
-/// One entry per table that has a subject column and whose protected columns the
-/// statement reads.
+/// One entry per table that has a subject column configured and whose protected columns
+/// the statement returns (tables in order of the reads).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubjectPlan {
     pub sources: Vec<SubjectSource>,

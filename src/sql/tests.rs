@@ -292,6 +292,8 @@ fn parameters_bind() {
 #[test]
 fn parameter_conflicts_are_refused() {
     refused("SELECT 1 FROM patients WHERE ssn = $1 AND name = $1");
+    let p = ok("SELECT 1 FROM patients WHERE ($1 IS NULL OR ssn = $1)");
+    assert_eq!(params(&p), vec![(1, SSN.to_string())]);
     refused("SELECT 1 FROM patients WHERE ssn = $1 AND age = $1");
     ok("SELECT 1 FROM patients p JOIN visits v ON v.mrn = p.mrn WHERE p.mrn = $1 AND v.mrn = $1");
 }
@@ -1043,4 +1045,127 @@ fn never_panics_on_truncated_input() {
             let _ = may_touch_protected(sql, &p);
         }
     }
+}
+
+#[test]
+fn subjects_follow_the_reference_that_was_read() {
+    // The id selected is a's, the ssn read is b's: not "Selected".
+    let sql = "SELECT a.id, b.ssn FROM patients a JOIN patients b ON a.mrn = b.mrn";
+    let p = ok(sql);
+    match &p.subject.sources[..] {
+        [SubjectSource::Injectable {
+            text, insert_at, ..
+        }] => {
+            assert_eq!(text, ", \"b\".\"id\"");
+            assert_eq!(&sql[..*insert_at], "SELECT a.id, b.ssn");
+        }
+        other => panic!("{other:?}"),
+    }
+    let p = ok("SELECT b.id, b.ssn FROM patients a JOIN patients b ON a.mrn = b.mrn");
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Selected {
+            output_position: 0,
+            ..
+        }]
+    ));
+    let p = ok("SELECT a.ssn, b.ssn FROM patients a JOIN patients b ON a.mrn = b.mrn");
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Unknown { .. }]
+    ));
+    // Through a derived table the origin is kept.
+    let p = ok("SELECT s.id, s.ssn FROM (SELECT id, ssn FROM patients) s");
+    assert!(matches!(
+        &p.subject.sources[..],
+        [SubjectSource::Selected {
+            output_position: 0,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn crlf_tabs_and_named_windows() {
+    let sql = "SELECT 1\r\nFROM\tpatients\r\n\tWHERE ssn = 'ä'\r\n AND mrn = $$m$$";
+    let p = ok(sql);
+    assert_eq!(
+        lits(sql, &p),
+        vec![t("'ä'", SSN, "ä"), t("$$m$$", "public.patients.mrn", "m")]
+    );
+    refused("SELECT rank() OVER w FROM patients WINDOW w AS (ORDER BY ssn)");
+}
+
+#[test]
+fn unicode_escaped_identifiers_fail_closed() {
+    for sql in [
+        "SELECT * FROM patients WHERE U&\"ss\\006e\" = 'x'",
+        "SELECT * FROM U&\"p\\0061tients\" WHERE ssn = 'x'",
+        "SELECT * FROM staff WHERE u&\"n\\0061me\" = 'x'",
+    ] {
+        assert!(may_touch_protected(sql, &protection()), "{sql}");
+        assert!(
+            analyze(sql, &protection(), &catalog(), &sp()).is_err(),
+            "{sql}"
+        );
+    }
+    // Unicode string literals are fine.
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = U&'d\\0061t'"),
+        vec![t("U&'d\\0061t'", SSN, "dat")]
+    );
+}
+
+#[test]
+fn lexer_agrees_with_postgres() {
+    // standard_conforming_strings: a backslash does not escape in '…'.
+    let sql = "SELECT 1 FROM patients WHERE name = 'a\\' AND ssn = '123'";
+    assert_eq!(lit(sql), vec![t("'123'", SSN, "123")]);
+    // Nested block comments, comments and strings holding `;`.
+    let sql = "SELECT 1 /* a /* b; */ c; */ FROM patients -- x; y\n WHERE ssn = ';'";
+    let ps = plans(sql);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(lits(sql, &ps[0]), vec![t("';'", SSN, ";")]);
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE age=-1"),
+        vec![t("-1", "public.patients.age", "-1")]
+    );
+}
+
+#[test]
+fn whole_row_references_are_refused() {
+    for sql in [
+        "SELECT 1 FROM patients p WHERE ssn(p) = '123'",
+        "SELECT 1 FROM patients p WHERE (p).ssn = '123'",
+        "SELECT p FROM patients p",
+        "SELECT row_to_json(p) FROM patients p",
+        "SELECT row_to_json(p.*) FROM patients p",
+        "SELECT json_agg(patients) FROM patients",
+    ] {
+        let m = refused(sql);
+        assert!(m.contains("public.patients."), "{sql}: {m}");
+    }
+    ok("SELECT count(*), count(p.*) FROM patients p");
+    ok("SELECT row_to_json(s) FROM staff s");
+}
+
+#[test]
+fn parse_errors_do_not_echo_values() {
+    for sql in [
+        "SELECT ssn FROM patients WHERE ssn = 'SECRET' 'MORE'",
+        "SELECT ssn FROM patients WHERE ssn = 'SECRET",
+        "SELECT ssn FROM patients WHERE ssn = 12345 12345",
+    ] {
+        let e = analyze(sql, &protection(), &catalog(), &sp())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("SECRET") && !e.contains("MORE") && !e.contains("12345"),
+            "{sql}: {e}"
+        );
+    }
+    assert_eq!(
+        lit("SELECT 1 FROM patients WHERE ssn = TRUE"),
+        vec![t("TRUE", SSN, "true")]
+    );
 }
