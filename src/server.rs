@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::crypto::keys::MasterKey;
+use crate::veil::Veil;
 use crate::metrics::{self, ErrorKind};
 use crate::net::handshake::{Accepted, Handshake};
 use crate::net::stream::MaybeTls;
@@ -30,10 +32,18 @@ pub enum ServeError {
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Keys(#[from] crate::crypto::keys::KeyError),
+}
+
+/// The master key, when columns are configured (a plain relay needs none).
+pub fn load_master_key(config: &Config) -> Result<Option<MasterKey>, crate::crypto::keys::KeyError> {
+    if config.columns.is_empty() {
+        return Ok(None);
+    }
+    let env = std::env::var("PGVEIL_MASTER_KEY").ok();
+    MasterKey::load(config.keys.master_key_file.as_deref(), env.as_deref()).map(Some)
 }
 
 /// Sessions run on per-core current-thread runtimes: every wakeup of a session (its two
@@ -93,6 +103,7 @@ impl Drop for Workers {
 }
 
 struct Proxy {
+    veil: Arc<Veil>,
     handshake: Handshake,
     connector: Connector,
     max_message_size: usize,
@@ -110,7 +121,11 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
     };
+    let master = load_master_key(&config)?;
+    let veil = Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
+    drop(master);
     let proxy = Arc::new(Proxy {
+        veil: Arc::new(veil),
         handshake: Handshake::new(server_tls, config.server.require_tls),
         connector: Connector::new(&config.upstream)?,
         max_message_size: config.server.max_message_size,

@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{read_cstr, read_i16, read_i32};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 #[error("malformed {0} message")]
 pub struct Malformed(pub &'static str);
 
@@ -55,12 +55,12 @@ impl Parse {
     pub fn decode(body: &[u8]) -> Result<Self, Malformed> {
         let err = Malformed("Parse");
         let mut rest = body;
-        let name = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err.clone())?);
-        let query = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err.clone())?);
-        let count = read_i16(&mut rest).ok_or(err.clone())?;
+        let name = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err)?);
+        let query = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err)?);
+        let count = read_i16(&mut rest).ok_or(err)?;
         let mut param_types = Vec::with_capacity(count.max(0) as usize);
         for _ in 0..count.max(0) {
-            param_types.push(read_i32(&mut rest).ok_or(err.clone())? as u32);
+            param_types.push(read_i32(&mut rest).ok_or(err)? as u32);
         }
         if count < 0 || !rest.is_empty() {
             return Err(err);
@@ -94,8 +94,8 @@ impl Bind {
     pub fn decode(body: &[u8]) -> Result<Self, Malformed> {
         let err = Malformed("Bind");
         let mut rest = body;
-        let portal = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err.clone())?);
-        let statement = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err.clone())?);
+        let portal = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err)?);
+        let statement = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err)?);
         let read_codes = |rest: &mut &[u8]| -> Result<Vec<i16>, Malformed> {
             let n = read_i16(rest).ok_or(Malformed("Bind"))?;
             if n < 0 {
@@ -104,13 +104,13 @@ impl Bind {
             (0..n).map(|_| read_i16(rest).ok_or(Malformed("Bind"))).collect()
         };
         let param_formats = read_codes(&mut rest)?;
-        let count = read_i16(&mut rest).ok_or(err.clone())?;
+        let count = read_i16(&mut rest).ok_or(err)?;
         if count < 0 {
             return Err(err);
         }
         let mut params = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let len = read_i32(&mut rest).ok_or(err.clone())?;
+            let len = read_i32(&mut rest).ok_or(err)?;
             if len < 0 {
                 params.push(None);
             } else {
@@ -232,16 +232,16 @@ pub struct Field {
 pub fn decode_row_description(body: &[u8]) -> Result<Vec<Field>, Malformed> {
     let err = Malformed("RowDescription");
     let mut rest = body;
-    let count = read_i16(&mut rest).ok_or(err.clone())?;
+    let count = read_i16(&mut rest).ok_or(err)?;
     let mut fields = Vec::with_capacity(count.max(0) as usize);
     for _ in 0..count.max(0) {
-        let name = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err.clone())?);
-        let table_oid = read_i32(&mut rest).ok_or(err.clone())? as u32;
-        let column = read_i16(&mut rest).ok_or(err.clone())?;
-        let type_oid = read_i32(&mut rest).ok_or(err.clone())? as u32;
-        let type_size = read_i16(&mut rest).ok_or(err.clone())?;
-        let type_modifier = read_i32(&mut rest).ok_or(err.clone())?;
-        let format = read_i16(&mut rest).ok_or(err.clone())?;
+        let name = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(err)?);
+        let table_oid = read_i32(&mut rest).ok_or(err)? as u32;
+        let column = read_i16(&mut rest).ok_or(err)?;
+        let type_oid = read_i32(&mut rest).ok_or(err)? as u32;
+        let type_size = read_i16(&mut rest).ok_or(err)?;
+        let type_modifier = read_i32(&mut rest).ok_or(err)?;
+        let format = read_i16(&mut rest).ok_or(err)?;
         fields.push(Field { name, table_oid, column, type_oid, type_size, type_modifier, format });
     }
     Ok(fields)
@@ -289,13 +289,13 @@ pub fn data_row_values(body: &[u8]) -> Result<Vec<Option<std::ops::Range<usize>>
     let mut at = 2usize;
     let mut values = Vec::with_capacity(count.max(0) as usize);
     for _ in 0..count.max(0) {
-        let len_bytes = body.get(at..at + 4).ok_or(err.clone())?;
+        let len_bytes = body.get(at..at + 4).ok_or(err)?;
         let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
         at += 4;
         if len < 0 {
             values.push(None);
         } else {
-            let end = at.checked_add(len as usize).ok_or(err.clone())?;
+            let end = at.checked_add(len as usize).ok_or(err)?;
             if end > body.len() {
                 return Err(err);
             }

@@ -50,11 +50,11 @@ impl SessionError {
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 self.to_string(),
             )),
-            Self::Frame(_) | Self::UnknownMessage(_) => Some(PgError::fatal(
+            Self::Frame(_) | Self::UnknownMessage(_) | Self::Malformed(_) => Some(PgError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 self.to_string(),
             )),
-            Self::Io(_) => None,
+            Self::Io(_) | Self::Startup => None,
         }
     }
 }

@@ -143,13 +143,14 @@ impl Shared {
 pub async fn relay(
     mut client: (ReadHalf, WriteHalf),
     mut server: (ReadHalf, WriteHalf),
+    leftover: bytes::BytesMut,
     shared: Shared,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
 ) {
     let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
     let upstream_bound = async {
-        let result = client_to_server(&mut client.0, &mut server.1, &shared, &config).await;
+        let result = client_to_server(&mut client.0, &mut server.1, leftover, &shared, &config).await;
         if let Err(e) = &result {
             if let Some(error) = e.client_error() {
                 metrics::get().error(ErrorKind::Protocol);
@@ -177,14 +178,22 @@ pub async fn relay(
 async fn client_to_server(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
+    leftover: bytes::BytesMut,
     shared: &Shared,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
     let mut buf = new_buffer();
+    buf.extend_from_slice(&leftover);
     let mut out = Outbox::default();
+    let mut first = !buf.is_empty();
     loop {
-        let n = reader.read_buf(&mut buf).await?;
+        let n = if first {
+            first = false;
+            buf.len()
+        } else {
+            reader.read_buf(&mut buf).await?
+        };
         if n == 0 {
             return Ok(());
         }
@@ -782,8 +791,9 @@ impl Backend<'_> {
             }
             Expect::Query { analysis, statement, .. } => match tag {
                 b'T' => {
+                    let (analysis, statement) = (analysis.clone(), *statement);
                     let fields = msg::decode_row_description(&frame[5..]).unwrap_or_default();
-                    let plan = analysis.as_deref().and_then(|a| a.as_ref().ok()).and_then(|plans| plans.get(*statement));
+                    let plan = analysis.as_deref().and_then(|a| a.as_ref().ok()).and_then(|plans| plans.get(statement));
                     let columns = result_columns(&fields, &state.catalog, plan);
                     self.describe_rows(&fields, &columns, &[], &state)
                 }
