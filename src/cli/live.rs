@@ -96,7 +96,7 @@ pub async fn connect(upstream: &UpstreamConfig, login: &Login) -> Result<Client,
         format!(
             "cannot connect to the database at {addr} as {}: {}",
             login.user,
-            super::one_line(&e.to_string())
+            pg_error_text(&e)
         )
     };
     let client = match upstream.tls {
@@ -125,8 +125,30 @@ pub async fn connect(upstream: &UpstreamConfig, login: &Login) -> Result<Client,
     Ok(client)
 }
 
+/// One line for a client error: the server's message (with its SQLSTATE) for a database
+/// error, otherwise the error and its cause (tokio-postgres prints only "db error").
+fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        return super::one_line(&format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ));
+    }
+    let mut text = e.to_string();
+    if let Some(source) = e.source() {
+        let source = source.to_string();
+        if !text.contains(&source) {
+            text = format!("{text}: {source}");
+        }
+    }
+    super::one_line(&text)
+}
+
 fn query_failed(e: tokio_postgres::Error) -> String {
-    format!("catalog query failed: {}", super::one_line(&e.to_string()))
+    format!("catalog query failed: {}", pg_error_text(&e))
 }
 
 /// Runs the catalog checks; returns the problems (empty: valid).
