@@ -184,3 +184,35 @@ pub fn keys_init(dir: &Path) -> ExitCode {
         Err(e) => fail(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_line_messages_become_one() {
+        assert_eq!(
+            one_line("FATAL: no\nDETAIL: why\n\n  HINT: fix"),
+            "FATAL: no; DETAIL: why; HINT: fix"
+        );
+    }
+
+    #[test]
+    fn public_key_is_beside_the_signing_key() {
+        assert_eq!(
+            audit::public_key_beside(Path::new("/etc/pgveil/keys/audit.key")),
+            Path::new("/etc/pgveil/keys/audit.pub")
+        );
+    }
+
+    #[test]
+    fn invalid_config_is_summarized_in_one_line() {
+        let err = Config::parse("[server]\nlisten = 1\nx = 2\n", "p.toml", Path::new("."))
+            .err()
+            .unwrap();
+        let line = config_error_line(Path::new("p.toml"), &err);
+        assert!(line.starts_with("p.toml:2:"), "{line}");
+        assert!(line.ends_with("(and 1 more problem(s); run pgveil check --config p.toml)"));
+        assert!(!line.contains('\n'));
+    }
+}
