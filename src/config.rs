@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Session threads; `None`: one per CPU.
     pub workers: Option<usize>,
+    /// Where `serve` writes its process id and `reload` reads it. Default: `pgveil.pid`
+    /// beside the configuration file.
+    pub pid_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,8 +462,12 @@ impl Walker<'_> {
             .opt_int(s, "shutdown_timeout_secs", 0, 86_400)
             .map_or(Duration::from_secs(30), |v| Duration::from_secs(v as u64));
         let workers = self.opt_int(s, "workers", 1, 1024).map(|v| v as usize);
+        let pid_file = self
+            .opt_str(s, "pid_file")
+            .map_or_else(|| self.base_dir.join("pgveil.pid"), |p| self.path(&p));
         ServerConfig {
             workers,
+            pid_file,
             listen,
             tls_cert,
             tls_key,

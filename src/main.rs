@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -30,10 +31,101 @@ enum Command {
     Check {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
-        /// Also connect upstream and check tables, columns and roles.
+        /// Also connect upstream (login from PGUSER, PGPASSWORD, PGDATABASE) and check
+        /// tables, columns and roles.
         #[arg(long)]
         live: bool,
     },
+    /// Ask the running proxy to reload its configuration (SIGHUP to [server] pid_file).
+    Reload {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+    },
+    /// Key files.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Verify, search and report on the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create DIR/master.key, DIR/audit.key and DIR/audit.pub; refuses to overwrite.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the whole audit log (the chain and the signed checkpoints).
+    Verify {
+        /// The log is [audit] dir, the public key the .pub file beside signing_key_file.
+        /// Default: pgveil.toml, unless --dir and --public-key are given.
+        #[arg(long, conflicts_with_all = ["dir", "public_key"])]
+        config: Option<PathBuf>,
+        /// The audit log directory (with --public-key, instead of --config).
+        #[arg(long, requires = "public_key")]
+        dir: Option<PathBuf>,
+        /// The audit public key file (base64, as `pgveil keys init` writes audit.pub).
+        #[arg(long, requires = "dir")]
+        public_key: Option<PathBuf>,
+    },
+    /// List matching audit records.
+    Search {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: SearchFilterArgs,
+        /// One stored record (JSON) per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accounting of disclosures for one data subject.
+    Report {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+        /// TABLE:ID, e.g. patients:17.
+        #[arg(long)]
+        subject: String,
+        /// RFC 3339, e.g. 2026-01-05T10:00:00Z.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// One stored record (JSON) per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct SearchFilterArgs {
+    /// Session user.
+    #[arg(long)]
+    user: Option<String>,
+    /// One of the session's roles.
+    #[arg(long)]
+    role: Option<String>,
+    /// Table, with or without schema.
+    #[arg(long)]
+    table: Option<String>,
+    /// Column: column, table.column or schema.table.column.
+    #[arg(long)]
+    column: Option<String>,
+    /// TABLE:ID, e.g. patients:17.
+    #[arg(long)]
+    subject: Option<String>,
+    /// ok, error or refused.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// RFC 3339, e.g. 2026-01-05T10:00:00Z.
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -42,8 +134,68 @@ enum LogFormatArg {
     Json,
 }
 
+/// clap's error as one line: its first paragraph (without the `error: ` prefix), or, when a
+/// subcommand is missing, the usage line.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let text = e.to_string();
+    let usage = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(str::to_string);
+    let message = match e.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            match &usage {
+                Some(u) => format!("a command is required: {u}"),
+                None => "a command is required".to_string(),
+            }
+        }
+        _ => {
+            let paragraph: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let joined = paragraph.join(" ");
+            let joined = joined
+                .strip_prefix("error: ")
+                .unwrap_or(&joined)
+                .to_string();
+            if joined.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                joined
+            }
+        }
+    };
+    // `Usage: pgveil audit <COMMAND>` → `pgveil audit --help`.
+    let help = usage
+        .as_deref()
+        .map(|u| {
+            u.split_whitespace()
+                .take_while(|w| !w.starts_with(['<', '[', '-']))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgveil".to_string());
+    eprintln!("pgveil: {message} (see {help} --help)");
+    ExitCode::from(pgveil::cli::EXIT_USAGE)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                _ => usage_error(&e),
+            }
+        }
+    };
     match cli.command {
         Command::Serve { config, log_format } => {
             let format = log_format.map(|f| match f {
@@ -53,5 +205,48 @@ fn main() -> ExitCode {
             pgveil::cli::serve(&config, format)
         }
         Command::Check { config, live } => pgveil::cli::check(&config, live),
+        Command::Reload { config } => pgveil::cli::reload(&config),
+        Command::Keys(KeysCommand::Init { dir }) => pgveil::cli::keys_init(&dir),
+        Command::Audit(AuditCommand::Verify {
+            config,
+            dir,
+            public_key,
+        }) => {
+            let source = match (dir, public_key) {
+                (Some(dir), Some(public_key)) => {
+                    pgveil::cli::AuditSource::Direct { dir, public_key }
+                }
+                _ => pgveil::cli::AuditSource::Config(
+                    config.unwrap_or_else(|| PathBuf::from("pgveil.toml")),
+                ),
+            };
+            pgveil::cli::audit_verify(&source)
+        }
+        Command::Audit(AuditCommand::Search {
+            config,
+            filter,
+            json,
+        }) => {
+            let args = pgveil::audit::cli::SearchArgs {
+                user: filter.user,
+                role: filter.role,
+                table: filter.table,
+                column: filter.column,
+                subject: filter.subject,
+                outcome: filter.outcome,
+                since: filter.since,
+                until: filter.until,
+            };
+            pgveil::cli::audit_search(&config, &args, json)
+        }
+        Command::Audit(AuditCommand::Report {
+            config,
+            subject,
+            since,
+            until,
+            json,
+        }) => {
+            pgveil::cli::audit_report(&config, &subject, since.as_deref(), until.as_deref(), json)
+        }
     }
 }

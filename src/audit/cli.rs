@@ -1,16 +1,14 @@
 //! What `pgveil audit verify|search|report` call: argument parsing with one-line errors, and
 //! the text / JSON renderers.
 //!
-//! Key files: the public key is accepted as standard base64 (or 64 hex digits) of the 32-byte
-//! Ed25519 public key; the signing key as base64 (or hex) of the 32-byte secret seed, or of
-//! the 64-byte `seed || public key` pair. Surrounding whitespace is ignored.
+//! Key files are read by [`crate::crypto::keys`] only (base64 of the 32-byte Ed25519 public
+//! key, as `pgveil keys init` writes `audit.pub`).
 
 use std::io::Write;
 use std::path::Path;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 
 use super::record::{format_time, AuditRecord, Outcome, Subjects};
 use super::report::{report as build_report, DisclosureReport};
@@ -38,60 +36,6 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|_| format!("invalid time {s:?}: expected RFC 3339, e.g. 2026-01-05T10:00:00Z"))
 }
 
-fn decode_key_text(text: &str) -> Option<Vec<u8>> {
-    let t = text.trim();
-    // Hex of 32 or 64 bytes; base64 of those sizes is 44 or 88 characters.
-    if (t.len() == 64 || t.len() == 128) && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return hex::decode(t).ok();
-    }
-    base64::engine::general_purpose::STANDARD.decode(t).ok()
-}
-
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
-    let bytes =
-        decode_key_text(text).ok_or("invalid audit public key: expected base64 of 32 bytes")?;
-    let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-        format!(
-            "invalid audit public key: {} bytes, expected 32",
-            bytes.len()
-        )
-    })?;
-    VerifyingKey::from_bytes(&arr)
-        .map_err(|_| "invalid audit public key: not an Ed25519 point".into())
-}
-
-pub fn load_public_key(path: &Path) -> Result<VerifyingKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read public key {}: {e}", path.display()))?;
-    parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-pub fn parse_signing_key(text: &str) -> Result<SigningKey, String> {
-    let bytes = decode_key_text(text).ok_or("invalid audit signing key: expected base64")?;
-    match bytes.len() {
-        32 => {
-            let mut seed = [0u8; 32];
-            seed.copy_from_slice(&bytes);
-            Ok(SigningKey::from_bytes(&seed))
-        }
-        64 => {
-            let mut pair = [0u8; 64];
-            pair.copy_from_slice(&bytes);
-            SigningKey::from_keypair_bytes(&pair)
-                .map_err(|_| "invalid audit signing key: public half does not match".into())
-        }
-        n => Err(format!(
-            "invalid audit signing key: {n} bytes, expected 32 or 64"
-        )),
-    }
-}
-
-pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read signing key {}: {e}", path.display()))?;
-    parse_signing_key(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// `audit verify`: (exit code, one line). 0 when intact, 1 otherwise.
 pub fn verify(dir: &Path, key: &VerifyingKey) -> (i32, String) {
     match verify_dir(dir, key) {
@@ -103,9 +47,9 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> (i32, String) {
 /// `audit verify --dir DIR --public-key FILE`: like [`verify`]; exit code 2 when the key
 /// file cannot be read or parsed.
 pub fn verify_with_key_file(dir: &Path, public_key_file: &Path) -> (i32, String) {
-    match load_public_key(public_key_file) {
+    match crate::crypto::keys::load_verifying_key(public_key_file) {
         Ok(key) => verify(dir, &key),
-        Err(e) => (2, e),
+        Err(e) => (2, e.to_string()),
     }
 }
 
