@@ -13,7 +13,6 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::crypto::keys::MasterKey;
-use crate::veil::Veil;
 use crate::metrics::{self, ErrorKind};
 use crate::net::handshake::{Accepted, Handshake};
 use crate::net::stream::MaybeTls;
@@ -21,6 +20,7 @@ use crate::net::tls::{self, TlsError};
 use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
 use crate::session::{self, SessionConfig};
+use crate::veil::Veil;
 
 /// How long a client may take to get from connect to a startup message.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,13 +32,18 @@ pub enum ServeError {
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Keys(#[from] crate::crypto::keys::KeyError),
 }
 
 /// The master key, when columns are configured (a plain relay needs none).
-pub fn load_master_key(config: &Config) -> Result<Option<MasterKey>, crate::crypto::keys::KeyError> {
+pub fn load_master_key(
+    config: &Config,
+) -> Result<Option<MasterKey>, crate::crypto::keys::KeyError> {
     if config.columns.is_empty() {
         return Ok(None);
     }
@@ -122,7 +127,8 @@ pub async fn serve(
         _ => None,
     };
     let master = load_master_key(&config)?;
-    let veil = Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
+    let veil =
+        Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
     drop(master);
     let proxy = Arc::new(Proxy {
         veil: Arc::new(veil),
@@ -265,7 +271,13 @@ async fn handle_client(
                 client_addr: addr,
                 max_message_size: proxy.max_message_size,
             };
-            session::run(stream, upstream, config, stop).await;
+            if proxy.veil.is_empty() {
+                session::run(stream, upstream, config, stop).await;
+            } else {
+                let database = startup.database().to_string();
+                session::startup::run(stream, upstream, database, config, proxy.veil.clone(), stop)
+                    .await;
+            }
         }
         Err((stream, error)) => {
             let kind = if matches!(error, crate::net::handshake::HandshakeError::Tls(_)) {

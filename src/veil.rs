@@ -46,11 +46,20 @@ impl DbCatalog {
                 }
             }
         }
-        Self { tables, by_attribute, plans: Mutex::new(HashMap::new()) }
+        Self {
+            tables,
+            by_attribute,
+            plans: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Analyses `sql` once per search path; later calls share the result.
-    pub fn analyze(&self, sql: &str, protection: &Protection, search_path: &[String]) -> Arc<Analysis> {
+    pub fn analyze(
+        &self,
+        sql: &str,
+        protection: &Protection,
+        search_path: &[String],
+    ) -> Arc<Analysis> {
         let key = (search_path.to_vec(), sql.to_string());
         if let Some(found) = lock(&self.plans).get(&key) {
             return found.clone();
@@ -77,7 +86,10 @@ impl Veil {
             return None;
         }
         let ciphers = match master {
-            Some(master) => columns.iter().map(|c| ColumnCipher::new(master, CURRENT_KEY_ID, c)).collect(),
+            Some(master) => columns
+                .iter()
+                .map(|c| ColumnCipher::new(master, CURRENT_KEY_ID, c))
+                .collect(),
             None => Vec::new(),
         };
         let rules = config.columns.iter().map(|c| c.access.clone()).collect();

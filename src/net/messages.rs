@@ -65,11 +65,18 @@ impl Parse {
         if count < 0 || !rest.is_empty() {
             return Err(err);
         }
-        Ok(Self { name, query, param_types })
+        Ok(Self {
+            name,
+            query,
+            param_types,
+        })
     }
 
     pub fn encode(&self) -> Bytes {
-        let mut out = begin(b'P', self.name.len() + self.query.len() + 4 + 4 * self.param_types.len());
+        let mut out = begin(
+            b'P',
+            self.name.len() + self.query.len() + 4 + 4 * self.param_types.len(),
+        );
         put_cstr(&mut out, &self.name);
         put_cstr(&mut out, &self.query);
         out.put_i16(self.param_types.len() as i16);
@@ -101,7 +108,9 @@ impl Bind {
             if n < 0 {
                 return Err(Malformed("Bind"));
             }
-            (0..n).map(|_| read_i16(rest).ok_or(Malformed("Bind"))).collect()
+            (0..n)
+                .map(|_| read_i16(rest).ok_or(Malformed("Bind")))
+                .collect()
         };
         let param_formats = read_codes(&mut rest)?;
         let count = read_i16(&mut rest).ok_or(err)?;
@@ -126,7 +135,13 @@ impl Bind {
         if !rest.is_empty() {
             return Err(err);
         }
-        Ok(Self { portal, statement, param_formats, params, result_formats })
+        Ok(Self {
+            portal,
+            statement,
+            param_formats,
+            params,
+            result_formats,
+        })
     }
 
     /// The format code (0 text, 1 binary) parameter `index` was sent in.
@@ -140,15 +155,25 @@ impl Bind {
 
     /// Spells out one format code per parameter, so single parameters can change format.
     pub fn expand_param_formats(&mut self) {
-        let codes: Vec<i16> = (0..self.params.len()).map(|i| self.param_format(i)).collect();
+        let codes: Vec<i16> = (0..self.params.len())
+            .map(|i| self.param_format(i))
+            .collect();
         self.param_formats = codes;
     }
 
     pub fn encode(&self) -> Bytes {
-        let values: usize = self.params.iter().map(|p| 4 + p.as_ref().map_or(0, Bytes::len)).sum();
+        let values: usize = self
+            .params
+            .iter()
+            .map(|p| 4 + p.as_ref().map_or(0, Bytes::len))
+            .sum();
         let mut out = begin(
             b'B',
-            self.portal.len() + self.statement.len() + 8 + 2 * (self.param_formats.len() + self.result_formats.len()) + values,
+            self.portal.len()
+                + self.statement.len()
+                + 8
+                + 2 * (self.param_formats.len() + self.result_formats.len())
+                + values,
         );
         put_cstr(&mut out, &self.portal);
         put_cstr(&mut out, &self.statement);
@@ -242,13 +267,24 @@ pub fn decode_row_description(body: &[u8]) -> Result<Vec<Field>, Malformed> {
         let type_size = read_i16(&mut rest).ok_or(err)?;
         let type_modifier = read_i32(&mut rest).ok_or(err)?;
         let format = read_i16(&mut rest).ok_or(err)?;
-        fields.push(Field { name, table_oid, column, type_oid, type_size, type_modifier, format });
+        fields.push(Field {
+            name,
+            table_oid,
+            column,
+            type_oid,
+            type_size,
+            type_modifier,
+            format,
+        });
     }
     Ok(fields)
 }
 
 pub fn encode_row_description(fields: &[Field]) -> Bytes {
-    let mut out = begin(b'T', 2 + fields.iter().map(|f| f.name.len() + 19).sum::<usize>());
+    let mut out = begin(
+        b'T',
+        2 + fields.iter().map(|f| f.name.len() + 19).sum::<usize>(),
+    );
     out.put_i16(fields.len() as i16);
     for f in fields {
         put_cstr(&mut out, &f.name);
@@ -266,7 +302,11 @@ pub fn decode_parameter_description(body: &[u8]) -> Result<Vec<u32>, Malformed> 
     let mut rest = body;
     let count = read_i16(&mut rest).ok_or(Malformed("ParameterDescription"))?;
     (0..count.max(0))
-        .map(|_| read_i32(&mut rest).map(|v| v as u32).ok_or(Malformed("ParameterDescription")))
+        .map(|_| {
+            read_i32(&mut rest)
+                .map(|v| v as u32)
+                .ok_or(Malformed("ParameterDescription"))
+        })
         .collect()
 }
 
@@ -307,7 +347,9 @@ pub fn data_row_values(body: &[u8]) -> Result<Vec<Option<std::ops::Range<usize>>
 }
 
 /// Builds a DataRow from values.
-pub fn encode_data_row<'a>(values: impl ExactSizeIterator<Item = Option<&'a [u8]>> + Clone) -> Bytes {
+pub fn encode_data_row<'a>(
+    values: impl ExactSizeIterator<Item = Option<&'a [u8]>> + Clone,
+) -> Bytes {
     let size: usize = values.clone().map(|v| 4 + v.map_or(0, <[u8]>::len)).sum();
     let mut out = begin(b'D', 2 + size);
     out.put_i16(values.len() as i16);
@@ -329,7 +371,11 @@ mod tests {
 
     #[test]
     fn parse_round_trips_bytes_exactly() {
-        let parse = Parse { name: Bytes::from_static(b"s\xe91"), query: Bytes::from_static(b"SELECT $1 -- \xff"), param_types: vec![23, 0] };
+        let parse = Parse {
+            name: Bytes::from_static(b"s\xe91"),
+            query: Bytes::from_static(b"SELECT $1 -- \xff"),
+            param_types: vec![23, 0],
+        };
         let frame = parse.encode();
         assert_eq!(frame[0], b'P');
         assert_eq!(Parse::decode(&frame[5..]).unwrap(), parse);
@@ -342,7 +388,11 @@ mod tests {
             portal: Bytes::new(),
             statement: Bytes::from_static(b"st"),
             param_formats: vec![1],
-            params: vec![Some(Bytes::from_static(b"\0\0\0\x01")), None, Some(Bytes::new())],
+            params: vec![
+                Some(Bytes::from_static(b"\0\0\0\x01")),
+                None,
+                Some(Bytes::new()),
+            ],
             result_formats: vec![0, 1],
         };
         let decoded = Bind::decode(&bind.encode()[5..]).unwrap();
@@ -376,10 +426,16 @@ mod tests {
 
     #[test]
     fn targets_and_execute() {
-        assert_eq!(target(b"Sname\0", "Describe").unwrap(), (b'S', Bytes::from_static(b"name")));
+        assert_eq!(
+            target(b"Sname\0", "Describe").unwrap(),
+            (b'S', Bytes::from_static(b"name"))
+        );
         assert!(target(b"Xname\0", "Describe").is_err());
         let exec = encode_execute(b"p", 0);
-        assert_eq!(execute_portal(&exec[5..]).unwrap(), Bytes::from_static(b"p"));
+        assert_eq!(
+            execute_portal(&exec[5..]).unwrap(),
+            Bytes::from_static(b"p")
+        );
         let q = encode_query(b"SELECT 1");
         assert_eq!(query_text(&q[5..]).unwrap(), b"SELECT 1");
     }

@@ -5,8 +5,8 @@
 //! the client's statements will see and need no credentials of pgveil's.
 
 use crate::net::messages::{data_row_values, encode_query};
-use crate::sql::{ColumnInfo, StaticCatalog, TableInfo};
 use crate::schema::TableName;
+use crate::sql::{ColumnInfo, StaticCatalog, TableInfo};
 
 /// Relations a statement can name, with their live columns.
 const CATALOG_SQL: &str = "SELECT n.nspname, c.relname, c.oid, a.attname, a.attnum, a.atttypid \
@@ -69,7 +69,12 @@ pub struct Collector {
 
 impl Collector {
     pub fn new(wanted: Wanted) -> Self {
-        Self { wanted, sets: Vec::new(), current: Vec::new(), failed: false }
+        Self {
+            wanted,
+            sets: Vec::new(),
+            current: Vec::new(),
+            failed: false,
+        }
     }
 
     /// Feeds one backend frame; true once ReadyForQuery has arrived.
@@ -105,10 +110,20 @@ impl Collector {
             facts.catalog = Some(build_catalog(sets.next()?));
         }
         if self.wanted.search_path {
-            facts.search_path = Some(sets.next()?.into_iter().filter_map(|mut r| r.pop().flatten()).collect());
+            facts.search_path = Some(
+                sets.next()?
+                    .into_iter()
+                    .filter_map(|mut r| r.pop().flatten())
+                    .collect(),
+            );
         }
         if self.wanted.roles {
-            facts.roles = Some(sets.next()?.into_iter().filter_map(|mut r| r.pop().flatten()).collect());
+            facts.roles = Some(
+                sets.next()?
+                    .into_iter()
+                    .filter_map(|mut r| r.pop().flatten())
+                    .collect(),
+            );
         }
         Some(facts)
     }
@@ -123,17 +138,29 @@ fn build_catalog(rows: Vec<Vec<Option<String>>>) -> StaticCatalog {
         else {
             continue;
         };
-        let (Ok(oid), Ok(attnum), Ok(type_oid)) = (oid.parse::<u32>(), attnum.parse::<i16>(), type_oid.parse::<u32>()) else {
+        let (Ok(oid), Ok(attnum), Ok(type_oid)) = (
+            oid.parse::<u32>(),
+            attnum.parse::<i16>(),
+            type_oid.parse::<u32>(),
+        ) else {
             continue;
         };
         if current.as_ref().is_none_or(|t| t.oid != oid) {
             if let Some(done) = current.take() {
                 catalog.insert(done);
             }
-            current = Some(TableInfo { name: TableName::new(schema, name), oid, columns: Vec::new() });
+            current = Some(TableInfo {
+                name: TableName::new(schema, name),
+                oid,
+                columns: Vec::new(),
+            });
         }
         if let Some(table) = current.as_mut() {
-            table.columns.push(ColumnInfo { name: column, attnum, type_oid });
+            table.columns.push(ColumnInfo {
+                name: column,
+                attnum,
+                type_oid,
+            });
         }
     }
     if let Some(done) = current {
@@ -149,11 +176,23 @@ mod tests {
 
     #[test]
     fn collects_catalog_search_path_and_roles() {
-        let wanted = Wanted { catalog: true, search_path: true, roles: true };
+        let wanted = Wanted {
+            catalog: true,
+            search_path: true,
+            roles: true,
+        };
         let query = wanted.query();
         assert!(query.windows(12).any(|w| w == b"session_user"));
         let mut collector = Collector::new(wanted);
-        let row = |values: &[&str]| encode_data_row(values.iter().map(|v| Some(v.as_bytes())).collect::<Vec<_>>().into_iter());
+        let row = |values: &[&str]| {
+            encode_data_row(
+                values
+                    .iter()
+                    .map(|v| Some(v.as_bytes()))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            )
+        };
         for frame in [
             row(&["public", "patients", "16384", "id", "1", "23"]),
             row(&["public", "patients", "16384", "ssn", "2", "17"]),
@@ -178,7 +217,11 @@ mod tests {
 
     #[test]
     fn an_error_means_no_facts() {
-        let mut collector = Collector::new(Wanted { catalog: false, search_path: true, roles: false });
+        let mut collector = Collector::new(Wanted {
+            catalog: false,
+            search_path: true,
+            roles: false,
+        });
         collector.feed(b"E\0\0\0\x05\0");
         collector.feed(b"Z\0\0\0\x05E");
         assert!(collector.finish().is_none());

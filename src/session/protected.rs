@@ -45,11 +45,19 @@ struct Prepared {
 
 impl Prepared {
     fn plan(&self) -> Option<&StatementPlan> {
-        self.analysis.as_deref().and_then(|a| a.as_ref().ok()).and_then(|plans| plans.first())
+        self.analysis
+            .as_deref()
+            .and_then(|a| a.as_ref().ok())
+            .and_then(|plans| plans.first())
     }
 
     fn plain() -> Arc<Self> {
-        Arc::new(Self { analysis: None, param_columns: Vec::new(), client_param_types: Vec::new(), row: OnceLock::new() })
+        Arc::new(Self {
+            analysis: None,
+            param_columns: Vec::new(),
+            client_param_types: Vec::new(),
+            row: OnceLock::new(),
+        })
     }
 }
 
@@ -64,9 +72,16 @@ enum Expect {
     Bind,
     Close,
     Sync(Instant),
-    Query { analysis: Option<Arc<Analysis>>, sent: Instant, statement: usize },
+    Query {
+        analysis: Option<Arc<Analysis>>,
+        sent: Instant,
+        statement: usize,
+    },
     Function(Instant),
-    DescribeStatement { prepared: Arc<Prepared>, internal: bool },
+    DescribeStatement {
+        prepared: Arc<Prepared>,
+        internal: bool,
+    },
     DescribePortal(Option<Arc<Portal>>),
     Execute(Option<Arc<Portal>>),
     /// A refused Parse or Bind, replaced by Parse/Bind/Execute of a raising statement:
@@ -79,7 +94,10 @@ enum Expect {
 impl Expect {
     /// Ends with ReadyForQuery.
     fn ends_cycle(&self) -> bool {
-        matches!(self, Expect::Sync(_) | Expect::Query { .. } | Expect::Function(_) | Expect::Refresh(_))
+        matches!(
+            self,
+            Expect::Sync(_) | Expect::Query { .. } | Expect::Function(_) | Expect::Refresh(_)
+        )
     }
 }
 
@@ -99,7 +117,9 @@ struct State {
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Everything the two halves share.
@@ -150,7 +170,8 @@ pub async fn relay(
 ) {
     let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
     let upstream_bound = async {
-        let result = client_to_server(&mut client.0, &mut server.1, leftover, &shared, &config).await;
+        let result =
+            client_to_server(&mut client.0, &mut server.1, leftover, &shared, &config).await;
         if let Err(e) = &result {
             if let Some(error) = e.client_error() {
                 metrics::get().error(ErrorKind::Protocol);
@@ -160,7 +181,14 @@ pub async fn relay(
         }
         result
     };
-    let client_bound = server_to_client(&mut server.0, &mut client.1, &shared, fatal_rx, shutdown, &config);
+    let client_bound = server_to_client(
+        &mut server.0,
+        &mut client.1,
+        &shared,
+        fatal_rx,
+        shutdown,
+        &config,
+    );
     tokio::pin!(upstream_bound, client_bound);
     tokio::select! {
         result = &mut upstream_bound => {
@@ -233,11 +261,19 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
         }
         b'B' => bind_message(frame, body, shared),
         b'D' => {
-            let (kind, name) = msg::target(body, "Describe").map_err(|e| SessionError::Malformed(e.0))?;
+            let (kind, name) =
+                msg::target(body, "Describe").map_err(|e| SessionError::Malformed(e.0))?;
             let mut state = lock(&shared.state);
             let expect = if kind == b'S' {
-                let prepared = state.statements.get(&name).cloned().unwrap_or_else(Prepared::plain);
-                Expect::DescribeStatement { prepared, internal: false }
+                let prepared = state
+                    .statements
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(Prepared::plain);
+                Expect::DescribeStatement {
+                    prepared,
+                    internal: false,
+                }
             } else {
                 Expect::DescribePortal(state.portals.get(&name).cloned())
             };
@@ -252,7 +288,8 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
             Ok(Action::Forward)
         }
         b'C' => {
-            let (kind, name) = msg::target(body, "Close").map_err(|e| SessionError::Malformed(e.0))?;
+            let (kind, name) =
+                msg::target(body, "Close").map_err(|e| SessionError::Malformed(e.0))?;
             let mut state = lock(&shared.state);
             if kind == b'S' {
                 state.statements.remove(&name);
@@ -268,7 +305,9 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
             state.expect.push_back(Expect::Sync(Instant::now()));
             match state.refresh_at_sync.take() {
                 Some(wanted) => {
-                    state.expect.push_back(Expect::Refresh(Collector::new(wanted)));
+                    state
+                        .expect
+                        .push_back(Expect::Refresh(Collector::new(wanted)));
                     Ok(Action::Replace(join(&[frame, &wanted.query()])))
                 }
                 None => Ok(Action::Forward),
@@ -276,7 +315,9 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
         }
         b'F' => {
             metrics.queries.increment(1);
-            lock(&shared.state).expect.push_back(Expect::Function(Instant::now()));
+            lock(&shared.state)
+                .expect
+                .push_back(Expect::Function(Instant::now()));
             Ok(Action::Forward)
         }
         // Flush, COPY data, password/SASL messages: nothing comes back for them by itself.
@@ -295,9 +336,17 @@ fn join(parts: &[&[u8]]) -> Bytes {
 /// What pgveil's own bookkeeping must refresh after a statement went through.
 fn refresh_needed(text: &str) -> Option<Wanted> {
     let lower = text.to_ascii_lowercase();
-    let catalog = ["create ", "alter ", "drop ", "create\n", "alter\n", "drop\n"].iter().any(|k| lower.contains(k));
+    let catalog = [
+        "create ", "alter ", "drop ", "create\n", "alter\n", "drop\n",
+    ]
+    .iter()
+    .any(|k| lower.contains(k));
     let search_path = lower.contains("search_path");
-    (catalog || search_path).then_some(Wanted { catalog, search_path: search_path || catalog, roles: false })
+    (catalog || search_path).then_some(Wanted {
+        catalog,
+        search_path: search_path || catalog,
+        roles: false,
+    })
 }
 
 fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
@@ -308,21 +357,41 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         let lossy = String::from_utf8_lossy(raw_text);
         let mut state = lock(&shared.state);
         if sql::may_touch_protected(&lossy, &veil.protection) {
-            state.expect.push_back(Expect::Query { analysis: None, sent, statement: 0 });
-            return Action::Replace(msg::encode_query(raise_sql(&cannot_analyse(), true).as_bytes()));
+            state.expect.push_back(Expect::Query {
+                analysis: None,
+                sent,
+                statement: 0,
+            });
+            return Action::Replace(msg::encode_query(
+                raise_sql(&cannot_analyse(), true).as_bytes(),
+            ));
         }
-        state.expect.push_back(Expect::Query { analysis: None, sent, statement: 0 });
+        state.expect.push_back(Expect::Query {
+            analysis: None,
+            sent,
+            statement: 0,
+        });
         return Action::Forward;
     };
     let refresh = refresh_needed(text);
     let mut state = lock(&shared.state);
     let action = if !sql::may_touch_protected(text, &veil.protection) {
-        state.expect.push_back(Expect::Query { analysis: None, sent, statement: 0 });
+        state.expect.push_back(Expect::Query {
+            analysis: None,
+            sent,
+            statement: 0,
+        });
         Action::Forward
     } else {
-        let analysis = state.catalog.analyze(text, &veil.protection, &state.search_path);
+        let analysis = state
+            .catalog
+            .analyze(text, &veil.protection, &state.search_path);
         let rewritten = rewrite_simple(text, &analysis, &state, veil);
-        state.expect.push_back(Expect::Query { analysis: Some(analysis), sent, statement: 0 });
+        state.expect.push_back(Expect::Query {
+            analysis: Some(analysis),
+            sent,
+            statement: 0,
+        });
         match rewritten {
             Some(new_text) => Action::Replace(msg::encode_query(new_text.as_bytes())),
             None => Action::Forward,
@@ -330,7 +399,9 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
     };
     match refresh {
         Some(wanted) => {
-            state.expect.push_back(Expect::Refresh(Collector::new(wanted)));
+            state
+                .expect
+                .push_back(Expect::Refresh(Collector::new(wanted)));
             let first: Bytes = match &action {
                 Action::Replace(bytes) => bytes.clone(),
                 _ => Bytes::copy_from_slice(frame),
@@ -360,7 +431,10 @@ fn rewrite_simple(text: &str, analysis: &Analysis, state: &State, veil: &Veil) -
             Ok(mut r) => replacements.append(&mut r),
             Err(error) => {
                 // The statements before run; this one raises; the rest never run.
-                replacements.push((plan.byte_range.start..text.len(), raise_sql(&error, state.standard_strings)));
+                replacements.push((
+                    plan.byte_range.start..text.len(),
+                    raise_sql(&error, state.standard_strings),
+                ));
                 break;
             }
         }
@@ -381,9 +455,14 @@ fn statement_replacements(
     check_plan(plan, state, veil)?;
     let mut out = plan.rewrites.clone();
     for literal in &plan.literals {
-        let Some(value) = &literal.value else { continue };
+        let Some(value) = &literal.value else {
+            continue;
+        };
         let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
-        out.push((literal.byte_range.clone(), bytea_literal(&ciphertext, state.standard_strings)));
+        out.push((
+            literal.byte_range.clone(),
+            bytea_literal(&ciphertext, state.standard_strings),
+        ));
     }
     let _ = text;
     Ok(out)
@@ -396,8 +475,16 @@ fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), Pg
     }
     for &column in plan.reads.iter().chain(plan.conditions.iter()) {
         if state.access.get(column.0) == Some(&Access::Deny) {
-            let name = veil.protection.column(column).map(|c| c.qualified_name()).unwrap_or_default();
-            let use_kind = if plan.reads.contains(&column) { "read" } else { "use in a condition" };
+            let name = veil
+                .protection
+                .column(column)
+                .map(|c| c.qualified_name())
+                .unwrap_or_default();
+            let use_kind = if plan.reads.contains(&column) {
+                "read"
+            } else {
+                "use in a condition"
+            };
             return Err(PgError::error(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!("pgveil: permission denied to {use_kind} protected column {name}"),
@@ -407,25 +494,43 @@ fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), Pg
     Ok(())
 }
 
-fn encrypt_text(veil: &Veil, column: ColumnRef, text: &[u8], time: &SessionTime) -> Result<Vec<u8>, PgError> {
+fn encrypt_text(
+    veil: &Veil,
+    column: ColumnRef,
+    text: &[u8],
+    time: &SessionTime,
+) -> Result<Vec<u8>, PgError> {
     let (cipher, spec) = cipher_and_spec(veil, column)?;
-    let canonical = value::canonical_from_text(spec.logical_type, text, time).map_err(|e| value_error(&e, &spec.qualified_name()))?;
+    let canonical = value::canonical_from_text(spec.logical_type, text, time)
+        .map_err(|e| value_error(&e, &spec.qualified_name()))?;
     Ok(cipher.encrypt(&canonical))
 }
 
 fn cipher_and_spec(
     veil: &Veil,
     column: ColumnRef,
-) -> Result<(&crate::crypto::envelope::ColumnCipher, &crate::schema::ProtectedColumn), PgError> {
+) -> Result<
+    (
+        &crate::crypto::envelope::ColumnCipher,
+        &crate::schema::ProtectedColumn,
+    ),
+    PgError,
+> {
     match (veil.cipher(column), veil.protection.column(column)) {
         (Some(cipher), Some(spec)) => Ok((cipher, spec)),
-        _ => Err(PgError::error(sqlstate::INTERNAL_ERROR, "pgveil: protected column without a key")),
+        _ => Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "pgveil: protected column without a key",
+        )),
     }
 }
 
 fn value_error(e: &value::ValueError, column: &str) -> PgError {
     // The message names the type and the column, never the value.
-    PgError::error(e.sqlstate(), format!("{} (for protected column {column})", e.message()))
+    PgError::error(
+        e.sqlstate(),
+        format!("{} (for protected column {column})", e.message()),
+    )
 }
 
 fn bytea_literal(ciphertext: &[u8], standard_strings: bool) -> String {
@@ -440,18 +545,41 @@ fn bytea_literal(ciphertext: &[u8], standard_strings: bool) -> String {
 /// A statement that makes the database raise `error`, so it arrives in protocol order and
 /// aborts the transaction as PostgreSQL's own errors do.
 fn raise_sql(error: &PgError, standard_strings: bool) -> String {
-    let message: String = error.message.chars().filter(|c| *c != '$' && *c != '\\' && *c != '\0').collect::<String>().replace('\'', "''");
-    let code: String = error.code.chars().filter(char::is_ascii_alphanumeric).collect();
+    let message: String = error
+        .message
+        .chars()
+        .filter(|c| *c != '$' && *c != '\\' && *c != '\0')
+        .collect::<String>()
+        .replace('\'', "''");
+    let code: String = error
+        .code
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
     let _ = standard_strings;
     format!("DO $pgveil$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{message}'; END$pgveil$")
 }
 
 /// Parse/Bind/Execute of a raising statement, standing in for a refused message.
 fn injected_error(error: &PgError, state: &mut State) -> Action {
-    let parse = Parse { name: Bytes::new(), query: Bytes::from(raise_sql(error, state.standard_strings)), param_types: Vec::new() };
-    let bind = Bind { portal: Bytes::new(), statement: Bytes::new(), param_formats: Vec::new(), params: Vec::new(), result_formats: Vec::new() };
+    let parse = Parse {
+        name: Bytes::new(),
+        query: Bytes::from(raise_sql(error, state.standard_strings)),
+        param_types: Vec::new(),
+    };
+    let bind = Bind {
+        portal: Bytes::new(),
+        statement: Bytes::new(),
+        param_formats: Vec::new(),
+        params: Vec::new(),
+        result_formats: Vec::new(),
+    };
     state.expect.push_back(Expect::Injected);
-    Action::Replace(join(&[&parse.encode(), &bind.encode(), &msg::encode_execute(b"", 0)]))
+    Action::Replace(join(&[
+        &parse.encode(),
+        &bind.encode(),
+        &msg::encode_execute(b"", 0),
+    ]))
 }
 
 fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
@@ -471,7 +599,11 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
     };
     if let Some(wanted) = refresh_needed(text) {
         let merged = match state.refresh_at_sync {
-            Some(w) => Wanted { catalog: w.catalog || wanted.catalog, search_path: true, roles: false },
+            Some(w) => Wanted {
+                catalog: w.catalog || wanted.catalog,
+                search_path: true,
+                roles: false,
+            },
             None => wanted,
         };
         state.refresh_at_sync = Some(merged);
@@ -481,7 +613,9 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
         state.expect.push_back(Expect::Parse);
         return Action::Forward;
     }
-    let analysis = state.catalog.analyze(text, &veil.protection, &state.search_path);
+    let analysis = state
+        .catalog
+        .analyze(text, &veil.protection, &state.search_path);
     let plan = match analysis.as_ref() {
         Ok(plans) if plans.len() == 1 => &plans[0],
         Ok(plans) if plans.is_empty() => {
@@ -512,8 +646,16 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
             param_types[index] = crate::schema::LogicalType::Bytea.oid();
         }
     }
-    let query = if replacements.is_empty() { parse.query.clone() } else { Bytes::from(sql::rewrite(text, &replacements)) };
-    let rewritten = Parse { name: parse.name.clone(), query, param_types };
+    let query = if replacements.is_empty() {
+        parse.query.clone()
+    } else {
+        Bytes::from(sql::rewrite(text, &replacements))
+    };
+    let rewritten = Parse {
+        name: parse.name.clone(),
+        query,
+        param_types,
+    };
     let prepared = Arc::new(Prepared {
         analysis: Some(analysis.clone()),
         param_columns,
@@ -524,9 +666,15 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
     state.expect.push_back(Expect::Parse);
     // pgveil describes the statement itself, so it knows which result columns to decrypt
     // even when the client never asks.
-    state.expect.push_back(Expect::DescribeStatement { prepared, internal: true });
+    state.expect.push_back(Expect::DescribeStatement {
+        prepared,
+        internal: true,
+    });
     let _ = frame;
-    Action::Replace(join(&[&rewritten.encode(), &msg::encode_target(b'D', b'S', &parse.name)]))
+    Action::Replace(join(&[
+        &rewritten.encode(),
+        &msg::encode_target(b'D', b'S', &parse.name),
+    ]))
 }
 
 fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
@@ -541,11 +689,22 @@ fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, Se
     let mut state = lock(&shared.state);
     // The portal and statement names lead the message; most Binds need nothing more.
     let mut rest = body;
-    let portal_name = Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(SessionError::Malformed("Bind"))?);
+    let portal_name =
+        Bytes::copy_from_slice(read_cstr(&mut rest).ok_or(SessionError::Malformed("Bind"))?);
     let statement_name = read_cstr(&mut rest).ok_or(SessionError::Malformed("Bind"))?;
-    let prepared = state.statements.get(statement_name).cloned().unwrap_or_else(Prepared::plain);
+    let prepared = state
+        .statements
+        .get(statement_name)
+        .cloned()
+        .unwrap_or_else(Prepared::plain);
     if prepared.analysis.is_none() {
-        state.portals.insert(portal_name, Arc::new(Portal { prepared, result_formats: Vec::new() }));
+        state.portals.insert(
+            portal_name,
+            Arc::new(Portal {
+                prepared,
+                result_formats: Vec::new(),
+            }),
+        );
         state.expect.push_back(Expect::Bind);
         return Ok(Action::Forward);
     }
@@ -554,10 +713,19 @@ fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, Se
     if prepared.param_columns.iter().any(Option::is_some) {
         bind.expand_param_formats();
         for (index, column) in prepared.param_columns.iter().enumerate() {
-            let (Some(column), Some(slot)) = (column, bind.params.get(index)) else { continue };
+            let (Some(column), Some(slot)) = (column, bind.params.get(index)) else {
+                continue;
+            };
             let Some(value) = slot else { continue };
             let format = bind.param_format(index);
-            match encrypt_param(veil, *column, value, format, prepared.client_param_types.get(index).copied().unwrap_or(0), &state.time) {
+            match encrypt_param(
+                veil,
+                *column,
+                value,
+                format,
+                prepared.client_param_types.get(index).copied().unwrap_or(0),
+                &state.time,
+            ) {
                 Ok(ciphertext) => {
                     bind.params[index] = Some(Bytes::from(ciphertext));
                     bind.param_formats[index] = 1;
@@ -568,10 +736,20 @@ fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, Se
         }
     }
     let result_formats = bind.result_formats.clone();
-    state.portals.insert(portal_name, Arc::new(Portal { prepared, result_formats }));
+    state.portals.insert(
+        portal_name,
+        Arc::new(Portal {
+            prepared,
+            result_formats,
+        }),
+    );
     state.expect.push_back(Expect::Bind);
     let _ = frame;
-    Ok(if changed { Action::Replace(bind.encode()) } else { Action::Forward })
+    Ok(if changed {
+        Action::Replace(bind.encode())
+    } else {
+        Action::Forward
+    })
 }
 
 fn encrypt_param(
@@ -584,7 +762,11 @@ fn encrypt_param(
 ) -> Result<Vec<u8>, PgError> {
     let (cipher, spec) = cipher_and_spec(veil, column)?;
     let canonical = if format == 1 {
-        let source = if declared_type == 0 { spec.logical_type.oid() } else { declared_type };
+        let source = if declared_type == 0 {
+            spec.logical_type.oid()
+        } else {
+            declared_type
+        };
         value::canonical_from_binary(spec.logical_type, source, value, time)
     } else {
         value::canonical_from_text(spec.logical_type, value, time)
@@ -628,14 +810,26 @@ async fn server_to_client(
     let metrics = metrics::get();
     let mut buf = new_buffer();
     let mut out = Outbox::default();
-    let mut backend = Backend { shared, rows: None, suppress: false, upstream_said_fatal: false, refreshed: Vec::new() };
+    let mut backend = Backend {
+        shared,
+        rows: None,
+        suppress: false,
+        upstream_said_fatal: false,
+        refreshed: Vec::new(),
+    };
     let mut shutting_down = shutdown.borrow().to_owned();
     loop {
         if shutting_down && {
             let state = lock(&shared.state);
             state.expect.is_empty() && state.status == b'I'
         } {
-            out.push(PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because pgveil is shutting down").encode());
+            out.push(
+                PgError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection because pgveil is shutting down",
+                )
+                .encode(),
+            );
             out.flush_to(writer.as_mut()).await?;
             return Ok(());
         }
@@ -656,7 +850,9 @@ async fn server_to_client(
         };
         let n = match n {
             Ok(n) => n,
-            Err(e) if backend.upstream_said_fatal || lock(&shared.state).client_terminated => return Err(e.into()),
+            Err(e) if backend.upstream_said_fatal || lock(&shared.state).client_terminated => {
+                return Err(e.into())
+            }
             Err(e) => {
                 tracing::warn!(client = %config.client_addr, error = %e, "lost the database connection");
                 0
@@ -665,13 +861,21 @@ async fn server_to_client(
         if n == 0 {
             if !backend.upstream_said_fatal && !lock(&shared.state).client_terminated {
                 metrics.error(ErrorKind::UpstreamLost);
-                out.push(PgError::fatal(sqlstate::CONNECTION_FAILURE, "pgveil: the database connection was lost").encode());
+                out.push(
+                    PgError::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        "pgveil: the database connection was lost",
+                    )
+                    .encode(),
+                );
                 out.flush_to(writer.as_mut()).await?;
             }
             return Ok(());
         }
         metrics.bytes_from_server.increment(n as u64);
-        drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| Ok::<_, SessionError>(backend.frame(frame)))?;
+        drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
+            Ok::<_, SessionError>(backend.frame(frame))
+        })?;
         backend.apply_refreshes();
         out.flush_to(writer.as_mut()).await?;
     }
@@ -707,7 +911,9 @@ impl Backend<'_> {
         if self.suppress {
             return Action::Drop;
         }
-        let Some(front) = state.expect.front_mut() else { return Action::Forward };
+        let Some(front) = state.expect.front_mut() else {
+            return Action::Forward;
+        };
         match front {
             Expect::Refresh(collector) => {
                 collector.feed(frame);
@@ -741,7 +947,11 @@ impl Backend<'_> {
                     }
                     b'T' | b'n' => {
                         state.expect.pop_front();
-                        let fields = if tag == b'T' { msg::decode_row_description(&frame[5..]).unwrap_or_default() } else { Vec::new() };
+                        let fields = if tag == b'T' {
+                            msg::decode_row_description(&frame[5..]).unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        };
                         let columns = result_columns(&fields, &state.catalog, prepared.plan());
                         let _ = prepared.row.set(columns.clone());
                         if internal {
@@ -766,7 +976,10 @@ impl Backend<'_> {
                 let fields = msg::decode_row_description(&frame[5..]).unwrap_or_default();
                 let plan = portal.as_ref().and_then(|p| p.prepared.plan());
                 let columns = result_columns(&fields, &state.catalog, plan);
-                let formats = portal.as_ref().map(|p| p.result_formats.clone()).unwrap_or_default();
+                let formats = portal
+                    .as_ref()
+                    .map(|p| p.result_formats.clone())
+                    .unwrap_or_default();
                 self.describe_rows(&fields, &columns, &formats, &state)
             }
             Expect::Execute(portal) => {
@@ -789,11 +1002,18 @@ impl Backend<'_> {
                     _ => Action::Forward,
                 }
             }
-            Expect::Query { analysis, statement, .. } => match tag {
+            Expect::Query {
+                analysis,
+                statement,
+                ..
+            } => match tag {
                 b'T' => {
                     let (analysis, statement) = (analysis.clone(), *statement);
                     let fields = msg::decode_row_description(&frame[5..]).unwrap_or_default();
-                    let plan = analysis.as_deref().and_then(|a| a.as_ref().ok()).and_then(|plans| plans.get(statement));
+                    let plan = analysis
+                        .as_deref()
+                        .and_then(|a| a.as_ref().ok())
+                        .and_then(|plans| plans.get(statement));
                     let columns = result_columns(&fields, &state.catalog, plan);
                     self.describe_rows(&fields, &columns, &[], &state)
                 }
@@ -811,7 +1031,9 @@ impl Backend<'_> {
 
     fn parameter_status(&mut self, frame: &[u8]) {
         let mut body = &frame[5..];
-        let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body)) else { return };
+        let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body)) else {
+            return;
+        };
         let value = String::from_utf8_lossy(value);
         let mut state = lock(&self.shared.state);
         match name {
@@ -857,11 +1079,16 @@ impl Backend<'_> {
     /// Installs what pgveil's own queries found.
     fn apply_refreshes(&mut self) {
         for collector in self.refreshed.drain(..) {
-            let Some(facts) = collector.finish() else { continue };
+            let Some(facts) = collector.finish() else {
+                continue;
+            };
             let shared = self.shared;
             let mut state = lock(&shared.state);
             if let Some(catalog) = facts.catalog {
-                state.catalog = shared.veil.install_catalog(&shared.database, DbCatalog::new(catalog, &shared.veil.protection));
+                state.catalog = shared.veil.install_catalog(
+                    &shared.database,
+                    DbCatalog::new(catalog, &shared.veil.protection),
+                );
             }
             if let Some(path) = facts.search_path {
                 state.search_path = path;
@@ -872,7 +1099,11 @@ impl Backend<'_> {
     /// Replaces what the database sends with pgveil's error, and drops the rest of the
     /// response up to ReadyForQuery.
     fn raise(&mut self, error: PgError, _state: &mut State) -> Action {
-        metrics::get().error(if error.code == sqlstate::INSUFFICIENT_PRIVILEGE { ErrorKind::Refused } else { ErrorKind::Database });
+        metrics::get().error(if error.code == sqlstate::INSUFFICIENT_PRIVILEGE {
+            ErrorKind::Refused
+        } else {
+            ErrorKind::Database
+        });
         self.suppress = true;
         self.rows = None;
         Action::Replace(error.encode())
@@ -880,14 +1111,22 @@ impl Backend<'_> {
 
     /// Rewrites a RowDescription: logical types for protected columns, and (the backstop)
     /// refuses a result that carries a denied column.
-    fn describe_rows(&mut self, fields: &[Field], columns: &[Option<ColumnRef>], formats: &[i16], state: &State) -> Action {
+    fn describe_rows(
+        &mut self,
+        fields: &[Field],
+        columns: &[Option<ColumnRef>],
+        formats: &[i16],
+        state: &State,
+    ) -> Action {
         if columns.iter().all(Option::is_none) {
             self.rows = Some(RowPlan::default());
             return Action::Forward;
         }
         let veil = &self.shared.veil;
         let mut fields = fields.to_vec();
-        let mut plan = RowPlan { columns: Vec::with_capacity(fields.len()) };
+        let mut plan = RowPlan {
+            columns: Vec::with_capacity(fields.len()),
+        };
         for (index, (field, column)) in fields.iter_mut().zip(columns).enumerate() {
             let Some(column) = column else {
                 plan.columns.push(None);
@@ -906,7 +1145,10 @@ impl Backend<'_> {
                 return Action::Replace(
                     PgError::error(
                         sqlstate::INSUFFICIENT_PRIVILEGE,
-                        format!("pgveil: permission denied to read protected column {}", spec.qualified_name()),
+                        format!(
+                            "pgveil: permission denied to read protected column {}",
+                            spec.qualified_name()
+                        ),
                     )
                     .encode(),
                 );
@@ -914,7 +1156,11 @@ impl Backend<'_> {
             field.type_oid = spec.logical_type.oid();
             field.type_size = spec.logical_type.type_size();
             field.type_modifier = -1;
-            let format = if formats.is_empty() { field.format } else { msg::result_format(formats, index) };
+            let format = if formats.is_empty() {
+                field.format
+            } else {
+                msg::result_format(formats, index)
+            };
             plan.columns.push(Some((*column, format)));
         }
         self.rows = Some(plan);
@@ -922,7 +1168,9 @@ impl Backend<'_> {
     }
 
     fn data_row(&mut self, frame: &[u8], state: &mut State) -> Action {
-        let Some(rows) = &self.rows else { return Action::Forward };
+        let Some(rows) = &self.rows else {
+            return Action::Forward;
+        };
         if rows.is_plain() {
             return Action::Forward;
         }
@@ -937,24 +1185,41 @@ fn parameter_description(frame: &[u8], prepared: &Prepared, veil: &Veil) -> Acti
     if prepared.param_columns.iter().all(Option::is_none) {
         return Action::Forward;
     }
-    let Ok(mut types) = msg::decode_parameter_description(&frame[5..]) else { return Action::Forward };
+    let Ok(mut types) = msg::decode_parameter_description(&frame[5..]) else {
+        return Action::Forward;
+    };
     for (index, column) in prepared.param_columns.iter().enumerate() {
-        let (Some(column), Some(slot)) = (column, types.get_mut(index)) else { continue };
+        let (Some(column), Some(slot)) = (column, types.get_mut(index)) else {
+            continue;
+        };
         let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
-        *slot = if declared != 0 { declared } else { veil.protection.column(*column).map_or(*slot, |c| c.logical_type.oid()) };
+        *slot = if declared != 0 {
+            declared
+        } else {
+            veil.protection
+                .column(*column)
+                .map_or(*slot, |c| c.logical_type.oid())
+        };
     }
     Action::Replace(msg::encode_parameter_description(&types))
 }
 
 /// Which result columns are protected: from the table OID and column number the database
 /// reports, or where it reports none (an expression, a set operation), from the analysis.
-fn result_columns(fields: &[Field], catalog: &DbCatalog, plan: Option<&StatementPlan>) -> Vec<Option<ColumnRef>> {
+fn result_columns(
+    fields: &[Field],
+    catalog: &DbCatalog,
+    plan: Option<&StatementPlan>,
+) -> Vec<Option<ColumnRef>> {
     fields
         .iter()
         .enumerate()
         .map(|(index, field)| {
             if field.table_oid != 0 {
-                catalog.by_attribute.get(&(field.table_oid, field.column)).copied()
+                catalog
+                    .by_attribute
+                    .get(&(field.table_oid, field.column))
+                    .copied()
             } else {
                 plan.and_then(|p| p.result_columns.get(index).copied().flatten())
             }
@@ -963,7 +1228,9 @@ fn result_columns(fields: &[Field], catalog: &DbCatalog, plan: Option<&Statement
 }
 
 fn portal_rows(portal: Option<&Portal>, _state: &State) -> Result<RowPlan, PgError> {
-    let Some(portal) = portal else { return Ok(RowPlan::default()) };
+    let Some(portal) = portal else {
+        return Ok(RowPlan::default());
+    };
     match portal.prepared.row.get() {
         Some(columns) => Ok(RowPlan {
             columns: columns
@@ -982,19 +1249,26 @@ fn portal_rows(portal: Option<&Portal>, _state: &State) -> Result<RowPlan, PgErr
 
 /// Decrypts, masks and re-encodes the protected values of one DataRow.
 fn decrypt_row(body: &[u8], rows: &RowPlan, veil: &Veil, state: &State) -> Result<Bytes, PgError> {
-    let ranges = msg::data_row_values(body).map_err(|_| PgError::error(sqlstate::PROTOCOL_VIOLATION, "pgveil: malformed DataRow from the database"))?;
+    let ranges = msg::data_row_values(body).map_err(|_| {
+        PgError::error(
+            sqlstate::PROTOCOL_VIOLATION,
+            "pgveil: malformed DataRow from the database",
+        )
+    })?;
     let mut converted: Vec<Option<Vec<u8>>> = Vec::with_capacity(ranges.len());
     let mut nulls = vec![false; ranges.len()];
     for (index, range) in ranges.iter().enumerate() {
         let plan = rows.columns.get(index).copied().flatten();
         match (plan, range) {
-            (Some((column, format)), Some(range)) => match reveal(&body[range.clone()], column, format, veil, state)? {
-                Some(value) => converted.push(Some(value)),
-                None => {
-                    nulls[index] = true;
-                    converted.push(None);
+            (Some((column, format)), Some(range)) => {
+                match reveal(&body[range.clone()], column, format, veil, state)? {
+                    Some(value) => converted.push(Some(value)),
+                    None => {
+                        nulls[index] = true;
+                        converted.push(None);
+                    }
                 }
-            },
+            }
             _ => converted.push(None),
         }
     }
@@ -1011,7 +1285,13 @@ fn decrypt_row(body: &[u8], rows: &RowPlan, veil: &Veil, state: &State) -> Resul
 }
 
 /// One stored value as the session may see it; `None` is SQL NULL (a `mask:null`).
-fn reveal(stored: &[u8], column: ColumnRef, format: i16, veil: &Veil, state: &State) -> Result<Option<Vec<u8>>, PgError> {
+fn reveal(
+    stored: &[u8],
+    column: ColumnRef,
+    format: i16,
+    veil: &Veil,
+    state: &State,
+) -> Result<Option<Vec<u8>>, PgError> {
     let (cipher, spec) = cipher_and_spec(veil, column)?;
     let name = spec.qualified_name();
     let corrupt = || {
@@ -1021,12 +1301,18 @@ fn reveal(stored: &[u8], column: ColumnRef, format: i16, veil: &Veil, state: &St
             format!("pgveil: a value of protected column {name} cannot be decrypted (tampered with, or copied from another column)"),
         )
     };
-    let ciphertext = if format == 0 { decode_bytea_text(stored).ok_or_else(corrupt)? } else { stored.to_vec() };
+    let ciphertext = if format == 0 {
+        decode_bytea_text(stored).ok_or_else(corrupt)?
+    } else {
+        stored.to_vec()
+    };
     let canonical = cipher.decrypt(&ciphertext).map_err(|_| corrupt())?;
     let wire = WireFormat::from_code(format).unwrap_or(WireFormat::Text);
     let shown = match state.access.get(column.0).copied().unwrap_or(Access::Deny) {
         Access::Plaintext => Some(canonical),
-        Access::Mask(kind) => mask::apply(kind, spec.logical_type, &canonical).map_err(|_| corrupt())?,
+        Access::Mask(kind) => {
+            mask::apply(kind, spec.logical_type, &canonical).map_err(|_| corrupt())?
+        }
         Access::Deny => {
             return Err(PgError::error(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -1036,7 +1322,9 @@ fn reveal(stored: &[u8], column: ColumnRef, format: i16, veil: &Veil, state: &St
     };
     match shown {
         None => Ok(None),
-        Some(canonical) => value::to_wire(spec.logical_type, &canonical, wire, &state.time).map(Some).map_err(|e| value_error(&e, &name)),
+        Some(canonical) => value::to_wire(spec.logical_type, &canonical, wire, &state.time)
+            .map(Some)
+            .map_err(|e| value_error(&e, &name)),
     }
 }
 
@@ -1090,7 +1378,10 @@ mod tests {
     #[test]
     fn bytea_text_forms_decode() {
         assert_eq!(decode_bytea_text(b"\\x00ff").unwrap(), vec![0, 255]);
-        assert_eq!(decode_bytea_text(b"a\\\\b\\001").unwrap(), b"a\\b\x01".to_vec());
+        assert_eq!(
+            decode_bytea_text(b"a\\\\b\\001").unwrap(),
+            b"a\\b\x01".to_vec()
+        );
         assert!(decode_bytea_text(b"\\xzz").is_none());
     }
 

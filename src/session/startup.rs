@@ -38,7 +38,15 @@ pub async fn run(
 ) {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
-    let established = match establish(&mut client_read, &mut client_write, &mut server_read, &mut server_write, &config).await {
+    let established = match establish(
+        &mut client_read,
+        &mut client_write,
+        &mut server_read,
+        &mut server_write,
+        &config,
+    )
+    .await
+    {
         Ok(established) => established,
         Err(e) => {
             tracing::debug!(client = %config.client_addr, error = %e, "session ended during startup");
@@ -46,25 +54,44 @@ pub async fn run(
         }
     };
     let cached = veil.catalog(&database);
-    let wanted = Wanted { catalog: cached.is_none(), search_path: true, roles: true };
+    let wanted = Wanted {
+        catalog: cached.is_none(),
+        search_path: true,
+        roles: true,
+    };
     let facts = match learn(&mut server_read, &mut server_write, wanted).await {
         Ok(Some(facts)) => facts,
         _ => {
             tracing::error!(client = %config.client_addr, "cannot read the catalog or roles; refusing the session");
-            let error = PgError::fatal(sqlstate::INTERNAL_ERROR, "pgveil: cannot read the database catalog, so the session is refused");
+            let error = PgError::fatal(
+                sqlstate::INTERNAL_ERROR,
+                "pgveil: cannot read the database catalog, so the session is refused",
+            );
             let _ = client_write.write_all(&error.encode()).await;
             return;
         }
     };
     let catalog = match (facts.catalog, cached) {
-        (Some(tables), _) => veil.install_catalog(&database, DbCatalog::new(tables, &veil.protection)),
+        (Some(tables), _) => {
+            veil.install_catalog(&database, DbCatalog::new(tables, &veil.protection))
+        }
         (None, Some(cached)) => cached,
         (None, None) => return,
     };
     let roles = facts.roles.unwrap_or_default();
-    let time = SessionTime::from_timezone_or_utc(&established.timezone).with_datestyle(&established.datestyle);
-    let shared = Shared::new(veil, database, catalog, facts.search_path.unwrap_or_default(), &roles, time);
-    if client_write.write_all(&established.ready).await.is_err() || client_write.flush().await.is_err() {
+    let time = SessionTime::from_timezone_or_utc(&established.timezone)
+        .with_datestyle(&established.datestyle);
+    let shared = Shared::new(
+        veil,
+        database,
+        catalog,
+        facts.search_path.unwrap_or_default(),
+        &roles,
+        time,
+    );
+    if client_write.write_all(&established.ready).await.is_err()
+        || client_write.flush().await.is_err()
+    {
         return;
     }
     protected::relay(
@@ -101,13 +128,16 @@ async fn establish(
         drain_frames(&mut from_server, usize::MAX >> 1, &mut out, |frame| {
             Ok::<_, SessionError>(match frame[0] {
                 b'R' => {
-                    let code = frame.get(5..9).map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                    let code = frame
+                        .get(5..9)
+                        .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
                     needs_answer = NEEDS_ANSWER.contains(&code);
                     without_channel_binding(frame).map_or(Action::Forward, Action::Replace)
                 }
                 b'S' => {
                     let mut body = &frame[5..];
-                    if let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body)) {
+                    if let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body))
+                    {
                         match name {
                             b"TimeZone" => timezone = String::from_utf8_lossy(value).into_owned(),
                             b"DateStyle" => datestyle = String::from_utf8_lossy(value).into_owned(),
@@ -132,13 +162,20 @@ async fn establish(
             return Err(SessionError::Startup);
         }
         if let Some(ready) = ready {
-            return Ok(Established { ready, timezone, datestyle, leftover: from_client });
+            return Ok(Established {
+                ready,
+                timezone,
+                datestyle,
+                leftover: from_client,
+            });
         }
         while needs_answer {
             if client_read.read_buf(&mut from_client).await? == 0 {
                 return Err(SessionError::Startup);
             }
-            drain_frames(&mut from_client, config.max_message_size, &mut out, |_| Ok::<_, SessionError>(Action::Forward))?;
+            drain_frames(&mut from_client, config.max_message_size, &mut out, |_| {
+                Ok::<_, SessionError>(Action::Forward)
+            })?;
             needs_answer = out.is_empty();
             out.flush_to(server_write.as_mut()).await?;
         }
