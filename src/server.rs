@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::crypto::keys::MasterKey;
 use crate::metrics::{self, ErrorKind};
@@ -19,6 +20,7 @@ use crate::net::stream::MaybeTls;
 use crate::net::tls::{self, TlsError};
 use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
+use crate::session::recording::AuditSink;
 use crate::session::{self, SessionConfig};
 use crate::veil::Veil;
 
@@ -38,6 +40,24 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Keys(#[from] crate::crypto::keys::KeyError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Opens the audit log of `[audit]`, if configured.
+pub async fn open_audit(config: &Config) -> Result<Option<Arc<AuditSink>>, ServeError> {
+    let Some(audit) = &config.audit else {
+        return Ok(None);
+    };
+    let key = crate::crypto::keys::load_signing_key(&audit.signing_key_file)?;
+    let mut options = AuditOptions::new(audit.dir.clone(), key);
+    options.segment_max_bytes = audit.segment_max_bytes;
+    options.checkpoint_every = audit.checkpoint_every;
+    options.checkpoint_interval = audit.checkpoint_interval;
+    let log = tokio::task::spawn_blocking(move || AuditLog::open(options))
+        .await
+        .map_err(|e| crate::audit::AuditError::Io(e.to_string()))??;
+    Ok(Some(Arc::new(AuditSink::new(log, audit.scope))))
 }
 
 /// The master key, when columns are configured (a plain relay needs none).
@@ -109,6 +129,7 @@ impl Drop for Workers {
 
 struct Proxy {
     veil: Arc<Veil>,
+    audit: Option<Arc<AuditSink>>,
     handshake: Handshake,
     connector: Connector,
     max_message_size: usize,
@@ -130,7 +151,9 @@ pub async fn serve(
     let veil =
         Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
     drop(master);
+    let audit = open_audit(&config).await?;
     let proxy = Arc::new(Proxy {
+        audit: audit.clone(),
         veil: Arc::new(veil),
         handshake: Handshake::new(server_tls, config.server.require_tls),
         connector: Connector::new(&config.upstream)?,
@@ -207,6 +230,9 @@ pub async fn serve(
         sessions.shutdown().await;
     }
     drop(workers);
+    if let Some(audit) = audit {
+        audit.log.shutdown().await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }
@@ -274,9 +300,21 @@ async fn handle_client(
             if proxy.veil.is_empty() {
                 session::run(stream, upstream, config, stop).await;
             } else {
-                let database = startup.database().to_string();
-                session::startup::run(stream, upstream, database, config, proxy.veil.clone(), stop)
-                    .await;
+                let login = session::startup::Login {
+                    database: startup.database().to_string(),
+                    user: startup.user().to_string(),
+                    application: startup.param("application_name").unwrap_or("").to_string(),
+                };
+                session::startup::run(
+                    stream,
+                    upstream,
+                    login,
+                    config,
+                    proxy.veil.clone(),
+                    proxy.audit.clone(),
+                    stop,
+                )
+                .await;
             }
         }
         Err((stream, error)) => {

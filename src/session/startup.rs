@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use super::catalog::{Collector, Wanted};
 use super::protected::{self, Shared};
+use super::recording::{AuditSink, Identity};
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{without_channel_binding, SessionConfig, SessionError};
-use crate::crypto::value::SessionTime;
 use crate::net::frame::read_cstr;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
@@ -23,19 +23,30 @@ const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
 
 struct Established {
     ready: Bytes,
+    /// The backend's process id (BackendKeyData): the session id in the audit log.
+    backend_pid: Option<u32>,
     timezone: String,
     datestyle: String,
     leftover: BytesMut,
 }
 
+/// Who the client says it is, from its startup message.
+pub struct Login {
+    pub database: String,
+    pub user: String,
+    pub application: String,
+}
+
 pub async fn run(
     client: MaybeTls,
     upstream: MaybeTls,
-    database: String,
+    login: Login,
     config: SessionConfig,
     veil: Arc<Veil>,
+    audit: Option<Arc<AuditSink>>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let database = login.database.clone();
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
     let established = match establish(
@@ -79,15 +90,29 @@ pub async fn run(
         (None, None) => return,
     };
     let roles = facts.roles.unwrap_or_default();
-    let time = SessionTime::from_timezone_or_utc(&established.timezone)
-        .with_datestyle(&established.datestyle);
+    let audit = audit.map(|sink| {
+        let session = match established.backend_pid {
+            Some(pid) => format!("{pid}"),
+            None => format!("{}", config.client_addr),
+        };
+        let identity = Identity {
+            session,
+            client: config.client_addr.to_string(),
+            user: login.user.clone(),
+            roles: roles.clone(),
+            application: login.application.clone(),
+        };
+        (sink, identity)
+    });
     let shared = Shared::new(
         veil,
         database,
         catalog,
         facts.search_path.unwrap_or_default(),
         &roles,
-        time,
+        established.timezone.clone(),
+        established.datestyle.clone(),
+        audit,
     );
     if client_write.write_all(&established.ready).await.is_err()
         || client_write.flush().await.is_err()
@@ -118,6 +143,7 @@ async fn establish(
     let mut out = Outbox::default();
     let mut timezone = String::from("UTC");
     let mut datestyle = String::from("ISO, MDY");
+    let mut backend_pid = None;
     loop {
         if server_read.read_buf(&mut from_server).await? == 0 {
             return Err(SessionError::Startup);
@@ -146,6 +172,12 @@ async fn establish(
                     }
                     Action::Forward
                 }
+                b'K' => {
+                    backend_pid = frame
+                        .get(5..9)
+                        .map(|p| u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
+                    Action::Forward
+                }
                 b'Z' => {
                     ready = Some(Bytes::copy_from_slice(frame));
                     Action::Drop
@@ -163,6 +195,7 @@ async fn establish(
         }
         if let Some(ready) = ready {
             return Ok(Established {
+                backend_pid,
                 ready,
                 timezone,
                 datestyle,
