@@ -22,7 +22,9 @@ use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
 use crate::session::recording::AuditSink;
 use crate::session::{self, SessionConfig};
-use crate::veil::Veil;
+use crate::veil::{Policy, Veil};
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 
 /// How long a client may take to get from connect to a startup message.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,7 +130,12 @@ impl Drop for Workers {
 }
 
 struct Proxy {
-    veil: Arc<Veil>,
+    /// What new sessions use; a reload may replace it (same master key, new columns).
+    veil: ArcSwap<Veil>,
+    /// The live policy, followed by open sessions too.
+    policy: Arc<ArcSwap<Policy>>,
+    /// Kept so a reload can derive keys for new columns; never replaced by a reload.
+    master: Option<MasterKey>,
     audit: Option<Arc<AuditSink>>,
     handshake: Handshake,
     connector: Connector,
@@ -143,6 +150,20 @@ pub async fn serve(
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let (_keep, reloads) = mpsc::unbounded_channel();
+    serve_with_reload(listener, config, shutdown, reloads).await
+}
+
+/// [`serve`], also applying each configuration that arrives on `reloads` (already
+/// validated): the policy applies to open sessions from their next statement, new columns
+/// to new sessions. Settings that need a restart (listener, upstream, TLS, keys, audit) are
+/// kept and a warning says so.
+pub async fn serve_with_reload(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::UnboundedReceiver<Config>,
+) -> Result<(), ServeError> {
     let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
@@ -150,11 +171,12 @@ pub async fn serve(
     let master = load_master_key(&config)?;
     let veil =
         Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
-    drop(master);
     let audit = open_audit(&config).await?;
     let proxy = Arc::new(Proxy {
         audit: audit.clone(),
-        veil: Arc::new(veil),
+        veil: ArcSwap::from_pointee(veil),
+        policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(&config))),
+        master,
         handshake: Handshake::new(server_tls, config.server.require_tls),
         connector: Connector::new(&config.upstream)?,
         max_message_size: config.server.max_message_size,
@@ -208,6 +230,7 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some(new) = reloads.recv() => proxy.reload(&config, new),
             _ = &mut shutdown => break,
         }
         while sessions.try_join_next().is_some() {}
@@ -235,6 +258,67 @@ pub async fn serve(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+impl Proxy {
+    fn reload(&self, running: &Config, new: Config) {
+        let restart_needed = [
+            (
+                running.server.listen != new.server.listen,
+                "[server] listen",
+            ),
+            (
+                running.server.tls_cert != new.server.tls_cert
+                    || running.server.tls_key != new.server.tls_key,
+                "[server] TLS",
+            ),
+            (
+                running.upstream_addr() != new.upstream_addr()
+                    || running.upstream.tls != new.upstream.tls,
+                "[upstream]",
+            ),
+            (
+                running.keys.master_key_file != new.keys.master_key_file,
+                "[keys]",
+            ),
+            (
+                running.audit.as_ref().map(|a| &a.dir) != new.audit.as_ref().map(|a| &a.dir),
+                "[audit]",
+            ),
+        ];
+        for (changed, what) in restart_needed {
+            if changed {
+                tracing::warn!(
+                    setting = what,
+                    "reload: this setting takes effect only after a restart"
+                );
+            }
+        }
+        let current = self.veil.load();
+        if new.protected_columns() != current.protection.columns() {
+            if !new.columns.is_empty() && self.master.is_none() {
+                tracing::error!("reload rejected: columns are configured but pgveil started without a master key; restart to add keys");
+                return;
+            }
+            match Veil::new(&new, self.master.as_ref()) {
+                Some(veil) => {
+                    self.veil.store(Arc::new(veil));
+                    tracing::info!(
+                        columns = new.columns.len(),
+                        "reload: protected columns apply to new sessions"
+                    );
+                }
+                None => {
+                    tracing::error!("reload rejected: no master key for the configured columns");
+                    return;
+                }
+            }
+        }
+        self.policy.store(Arc::new(Policy::from_config(&new)));
+        tracing::info!(
+            "configuration reloaded: the policy applies to open sessions from their next statement"
+        );
+    }
 }
 
 /// Decrements the open-connections gauge however the session ends.
@@ -297,7 +381,8 @@ async fn handle_client(
                 client_addr: addr,
                 max_message_size: proxy.max_message_size,
             };
-            if proxy.veil.is_empty() {
+            let veil = proxy.veil.load_full();
+            if veil.is_empty() {
                 session::run(stream, upstream, config, stop).await;
             } else {
                 let login = session::startup::Login {
@@ -310,7 +395,8 @@ async fn handle_client(
                     upstream,
                     login,
                     config,
-                    proxy.veil.clone(),
+                    veil,
+                    proxy.policy.clone(),
                     proxy.audit.clone(),
                     stop,
                 )

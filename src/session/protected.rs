@@ -30,7 +30,8 @@ use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use crate::policy::mask;
 use crate::sql::{self, ColumnRef, StatementPlan};
-use crate::veil::{Analysis, DbCatalog, Veil};
+use crate::veil::{Analysis, DbCatalog, Policy, Veil};
+use arc_swap::ArcSwap;
 
 /// A statement prepared with Parse.
 struct Prepared {
@@ -135,6 +136,10 @@ struct State {
     search_path: Vec<String>,
     catalog: Arc<DbCatalog>,
     access: Vec<Access>,
+    /// The login's roles (memberships read at session start; `SET ROLE` changes nothing).
+    roles: Vec<String>,
+    /// The policy `access` was computed from.
+    policy: Arc<Policy>,
     status: u8,
     client_terminated: bool,
     /// A DDL or search_path change went up in the current extended batch.
@@ -151,6 +156,8 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 pub struct Shared {
     state: Mutex<State>,
     veil: Arc<Veil>,
+    /// The live policy; a reload swaps it and the session picks it up at its next message.
+    policy: Arc<ArcSwap<Policy>>,
     database: String,
     audit: Option<(Arc<AuditSink>, Identity)>,
 }
@@ -161,12 +168,14 @@ impl Shared {
         database: String,
         catalog: Arc<DbCatalog>,
         search_path: Vec<String>,
-        roles: &[String],
+        roles: Vec<String>,
+        policy: Arc<ArcSwap<Policy>>,
         timezone: String,
         datestyle: String,
         audit: Option<(Arc<AuditSink>, Identity)>,
     ) -> Self {
-        let access = veil.access_for(roles);
+        let current = policy.load_full();
+        let access = current.access_for(&veil.protection, &roles);
         let time = SessionTime::from_timezone_or_utc(&timezone).with_datestyle(&datestyle);
         Self {
             state: Mutex::new(State {
@@ -180,11 +189,14 @@ impl Shared {
                 search_path,
                 catalog,
                 access,
+                roles,
+                policy: current,
                 status: b'I',
                 client_terminated: false,
                 refresh_at_sync: None,
             }),
             veil,
+            policy,
             database,
             audit,
         }
@@ -283,6 +295,7 @@ async fn client_to_server(
 
 /// Decides what goes upstream for one client message, and what to expect back.
 fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionError> {
+    follow_policy(shared);
     let body = &frame[5..];
     let metrics = metrics::get();
     match frame[0] {
@@ -358,6 +371,16 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
         }
         // Flush, COPY data, password/SASL messages: nothing comes back for them by itself.
         _ => Ok(Action::Forward),
+    }
+}
+
+/// Applies a reloaded policy to this session from its next statement on.
+fn follow_policy(shared: &Shared) {
+    let current = shared.policy.load();
+    let mut state = lock(&shared.state);
+    if !Arc::ptr_eq(&current, &state.policy) {
+        state.access = current.access_for(&shared.veil.protection, &state.roles);
+        state.policy = Arc::clone(&current);
     }
 }
 

@@ -16,7 +16,8 @@ use super::{without_channel_binding, SessionConfig, SessionError};
 use crate::net::frame::read_cstr;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
-use crate::veil::{DbCatalog, Veil};
+use crate::veil::{DbCatalog, Policy, Veil};
+use arc_swap::ArcSwap;
 
 /// Authentication request codes that the client must answer.
 const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
@@ -43,6 +44,7 @@ pub async fn run(
     login: Login,
     config: SessionConfig,
     veil: Arc<Veil>,
+    policy: Arc<ArcSwap<Policy>>,
     audit: Option<Arc<AuditSink>>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -109,7 +111,8 @@ pub async fn run(
         database,
         catalog,
         facts.search_path.unwrap_or_default(),
-        &roles,
+        roles,
+        policy,
         established.timezone.clone(),
         established.datestyle.clone(),
         audit,
