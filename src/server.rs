@@ -395,9 +395,11 @@ async fn handle_client(
                     upstream,
                     login,
                     config,
-                    veil,
-                    proxy.policy.clone(),
-                    proxy.audit.clone(),
+                    session::protected::Engine {
+                        veil,
+                        policy: proxy.policy.clone(),
+                        audit: proxy.audit.clone(),
+                    },
                     stop,
                 )
                 .await;

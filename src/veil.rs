@@ -71,8 +71,11 @@ pub struct DbCatalog {
     pub tables: StaticCatalog,
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
-    plans: Mutex<HashMap<(Vec<String>, String), Arc<Analysis>>>,
+    plans: Mutex<PlanCache>,
 }
+
+/// Analyses by (search path, query text).
+type PlanCache = HashMap<(Vec<String>, String), Arc<Analysis>>;
 
 /// The analysis of one query string, shared by every session that sends it.
 pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;

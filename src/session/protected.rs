@@ -162,34 +162,49 @@ pub struct Shared {
     audit: Option<(Arc<AuditSink>, Identity)>,
 }
 
+/// What pgveil learned about a session as it started.
+pub struct SessionFacts {
+    pub database: String,
+    pub catalog: Arc<DbCatalog>,
+    pub search_path: Vec<String>,
+    /// The login and every role it belongs to.
+    pub roles: Vec<String>,
+    pub timezone: String,
+    pub datestyle: String,
+}
+
+/// What all sessions share: columns and keys, the live policy, the audit log.
+#[derive(Clone)]
+pub struct Engine {
+    pub veil: Arc<Veil>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub audit: Option<Arc<AuditSink>>,
+}
+
 impl Shared {
-    pub fn new(
-        veil: Arc<Veil>,
-        database: String,
-        catalog: Arc<DbCatalog>,
-        search_path: Vec<String>,
-        roles: Vec<String>,
-        policy: Arc<ArcSwap<Policy>>,
-        timezone: String,
-        datestyle: String,
-        audit: Option<(Arc<AuditSink>, Identity)>,
-    ) -> Self {
+    pub fn new(engine: Engine, facts: SessionFacts, identity: Option<Identity>) -> Self {
+        let Engine {
+            veil,
+            policy,
+            audit,
+        } = engine;
         let current = policy.load_full();
-        let access = current.access_for(&veil.protection, &roles);
-        let time = SessionTime::from_timezone_or_utc(&timezone).with_datestyle(&datestyle);
+        let access = current.access_for(&veil.protection, &facts.roles);
+        let time =
+            SessionTime::from_timezone_or_utc(&facts.timezone).with_datestyle(&facts.datestyle);
         Self {
             state: Mutex::new(State {
                 expect: VecDeque::new(),
                 statements: HashMap::new(),
                 portals: HashMap::new(),
                 time,
-                timezone,
-                datestyle,
+                timezone: facts.timezone,
+                datestyle: facts.datestyle,
                 standard_strings: true,
-                search_path,
-                catalog,
+                search_path: facts.search_path,
+                catalog: facts.catalog,
                 access,
-                roles,
+                roles: facts.roles,
                 policy: current,
                 status: b'I',
                 client_terminated: false,
@@ -197,8 +212,8 @@ impl Shared {
             }),
             veil,
             policy,
-            database,
-            audit,
+            database: facts.database,
+            audit: audit.zip(identity),
         }
     }
 
@@ -306,9 +321,9 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
         }
         b'P' => {
             let parse = Parse::decode(body).map_err(|e| SessionError::Malformed(e.0))?;
-            Ok(parse_message(frame, parse, shared))
+            Ok(parse_message(parse, shared))
         }
-        b'B' => bind_message(frame, body, shared),
+        b'B' => bind_message(body, shared),
         b'D' => {
             let (kind, name) =
                 msg::target(body, "Describe").map_err(|e| SessionError::Malformed(e.0))?;
@@ -432,7 +447,7 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
             audit,
         });
         if touches {
-            let raised = raise_sql(&cannot_analyse(), state.standard_strings);
+            let raised = raise_sql(&cannot_analyse());
             return Action::Replace(msg::encode_query(raised.as_bytes()));
         }
         return Action::Forward;
@@ -513,10 +528,7 @@ fn rewrite_simple(
                     refused: Some(0),
                 })
             });
-            return (
-                Some(raise_sql(&cannot_analyse(), state.standard_strings)),
-                audit,
-            );
+            return (Some(raise_sql(&cannot_analyse())), audit);
         }
     };
     let mut replacements = Vec::new();
@@ -545,10 +557,7 @@ fn rewrite_simple(
             }
             Err(error) => {
                 // The statements before run; this one raises; the rest never run.
-                replacements.push((
-                    plan.byte_range.start..text.len(),
-                    raise_sql(&error, state.standard_strings),
-                ));
+                replacements.push((plan.byte_range.start..text.len(), raise_sql(&error)));
                 if let Some(audit) = audit.as_mut() {
                     audit.statements.push(recorded.map(|_| (fingerprint(), 0)));
                     audit.refused = Some(index);
@@ -674,7 +683,7 @@ fn bytea_literal(ciphertext: &[u8], standard_strings: bool) -> String {
 
 /// A statement that makes the database raise `error`, so it arrives in protocol order and
 /// aborts the transaction as PostgreSQL's own errors do.
-fn raise_sql(error: &PgError, standard_strings: bool) -> String {
+fn raise_sql(error: &PgError) -> String {
     let message: String = error
         .message
         .chars()
@@ -686,7 +695,6 @@ fn raise_sql(error: &PgError, standard_strings: bool) -> String {
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .collect();
-    let _ = standard_strings;
     format!("DO $pgveil$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{message}'; END$pgveil$")
 }
 
@@ -694,7 +702,7 @@ fn raise_sql(error: &PgError, standard_strings: bool) -> String {
 fn injected_error(error: &PgError, state: &mut State, recording: Option<Box<Recording>>) -> Action {
     let parse = Parse {
         name: Bytes::new(),
-        query: Bytes::from(raise_sql(error, state.standard_strings)),
+        query: Bytes::from(raise_sql(error)),
         param_types: Vec::new(),
     };
     let bind = Bind {
@@ -712,7 +720,7 @@ fn injected_error(error: &PgError, state: &mut State, recording: Option<Box<Reco
     ]))
 }
 
-fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
+fn parse_message(parse: Parse, shared: &Shared) -> Action {
     let veil = &shared.veil;
     let mut state = lock(&shared.state);
     let text = match std::str::from_utf8(&parse.query) {
@@ -823,7 +831,6 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
         prepared,
         internal: true,
     });
-    let _ = frame;
     Action::Replace(join(&[
         &rewritten.encode(),
         &msg::encode_target(b'D', b'S', &parse.name),
@@ -850,7 +857,7 @@ fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
     }
 }
 
-fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
+fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
     let veil = &shared.veil;
     let mut state = lock(&shared.state);
     // The portal and statement names lead the message; most Binds need nothing more.
@@ -921,7 +928,6 @@ fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, Se
         }),
     );
     state.expect.push_back(Expect::Bind);
-    let _ = frame;
     Ok(if changed {
         Action::Replace(bind.encode())
     } else {
@@ -1685,7 +1691,7 @@ mod tests {
 
     #[test]
     fn raise_statement_quotes_its_message() {
-        let sql = raise_sql(&PgError::error("0A000", "it's $x \\ bad"), true);
+        let sql = raise_sql(&PgError::error("0A000", "it's $x \\ bad"));
         assert_eq!(sql, "DO $pgveil$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = 'it''s x  bad'; END$pgveil$");
     }
 

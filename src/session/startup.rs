@@ -2,22 +2,19 @@
 //! (catalog, search path, the login's roles) on the same connection before the client gets
 //! its first ReadyForQuery.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::catalog::{Collector, Wanted};
-use super::protected::{self, Shared};
-use super::recording::{AuditSink, Identity};
+use super::protected::{self, Engine, SessionFacts, Shared};
+use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{without_channel_binding, SessionConfig, SessionError};
 use crate::net::frame::read_cstr;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
-use crate::veil::{DbCatalog, Policy, Veil};
-use arc_swap::ArcSwap;
+use crate::veil::DbCatalog;
 
 /// Authentication request codes that the client must answer.
 const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
@@ -43,11 +40,10 @@ pub async fn run(
     upstream: MaybeTls,
     login: Login,
     config: SessionConfig,
-    veil: Arc<Veil>,
-    policy: Arc<ArcSwap<Policy>>,
-    audit: Option<Arc<AuditSink>>,
+    engine: Engine,
     shutdown: watch::Receiver<bool>,
 ) {
+    let veil = engine.veil.clone();
     let database = login.database.clone();
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
@@ -92,31 +88,25 @@ pub async fn run(
         (None, None) => return,
     };
     let roles = facts.roles.unwrap_or_default();
-    let audit = audit.map(|sink| {
-        let session = match established.backend_pid {
-            Some(pid) => format!("{pid}"),
-            None => format!("{}", config.client_addr),
-        };
-        let identity = Identity {
-            session,
-            client: config.client_addr.to_string(),
-            user: login.user.clone(),
-            roles: roles.clone(),
-            application: login.application.clone(),
-        };
-        (sink, identity)
+    let identity = engine.audit.as_ref().map(|_| Identity {
+        session: match established.backend_pid {
+            Some(pid) => pid.to_string(),
+            None => config.client_addr.to_string(),
+        },
+        client: config.client_addr.to_string(),
+        user: login.user.clone(),
+        roles: roles.clone(),
+        application: login.application.clone(),
     });
-    let shared = Shared::new(
-        veil,
+    let facts = SessionFacts {
         database,
         catalog,
-        facts.search_path.unwrap_or_default(),
+        search_path: facts.search_path.unwrap_or_default(),
         roles,
-        policy,
-        established.timezone.clone(),
-        established.datestyle.clone(),
-        audit,
-    );
+        timezone: established.timezone.clone(),
+        datestyle: established.datestyle.clone(),
+    };
+    let shared = Shared::new(engine, facts, identity);
     if client_write.write_all(&established.ready).await.is_err()
         || client_write.flush().await.is_err()
     {
