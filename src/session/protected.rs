@@ -47,6 +47,9 @@ struct Prepared {
     fingerprint: Option<String>,
     /// Subject columns pgveil appended to the statement's output.
     injected: usize,
+    /// Set when pgveil refused the Parse: a later Bind to it gets the same error instead of
+    /// carrying its parameters upstream.
+    refused: Option<PgError>,
 }
 
 /// A statement's result columns: the protected column behind each (if any) and its type.
@@ -72,6 +75,19 @@ impl Prepared {
             row: OnceLock::new(),
             fingerprint: None,
             injected: 0,
+            refused: None,
+        })
+    }
+
+    fn refused(error: &PgError) -> Arc<Self> {
+        Arc::new(Self {
+            analysis: None,
+            param_columns: Vec::new(),
+            client_param_types: Vec::new(),
+            row: OnceLock::new(),
+            fingerprint: None,
+            injected: 0,
+            refused: Some(error.clone()),
         })
     }
 }
@@ -144,6 +160,9 @@ struct State {
     client_terminated: bool,
     /// A DDL or search_path change went up in the current extended batch.
     refresh_at_sync: Option<Wanted>,
+    /// After pgveil refused an extended-protocol message, everything up to Sync is dropped
+    /// here, as the database would skip it: none of it (parameters included) goes upstream.
+    discarding: bool,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -209,6 +228,7 @@ impl Shared {
                 status: b'I',
                 client_terminated: false,
                 refresh_at_sync: None,
+                discarding: false,
             }),
             veil,
             policy,
@@ -311,6 +331,15 @@ async fn client_to_server(
 /// Decides what goes upstream for one client message, and what to expect back.
 fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionError> {
     follow_policy(shared);
+    {
+        let mut state = lock(&shared.state);
+        if state.discarding {
+            if frame[0] != b'S' {
+                return Ok(Action::Drop);
+            }
+            state.discarding = false;
+        }
+    }
     let body = &frame[5..];
     let metrics = metrics::get();
     match frame[0] {
@@ -722,6 +751,7 @@ fn injected_error(error: &PgError, state: &mut State, recording: Option<Box<Reco
         result_formats: Vec::new(),
     };
     state.expect.push_back(Expect::Injected(recording));
+    state.discarding = true;
     Action::Replace(join(&[
         &parse.encode(),
         &bind.encode(),
@@ -739,6 +769,11 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
             if sql::may_touch_protected(&lossy, &veil.protection) {
                 let recording =
                     refusal_recording(shared, &state, None, || sql::fingerprint(&lossy));
+                insert_statement(
+                    &mut state,
+                    parse.name.clone(),
+                    Prepared::refused(&cannot_analyse()),
+                );
                 return injected_error(&cannot_analyse(), &mut state, recording);
             }
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
@@ -775,6 +810,11 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         _ => {
             let recording =
                 refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
+            insert_statement(
+                &mut state,
+                parse.name.clone(),
+                Prepared::refused(&cannot_analyse()),
+            );
             return injected_error(&cannot_analyse(), &mut state, recording);
         }
     };
@@ -788,6 +828,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                 let recording = refusal_recording(shared, &state, Some(plan), || {
                     state.catalog.fingerprint(text)
                 });
+                insert_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
                 return injected_error(&error, &mut state, recording);
             }
         };
@@ -833,6 +874,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         row: OnceLock::new(),
         fingerprint: recorded.map(|_| state.catalog.fingerprint(text)),
         injected,
+        refused: None,
     });
     insert_statement(&mut state, parse.name.clone(), prepared.clone());
     state.expect.push_back(Expect::Parse);
@@ -881,6 +923,10 @@ fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
         .get(statement_name)
         .cloned()
         .unwrap_or_else(Prepared::plain);
+    if let Some(error) = &prepared.refused {
+        let recording = refusal_recording(shared, &state, None, String::new);
+        return Ok(injected_error(error, &mut state, recording));
+    }
     if prepared.analysis.is_none() {
         state.portals.insert(
             portal_name,
