@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 use super::catalog::{Collector, Wanted};
 use super::recording::{self, AuditSink, Identity, Recording};
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
-use super::{is_fatal, without_channel_binding, SessionConfig, SessionError, FRONTEND_TAGS};
+use super::{
+    is_fatal, without_channel_binding, ServerWait, SessionConfig, SessionError, FRONTEND_TAGS,
+};
 use crate::config::{Access, AuditScope};
 use crate::crypto::value::{self, SessionTime, WireFormat};
 use crate::metrics::{self, ErrorKind};
@@ -1047,11 +1049,10 @@ async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
     shared: &Shared,
-    mut fatal: mpsc::Receiver<PgError>,
-    mut shutdown: watch::Receiver<bool>,
+    fatal: mpsc::Receiver<PgError>,
+    shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
-    let metrics = metrics::get();
     let mut buf = new_buffer();
     let mut out = Outbox::default();
     let mut backend = Backend {
@@ -1063,62 +1064,21 @@ async fn server_to_client(
         recording: None,
     };
     let sink = shared.sink().map(Arc::as_ref);
-    let mut shutting_down = shutdown.borrow().to_owned();
+    let mut wait = ServerWait::new(fatal, shutdown, config.client_addr);
     loop {
-        if shutting_down && {
+        let idle = || {
             let state = lock(&shared.state);
             state.expect.is_empty() && state.status == b'I'
-        } {
-            out.push(
-                PgError::fatal(
-                    sqlstate::ADMIN_SHUTDOWN,
-                    "terminating connection because pgveil is shutting down",
-                )
-                .encode(),
-            );
-            out.flush_to(writer.as_mut()).await?;
+        };
+        let expected_close =
+            || backend.upstream_said_fatal || lock(&shared.state).client_terminated;
+        if wait
+            .read(reader, writer, &mut buf, idle, expected_close)
+            .await?
+            .is_none()
+        {
             return Ok(());
         }
-        let n = tokio::select! {
-            biased;
-            error = fatal.recv() => {
-                if let Some(error) = error {
-                    out.push(error.encode());
-                    out.flush_to(writer.as_mut()).await?;
-                }
-                return Ok(());
-            }
-            changed = shutdown.changed(), if !shutting_down => {
-                shutting_down = changed.is_err() || *shutdown.borrow();
-                continue;
-            }
-            n = reader.read_buf(&mut buf) => n,
-        };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) if backend.upstream_said_fatal || lock(&shared.state).client_terminated => {
-                return Err(e.into())
-            }
-            Err(e) => {
-                tracing::warn!(client = %config.client_addr, error = %e, "lost the database connection");
-                0
-            }
-        };
-        if n == 0 {
-            if !backend.upstream_said_fatal && !lock(&shared.state).client_terminated {
-                metrics.error(ErrorKind::UpstreamLost);
-                out.push(
-                    PgError::fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        "pgveil: the database connection was lost",
-                    )
-                    .encode(),
-                );
-                out.flush_to(writer.as_mut()).await?;
-            }
-            return Ok(());
-        }
-        metrics.bytes_from_server.increment(n as u64);
         drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
             Ok::<_, SessionError>(backend.frame(frame))
         })?;
