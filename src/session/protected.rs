@@ -1108,11 +1108,35 @@ impl Backend<'_> {
             }
             b'R' => return without_channel_binding(frame).map_or(Action::Forward, Action::Replace),
             b'E' => {
-                metrics::get().error(ErrorKind::Database);
                 self.upstream_said_fatal |= is_fatal(&frame[5..]);
+                if let Some(cleaned) = crate::pgerror::without_raise_context(frame) {
+                    metrics::get().error(ErrorKind::Refused);
+                    return self.statement_error(cleaned, frame);
+                }
+                metrics::get().error(ErrorKind::Database);
             }
             _ => {}
         }
+        self.statement_frame(frame)
+    }
+
+    /// pgveil's own raised error, cleaned: it still ends the statement it stands for.
+    fn statement_error(&mut self, cleaned: Bytes, original: &[u8]) -> Action {
+        match self.statement_frame(original) {
+            Action::Forward | Action::Replace(_) => Action::Replace(cleaned),
+            Action::Audited(mut audited) => {
+                if let Some(last) = audited.frames.last_mut() {
+                    *last = cleaned;
+                }
+                Action::Audited(audited)
+            }
+            Action::Drop => Action::Drop,
+        }
+    }
+
+    /// A frame that belongs to the response of a client message.
+    fn statement_frame(&mut self, frame: &[u8]) -> Action {
+        let tag = frame[0];
         let shared = self.shared;
         let mut state = lock(&shared.state);
         if tag == b'Z' {
