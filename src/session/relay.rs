@@ -55,7 +55,8 @@ impl Outbox {
     }
 
     /// Writes everything in order; an audited response waits for its record to be durable,
-    /// and is replaced by a 58030 error when the record cannot be written.
+    /// and is replaced by a 58030 error when the record cannot be written. Small frames are
+    /// gathered into one write: every send is a syscall and a wake-up of the peer.
     pub async fn flush_audited<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
         writer: &mut W,
@@ -64,23 +65,31 @@ impl Outbox {
         if self.items.is_empty() {
             return Ok(());
         }
+        if let [Item::Bytes(only)] = self.items.as_slice() {
+            // The plain relay's usual case: one zero-copy slice of the read buffer.
+            writer.write_all(only).await?;
+            self.items.clear();
+            return writer.flush().await;
+        }
+        let mut gather = Gather::default();
         for item in self.items.drain(..) {
             match item {
-                Item::Bytes(chunk) => writer.write_all(&chunk).await?,
+                Item::Bytes(chunk) => gather.push(writer, chunk).await?,
                 Item::Audited(audited) => {
                     let Audited { draft, frames } = *audited;
                     let written = match audit {
-                        Some(log) => {
-                            // What is already written leaves now; this response waits.
+                        Some(sink) => {
+                            // What is already gathered leaves now; this response waits.
+                            gather.send(writer).await?;
                             writer.flush().await?;
-                            log.append(draft).await.map(|_| ())
+                            sink.append(draft).await.map(|_| ())
                         }
                         None => Ok(()),
                     };
                     match written {
                         Ok(()) => {
                             for frame in frames {
-                                writer.write_all(&frame).await?;
+                                gather.push(writer, frame).await?;
                             }
                         }
                         Err(e) => {
@@ -90,13 +99,50 @@ impl Outbox {
                                 sqlstate::IO_ERROR,
                                 "pgveil: the audit log cannot be written, so this result is withheld",
                             );
-                            writer.write_all(&error.encode()).await?;
+                            gather.push(writer, error.encode()).await?;
                         }
                     }
                 }
             }
         }
+        gather.send(writer).await?;
         writer.flush().await
+    }
+}
+
+/// Frames gathered into one buffer for a single write; large ones go out on their own.
+#[derive(Default)]
+struct Gather {
+    buf: BytesMut,
+}
+
+impl Gather {
+    const LIMIT: usize = 64 * 1024;
+
+    async fn push<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        writer: &mut W,
+        chunk: Bytes,
+    ) -> std::io::Result<()> {
+        if self.buf.len() + chunk.len() > Self::LIMIT {
+            self.send(writer).await?;
+            if chunk.len() > Self::LIMIT {
+                return writer.write_all(&chunk).await;
+            }
+        }
+        self.buf.extend_from_slice(&chunk);
+        Ok(())
+    }
+
+    async fn send<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            writer.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
     }
 }
 
