@@ -466,3 +466,770 @@ fn round_trip_psycopg_every_type() {
     assert!(checks > 100, "{out}");
     check_stored("enc_rt_psycopg", 100_000);
 }
+
+// ---------------------------------------------------------------------------------------
+// Ciphertext properties
+
+fn stored_hex(sql: &str) -> Vec<String> {
+    cluster()
+        .psql(sql)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Equal values in different forms give one deterministic ciphertext; randomized never
+/// repeats.
+#[tokio::test(flavor = "multi_thread")]
+async fn deterministic_is_form_independent_and_randomized_never_repeats() {
+    use rust_decimal::Decimal;
+    use std::str::FromStr;
+    let (_dir, proxy) = types_proxy("enc_forms");
+    let client = connect(proxy.port()).await;
+    // numeric: text literal 1.50, literal 1.5, binary 1.5 and 1.50, text parameter 1.500
+    client
+        .simple_query("INSERT INTO enc_forms (id, d_numeric, r_numeric) VALUES (1, '1.50', '1.50'), (2, 1.5, 1.5)")
+        .await
+        .unwrap();
+    for (id, v) in [(3, "1.5"), (4, "1.50")] {
+        let v = Decimal::from_str(v).unwrap();
+        client
+            .execute(
+                "INSERT INTO enc_forms (id, d_numeric, r_numeric) VALUES ($1, $2, $3)",
+                &[&id, &v, &v],
+            )
+            .await
+            .unwrap();
+    }
+    // date: literal, typed literal, binary
+    client
+        .simple_query("INSERT INTO enc_forms (id, d_date, r_date) VALUES (10, '2024-01-05', '2024-01-05'), (11, '2024-01-05'::date, '2024-01-05'::date), (12, DATE '2024-01-05', DATE '2024-01-05')")
+        .await
+        .unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2024, 1, 5).unwrap();
+    client
+        .execute(
+            "INSERT INTO enc_forms (id, d_date, r_date) VALUES (13, $1, $2)",
+            &[&day, &day],
+        )
+        .await
+        .unwrap();
+    // bool: 't', 'true', true, 'yes', binary
+    client
+        .simple_query("INSERT INTO enc_forms (id, d_bool) VALUES (20, 't'), (21, 'true'), (22, true), (23, 'yes')")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO enc_forms (id, d_bool) VALUES (24, $1)",
+            &[&true],
+        )
+        .await
+        .unwrap();
+    // int8 from a literal, an int8 binary parameter, and int2/int4 parameters (raw client)
+    client
+        .simple_query("INSERT INTO enc_forms (id, d_int8) VALUES (30, 5), (31, '5')")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO enc_forms (id, d_int8) VALUES (32, $1)",
+            &[&5i64],
+        )
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(proxy.port()).await;
+    for (id, oid, bytes) in [
+        (33, 21u32, 5i16.to_be_bytes().to_vec()),
+        (34, 23u32, 5i32.to_be_bytes().to_vec()),
+    ] {
+        let msgs = raw
+            .batch(&[
+                Raw::parse(
+                    "",
+                    &format!("INSERT INTO enc_forms (id, d_int8) VALUES ({id}, $1)"),
+                    &[oid],
+                ),
+                Raw::bind("", "", &[Some(&bytes)], &[1], 0),
+                Raw::execute("", 0),
+                Raw::sync(),
+            ])
+            .await;
+        assert!(
+            !msgs.iter().any(|m| m.tag == b'E'),
+            "{:?}",
+            msgs.iter().find(|m| m.tag == b'E').map(|m| m.field(b'M'))
+        );
+    }
+    // text: literal vs binary parameter vs text-format parameter
+    client
+        .simple_query(
+            "INSERT INTO enc_forms (id, d_text, r_text) VALUES (40, 'same value', 'same value')",
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO enc_forms (id, d_text, r_text) VALUES (41, $1, $2)",
+            &[&"same value", &"same value"],
+        )
+        .await
+        .unwrap();
+    let msgs = raw
+        .batch(&[
+            Raw::parse(
+                "",
+                "INSERT INTO enc_forms (id, d_text, r_text) VALUES (42, $1, $1)",
+                &[],
+            ),
+            Raw::bind("", "", &[Some(b"same value")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert!(!msgs.iter().any(|m| m.tag == b'E'));
+
+    for (col, ids, count) in [
+        ("d_numeric", "1,2,3,4", 4),
+        ("d_date", "10,11,12,13", 4),
+        ("d_bool", "20,21,22,23,24", 5),
+        ("d_int8", "30,31,32,33,34", 5),
+        ("d_text", "40,41,42", 3),
+    ] {
+        let out = stored_hex(&format!(
+            "SELECT count(*), count(DISTINCT {col}) FROM enc_forms WHERE id IN ({ids})"
+        ));
+        assert_eq!(
+            out,
+            vec![format!("{count}|1")],
+            "{col}: equal values, one ciphertext"
+        );
+    }
+    for (col, ids, count) in [
+        ("r_numeric", "1,2,3,4", 4),
+        ("r_date", "10,11,12,13", 4),
+        ("r_text", "40,41,42", 3),
+    ] {
+        let out = stored_hex(&format!(
+            "SELECT count(*), count(DISTINCT {col}) FROM enc_forms WHERE id IN ({ids})"
+        ));
+        assert_eq!(
+            out,
+            vec![format!("{count}|{count}")],
+            "{col}: randomized repeats"
+        );
+    }
+    // 50 randomized encryptions of one value: 50 different ciphertexts and nonces
+    for id in 100..150 {
+        client
+            .execute(
+                "INSERT INTO enc_forms (id, r_text, d_text) VALUES ($1, 'x', 'x')",
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        stored_hex("SELECT count(DISTINCT r_text), count(DISTINCT substring(r_text from 7 for 12)), count(DISTINCT d_text) FROM enc_forms WHERE id >= 100 AND id < 150"),
+        vec!["50|50|1".to_string()]
+    );
+    // numeric comes back normalized, as text too
+    let rows = client
+        .simple_query("SELECT d_numeric, r_numeric FROM enc_forms WHERE id = 1")
+        .await
+        .unwrap();
+    let row = first_row(&rows);
+    assert_eq!((row.get(0), row.get(1)), (Some("1.5"), Some("1.5")));
+}
+
+fn first_row(msgs: &[SimpleQueryMessage]) -> &tokio_postgres::SimpleQueryRow {
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("no row")
+}
+
+fn rows_of(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn ids(msgs: &[SimpleQueryMessage]) -> Vec<String> {
+    let mut v: Vec<String> = rows_of(msgs)
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// Search, joins, indexes
+
+fn patients_setup(prefix: &str) -> (tempfile::TempDir, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql(&format!(
+        "DROP TABLE IF EXISTS {prefix}_patients, {prefix}_claims; \
+         CREATE TABLE {prefix}_patients (id int PRIMARY KEY, name text, ssn bytea, mrn bytea, notes bytea, age bytea); \
+         CREATE UNIQUE INDEX ON {prefix}_patients (ssn); \
+         CREATE TABLE {prefix}_claims (id int PRIMARY KEY, patient_ssn bytea, amount int)"
+    ));
+    let columns = format!(
+        "{}{}{}{}{}",
+        column_toml(
+            &format!("{prefix}_patients"),
+            "ssn",
+            "text",
+            "deterministic",
+            "domain = \"ssn\""
+        ),
+        column_toml(
+            &format!("{prefix}_claims"),
+            "patient_ssn",
+            "text",
+            "deterministic",
+            "domain = \"ssn\""
+        ),
+        column_toml(
+            &format!("{prefix}_patients"),
+            "mrn",
+            "text",
+            "deterministic",
+            ""
+        ),
+        column_toml(
+            &format!("{prefix}_patients"),
+            "notes",
+            "text",
+            "randomized",
+            ""
+        ),
+        column_toml(
+            &format!("{prefix}_patients"),
+            "age",
+            "int4",
+            "deterministic",
+            ""
+        ),
+    );
+    let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    (dir, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn equality_search_in_not_equal_null_and_domain_join() {
+    let (_dir, proxy) = patients_setup("srch");
+    let c = connect(proxy.port()).await;
+    c.simple_query(
+        "INSERT INTO srch_patients (id, name, ssn, mrn, notes, age) VALUES \
+         (1, 'Ann', '111-11-1111', 'M1', 'note one', 30), \
+         (2, 'Bob', '222-22-2222', 'M2', NULL, 40), \
+         (3, 'Cid', NULL, 'M3', 'note three', NULL); \
+         INSERT INTO srch_claims (id, patient_ssn, amount) VALUES (10, '111-11-1111', 100), (11, '111-11-1111', 50), (12, '222-22-2222', 7)",
+    )
+    .await
+    .unwrap();
+    let q = |sql: &'static str| {
+        let c = &c;
+        async move {
+            ids(&c
+                .simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}")))
+        }
+    };
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE ssn = '111-11-1111'").await,
+        ["1"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE '222-22-2222' = ssn").await,
+        ["2"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE ssn IN ('111-11-1111', '222-22-2222', '999')").await,
+        ["1", "2"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE ssn <> '111-11-1111'").await,
+        ["2"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE ssn != '111-11-1111'").await,
+        ["2"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE ssn NOT IN ('111-11-1111')").await,
+        ["2"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE ssn IS NULL").await,
+        ["3"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE ssn IS NOT NULL").await,
+        ["1", "2"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE notes IS NULL").await,
+        ["2"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE age = 30").await,
+        ["1"]
+    );
+    assert_eq!(
+        q("SELECT id FROM srch_patients WHERE age = '40'").await,
+        ["2"]
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM srch_patients WHERE ssn = 'nobody'").await,
+        ["0"]
+    );
+    assert_eq!(
+        q("SELECT count(DISTINCT mrn) FROM srch_patients").await,
+        ["3"]
+    );
+    // extended protocol: by parameter, IN with parameters, <>
+    let rows = c
+        .query(
+            "SELECT id, ssn FROM srch_patients WHERE ssn = $1",
+            &[&"222-22-2222"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(1), "222-22-2222");
+    let rows = c
+        .query(
+            "SELECT id FROM srch_patients WHERE ssn IN ($1, $2) ORDER BY id",
+            &[&"111-11-1111", &"222-22-2222"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let rows = c
+        .query(
+            "SELECT id FROM srch_patients WHERE ssn <> $1",
+            &[&"111-11-1111"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
+        [2]
+    );
+    let rows = c
+        .query("SELECT id FROM srch_patients WHERE age = $1", &[&40i32])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    // a join within one domain, values decrypted on both sides
+    let rows = c
+        .query(
+            "SELECT p.name, p.ssn, c.patient_ssn, c.amount FROM srch_patients p JOIN srch_claims c ON c.patient_ssn = p.ssn WHERE p.ssn = $1 ORDER BY c.amount",
+            &[&"111-11-1111"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<_, String>(1), "111-11-1111");
+    assert_eq!(rows[0].get::<_, String>(2), "111-11-1111");
+    assert_eq!(rows[0].get::<_, i32>(3), 50);
+    let msgs = c
+        .simple_query("SELECT p.id, c.id, c.patient_ssn FROM srch_patients p, srch_claims c WHERE p.ssn = c.patient_ssn AND c.patient_ssn = '222-22-2222'")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(&msgs),
+        vec![vec![
+            Some("2".into()),
+            Some("12".into()),
+            Some("222-22-2222".into())
+        ]]
+    );
+    // GROUP BY on a deterministic column
+    let msgs = c
+        .simple_query("SELECT patient_ssn, count(*) FROM srch_claims GROUP BY patient_ssn")
+        .await
+        .unwrap();
+    let mut groups = rows_of(&msgs);
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            vec![Some("111-11-1111".into()), Some("2".into())],
+            vec![Some("222-22-2222".into()), Some("1".into())]
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unique_index_and_on_conflict() {
+    let (_dir, proxy) = patients_setup("uniq");
+    let c = connect(proxy.port()).await;
+    c.simple_query("INSERT INTO uniq_patients (id, ssn) VALUES (1, '123-45-6789')")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("INSERT INTO uniq_patients (id, ssn) VALUES (2, '123-45-6789')")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "23505");
+    let err = c
+        .execute(
+            "INSERT INTO uniq_patients (id, ssn) VALUES (3, $1)",
+            &[&"123-45-6789"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "23505");
+    let n = c
+        .execute(
+            "INSERT INTO uniq_patients (id, ssn) VALUES (4, $1) ON CONFLICT (ssn) DO NOTHING",
+            &[&"123-45-6789"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let msgs = c
+        .simple_query("INSERT INTO uniq_patients (id, ssn) VALUES (5, '123-45-6789') ON CONFLICT (ssn) DO NOTHING")
+        .await
+        .unwrap();
+    assert!(msgs
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(0))));
+    let n = c
+        .execute(
+            "INSERT INTO uniq_patients (id, ssn) VALUES (6, $1) ON CONFLICT (ssn) DO NOTHING",
+            &[&"987-65-4321"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM uniq_patients").trim(),
+        "2"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusals
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_class_is_0a000_naming_the_column_and_the_session_goes_on() {
+    let (_dir, proxy) = patients_setup("refu");
+    let c = connect(proxy.port()).await;
+    c.simple_query(
+        "INSERT INTO refu_patients (id, ssn, mrn, notes, age) VALUES (1, '1', 'm', 'n', 3)",
+    )
+    .await
+    .unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("SELECT id FROM refu_patients WHERE ssn LIKE '1%'", "ssn"),
+        ("SELECT id FROM refu_patients WHERE ssn ILIKE '1%'", "ssn"),
+        ("SELECT id FROM refu_patients WHERE age < 5", "age"),
+        ("SELECT id FROM refu_patients WHERE age >= 5", "age"),
+        (
+            "SELECT id FROM refu_patients WHERE age BETWEEN 1 AND 5",
+            "age",
+        ),
+        ("SELECT id FROM refu_patients ORDER BY ssn", "ssn"),
+        ("SELECT max(age) FROM refu_patients", "age"),
+        ("SELECT lower(ssn) FROM refu_patients", "ssn"),
+        ("SELECT id FROM refu_patients WHERE length(mrn) = 3", "mrn"),
+        ("SELECT ssn::text FROM refu_patients", "ssn"),
+        ("SELECT CAST(age AS text) FROM refu_patients", "age"),
+        ("SELECT age + 1 FROM refu_patients", "age"),
+        ("UPDATE refu_patients SET age = age * 2", "age"),
+        ("SELECT id FROM refu_patients WHERE notes = 'n'", "notes"),
+        ("SELECT id FROM refu_patients WHERE notes IN ('n')", "notes"),
+        ("SELECT id FROM refu_patients WHERE ssn = mrn", "ssn"),
+        ("SELECT ssn || 'x' FROM refu_patients", "ssn"),
+    ];
+    for (sql, column) in cases {
+        // simple protocol
+        let err = c.simple_query(sql).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "0A000", "{sql}: {message}");
+        assert!(message.contains(column), "{sql}: {message}");
+        // extended protocol
+        let err = c.query(*sql, &[]).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "0A000", "extended {sql}: {message}");
+        assert!(message.contains(column), "extended {sql}: {message}");
+        // the session goes on
+        let rows = c
+            .query("SELECT id, ssn FROM refu_patients", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<_, String>(1), "1");
+    }
+    // COPY of a protected table, both directions
+    for sql in [
+        "COPY refu_patients TO STDOUT",
+        "COPY refu_patients (id, ssn) FROM STDIN",
+        "COPY (SELECT ssn FROM refu_patients) TO STDOUT",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "0A000", "{sql}: {message}");
+        assert!(
+            message.contains("refu_patients") || message.contains("ssn"),
+            "{sql}: {message}"
+        );
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    // COPY of an unprotected table works
+    c.simple_query("CREATE TEMP TABLE refu_plain (a int); INSERT INTO refu_plain VALUES (1)")
+        .await
+        .unwrap();
+    // unparseable SQL that names a protected table is refused, not forwarded
+    for sql in [
+        "SELEC ssn FROM refu_patients",
+        "SELECT ssn FROM refu_patients WHERE ((",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(db_error(&err).0, "0A000", "{sql}");
+        let err = c.query(sql, &[]).await.unwrap_err();
+        assert_eq!(db_error(&err).0, "0A000", "extended {sql}");
+    }
+    // psql, too
+    let err = psql_script(
+        proxy.port(),
+        SUPERUSER,
+        "SELECT id FROM refu_patients WHERE ssn LIKE '%';\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("ssn"), "{err}");
+    // nothing was changed by the refused UPDATE
+    let rows = c.query("SELECT age FROM refu_patients", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_aborts_the_transaction_block() {
+    let (_dir, proxy) = patients_setup("txn");
+    let c = connect(proxy.port()).await;
+    // simple protocol
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("INSERT INTO txn_patients (id, ssn) VALUES (1, 'a')")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("SELECT id FROM txn_patients WHERE ssn LIKE 'a'")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "0A000");
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(db_error(&err).0, "25P02");
+    let msgs = c.simple_query("COMMIT").await.unwrap();
+    assert!(msgs
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))));
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM txn_patients").trim(),
+        "0"
+    );
+    // extended protocol, in a tokio-postgres transaction
+    let mut c = c;
+    let t = c.transaction().await.unwrap();
+    t.execute("INSERT INTO txn_patients (id, ssn) VALUES (2, $1)", &[&"b"])
+        .await
+        .unwrap();
+    let err = t
+        .query("SELECT id FROM txn_patients ORDER BY ssn", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "0A000");
+    let err = t.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "25P02");
+    let _ = t.commit().await;
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM txn_patients").trim(),
+        "0"
+    );
+    // psql: a script that commits after a refusal commits nothing
+    let err = psql_script(
+        proxy.port(),
+        SUPERUSER,
+        "\\set ON_ERROR_STOP 0\nBEGIN;\nINSERT INTO txn_patients (id, ssn) VALUES (3, 'c');\nSELECT ssn + 1 FROM txn_patients;\nSELECT 1;\nCOMMIT;\n",
+    );
+    let _ = err;
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM txn_patients").trim(),
+        "0"
+    );
+    // a multi-statement simple query is one implicit transaction: the refusal rolls back all
+    let err = c
+        .simple_query("INSERT INTO txn_patients (id, ssn) VALUES (4, 'd'); SELECT lower(ssn) FROM txn_patients; INSERT INTO txn_patients (id, ssn) VALUES (5, 'e')")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "0A000");
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM txn_patients").trim(),
+        "0"
+    );
+    // and the session is usable again
+    c.simple_query("INSERT INTO txn_patients (id, ssn) VALUES (6, 'f')")
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM txn_patients").trim(),
+        "1"
+    );
+}
+
+/// An error inside a pipelined extended batch: the rest is skipped up to Sync, exactly as
+/// PostgreSQL does, and the batch's implicit transaction is rolled back.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_batch_skips_to_sync_after_an_error() {
+    let (_dir, proxy) = patients_setup("pipe");
+    let mut raw = Raw::connect(proxy.port()).await;
+    let ins = |id: i32| format!("INSERT INTO pipe_patients (id, ssn) VALUES ({id}, $1)");
+    let msgs = raw
+        .batch(&[
+            Raw::parse("", &ins(1), &[]),
+            Raw::bind("", "", &[Some(b"one")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::parse("", "SELECT id FROM pipe_patients WHERE ssn LIKE $1", &[]),
+            Raw::bind("", "", &[Some(b"o%")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::parse("", &ins(2), &[]),
+            Raw::bind("", "", &[Some(b"two")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+            Raw::parse("", &ins(3), &[]),
+            Raw::bind("", "", &[Some(b"three")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "12CEZ", "{msgs:?}");
+    let e = &msgs[3];
+    assert_eq!(e.field(b'C').as_deref(), Some("0A000"));
+    assert!(e.field(b'M').unwrap().contains("ssn"));
+    let rest = raw.until_ready().await;
+    assert_eq!(tags(&rest), "12CZ");
+    assert_eq!(
+        cluster()
+            .psql("SELECT id FROM pipe_patients ORDER BY id")
+            .trim(),
+        "3"
+    );
+    // a refused Bind (a value that is not of the column's type) in the middle of a batch
+    cluster().psql("ALTER TABLE pipe_patients ADD COLUMN IF NOT EXISTS n int");
+    let msgs = raw
+        .batch(&[
+            Raw::parse("s_age", "SELECT id FROM pipe_patients WHERE age = $1", &[]),
+            Raw::bind("", "s_age", &[Some(b"not a number")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::bind("", "s_age", &[Some(b"5")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "1EZ", "{msgs:?}");
+    assert_eq!(msgs[1].field(b'C').as_deref(), Some("22P02"));
+    assert!(msgs[1].field(b'M').unwrap().contains("age"));
+    assert!(!msgs[1].field(b'M').unwrap().contains("not a number"));
+    // and the statement still works afterwards
+    let msgs = raw
+        .batch(&[
+            Raw::bind("", "s_age", &[Some(b"5")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "2CZ", "{msgs:?}");
+    // psycopg's pipeline mode
+    let out = run_python("pipeline.py", proxy.port(), SUPERUSER, &["pipe_patients"]);
+    assert!(out.contains("pipeline ok"), "{out}");
+}
+
+/// A ciphertext moved to another column in the database does not decrypt: XX001 naming the
+/// column, never garbage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ciphertext_moved_to_another_column_is_xx001() {
+    let (_dir, proxy) = patients_setup("moved");
+    let c = connect(proxy.port()).await;
+    c.simple_query("INSERT INTO moved_patients (id, ssn, mrn, notes) VALUES (1, 'ssn-1', 'mrn-1', 'n1'), (2, 'ssn-2', 'mrn-2', 'n2')")
+        .await
+        .unwrap();
+    cluster().psql("UPDATE moved_patients SET mrn = ssn WHERE id = 2");
+    for (sql, column) in [
+        ("SELECT mrn FROM moved_patients WHERE id = 2", "mrn"),
+        ("SELECT id, mrn FROM moved_patients", "mrn"),
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "XX001", "{sql}: {message}");
+        assert!(message.contains(column), "{message}");
+        let err = c.query(sql, &[]).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "XX001", "extended {sql}: {message}");
+        assert!(message.contains(column), "{message}");
+        // the session goes on
+        let rows = c
+            .query("SELECT mrn FROM moved_patients WHERE id = 1", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<_, String>(0), "mrn-1");
+    }
+    // tampered bytes, and a plain value written around pgveil
+    cluster().psql("UPDATE moved_patients SET notes = set_byte(notes, 30, get_byte(notes, 30) # 1) WHERE id = 1; UPDATE moved_patients SET ssn = 'plain'::bytea WHERE id = 2");
+    for (sql, column) in [
+        ("SELECT notes FROM moved_patients WHERE id = 1", "notes"),
+        ("SELECT ssn FROM moved_patients WHERE id = 2", "ssn"),
+    ] {
+        let err = c.query(sql, &[]).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "XX001", "{sql}: {message}");
+        assert!(message.contains(column), "{message}");
+        let out = psql_script(proxy.port(), SUPERUSER, &format!("{sql};\n")).unwrap_err();
+        assert!(out.contains(column), "{out}");
+    }
+}
+
+/// A value that does not decrypt inside a transaction block aborts it, as an error that
+/// PostgreSQL raised would: the next statement is 25P02 and COMMIT commits nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decryption_error_aborts_the_transaction_block() {
+    let (_dir, proxy) = patients_setup("movedtx");
+    let c = connect(proxy.port()).await;
+    c.simple_query("INSERT INTO movedtx_patients (id, ssn, mrn) VALUES (1, 'ssn-1', 'mrn-1')")
+        .await
+        .unwrap();
+    cluster().psql("UPDATE movedtx_patients SET mrn = ssn WHERE id = 1");
+    // a transaction that hit it is aborted, as PostgreSQL's own errors abort it
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("INSERT INTO movedtx_patients (id) VALUES (9)")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("SELECT mrn FROM movedtx_patients")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "XX001");
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(db_error(&err).0, "25P02");
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        cluster()
+            .psql("SELECT count(*) FROM movedtx_patients WHERE id = 9")
+            .trim(),
+        "0"
+    );
+}
