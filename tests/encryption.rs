@@ -580,10 +580,10 @@ async fn deterministic_is_form_independent_and_randomized_never_repeats() {
         .batch(&[
             Raw::parse(
                 "",
-                "INSERT INTO enc_forms (id, d_text, r_text) VALUES (42, $1, $1)",
+                "INSERT INTO enc_forms (id, d_text, r_text) VALUES (42, $1, $2)",
                 &[],
             ),
-            Raw::bind("", "", &[Some(b"same value")], &[0], 0),
+            Raw::bind("", "", &[Some(b"same value"), Some(b"same value")], &[0], 0),
             Raw::execute("", 0),
             Raw::sync(),
         ])
@@ -1231,5 +1231,388 @@ async fn a_decryption_error_aborts_the_transaction_block() {
             .psql("SELECT count(*) FROM movedtx_patients WHERE id = 9")
             .trim(),
         "0"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Extended protocol: statements, portals, Describe, Close
+
+#[tokio::test(flavor = "multi_thread")]
+async fn named_and_unnamed_statements_and_portals_describe_and_close() {
+    let (_dir, proxy) = patients_setup("ext");
+    cluster().psql("INSERT INTO ext_patients (id, name) VALUES (0, 'plain')");
+    let mut raw = Raw::connect(proxy.port()).await;
+    // a named INSERT statement, described, reused with several Binds
+    let msgs = raw
+        .batch(&[
+            Raw::parse(
+                "ins",
+                "INSERT INTO ext_patients (id, name, ssn, age) VALUES ($1, $2, $3, $4)",
+                &[],
+            ),
+            Raw::describe(b'S', "ins"),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "1tnZ", "{msgs:?}");
+    assert_eq!(msgs[1].param_types(), [23, 25, 25, 23]);
+    for i in 1..=4 {
+        let id = i.to_string();
+        let ssn = format!("ssn-{i}");
+        let age = (20 + i).to_string();
+        let msgs = raw
+            .batch(&[
+                Raw::bind(
+                    "",
+                    "ins",
+                    &[
+                        Some(id.as_bytes()),
+                        Some(b"P"),
+                        Some(ssn.as_bytes()),
+                        Some(age.as_bytes()),
+                    ],
+                    &[0],
+                    0,
+                ),
+                Raw::execute("", 0),
+                Raw::sync(),
+            ])
+            .await;
+        assert_eq!(tags(&msgs), "2CZ", "{msgs:?}");
+    }
+    // a named SELECT; Describe statement shows the logical types
+    let msgs = raw
+        .batch(&[
+            Raw::parse(
+                "sel",
+                "SELECT id, ssn, age, notes FROM ext_patients WHERE ssn IN ($1, $2, $3) ORDER BY id",
+                &[],
+            ),
+            Raw::describe(b'S', "sel"),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "1tTZ", "{msgs:?}");
+    assert_eq!(msgs[1].param_types(), [25, 25, 25]);
+    let types: Vec<u32> = msgs[2].fields().iter().map(|f| f.3).collect();
+    assert_eq!(types, [23, 25, 23, 25]);
+    // a named portal, binary results, described, fetched two rows at a time
+    let msgs = raw
+        .batch(&[
+            Raw::bind(
+                "p1",
+                "sel",
+                &[Some(b"ssn-1"), Some(b"ssn-2"), Some(b"ssn-3")],
+                &[0],
+                1,
+            ),
+            Raw::describe(b'P', "p1"),
+            Raw::execute("p1", 2),
+            Raw::execute("p1", 2),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "2TDDsDCZ", "{msgs:?}");
+    let fields = msgs[1].fields();
+    assert_eq!(
+        fields.iter().map(|f| (f.3, f.4)).collect::<Vec<_>>(),
+        [(23, 1), (25, 1), (23, 1), (25, 1)]
+    );
+    let rows: Vec<Vec<Option<Vec<u8>>>> = msgs
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(Msg::values)
+        .collect();
+    assert_eq!(rows[0][1].as_deref(), Some(&b"ssn-1"[..]));
+    assert_eq!(rows[2][1].as_deref(), Some(&b"ssn-3"[..]));
+    assert_eq!(rows[1][2].as_deref(), Some(&22i32.to_be_bytes()[..]));
+    assert_eq!(rows[0][3], None);
+    // the same statement, unnamed portal, text results, without Describe
+    let msgs = raw
+        .batch(&[
+            Raw::bind("", "sel", &[Some(b"ssn-4"), None, None], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "2DCZ", "{msgs:?}");
+    assert_eq!(msgs[1].values()[1].as_deref(), Some(&b"ssn-4"[..]));
+    assert_eq!(msgs[1].values()[2].as_deref(), Some(&b"24"[..]));
+    // an unnamed statement: Parse, Describe, Bind, Describe portal, Execute in one batch
+    let msgs = raw
+        .batch(&[
+            Raw::parse("", "SELECT ssn, name FROM ext_patients WHERE ssn = $1", &[]),
+            Raw::describe(b'S', ""),
+            Raw::bind("", "", &[Some(b"ssn-2")], &[0], 0),
+            Raw::describe(b'P', ""),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "1tT2TDCZ", "{msgs:?}");
+    assert_eq!(msgs[5].values()[0].as_deref(), Some(&b"ssn-2"[..]));
+    // a statement the client declared its own parameter types for
+    let msgs = raw
+        .batch(&[
+            Raw::parse("decl", "SELECT id FROM ext_patients WHERE age = $1", &[20]),
+            Raw::describe(b'S', "decl"),
+            Raw::bind("", "decl", &[Some(&23i64.to_be_bytes())], &[1], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "1tT2DCZ", "{msgs:?}");
+    assert_eq!(msgs[1].param_types(), [20]);
+    assert_eq!(msgs[4].values()[0].as_deref(), Some(&b"3"[..]));
+    // Close statement and portal; the closed statement is gone upstream too
+    let msgs = raw
+        .batch(&[
+            Raw::bind("p2", "sel", &[Some(b"ssn-1"), None, None], &[0], 0),
+            Raw::close(b'P', "p2"),
+            Raw::close(b'S', "sel"),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "233Z", "{msgs:?}");
+    let msgs = raw
+        .batch(&[
+            Raw::bind("", "sel", &[Some(b"ssn-1"), None, None], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
+    assert_eq!(msgs[0].field(b'C').as_deref(), Some("26000"));
+    // a new statement under the closed name works, with different columns
+    let msgs = raw
+        .batch(&[
+            Raw::parse(
+                "sel",
+                "SELECT age, ssn FROM ext_patients WHERE id = $1",
+                &[],
+            ),
+            Raw::bind("", "sel", &[Some(b"1")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "12DCZ", "{msgs:?}");
+    assert_eq!(msgs[2].values()[0].as_deref(), Some(&b"21"[..]));
+    assert_eq!(msgs[2].values()[1].as_deref(), Some(&b"ssn-1"[..]));
+    // Flush in the middle of a batch
+    let mut batch = Raw::parse("", "SELECT ssn FROM ext_patients WHERE id = 2", &[]);
+    batch.extend_from_slice(&Raw::bind("", "", &[], &[], 0));
+    batch.extend_from_slice(&Raw::execute("", 0));
+    batch.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+    raw.send(&batch).await;
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(raw.recv().await);
+    }
+    assert_eq!(tags(&got), "12DC");
+    assert_eq!(got[2].values()[0].as_deref(), Some(&b"ssn-2"[..]));
+    let msgs = raw.batch(&[Raw::sync()]).await;
+    assert_eq!(tags(&msgs), "Z");
+
+    // tokio-postgres: named statements reused, and a portal read in chunks
+    let mut c = connect(proxy.port()).await;
+    let stmt = c
+        .prepare("SELECT id, ssn FROM ext_patients WHERE ssn = $1")
+        .await
+        .unwrap();
+    assert_eq!(stmt.params()[0].name(), "text");
+    for i in 1..=4 {
+        let rows = c.query(&stmt, &[&format!("ssn-{i}")]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i32>(0), i);
+    }
+    let t = c.transaction().await.unwrap();
+    let all = t
+        .prepare("SELECT ssn, age FROM ext_patients WHERE ssn IS NOT NULL ORDER BY id")
+        .await
+        .unwrap();
+    let portal = t.bind(&all, &[]).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let rows = t.query_portal(&portal, 3).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        seen.extend(
+            rows.iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1))),
+        );
+    }
+    assert_eq!(
+        seen,
+        (1..=4)
+            .map(|i| (format!("ssn-{i}"), 20 + i))
+            .collect::<Vec<_>>()
+    );
+    t.commit().await.unwrap();
+    drop(stmt);
+    // dropping the statement closes it; the session goes on
+    let rows = c
+        .query("SELECT ssn FROM ext_patients WHERE id = $1", &[&3i32])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "ssn-3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_statement_simple_queries_and_returning() {
+    let (_dir, proxy) = patients_setup("multi");
+    let c = connect(proxy.port()).await;
+    let msgs = c
+        .simple_query(
+            "INSERT INTO multi_patients (id, name, ssn, age) VALUES (1, 'a', 'ssn-a', 1); \
+             SELECT 42 AS answer; \
+             INSERT INTO multi_patients (id, name, ssn, notes) VALUES (2, 'b', 'ssn-b', 'it''s; tricky'); \
+             SELECT id, ssn, notes FROM multi_patients WHERE ssn IN ('ssn-a', 'ssn-b') ORDER BY id; \
+             SELECT age FROM multi_patients WHERE ssn = 'ssn-a'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(&msgs),
+        vec![
+            vec![Some("42".to_string())],
+            vec![Some("1".into()), Some("ssn-a".into()), None],
+            vec![
+                Some("2".into()),
+                Some("ssn-b".into()),
+                Some("it's; tricky".into())
+            ],
+            vec![Some("1".into())],
+        ]
+    );
+    // RETURNING a protected column: simple and extended, text and binary
+    let msgs = c
+        .simple_query("INSERT INTO multi_patients (id, ssn, age) VALUES (3, 'ssn-c', 33) RETURNING ssn, age, id")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(&msgs),
+        vec![vec![
+            Some("ssn-c".into()),
+            Some("33".into()),
+            Some("3".into())
+        ]]
+    );
+    let row = c
+        .query_one(
+            "INSERT INTO multi_patients (id, ssn, notes) VALUES ($1, $2, $3) RETURNING ssn, notes",
+            &[&4i32, &"ssn-d", &"note d"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "ssn-d");
+    assert_eq!(row.get::<_, String>(1), "note d");
+    let rows = c
+        .query(
+            "UPDATE multi_patients SET ssn = $1 WHERE ssn = $2 RETURNING id, ssn",
+            &[&"ssn-d2", &"ssn-d"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(1), "ssn-d2");
+    let rows = c
+        .query(
+            "DELETE FROM multi_patients WHERE ssn = $1 RETURNING ssn, notes",
+            &[&"ssn-d2"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(1), "note d");
+    let out = psql_script(
+        proxy.port(),
+        SUPERUSER,
+        "INSERT INTO multi_patients (id, ssn) VALUES (5, 'ssn-e') RETURNING ssn;\nSELECT 1; SELECT ssn FROM multi_patients WHERE id = 5;\n",
+    )
+    .unwrap();
+    assert_eq!(out, "ssn-e\n1\nssn-e\n");
+    assert!(!cluster()
+        .psql("SELECT encode(ssn, 'escape') FROM multi_patients")
+        .contains("ssn-"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unqualified_table_in_another_schema_through_search_path() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql(
+        "DROP SCHEMA IF EXISTS sp_app CASCADE; CREATE SCHEMA sp_app; \
+         CREATE TABLE sp_app.people (id int PRIMARY KEY, ssn bytea); \
+         DROP TABLE IF EXISTS public.people_sp; CREATE TABLE public.people_sp (id int, ssn text)",
+    );
+    let columns = column_toml("sp_app.people", "ssn", "text", "deterministic", "");
+    let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let c = connect(proxy.port()).await;
+    c.simple_query("SET search_path = sp_app, public")
+        .await
+        .unwrap();
+    c.simple_query("INSERT INTO people (id, ssn) VALUES (1, 'ssn-1')")
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO people (id, ssn) VALUES ($1, $2)",
+        &[&2i32, &"ssn-2"],
+    )
+    .await
+    .unwrap();
+    let rows = c
+        .query("SELECT id, ssn FROM people WHERE ssn = $1", &[&"ssn-2"])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(1), "ssn-2");
+    let msgs = c
+        .simple_query("SELECT ssn FROM people WHERE ssn = 'ssn-1'")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&msgs), vec![vec![Some("ssn-1".to_string())]]);
+    let err = c
+        .simple_query("SELECT ssn FROM people ORDER BY ssn")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "0A000");
+    let stored = cluster().psql("SELECT encode(ssn, 'hex') FROM sp_app.people ORDER BY id");
+    assert!(
+        stored.lines().all(|l| l.starts_with("0100000001")),
+        "{stored}"
+    );
+    // a session whose search_path is set at connection time (PGOPTIONS) in psql
+    let out = std::process::Command::new(bindir().join("psql"))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port().to_string(),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-c",
+            "SELECT ssn FROM people WHERE ssn = 'ssn-1'",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .env("PGOPTIONS", "-c search_path=sp_app")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ssn-1\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the same unqualified name resolves to public when sp_app is not on the path
+    c.simple_query("SET search_path = public").await.unwrap();
+    c.simple_query("INSERT INTO people_sp (id, ssn) VALUES (1, 'plain')")
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster().psql("SELECT ssn FROM public.people_sp").trim(),
+        "plain"
     );
 }

@@ -664,7 +664,7 @@ impl Raw {
                     return Msg { tag, body };
                 }
             }
-            let mut chunk = [0u8; 65536];
+            let mut chunk = vec![0u8; 65536];
             let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk))
                 .await
                 .expect("raw client: no answer within 20 s")
