@@ -1616,3 +1616,87 @@ async fn unqualified_table_in_another_schema_through_search_path() {
         "plain"
     );
 }
+
+/// COPY, DO, cursors and PREPARE in SQL: fine on unprotected tables; on a protected one they
+/// work correctly or are refused, and never write plaintext into, or read ciphertext out of,
+/// a protected column.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_pgveil_does_not_rewrite() {
+    let (_dir, proxy) = patients_setup("unrw");
+    let c = connect(proxy.port()).await;
+    c.simple_query("INSERT INTO unrw_patients (id, name, ssn) VALUES (1, 'Ann', 'ssn-1')")
+        .await
+        .unwrap();
+    c.simple_query("DROP TABLE IF EXISTS unrw_plain; CREATE TABLE unrw_plain (a int, b text); INSERT INTO unrw_plain VALUES (1, 'x')")
+        .await
+        .unwrap();
+    // unprotected: COPY out and in, DO, cursors, PREPARE/EXECUTE
+    let out = psql_script(
+        proxy.port(),
+        SUPERUSER,
+        "COPY unrw_plain TO STDOUT;\n\\copy unrw_plain FROM STDIN\n2\ty\n\\.\nSELECT count(*) FROM unrw_plain;\n\
+         DO $$BEGIN INSERT INTO unrw_plain VALUES (3, 'z'); END$$;\n\
+         BEGIN;\nDECLARE cur CURSOR FOR SELECT a FROM unrw_plain ORDER BY a;\nFETCH 2 FROM cur;\nCOMMIT;\n\
+         PREPARE pq(int) AS SELECT b FROM unrw_plain WHERE a = $1;\nEXECUTE pq(3);\n",
+    )
+    .unwrap();
+    assert_eq!(out, "1\tx\n2\n1\n2\nz\n");
+    // protected: each either works correctly or is refused
+    let attempts = [
+        "DO $$BEGIN INSERT INTO unrw_patients (id, ssn) VALUES (2, 'plain-ssn'); END$$",
+        "PREPARE w(text) AS INSERT INTO unrw_patients (id, ssn) VALUES (3, $1::bytea); EXECUTE w('plain-ssn')",
+        "PREPARE w2 AS INSERT INTO unrw_patients (id, ssn) VALUES (4, $1); EXECUTE w2('plain-ssn')",
+        "COPY unrw_patients (id, ssn) FROM STDIN",
+        "INSERT INTO unrw_patients (id, ssn) SELECT 5, convert_to('plain-ssn', 'UTF8')",
+        "INSERT INTO unrw_patients (id, ssn) SELECT 6, b::bytea FROM unrw_plain LIMIT 1",
+        "UPDATE unrw_patients SET ssn = decode('706c61696e', 'hex') WHERE id = 1",
+        "CREATE TEMP TABLE unrw_copy AS SELECT ssn FROM unrw_patients",
+    ];
+    for sql in attempts {
+        if let Err(e) = c.simple_query(sql).await {
+            let (code, message) = db_error(&e);
+            assert!(
+                code == "0A000" || code == "42501",
+                "{sql}: {code} {message}"
+            );
+        }
+    }
+    let stored = cluster().psql("SELECT id, encode(ssn, 'hex') FROM unrw_patients ORDER BY id");
+    for line in stored.lines().filter(|l| !l.is_empty()) {
+        let hexed = line.split('|').nth(1).unwrap();
+        assert!(
+            hexed.is_empty() || hexed.starts_with("0100000001"),
+            "plaintext written into a protected column: {line}"
+        );
+        assert!(!hexed.contains(&hex::encode("plain")), "{line}");
+    }
+    // a cursor over a protected table: the client never sees ciphertext
+    c.simple_query("BEGIN").await.unwrap();
+    let declared = c
+        .simple_query("DECLARE pc CURSOR FOR SELECT id, ssn FROM unrw_patients WHERE id = 1")
+        .await;
+    if declared.is_ok() {
+        match c.simple_query("FETCH ALL FROM pc").await {
+            Ok(msgs) => {
+                let rows = rows_of(&msgs);
+                assert_eq!(rows, vec![vec![Some("1".into()), Some("ssn-1".into())]]);
+            }
+            Err(e) => assert_eq!(db_error(&e).0, "0A000"),
+        }
+    }
+    c.simple_query("ROLLBACK").await.unwrap();
+    // PREPARE ... EXECUTE of a read: decrypted or refused, never ciphertext
+    match c
+        .simple_query("PREPARE r AS SELECT ssn FROM unrw_patients WHERE id = 1; EXECUTE r")
+        .await
+    {
+        Ok(msgs) => assert_eq!(rows_of(&msgs), vec![vec![Some("ssn-1".to_string())]]),
+        Err(e) => assert_eq!(db_error(&e).0, "0A000"),
+    }
+    // and the session is fine
+    let rows = c
+        .query("SELECT ssn FROM unrw_patients WHERE ssn = $1", &[&"ssn-1"])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
