@@ -111,14 +111,16 @@ impl Veil {
     }
 
     /// The access a session with `roles` has to each column: the most permissive rule among
-    /// its roles, a role no rule names counting as `default_access`.
+    /// the roles the column names; `default_access` when it names none of them. (The login's
+    /// own role is rarely named: counting it as `default_access` would let a permissive
+    /// default override every mask and deny.)
     pub fn access_for(&self, roles: &[String]) -> Vec<Access> {
         self.rules
             .iter()
             .map(|rules| {
                 roles
                     .iter()
-                    .map(|role| rules.get(role).copied().unwrap_or(self.default_access))
+                    .filter_map(|role| rules.get(role).copied())
                     .max_by_key(|a| a.permissiveness())
                     .unwrap_or(self.default_access)
             })
