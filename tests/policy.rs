@@ -211,10 +211,26 @@ async fn check_binary(port: u16, t: &str, user: &str, expected: &[Sees; 9]) {
 }
 
 fn row_is_null(row: &tokio_postgres::Row) -> bool {
-    match row.columns()[0].type_().name() {
-        "int4" => row.get::<_, Option<i32>>(0).is_none(),
-        "date" => row.get::<_, Option<NaiveDate>>(0).is_none(),
-        _ => row.get::<_, Option<String>>(0).is_none(),
+    row.get::<_, AnyValue>(0).0.is_none()
+}
+
+/// Any column's raw bytes (`None`: NULL).
+struct AnyValue(Option<Vec<u8>>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for AnyValue {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(AnyValue(Some(raw.to_vec())))
+    }
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(AnyValue(None))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
     }
 }
 
