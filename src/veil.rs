@@ -20,9 +20,47 @@ const PLAN_CACHE_LIMIT: usize = 10_000;
 pub struct Veil {
     pub protection: Protection,
     ciphers: Vec<ColumnCipher>,
-    rules: Vec<BTreeMap<String, Access>>,
-    default_access: Access,
     catalogs: Mutex<HashMap<String, Arc<DbCatalog>>>,
+}
+
+/// Who may see what: the part of the configuration that a reload changes in open sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// `schema.table.column` → role → access.
+    rules: HashMap<String, BTreeMap<String, Access>>,
+    default_access: Access,
+}
+
+impl Policy {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            rules: config
+                .columns
+                .iter()
+                .map(|c| (c.column.qualified_name(), c.access.clone()))
+                .collect(),
+            default_access: config.policy.default_access,
+        }
+    }
+
+    /// The access a session with `roles` has to each column of `protection`: the most
+    /// permissive rule among the roles the column names; `default_access` when it names none
+    /// of them. (The login's own role is rarely named: counting it as `default_access` would
+    /// let a permissive default override every mask and deny.)
+    pub fn access_for(&self, protection: &Protection, roles: &[String]) -> Vec<Access> {
+        protection
+            .columns()
+            .iter()
+            .map(|column| {
+                let rules = self.rules.get(&column.qualified_name());
+                roles
+                    .iter()
+                    .filter_map(|role| rules.and_then(|r| r.get(role)).copied())
+                    .max_by_key(|a| a.permissiveness())
+                    .unwrap_or(self.default_access)
+            })
+            .collect()
+    }
 }
 
 /// One database's relations, and where protected columns sit in them.
@@ -30,8 +68,11 @@ pub struct DbCatalog {
     pub tables: StaticCatalog,
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
-    plans: Mutex<HashMap<(Vec<String>, String), Arc<Analysis>>>,
+    plans: Mutex<PlanCache>,
 }
+
+/// Analyses by (search path, query text).
+type PlanCache = HashMap<(Vec<String>, String), Arc<Analysis>>;
 
 /// The analysis of one query string, shared by every session that sends it.
 pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;
@@ -92,12 +133,9 @@ impl Veil {
                 .collect(),
             None => Vec::new(),
         };
-        let rules = config.columns.iter().map(|c| c.access.clone()).collect();
         Some(Self {
             protection: Protection::new(columns, config.subjects()),
             ciphers,
-            rules,
-            default_access: config.policy.default_access,
             catalogs: Mutex::new(HashMap::new()),
         })
     }
@@ -108,23 +146,6 @@ impl Veil {
 
     pub fn cipher(&self, column: ColumnRef) -> Option<&ColumnCipher> {
         self.ciphers.get(column.0)
-    }
-
-    /// The access a session with `roles` has to each column: the most permissive rule among
-    /// the roles the column names; `default_access` when it names none of them. (The login's
-    /// own role is rarely named: counting it as `default_access` would let a permissive
-    /// default override every mask and deny.)
-    pub fn access_for(&self, roles: &[String]) -> Vec<Access> {
-        self.rules
-            .iter()
-            .map(|rules| {
-                roles
-                    .iter()
-                    .filter_map(|role| rules.get(role).copied())
-                    .max_by_key(|a| a.permissiveness())
-                    .unwrap_or(self.default_access)
-            })
-            .collect()
     }
 
     pub fn catalog(&self, database: &str) -> Option<Arc<DbCatalog>> {
