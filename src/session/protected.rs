@@ -144,6 +144,9 @@ struct State {
     client_terminated: bool,
     /// A DDL or search_path change went up in the current extended batch.
     refresh_at_sync: Option<Wanted>,
+    /// pgveil raised an error inside a transaction block that the database does not know
+    /// about: abort that transaction before the client's next message reaches it.
+    abort_before_next: bool,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -209,6 +212,7 @@ impl Shared {
                 status: b'I',
                 client_terminated: false,
                 refresh_at_sync: None,
+                abort_before_next: false,
             }),
             veil,
             policy,
@@ -299,12 +303,49 @@ async fn client_to_server(
                 lock(&shared.state).client_terminated = true;
                 return Ok(Action::Forward);
             }
-            frontend_message(frame, shared)
+            let abort_at = take_pending_abort(shared);
+            let action = frontend_message(frame, shared)?;
+            Ok(match abort_at {
+                Some(at) => abort_first(frame, action, at, shared),
+                None => action,
+            })
         })?;
         out.flush_to(writer.as_mut()).await?;
         if terminated {
             return Ok(());
         }
+    }
+}
+
+/// Where the answer to a pending transaction abort goes in the queue, when one is pending.
+fn take_pending_abort(shared: &Shared) -> Option<usize> {
+    let mut state = lock(&shared.state);
+    if !std::mem::take(&mut state.abort_before_next) {
+        return None;
+    }
+    Some(state.expect.len())
+}
+
+/// Sends a raising statement ahead of the client's message, so the database's transaction is
+/// aborted as pgveil already told the client; its error and ReadyForQuery are swallowed.
+fn abort_first(frame: &[u8], action: Action, at: usize, shared: &Shared) -> Action {
+    let error = PgError::error(
+        "25P02",
+        "pgveil: aborting the transaction after an error pgveil raised",
+    );
+    let abort = msg::encode_query(raise_sql(&error).as_bytes());
+    let swallow = Expect::Refresh(Collector::new(Wanted {
+        catalog: false,
+        search_path: false,
+        roles: false,
+    }));
+    lock(&shared.state).expect.insert(at, swallow);
+    match action {
+        Action::Forward => Action::Replace(join(&[&abort, frame])),
+        Action::Replace(bytes) => Action::Replace(join(&[&abort, &bytes])),
+        Action::Drop => Action::Replace(abort),
+        // Never produced for client messages.
+        audited @ Action::Audited(_) => audited,
     }
 }
 
@@ -1370,7 +1411,7 @@ impl Backend<'_> {
 
     fn ready_for_query(&mut self, frame: &[u8], state: &mut State) -> Action {
         let metrics = metrics::get();
-        self.suppress = false;
+        let raised = std::mem::take(&mut self.suppress);
         self.rows = None;
         // Whatever precedes the message that ends this cycle was skipped by the server after
         // an error.
@@ -1392,6 +1433,13 @@ impl Backend<'_> {
         state.status = frame.get(5).copied().unwrap_or(b'I');
         if state.status == b'I' {
             state.portals.clear();
+        }
+        if raised && state.status == b'T' {
+            // The error came from pgveil, so the database's transaction is still open; the
+            // client must see it aborted, and the database must abort it.
+            state.status = b'E';
+            state.abort_before_next = true;
+            return Action::Replace(Bytes::from_static(b"Z\0\0\0\x05E"));
         }
         Action::Forward
     }
