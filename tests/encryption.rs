@@ -1232,6 +1232,49 @@ async fn a_decryption_error_aborts_the_transaction_block() {
             .trim(),
         "0"
     );
+    // extended protocol, in a tokio-postgres transaction
+    let mut c = c;
+    let t = c.transaction().await.unwrap();
+    t.execute("INSERT INTO movedtx_patients (id) VALUES ($1)", &[&10i32])
+        .await
+        .unwrap();
+    let err = t
+        .query("SELECT id, mrn FROM movedtx_patients", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "XX001");
+    let err = t.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "25P02");
+    let _ = t.commit().await;
+    // ROLLBACK after it works and the session is usable
+    c.simple_query("BEGIN").await.unwrap();
+    assert!(c
+        .query("SELECT mrn FROM movedtx_patients", &[])
+        .await
+        .is_err());
+    c.simple_query("ROLLBACK").await.unwrap();
+    c.simple_query("INSERT INTO movedtx_patients (id, ssn) VALUES (11, 'ok')")
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster()
+            .psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM movedtx_patients")
+            .trim(),
+        "1,11"
+    );
+    // psql, with the error in the middle of a script that goes on
+    let out = psql_script(
+        proxy.port(),
+        SUPERUSER,
+        "\\set ON_ERROR_STOP 0\nBEGIN;\nINSERT INTO movedtx_patients (id) VALUES (12);\nSELECT mrn FROM movedtx_patients;\nCOMMIT;\n",
+    );
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(
+        cluster()
+            .psql("SELECT count(*) FROM movedtx_patients WHERE id = 12")
+            .trim(),
+        "0"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
