@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -183,7 +181,7 @@ fn round_trip_psql_text_every_type() {
     for (i, (got, want)) in lines.iter().zip(&expected).enumerate() {
         assert!(got == want, "line {i}: got {:.200} want {:.200}", got, want);
     }
-    check_stored(&"enc_rt_psql".to_string(), id);
+    check_stored("enc_rt_psql", id);
 }
 
 /// Every stored value is NULL or a ciphertext of the DESIGN format whose mode matches its
