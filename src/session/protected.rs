@@ -513,9 +513,7 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         });
         Action::Forward
     } else {
-        let analysis = state
-            .catalog
-            .analyze(text, &veil.protection, &state.search_path);
+        let analysis = analyze(text, &state, veil);
         let (rewritten, audit) = rewrite_simple(text, &analysis, &state, shared);
         state.expect.push_back(Expect::Query {
             analysis: Some(analysis),
@@ -541,6 +539,20 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         }
         None => action,
     }
+}
+
+/// The session's analysis of `text`. The SQL lexer reads '…' strings as
+/// standard_conforming_strings = on does; with it off a backslash escapes, so text with a
+/// backslash would be split differently by the database: it cannot be analysed.
+fn analyze(text: &str, state: &State, veil: &Veil) -> Arc<Analysis> {
+    if !state.standard_strings && text.contains('\\') {
+        return Arc::new(Err(sql::AnalyzeError::Unsupported(
+            "backslashes with standard_conforming_strings off".into(),
+        )));
+    }
+    state
+        .catalog
+        .analyze(text, &veil.protection, &state.search_path)
 }
 
 fn cannot_analyse() -> PgError {
@@ -794,9 +806,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         state.expect.push_back(Expect::Parse);
         return Action::Forward;
     }
-    let analysis = state
-        .catalog
-        .analyze(text, &veil.protection, &state.search_path);
+    let analysis = analyze(text, &state, veil);
     let plan = match analysis.as_ref() {
         Ok(plans) if plans.len() == 1 => &plans[0],
         Ok(plans) if plans.is_empty() => {
