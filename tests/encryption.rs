@@ -1741,3 +1741,51 @@ async fn statements_pgveil_does_not_rewrite() {
         .unwrap();
     assert_eq!(rows.len(), 1);
 }
+
+/// With standard_conforming_strings off a backslash escapes in '…': such text is refused on
+/// protected tables rather than read differently from the database (which stored `a\\b`
+/// for `'a\\b'`); text without backslashes works as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn standard_conforming_strings_off() {
+    let (_dir, proxy) = types_proxy("enc_scs");
+    let c = connect(proxy.port()).await;
+    c.simple_query("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    c.simple_query("INSERT INTO enc_scs (id, d_text, note) VALUES (1, 'it''s', 'n')")
+        .await
+        .unwrap();
+    for sql in [
+        r"INSERT INTO enc_scs (id, d_text) VALUES (2, 'a\\b')",
+        r"INSERT INTO enc_scs (id, note, d_text) VALUES (3, 'x\', 'plain')",
+        r"SELECT id FROM enc_scs WHERE note = 'x\' AND d_text = 'it''s'",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(db_error(&err).0, "0A000", "{sql}");
+        let err = c.query(sql, &[]).await.unwrap_err();
+        assert_eq!(db_error(&err).0, "0A000", "extended {sql}");
+    }
+    let msgs = c
+        .simple_query("SELECT d_text FROM enc_scs WHERE d_text = 'it''s'")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&msgs), vec![vec![Some("it's".to_string())]]);
+    c.simple_query("SET standard_conforming_strings = on")
+        .await
+        .unwrap();
+    c.simple_query(r"INSERT INTO enc_scs (id, d_text) VALUES (4, 'a\b'), (5, E'c\\d')")
+        .await
+        .unwrap();
+    let msgs = c
+        .simple_query("SELECT d_text FROM enc_scs WHERE id IN (4, 5) ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(&msgs),
+        vec![
+            vec![Some(r"a\b".to_string())],
+            vec![Some(r"c\d".to_string())]
+        ]
+    );
+    assert_eq!(cluster().psql("SELECT count(*) FROM enc_scs").trim(), "3");
+}
