@@ -621,3 +621,99 @@ async fn memberships_are_read_at_login() {
         Utc.with_ymd_and_hms(2020, 6, 15, 13, 45, 0).unwrap()
     );
 }
+
+/// A denied column cannot be read or searched through any query shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn deny_holds_through_every_query_shape() {
+    let t = "pol_shapes";
+    let (_dir, proxy) = policy_proxy(t, "deny").await;
+    let c = connect_as(proxy.port(), "res_user", PASSWORD)
+        .await
+        .unwrap();
+    let shapes = [
+        format!("SELECT s FROM (SELECT ssn AS s FROM {t}) sub"),
+        format!("WITH x AS (SELECT ssn FROM {t}) SELECT * FROM x"),
+        format!("SELECT (SELECT ssn FROM {t} LIMIT 1)"),
+        format!("SELECT ssn FROM {t} UNION ALL SELECT ssn FROM {t}"),
+        format!(
+            "SELECT id FROM {t} WHERE EXISTS (SELECT 1 FROM {t} q WHERE q.ssn = '123-45-6789')"
+        ),
+        format!("SELECT id FROM {t} WHERE id IN (SELECT id FROM {t} WHERE ssn = '123-45-6789')"),
+        format!("SELECT count(*) FROM {t} GROUP BY ssn"),
+        format!("SELECT DISTINCT ssn FROM {t}"),
+        format!("SELECT count(ssn) FROM {t}"),
+        format!("SELECT id FROM {t} WHERE ssn IS NOT NULL"),
+        format!("UPDATE {t} SET name = name WHERE id = 1 RETURNING ssn"),
+        format!("DELETE FROM {t} WHERE id = 99 RETURNING *"),
+        format!("SELECT p.* FROM {t} p"),
+        format!("SELECT id FROM {t} p WHERE p.ssn = ANY(ARRAY['123-45-6789'])"),
+        format!("SELECT id, CASE WHEN ssn IS NULL THEN 1 END FROM {t}"),
+    ];
+    for sql in &shapes {
+        for extended in [false, true] {
+            let result = if extended {
+                c.query(sql.as_str(), &[]).await.map(|_| ())
+            } else {
+                c.simple_query(sql).await.map(|_| ())
+            };
+            let err = result.expect_err(sql);
+            let (code, message) = db_error(&err);
+            assert!(
+                code == "42501" || code == "0A000",
+                "{sql} (extended {extended}): {code} {message}"
+            );
+            if code == "42501" {
+                assert!(message.contains("ssn"), "{sql}: {message}");
+            }
+        }
+    }
+    // the row count of a table is not protected
+    let row = c
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+}
+
+/// Masks through the extended protocol's Describe and named statements, and in text results
+/// of tokio-postgres' simple queries.
+#[tokio::test(flavor = "multi_thread")]
+async fn masks_through_prepared_statements() {
+    let t = "pol_prep";
+    let (_dir, proxy) = policy_proxy(t, "deny").await;
+    let c = connect_as(proxy.port(), "res_user", PASSWORD)
+        .await
+        .unwrap();
+    let stmt = c
+        .prepare(&format!(
+            "SELECT zip, birth, score, notes, ts FROM {t} WHERE zip = $1"
+        ))
+        .await
+        .unwrap();
+    let types: Vec<&str> = stmt.columns().iter().map(|c| c.type_().name()).collect();
+    assert_eq!(types, ["text", "date", "int4", "text", "timestamp"]);
+    assert_eq!(stmt.params()[0].name(), "text");
+    for _ in 0..3 {
+        let row = c.query_one(&stmt, &[&"02139"]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "02100");
+        assert_eq!(
+            row.get::<_, NaiveDate>(1),
+            NaiveDate::from_ymd_opt(1985, 1, 1).unwrap()
+        );
+        assert_eq!(row.get::<_, Option<i32>>(2), None);
+        assert_eq!(row.get::<_, Option<String>>(3), None);
+    }
+    // a masked value never matches its own mask
+    assert!(c.query(&stmt, &[&"02100"]).await.unwrap().is_empty());
+    // deny detected at Parse: the statement cannot even be prepared
+    let err = c
+        .prepare(&format!("SELECT ssn FROM {t} WHERE id = $1"))
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    let err = c
+        .prepare(&format!("SELECT id FROM {t} WHERE ssn = $1"))
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+}
