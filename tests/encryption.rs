@@ -1789,3 +1789,129 @@ async fn standard_conforming_strings_off() {
     );
     assert_eq!(cluster().psql("SELECT count(*) FROM enc_scs").trim(), "3");
 }
+
+/// Values equal in PostgreSQL but written differently meet in one ciphertext; session
+/// TimeZone and DateStyle are honoured on input and output.
+#[tokio::test(flavor = "multi_thread")]
+async fn equal_values_in_other_spellings_and_session_settings() {
+    let (_dir, proxy) = types_proxy("enc_spell");
+    let c = connect(proxy.port()).await;
+    c.simple_query(
+        "INSERT INTO enc_spell (id, d_timestamptz, d_jsonb, d_uuid, d_numeric, d_int4, d_bool) VALUES \
+         (1, '2024-01-05 10:00+02', '{\"a\":1,\"b\":[1,2]}', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '-0', ' 42 ', 'on'), \
+         (2, '2024-01-05 08:00:00Z', '{ \"b\" : [1, 2], \"a\" : 1 }', '{a0eebc999c0b4ef8bb6d6bb9bd380a11}', '0.000', '+42', 'TRUE')",
+    )
+    .await
+    .unwrap();
+    for (column, literal) in [
+        ("d_timestamptz", "'2024-01-05 09:00+01'"),
+        ("d_jsonb", "'{\"b\":[1,2],\"a\":1}'"),
+        ("d_uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"),
+        ("d_numeric", "0"),
+        ("d_int4", "42"),
+        ("d_bool", "true"),
+    ] {
+        let msgs = c
+            .simple_query(&format!(
+                "SELECT id FROM enc_spell WHERE {column} = {literal} ORDER BY id"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{column}: {e:?}"));
+        assert_eq!(ids(&msgs), ["1", "2"], "{column}");
+    }
+    // session TimeZone: input without offset is local, output in the session's zone
+    c.simple_query("SET TimeZone = 'America/New_York'")
+        .await
+        .unwrap();
+    c.simple_query("INSERT INTO enc_spell (id, d_timestamptz) VALUES (3, '2024-01-05 03:00')")
+        .await
+        .unwrap();
+    let msgs = c
+        .simple_query("SELECT id, d_timestamptz FROM enc_spell WHERE d_timestamptz = '2024-01-05 08:00+00' ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(&msgs),
+        vec![
+            vec![Some("1".into()), Some("2024-01-05 03:00:00-05".into())],
+            vec![Some("2".into()), Some("2024-01-05 03:00:00-05".into())],
+            vec![Some("3".into()), Some("2024-01-05 03:00:00-05".into())],
+        ]
+    );
+    // DateStyle DMY input
+    c.simple_query("SET DateStyle = 'ISO, DMY'").await.unwrap();
+    c.simple_query("INSERT INTO enc_spell (id, d_date) VALUES (4, '05/01/2024')")
+        .await
+        .unwrap();
+    c.simple_query("RESET DateStyle; RESET TimeZone")
+        .await
+        .unwrap();
+    let msgs = c
+        .simple_query("SELECT d_date FROM enc_spell WHERE d_date = '2024-01-05'")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&msgs), vec![vec![Some("2024-01-05".to_string())]]);
+}
+
+/// Protected values through subqueries, CTEs and derived tables come back decrypted;
+/// copying or comparing across keys is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_shapes_and_cross_key_refusals() {
+    let (_dir, proxy) = patients_setup("shape");
+    let c = connect(proxy.port()).await;
+    c.simple_query("INSERT INTO shape_patients (id, ssn, mrn, notes) VALUES (1, 's1', 'm1', 'n1'); INSERT INTO shape_claims (id, patient_ssn) VALUES (1, 's1')")
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT (SELECT ssn FROM shape_patients WHERE id = 1) AS sub",
+        "SELECT x.s FROM (SELECT ssn AS s FROM shape_patients) x",
+        "WITH x AS (SELECT ssn AS s FROM shape_patients WHERE ssn = 's1') SELECT s FROM x",
+        "SELECT DISTINCT ssn FROM shape_patients",
+        "SELECT ssn FROM shape_patients WHERE ssn IN (SELECT patient_ssn FROM shape_claims)",
+        "SELECT patient_ssn FROM shape_claims UNION SELECT ssn FROM shape_patients",
+    ] {
+        let msgs = c
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(rows_of(&msgs), vec![vec![Some("s1".to_string())]], "{sql}");
+        let rows = c.query(sql, &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, String>(0), "s1", "extended {sql}");
+    }
+    c.simple_query("UPDATE shape_patients SET (ssn, mrn) = ('s2', 'm2') WHERE id = 1")
+        .await
+        .unwrap();
+    let rows = c
+        .query(
+            "SELECT ssn, mrn FROM shape_patients WHERE ssn = 's2' AND mrn = 'm2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    // same domain: copying is fine and decrypts
+    c.simple_query("INSERT INTO shape_claims (id, patient_ssn) SELECT 2, ssn FROM shape_patients")
+        .await
+        .unwrap();
+    let rows = c
+        .query("SELECT patient_ssn FROM shape_claims WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "s2");
+    for sql in [
+        "UPDATE shape_patients SET mrn = ssn",
+        "INSERT INTO shape_patients (id, mrn) SELECT 9, ssn FROM shape_patients",
+        "SELECT ssn FROM shape_patients UNION SELECT mrn FROM shape_patients",
+        "SELECT id FROM shape_patients WHERE mrn IN (SELECT patient_ssn FROM shape_claims)",
+        "SELECT id FROM shape_patients p JOIN shape_claims c ON c.patient_ssn = p.mrn",
+        "SELECT coalesce(ssn, mrn) FROM shape_patients",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "0A000", "{sql}: {message}");
+    }
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM shape_patients").trim(),
+        "1"
+    );
+}
