@@ -1915,3 +1915,126 @@ async fn query_shapes_and_cross_key_refusals() {
         "1"
     );
 }
+
+/// Extended-protocol corner cases, message by message: declared parameter types other than
+/// the column's, bad binary data, empty queries, several portals of one statement, a portal
+/// kept across Syncs in a transaction, unknown names.
+#[tokio::test(flavor = "multi_thread")]
+async fn extended_protocol_corner_cases() {
+    let (_dir, proxy) = types_proxy("enc_praw");
+    let mut raw = Raw::connect(proxy.port()).await;
+    let mut report = Vec::new();
+    let show = |msgs: &[Msg]| -> String {
+        msgs.iter()
+            .map(|m| match m.tag {
+                b'E' => format!(
+                    "E[{} {}]",
+                    m.field(b'C').unwrap_or_default(),
+                    m.field(b'M').unwrap_or_default()
+                ),
+                b'D' => format!(
+                    "D{:?}",
+                    m.values()
+                        .iter()
+                        .map(|v| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .collect::<Vec<_>>()
+                ),
+                b't' => format!("t{:?}", m.param_types()),
+                b'T' => format!(
+                    "T{:?}",
+                    m.fields().iter().map(|f| (f.3, f.4)).collect::<Vec<_>>()
+                ),
+                t => (t as char).to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("text-declared int4", vec![
+            Raw::parse("", "INSERT INTO enc_praw (id, d_int4) VALUES (1, $1)", &[25]),
+            Raw::bind("", "", &[Some(b"42")], &[0], 0), Raw::execute("", 0), Raw::sync()]),
+        ("binary int4 into text col", vec![
+            Raw::parse("", "INSERT INTO enc_praw (id, d_text) VALUES (2, $1)", &[23]),
+            Raw::bind("", "", &[Some(&7i32.to_be_bytes())], &[1], 0), Raw::execute("", 0), Raw::sync()]),
+        ("bad binary int4 length", vec![
+            Raw::parse("", "INSERT INTO enc_praw (id, d_int4) VALUES (3, $1)", &[]),
+            Raw::bind("", "", &[Some(&[1u8, 2, 3])], &[1], 0), Raw::execute("", 0), Raw::sync()]),
+        ("text bytea param", vec![
+            Raw::parse("", "INSERT INTO enc_praw (id, d_bytea) VALUES (4, $1)", &[]),
+            Raw::bind("", "", &[Some(b"\\x0102ff")], &[0], 0), Raw::execute("", 0), Raw::sync()]),
+        ("read back", vec![
+            Raw::parse("", "SELECT id, d_int4, d_text, d_bytea FROM enc_praw WHERE id IN (1,2,4) ORDER BY id", &[]),
+            Raw::bind("", "", &[], &[], 0), Raw::execute("", 0), Raw::sync()]),
+        ("param reused for two columns", vec![
+            Raw::parse("", "SELECT id FROM enc_praw WHERE d_text = $1 OR note = $1", &[]),
+            Raw::bind("", "", &[Some(b"7")], &[0], 0), Raw::execute("", 0), Raw::sync()]),
+        ("param reused same column", vec![
+            Raw::parse("", "SELECT id FROM enc_praw WHERE d_text = $1 OR d_text = $1", &[]),
+            Raw::bind("", "", &[Some(b"7")], &[0], 0), Raw::execute("", 0), Raw::sync()]),
+        ("empty query", vec![
+            Raw::parse("", "", &[]), Raw::bind("", "", &[], &[], 0), Raw::execute("", 0), Raw::sync()]),
+        ("simple empty", vec![Raw::query(""), ]),
+        ("simple semicolons", vec![Raw::query(";;"), ]),
+        ("two portals one stmt", vec![
+            Raw::parse("", "SELECT d_int4 FROM enc_praw WHERE id = $1", &[]),
+            Raw::bind("a", "", &[Some(b"1")], &[0], 1),
+            Raw::bind("b", "", &[Some(b"1")], &[0], 0),
+            Raw::execute("a", 0), Raw::execute("b", 0), Raw::sync()]),
+        ("begin", vec![Raw::query("BEGIN")]),
+        ("portal across syncs 1", vec![
+            Raw::parse("", "SELECT id, d_text FROM enc_praw WHERE id = 2", &[]),
+            Raw::bind("keep", "", &[], &[], 0), Raw::sync()]),
+        ("portal across syncs 2", vec![Raw::describe(b'P', "keep"), Raw::execute("keep", 0), Raw::sync()]),
+        ("commit", vec![Raw::query("COMMIT")]),
+        ("plain describe portal", vec![
+            Raw::parse("", "SELECT 1 AS one", &[]), Raw::bind("", "", &[], &[], 0),
+            Raw::describe(b'P', ""), Raw::execute("", 0), Raw::sync()]),
+        ("numeric binary declared", vec![
+            Raw::parse("", "INSERT INTO enc_praw (id, d_numeric) VALUES (5, $1)", &[1700]),
+            // 1.50: ndigits 2, weight 0, sign 0, dscale 2, digits [1, 5000]
+            Raw::bind("", "", &[Some(&[0u8, 2, 0, 0, 0, 0, 0, 2, 0, 1, 0x13, 0x88])], &[1], 0), Raw::execute("", 0), Raw::sync()]),
+        ("numeric read", vec![Raw::query("SELECT d_numeric FROM enc_praw WHERE id = 5 AND d_numeric = 1.5")]),
+        ("param count mismatch", vec![
+            Raw::parse("", "SELECT id FROM enc_praw WHERE d_text = $1", &[]),
+            Raw::bind("", "", &[], &[], 0), Raw::execute("", 0), Raw::sync()]),
+        ("close unknown", vec![Raw::close(b'S', "nope"), Raw::close(b'P', "nope"), Raw::sync()]),
+        ("describe unknown", vec![Raw::describe(b'S', "nope"), Raw::sync()]),
+        ("function call-ish", vec![Raw::query("SELECT 1")]),
+    ];
+    for (name, batch) in cases {
+        let msgs = raw.batch(&batch).await;
+        report.push(format!("{name}: {}", show(&msgs)));
+    }
+    let expected = r#"text-declared int4: 1 2 C Z
+binary int4 into text col: 1 2 C Z
+bad binary int4 length: 1 E[22P03 incorrect binary data format for type integer (for protected column public.enc_praw.d_int4)] Z
+text bytea param: 1 2 C Z
+read back: 1 2 D[Some("1"), Some("42"), None, None] D[Some("2"), None, Some("7"), None] D[Some("4"), None, None, Some("\\x0102ff")] C Z
+param reused for two columns: E[0A000 pgveil: parameter 1 is bound to encrypted column public.enc_praw.d_text and also used elsewhere] Z
+param reused same column: 1 2 D[Some("2")] C Z
+empty query: 1 2 I Z
+simple empty: I Z
+simple semicolons: I Z
+two portals one stmt: 1 2 2 D[Some("\0\0\0*")] C D[Some("42")] C Z
+begin: C Z
+portal across syncs 1: 1 2 Z
+portal across syncs 2: T[(23, 0), (25, 0)] D[Some("2"), Some("7")] C Z
+commit: C Z
+plain describe portal: 1 2 T[(23, 0)] D[Some("1")] C Z
+numeric binary declared: 1 2 C Z
+numeric read: T[(1700, 0)] D[Some("1.5")] C Z
+param count mismatch: 1 E[08P01 bind message supplies 0 parameters, but prepared statement "" requires 1] Z
+close unknown: 3 3 Z
+describe unknown: E[26000 prepared statement "nope" does not exist] Z
+function call-ish: T[(23, 0)] D[Some("1")] C Z"#;
+    for (got, want) in report.iter().zip(expected.lines()) {
+        assert_eq!(got, want);
+    }
+    assert_eq!(report.len(), expected.lines().count());
+    // nothing stored in plaintext
+    let stored = cluster().psql("SELECT encode(d_int4, 'hex'), encode(d_text, 'hex'), encode(d_bytea, 'hex'), encode(d_numeric, 'hex') FROM enc_praw");
+    for value in stored.split(['|', '\n']).filter(|v| !v.is_empty()) {
+        assert!(value.starts_with("0100000001"), "{value}");
+    }
+}
