@@ -1596,13 +1596,17 @@ fn result_columns(
         .iter()
         .enumerate()
         .map(|(index, field)| {
+            let from_plan = || plan.and_then(|p| p.result_columns.get(index).copied().flatten());
             if field.table_oid != 0 {
+                // A table dropped and recreated around pgveil has an OID the catalog does not
+                // know yet; the analysis (by name) still knows the column is protected.
                 catalog
                     .by_attribute
                     .get(&(field.table_oid, field.column))
                     .copied()
+                    .or_else(from_plan)
             } else {
-                plan.and_then(|p| p.result_columns.get(index).copied().flatten())
+                from_plan()
             }
         })
         .collect()
