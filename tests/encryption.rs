@@ -2038,3 +2038,76 @@ function call-ish: T[(23, 0)] D[Some("1")] C Z"#;
         assert!(value.starts_with("0100000001"), "{value}");
     }
 }
+
+/// Migrations run directly against the database: a configured table created after pgveil
+/// cached the catalog is learned by new sessions (old ones refuse it: fail closed), and a
+/// table dropped and recreated (new OID) still has its values decrypted, never returned as
+/// ciphertext.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_created_or_recreated_around_pgveil() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql(
+        "DROP TABLE IF EXISTS ddl_late, ddl_recreated; CREATE TABLE ddl_recreated (id int, ssn bytea)",
+    );
+    let columns = format!(
+        "{}{}",
+        column_toml("ddl_late", "ssn", "text", "deterministic", ""),
+        column_toml("ddl_recreated", "ssn", "text", "deterministic", "")
+    );
+    let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let old = connect(proxy.port()).await;
+    old.simple_query("INSERT INTO ddl_recreated VALUES (1, 'before')")
+        .await
+        .unwrap();
+    cluster().psql(
+        "CREATE TABLE ddl_late (id int, ssn bytea); DROP TABLE ddl_recreated; CREATE TABLE ddl_recreated (id int, ssn bytea)",
+    );
+    // the old session does not know ddl_late: refused, never forwarded in plaintext
+    let err = old
+        .simple_query("INSERT INTO ddl_late VALUES (1, 'late-secret')")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "0A000");
+    old.simple_query("INSERT INTO ddl_recreated VALUES (2, 'recreated')")
+        .await
+        .unwrap();
+    let new = connect(proxy.port()).await;
+    new.simple_query("INSERT INTO ddl_late VALUES (1, 'late-secret')")
+        .await
+        .unwrap();
+    new.execute("INSERT INTO ddl_late VALUES (2, $1)", &[&"late-2"])
+        .await
+        .unwrap();
+    let rows = new
+        .query("SELECT ssn FROM ddl_late WHERE ssn = $1", &[&"late-secret"])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "late-secret");
+    for c in [&old, &new] {
+        let msgs = c
+            .simple_query("SELECT ssn FROM ddl_recreated")
+            .await
+            .unwrap();
+        assert_eq!(rows_of(&msgs), vec![vec![Some("recreated".to_string())]]);
+        let rows = c
+            .query(
+                "SELECT id, ssn FROM ddl_recreated WHERE ssn = $1",
+                &[&"recreated"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows[0].columns()[1].type_().name(), "text");
+        assert_eq!(rows[0].get::<_, String>(1), "recreated");
+    }
+    let stored = cluster().psql(
+        "SELECT encode(ssn, 'hex') FROM ddl_late UNION ALL SELECT encode(ssn, 'hex') FROM ddl_recreated",
+    );
+    assert_eq!(
+        stored
+            .lines()
+            .filter(|l| l.starts_with("0100000001"))
+            .count(),
+        3,
+        "{stored}"
+    );
+}
