@@ -44,6 +44,8 @@ pub enum ServeError {
     Keys(#[from] crate::crypto::keys::KeyError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Opens the audit log of `[audit]`, if configured.
@@ -168,6 +170,13 @@ pub async fn serve_with_reload(
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
     };
+    if config.upstream.auth == crate::config::AuthMode::Scram {
+        // Passing the exchange through instead would silently give the operator something
+        // other than what the configuration asks for.
+        return Err(ServeError::Unsupported(
+            "[upstream] auth = \"scram\" (SCRAM termination with auth_query) is not available in this version; use auth = \"passthrough\"",
+        ));
+    }
     let master = load_master_key(&config)?;
     let veil =
         Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;

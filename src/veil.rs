@@ -69,10 +69,12 @@ pub struct DbCatalog {
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
     plans: Mutex<PlanCache>,
+    /// Statement text → its audit fingerprint.
+    fingerprints: Mutex<HashMap<String, String>>,
 }
 
-/// Analyses by (search path, query text).
-type PlanCache = HashMap<(Vec<String>, String), Arc<Analysis>>;
+/// Analyses by search path, then query text (two levels, so a hit allocates nothing).
+type PlanCache = HashMap<Vec<String>, HashMap<String, Arc<Analysis>>>;
 
 /// The analysis of one query string, shared by every session that sends it.
 pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;
@@ -91,6 +93,7 @@ impl DbCatalog {
             tables,
             by_attribute,
             plans: Mutex::new(HashMap::new()),
+            fingerprints: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,17 +104,36 @@ impl DbCatalog {
         protection: &Protection,
         search_path: &[String],
     ) -> Arc<Analysis> {
-        let key = (search_path.to_vec(), sql.to_string());
-        if let Some(found) = lock(&self.plans).get(&key) {
+        if let Some(found) = lock(&self.plans)
+            .get(search_path)
+            .and_then(|by_text| by_text.get(sql))
+        {
             return found.clone();
         }
         let analysis = Arc::new(sql::analyze(sql, protection, &self.tables, search_path));
         let mut plans = lock(&self.plans);
-        if plans.len() >= PLAN_CACHE_LIMIT {
+        if plans.values().map(HashMap::len).sum::<usize>() >= PLAN_CACHE_LIMIT {
             plans.clear();
         }
-        plans.insert(key, analysis.clone());
+        plans
+            .entry(search_path.to_vec())
+            .or_default()
+            .insert(sql.to_string(), analysis.clone());
         analysis
+    }
+
+    /// The audit fingerprint of a statement's text, computed once.
+    pub fn fingerprint(&self, statement: &str) -> String {
+        if let Some(found) = lock(&self.fingerprints).get(statement) {
+            return found.clone();
+        }
+        let fingerprint = sql::fingerprint(statement);
+        let mut cache = lock(&self.fingerprints);
+        if cache.len() >= PLAN_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(statement.to_string(), fingerprint.clone());
+        fingerprint
     }
 }
 

@@ -450,17 +450,26 @@ fn join(parts: &[&[u8]]) -> Bytes {
 
 /// What pgveil's own bookkeeping must refresh after a statement went through.
 fn refresh_needed(text: &str) -> Option<Wanted> {
-    let lower = text.to_ascii_lowercase();
-    let catalog = [
-        "create ", "alter ", "drop ", "create\n", "alter\n", "drop\n",
-    ]
-    .iter()
-    .any(|k| lower.contains(k));
-    let search_path = lower.contains("search_path");
+    let catalog = ["create", "alter", "drop"]
+        .iter()
+        .any(|k| contains_keyword(text, k));
+    let search_path = contains_keyword(text, "search_path");
     (catalog || search_path).then_some(Wanted {
         catalog,
         search_path: search_path || catalog,
         roles: false,
+    })
+}
+
+/// Whether `word` occurs in `text` (ASCII case ignored) as a whole word; no allocation, as
+/// it runs on every statement.
+fn contains_keyword(text: &str, word: &str) -> bool {
+    let (text, word) = (text.as_bytes(), word.as_bytes());
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    text.windows(word.len()).enumerate().any(|(at, window)| {
+        window.eq_ignore_ascii_case(word)
+            && (at == 0 || !is_ident(text[at - 1]))
+            && text.get(at + word.len()).is_none_or(|&b| !is_ident(b))
     })
 }
 
@@ -501,7 +510,7 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
             .filter(|s| s.scope == AuditScope::All)
             .map(|_| {
                 Arc::new(QueryAudit {
-                    statements: vec![Some((sql::fingerprint(text), 0))],
+                    statements: vec![Some((state.catalog.fingerprint(text), 0))],
                     refused: None,
                 })
             });
@@ -577,7 +586,7 @@ fn rewrite_simple(
         Err(_) => {
             let audit = sink.map(|_| {
                 Arc::new(QueryAudit {
-                    statements: vec![Some((sql::fingerprint(text), 0))],
+                    statements: vec![Some((state.catalog.fingerprint(text), 0))],
                     refused: Some(0),
                 })
             });
@@ -591,7 +600,7 @@ fn rewrite_simple(
     });
     for (index, plan) in plans.iter().enumerate() {
         let recorded = sink.filter(|s| recording::in_scope(s, Some(plan), &veil.protection));
-        let fingerprint = || sql::fingerprint(&text[plan.byte_range.clone()]);
+        let fingerprint = || state.catalog.fingerprint(&text[plan.byte_range.clone()]);
         match statement_replacements(plan, state, veil, recorded.map(|s| s.as_ref())) {
             Ok(mut r) => {
                 let injections = if recorded.is_some() {
@@ -815,7 +824,8 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
             return Action::Forward;
         }
         _ => {
-            let recording = refusal_recording(shared, &state, None, || sql::fingerprint(text));
+            let recording =
+                refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
             return injected_error(&cannot_analyse(), &mut state, recording);
         }
     };
@@ -826,8 +836,9 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         match statement_replacements(plan, &state, veil, recorded.map(|s| s.as_ref())) {
             Ok(r) => r,
             Err(error) => {
-                let recording =
-                    refusal_recording(shared, &state, Some(plan), || sql::fingerprint(text));
+                let recording = refusal_recording(shared, &state, Some(plan), || {
+                    state.catalog.fingerprint(text)
+                });
                 return injected_error(&error, &mut state, recording);
             }
         };
@@ -871,7 +882,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         param_columns,
         client_param_types: parse.param_types.clone(),
         row: OnceLock::new(),
-        fingerprint: recorded.map(|_| sql::fingerprint(text)),
+        fingerprint: recorded.map(|_| state.catalog.fingerprint(text)),
         injected,
     });
     insert_statement(&mut state, parse.name.clone(), prepared.clone());
