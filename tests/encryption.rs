@@ -2111,3 +2111,77 @@ async fn tables_created_or_recreated_around_pgveil() {
         "{stored}"
     );
 }
+
+/// Upserts, INSERT ... SELECT, UPDATE ... FROM, and how literal spellings are treated: casts
+/// to the logical type are fine; computed values, casts to bytea and other columns refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn upserts_and_literal_spellings() {
+    let (_dir, proxy) = patients_setup("pm");
+    let c = connect(proxy.port()).await;
+    let cases: &[(&str, &str)] = &[
+        ("INSERT INTO pm_patients (id, ssn, notes) VALUES (1, 's1', 'n1')", "OK []"),
+        ("INSERT INTO pm_patients (id, ssn, notes) VALUES (2, 's1', 'n2') ON CONFLICT (ssn) DO UPDATE SET notes = 'updated'", "OK []"),
+        ("SELECT id, notes FROM pm_patients", r#"OK [[Some("1"), Some("updated")]]"#),
+        ("INSERT INTO pm_patients (id, ssn, notes) VALUES (3, 's1', 'n3') ON CONFLICT (ssn) DO UPDATE SET notes = EXCLUDED.notes", "OK []"),
+        ("SELECT id, notes FROM pm_patients", r#"OK [[Some("1"), Some("n3")]]"#),
+        ("INSERT INTO pm_patients (id, ssn) SELECT 4, 's4'", "OK []"),
+        ("SELECT ssn FROM pm_patients WHERE id = 4", r#"OK [[Some("s4")]]"#),
+        ("INSERT INTO pm_claims (id, patient_ssn, amount) VALUES (1, 's1', 5)", "OK []"),
+        ("UPDATE pm_claims c SET amount = 6 FROM pm_patients p WHERE p.ssn = c.patient_ssn AND p.ssn = 's1'", "OK []"),
+        ("SELECT amount FROM pm_claims", r#"OK [[Some("6")]]"#),
+        ("UPDATE pm_patients SET ssn = 's5' WHERE ssn = 's4' RETURNING ssn", r#"OK [[Some("s5")]]"#),
+        ("SELECT id FROM pm_patients WHERE (ssn, mrn) = ('s1', NULL)", "ERR 0A000"),
+        ("SELECT count(*) FILTER (WHERE ssn = 's1') FROM pm_patients", r#"OK [[Some("1")]]"#),
+        ("SELECT id FROM pm_patients WHERE ssn = (('s1'))", r#"OK [[Some("1")]]"#),
+        ("SELECT id FROM pm_patients WHERE ssn = 's1'::text", r#"OK [[Some("1")]]"#),
+        ("SELECT id FROM pm_patients WHERE ssn = CAST('s1' AS text)", r#"OK [[Some("1")]]"#),
+        ("SELECT id FROM pm_patients WHERE ssn = text 's1'", r#"OK [[Some("1")]]"#),
+        ("SELECT id FROM pm_patients WHERE age = 1 + 1", "ERR 0A000"),
+        ("SELECT id FROM pm_patients WHERE ssn = 's' || '1'", "ERR 0A000"),
+        ("SELECT id FROM pm_patients WHERE ssn = lower('S1')", "ERR 0A000"),
+        ("SELECT id FROM pm_patients WHERE ssn = name", "ERR 0A000"),
+        ("SELECT id FROM pm_patients WHERE ssn = '\\x0100'::bytea", "ERR 0A000"),
+        ("INSERT INTO pm_patients (id, ssn) VALUES (9, '\\x01000000014400'::bytea)", "ERR 0A000"),
+        ("INSERT INTO pm_patients (id, ssn) VALUES (10, NULL)", "OK []"),
+        ("SELECT id FROM pm_patients WHERE ssn IS NULL", r#"OK [[Some("10")]]"#),
+    ];
+    for (sql, want) in cases {
+        let got = match c.simple_query(sql).await {
+            Ok(msgs) => format!("OK {:?}", rows_of(&msgs)),
+            Err(e) => format!("ERR {}", db_error(&e).0),
+        };
+        assert_eq!(&got, want, "{sql}");
+    }
+    // mixed result formats in one Bind: binary, text, binary
+    let mut raw = Raw::connect(proxy.port()).await;
+    let mut body = vec![0u8, 0];
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&3i16.to_be_bytes());
+    for f in [1i16, 0, 1] {
+        body.extend_from_slice(&f.to_be_bytes());
+    }
+    let mut bind = vec![b'B'];
+    bind.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    bind.extend_from_slice(&body);
+    let msgs = raw
+        .batch(&[
+            Raw::parse("", "SELECT id, ssn, age FROM pm_patients WHERE id = 1", &[]),
+            bind,
+            Raw::describe(b'P', ""),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "12TDCZ");
+    let formats: Vec<(u32, i16)> = msgs[2].fields().iter().map(|f| (f.3, f.4)).collect();
+    assert_eq!(formats, [(23, 1), (25, 0), (23, 1)]);
+    assert_eq!(
+        msgs[3].values(),
+        vec![
+            Some(1i32.to_be_bytes().to_vec()),
+            Some(b"s1".to_vec()),
+            None
+        ]
+    );
+}
