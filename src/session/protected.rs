@@ -83,7 +83,8 @@ struct Portal {
 
 /// What the database will answer a client message with, in order.
 enum Expect {
-    Parse,
+    /// With the statement a named Parse replaced, to put back if the Parse fails.
+    Parse(Option<Box<(Bytes, Arc<Prepared>)>>),
     Bind,
     Close,
     Sync(Instant),
@@ -795,7 +796,6 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                 return injected_error(&cannot_analyse(), &mut state, recording);
             }
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
-            state.expect.push_back(Expect::Parse);
             return Action::Forward;
         }
     };
@@ -812,7 +812,6 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
     }
     if !sql::may_touch_protected(text, &veil.protection) {
         insert_statement(&mut state, parse.name.clone(), Prepared::plain());
-        state.expect.push_back(Expect::Parse);
         return Action::Forward;
     }
     let analysis = analyze(text, &state, veil);
@@ -820,7 +819,6 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         Ok(plans) if plans.len() == 1 => &plans[0],
         Ok(plans) if plans.is_empty() => {
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
-            state.expect.push_back(Expect::Parse);
             return Action::Forward;
         }
         _ => {
@@ -886,7 +884,6 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         injected,
     });
     insert_statement(&mut state, parse.name.clone(), prepared.clone());
-    state.expect.push_back(Expect::Parse);
     // pgveil describes the statement itself, so it knows which result columns to decrypt
     // even when the client never asks.
     state.expect.push_back(Expect::DescribeStatement {
@@ -912,11 +909,17 @@ fn refusal_recording(
     Some(Box::new(recording))
 }
 
+/// Records a statement the client parses, and expects its ParseComplete. A name pgveil
+/// already knows is replaced too: the database may have dropped it behind pgveil's back
+/// (`DEALLOCATE`, `DISCARD ALL` in SQL), and then this Parse succeeds and its Binds must be
+/// treated as this statement's. When it still exists the Parse fails (42P05) and the old one
+/// is put back (and Binds of the same batch are skipped by the database).
 fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
-    // Re-parsing an existing named statement is an error in PostgreSQL: keep the old one.
-    if name.is_empty() || !state.statements.contains_key(&name) {
-        state.statements.insert(name, prepared);
-    }
+    let previous = state.statements.insert(name.clone(), prepared);
+    let undo = previous
+        .filter(|_| !name.is_empty())
+        .map(|p| Box::new((name, p)));
+    state.expect.push_back(Expect::Parse(undo));
 }
 
 fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
@@ -1183,8 +1186,15 @@ impl Backend<'_> {
                 collector.feed(frame);
                 Action::Drop
             }
-            Expect::Parse if tag == b'1' => {
+            Expect::Parse(_) if tag == b'1' => {
                 state.expect.pop_front();
+                Action::Forward
+            }
+            Expect::Parse(undo) if tag == b'E' => {
+                if let Some(undo) = undo.take() {
+                    let (name, previous) = *undo;
+                    state.statements.insert(name, previous);
+                }
                 Action::Forward
             }
             Expect::Bind if tag == b'2' => {
