@@ -2185,3 +2185,91 @@ async fn upserts_and_literal_spellings() {
         ]
     );
 }
+
+/// Statement names reused: after `DEALLOCATE` or `DISCARD ALL` in SQL a new Parse under the
+/// old name is the statement its Binds run (its parameters were sent in plaintext into the
+/// protected column); a Parse under a name that still exists fails and the old statement
+/// keeps its protection.
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_names_reused_after_deallocate() {
+    let (_dir, proxy) = patients_setup("dea");
+    let mut raw = Raw::connect(proxy.port()).await;
+    let ok = |msgs: &[Msg]| {
+        assert!(
+            !msgs.iter().any(|m| m.tag == b'E'),
+            "{:?}",
+            msgs.iter().find(|m| m.tag == b'E').map(|m| m.field(b'M'))
+        )
+    };
+    let insert = |id: i32| {
+        format!("INSERT INTO dea_patients (id, ssn) VALUES ({id}, $1) ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn")
+    };
+    ok(&raw
+        .batch(&[
+            Raw::parse(
+                "s",
+                "INSERT INTO dea_patients (id, name) VALUES (1, $1)",
+                &[],
+            ),
+            Raw::sync(),
+        ])
+        .await);
+    for (id, reset) in [
+        (2, "DEALLOCATE s"),
+        (3, "DISCARD ALL"),
+        (4, "DEALLOCATE ALL"),
+    ] {
+        ok(&raw.simple(reset).await);
+        ok(&raw
+            .batch(&[Raw::parse("s", &insert(id), &[]), Raw::sync()])
+            .await);
+        let value = format!("PLAINTEXT-{id}");
+        ok(&raw
+            .batch(&[
+                Raw::bind("", "s", &[Some(value.as_bytes())], &[0], 0),
+                Raw::execute("", 0),
+                Raw::sync(),
+            ])
+            .await);
+    }
+    // a Parse under a name that still exists fails; the old statement stays protected
+    let msgs = raw
+        .batch(&[
+            Raw::parse(
+                "s",
+                "INSERT INTO dea_patients (id, name) VALUES (5, $1)",
+                &[],
+            ),
+            Raw::bind("", "s", &[Some(b"PLAINTEXT-5")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "EZ");
+    assert_eq!(msgs[0].field(b'C').as_deref(), Some("42P05"));
+    ok(&raw
+        .batch(&[
+            Raw::bind("", "s", &[Some(b"PLAINTEXT-6")], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await);
+    let stored = cluster().psql("SELECT id, encode(ssn, 'hex') FROM dea_patients ORDER BY id");
+    assert!(!stored.contains(&hex::encode("PLAINTEXT")), "{stored}");
+    let ids: Vec<&str> = stored
+        .lines()
+        .filter(|l| l.contains("|0100000001"))
+        .map(|l| l.split('|').next().unwrap())
+        .collect();
+    assert_eq!(ids, ["2", "3", "4"], "{stored}");
+    let c = connect(proxy.port()).await;
+    let rows = c
+        .query(
+            "SELECT id FROM dea_patients WHERE ssn = $1",
+            &[&"PLAINTEXT-6"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i32>(0), 4);
+}
