@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Access, Config};
+use crate::policy::mask::MaskKind;
 use crate::crypto::envelope::ColumnCipher;
 use crate::crypto::keys::MasterKey;
 use crate::sql::{self, AnalyzeError, ColumnRef, Protection, StatementPlan, StaticCatalog};
@@ -56,10 +57,24 @@ impl Policy {
                 roles
                     .iter()
                     .filter_map(|role| rules.and_then(|r| r.get(role)).copied())
-                    .max_by_key(|a| a.permissiveness())
+                    .max_by_key(|a| (a.permissiveness(), mask_rank(*a)))
                     .unwrap_or(self.default_access)
             })
             .collect()
+    }
+}
+
+/// Between two masks of one column, the one that shows more wins (`null` < `redact` < the
+/// others, which keep part of the value), so the choice never depends on the order in which
+/// the database lists a session's roles. Two partial masks never meet on one type except
+/// `last4` and `zip3` on text: `last4` wins.
+fn mask_rank(access: Access) -> u8 {
+    match access {
+        Access::Mask(MaskKind::Null) => 0,
+        Access::Mask(MaskKind::Redact) => 1,
+        Access::Mask(MaskKind::Zip3) => 2,
+        Access::Mask(_) => 3,
+        Access::Deny | Access::Plaintext => 0,
     }
 }
 
