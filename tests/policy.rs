@@ -717,3 +717,26 @@ async fn masks_through_prepared_statements() {
         .unwrap_err();
     assert_eq!(db_error(&err).0, "42501");
 }
+
+/// Two masks for one column (billing: last4, researcher: redact on ssn_v; billing: redact,
+/// researcher: zip3 on zip): the one that shows more wins, the same in every session,
+/// whatever order the database lists the roles in.
+#[tokio::test(flavor = "multi_thread")]
+async fn between_two_masks_the_more_revealing_wins_every_time() {
+    let t = "pol_masks";
+    let (_dir, proxy) = policy_proxy(t, "deny").await;
+    // a second login with the same two groups, granted in the other order
+    login_role("res_bill", "", &["researcher", "billing"]);
+    for user in ["bill_res", "res_bill"] {
+        for _ in 0..3 {
+            let c = connect_as(proxy.port(), user, PASSWORD).await.unwrap();
+            let row = c
+                .query_one(&format!("SELECT ssn_v, zip, notes FROM {t}"), &[])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), "*******4321", "{user}");
+            assert_eq!(row.get::<_, String>(1), "02100", "{user}");
+            assert_eq!(row.get::<_, Option<String>>(2), None, "{user}");
+        }
+    }
+}
