@@ -2273,3 +2273,72 @@ async fn statement_names_reused_after_deallocate() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, i32>(0), 4);
 }
+
+/// Differential: literals in the spellings applications send, read back through pgveil,
+/// against what PostgreSQL itself makes of them (the same text, or an error of the same
+/// class).
+#[test]
+fn literal_input_agrees_with_postgresql() {
+    let (_dir, proxy) = types_proxy("enc_diff");
+    #[rustfmt::skip]
+    let cases: &[(&str, &str)] = &[
+        ("int2", " 12 "), ("int2", "-0"), ("int2", "32768"), ("int2", "1.5"), ("int2", "+7"),
+        ("int4", "2147483648"), ("int4", "00042"), ("int4", "4_2"), ("int4", ""),
+        ("int8", "9223372036854775807"), ("int8", "-9223372036854775809"),
+        ("numeric", "1e3"), ("numeric", ".5"), ("numeric", "+1.0"), ("numeric", " 1.50 "), ("numeric", "-0.00"),
+        ("numeric", "1.23e-5"), ("numeric", "Infinity"), ("numeric", "-inf"), ("numeric", "abc"),
+        ("numeric", "100"), ("numeric", "1000000000000000000000"), ("numeric", "0.000000000000000000001"),
+        ("float8", "1e400"), ("float8", "1.5E+2"), ("float8", "-Infinity"), ("float8", "NaN"), ("float8", " 2 "),
+        ("float8", "0.1"), ("float8", "1e-320"), ("float8", "123456789012345678"),
+        ("bool", "y"), ("bool", "n"), ("bool", "1"), ("bool", "0"), ("bool", "of"), ("bool", "o"), ("bool", " TRUE "), ("bool", "yes"), ("bool", "2"),
+        ("date", "2024-1-5"), ("date", "20240105"), ("date", "2024-02-30"), ("date", "0001-01-01 BC"), ("date", "epoch"), ("date", "-infinity"),
+        ("date", "2024-01-05 10:00"),
+        ("timestamp", "2024-01-05T10:11:12"), ("timestamp", "2024-01-05 10:11:12.1234567"), ("timestamp", "2024-01-05"),
+        ("timestamp", "2024-01-05 24:00:00"), ("timestamp", "2024-01-05 10:11:12+05"), ("timestamp", "epoch"),
+        ("timestamptz", "2024-01-05T10:11:12Z"), ("timestamptz", "2024-01-05 10:11:12 America/New_York"),
+        ("timestamptz", "2024-07-05 10:11:12 Europe/Paris"), ("timestamptz", "2024-01-05 10:11:12.5-03:30"),
+        ("timestamptz", "2024-01-05"), ("timestamptz", "infinity"),
+        ("uuid", "a0eebc999c0b4ef8bb6d6bb9bd380a11"), ("uuid", "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11"), ("uuid", "not-a-uuid"),
+        ("bytea", "abc"), ("bytea", "\\x4142"), ("bytea", "a\\\\b"), ("bytea", "\\001x"), ("bytea", "\\xZZ"),
+        ("jsonb", "{\"a\":1,\"a\":2}"), ("jsonb", "\"\\u00e9\""), ("jsonb", "[1.50, 1e2, -0]"), ("jsonb", "null"),
+        ("jsonb", "{\"k\": \"v\" "), ("jsonb", " 12 "), ("jsonb", "\"\\u0000\""),
+        ("text", "tab\there"), ("varchar", "x"),
+    ];
+    let mut mismatches = Vec::new();
+    for (i, (ty, value)) in cases.iter().enumerate() {
+        let id = i as i32 + 1;
+        let l = lit(value);
+        let direct_expr = if *ty == "numeric" {
+            format!("trim_scale({l}::numeric)")
+        } else {
+            format!("{l}::{ty}")
+        };
+        let direct = psql_script(
+            cluster().port,
+            SUPERUSER,
+            &format!("SET TimeZone = 'UTC';\n\\set VERBOSITY verbose\nSELECT {direct_expr};\n"),
+        );
+        let through = psql_script(
+            proxy.port(),
+            SUPERUSER,
+            &format!("\\set VERBOSITY verbose\nINSERT INTO enc_diff (id, d_{ty}) VALUES ({id}, {l});\nSELECT d_{ty} FROM enc_diff WHERE id = {id};\n"),
+        );
+        let class = |r: &Result<String, String>| match r {
+            Ok(out) => format!("ok {out:?}"),
+            Err(e) => {
+                let code = e
+                    .split("ERROR:  ")
+                    .nth(1)
+                    .and_then(|rest| rest.get(..5))
+                    .unwrap_or("?????")
+                    .to_string();
+                format!("error class {}", &code[..2])
+            }
+        };
+        let (d, t) = (class(&direct), class(&through));
+        if d != t {
+            mismatches.push(format!("{ty} {value:?}: postgres {d}, pgveil {t}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "\n{}", mismatches.join("\n"));
+}
