@@ -148,6 +148,10 @@ struct State {
     /// pgveil raised an error inside a transaction block that the database does not know
     /// about: abort that transaction before the client's next message reaches it.
     abort_before_next: bool,
+    /// The search_path changed inside the current transaction block, where ROLLBACK, ROLLBACK
+    /// TO SAVEPOINT or the end of a SET LOCAL undo it: re-read it after every statement until
+    /// the block ends.
+    search_path_in_txn: bool,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -214,6 +218,7 @@ impl Shared {
                 client_terminated: false,
                 refresh_at_sync: None,
                 abort_before_next: false,
+                search_path_in_txn: false,
             }),
             veil,
             policy,
@@ -318,6 +323,16 @@ async fn client_to_server(
     }
 }
 
+/// The refresh that follows a statement while a search_path set in the transaction block may
+/// be undone by it.
+fn search_path_follow(state: &State) -> Option<Wanted> {
+    state.search_path_in_txn.then_some(Wanted {
+        catalog: false,
+        search_path: true,
+        roles: false,
+    })
+}
+
 /// Where the answer to a pending transaction abort goes in the queue, when one is pending.
 fn take_pending_abort(shared: &Shared) -> Option<usize> {
     let mut state = lock(&shared.state);
@@ -409,7 +424,8 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
             metrics.queries.increment(1);
             let mut state = lock(&shared.state);
             state.expect.push_back(Expect::Sync(Instant::now()));
-            match state.refresh_at_sync.take() {
+            let follow_path = search_path_follow(&state);
+            match state.refresh_at_sync.take().or(follow_path) {
                 Some(wanted) => {
                     state
                         .expect
@@ -503,8 +519,8 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         }
         return Action::Forward;
     };
-    let refresh = refresh_needed(text);
     let mut state = lock(&shared.state);
+    let refresh = refresh_needed(text).or(search_path_follow(&state));
     let action = if !sql::may_touch_protected(text, &veil.protection) {
         let audit = shared
             .sink()
@@ -1047,6 +1063,9 @@ struct Backend<'a> {
     suppress: bool,
     upstream_said_fatal: bool,
     refreshed: Vec<Collector>,
+    /// The client's ReadyForQuery, held until pgveil's own query that follows it has been
+    /// answered, so the client's next statement is analysed with what that query learned.
+    held_ready: Option<Bytes>,
     /// The statement in flight whose response waits for its audit record.
     recording: Option<Recording>,
 }
@@ -1068,6 +1087,7 @@ async fn server_to_client(
         suppress: false,
         upstream_said_fatal: false,
         refreshed: Vec::new(),
+        held_ready: None,
         recording: None,
     };
     let sink = shared.sink().map(Arc::as_ref);
@@ -1454,7 +1474,7 @@ impl Backend<'_> {
                     }
                     Expect::Refresh(collector) => {
                         self.refreshed.push(collector);
-                        return Action::Drop;
+                        return self.held_ready.take().map_or(Action::Drop, Action::Replace);
                     }
                     _ => {}
                 }
@@ -1465,14 +1485,19 @@ impl Backend<'_> {
         if state.status == b'I' {
             state.portals.clear();
         }
+        let mut ready = None;
         if raised && state.status == b'T' {
             // The error came from pgveil, so the database's transaction is still open; the
             // client must see it aborted, and the database must abort it.
             state.status = b'E';
             state.abort_before_next = true;
-            return Action::Replace(Bytes::from_static(b"Z\0\0\0\x05E"));
+            ready = Some(Bytes::from_static(b"Z\0\0\0\x05E"));
         }
-        Action::Forward
+        if matches!(state.expect.front(), Some(Expect::Refresh(_))) {
+            self.held_ready = Some(ready.unwrap_or_else(|| Bytes::copy_from_slice(frame)));
+            return Action::Drop;
+        }
+        ready.map_or(Action::Forward, Action::Replace)
     }
 
     /// Installs what pgveil's own queries found.
@@ -1491,6 +1516,7 @@ impl Backend<'_> {
             }
             if let Some(path) = facts.search_path {
                 state.search_path = path;
+                state.search_path_in_txn = state.status != b'I';
             }
         }
     }
