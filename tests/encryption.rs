@@ -2342,3 +2342,69 @@ fn literal_input_agrees_with_postgresql() {
     }
     assert!(mismatches.is_empty(), "\n{}", mismatches.join("\n"));
 }
+
+/// A search_path set inside a transaction block is undone by ROLLBACK (and SET LOCAL by
+/// COMMIT): pgveil must follow, or an unqualified name resolves to another table than the
+/// database's, and a literal for a protected column goes up unencrypted.
+#[tokio::test(flavor = "multi_thread")]
+async fn search_path_undone_at_transaction_end() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql(
+        "DROP SCHEMA IF EXISTS spx CASCADE; CREATE SCHEMA spx; \
+         CREATE TABLE spx.people (id int, ssn bytea); \
+         DROP TABLE IF EXISTS public.people; CREATE TABLE public.people (id int, ssn text)",
+    );
+    let columns = column_toml("spx.people", "ssn", "text", "deterministic", "");
+    let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let c = connect(proxy.port()).await;
+    c.simple_query("SET search_path = spx").await.unwrap();
+    for (n, change) in [
+        (1, "BEGIN; SET search_path = public; ROLLBACK"),
+        (2, "BEGIN; SET LOCAL search_path = public; COMMIT"),
+        (
+            3,
+            "BEGIN; SELECT set_config('search_path', 'public', true); COMMIT",
+        ),
+    ] {
+        c.simple_query(change).await.unwrap();
+        c.simple_query(&format!(
+            "INSERT INTO people (id, ssn) VALUES ({n}, 'secret-{n}')"
+        ))
+        .await
+        .unwrap();
+    }
+    // the same, one statement at a time
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("SET search_path = public").await.unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    c.execute(
+        "INSERT INTO people (id, ssn) VALUES (4, $1)",
+        &[&"secret-4"],
+    )
+    .await
+    .unwrap();
+    // a savepoint rolled back inside a transaction
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("SAVEPOINT a").await.unwrap();
+    c.simple_query("SET search_path = public").await.unwrap();
+    c.simple_query("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    c.simple_query("INSERT INTO people (id, ssn) VALUES (5, 'secret-5')")
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        cluster().psql("SELECT count(*) FROM public.people").trim(),
+        "0"
+    );
+    let stored = cluster().psql("SELECT id, encode(ssn, 'hex') FROM spx.people ORDER BY id");
+    assert_eq!(stored.lines().count(), 5, "{stored}");
+    assert!(
+        stored.lines().all(|l| l.contains("|0100000001")),
+        "plaintext in a protected column:\n{stored}"
+    );
+    let rows = c
+        .query("SELECT ssn FROM people WHERE ssn = $1", &[&"secret-5"])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
