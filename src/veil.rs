@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Access, Config};
-use crate::policy::mask::MaskKind;
 use crate::crypto::envelope::ColumnCipher;
 use crate::crypto::keys::MasterKey;
+use crate::policy::mask::MaskKind;
 use crate::sql::{self, AnalyzeError, ColumnRef, Protection, StatementPlan, StaticCatalog};
 
 /// The key id new ciphertexts are written with.
