@@ -841,7 +841,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
             if sql::may_touch_protected(&lossy, &veil.protection) {
                 let recording =
                     refusal_recording(shared, &state, None, || sql::fingerprint(&lossy));
-                insert_statement(
+                refuse_statement(
                     &mut state,
                     parse.name.clone(),
                     Prepared::refused(&cannot_analyse()),
@@ -877,7 +877,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         _ => {
             let recording =
                 refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
-            insert_statement(
+            refuse_statement(
                 &mut state,
                 parse.name.clone(),
                 Prepared::refused(&cannot_analyse()),
@@ -895,7 +895,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                 let recording = refusal_recording(shared, &state, Some(plan), || {
                     state.catalog.fingerprint(text)
                 });
-                insert_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
+                refuse_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
                 return injected_error(&error, &mut state, recording);
             }
         };
@@ -974,6 +974,12 @@ fn refusal_recording(
 /// (`DEALLOCATE`, `DISCARD ALL` in SQL), and then this Parse succeeds and its Binds must be
 /// treated as this statement's. When it still exists the Parse fails (42P05) and the old one
 /// is put back (and Binds of the same batch are skipped by the database).
+/// Records a statement pgveil refused (its Parse never reaches the database), so later
+/// Binds to its name are refused too.
+fn refuse_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
+    state.statements.insert(name, prepared);
+}
+
 fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
     let previous = state.statements.insert(name.clone(), prepared);
     let undo = previous
