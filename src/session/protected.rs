@@ -501,7 +501,11 @@ fn refresh_needed(text: &str) -> Option<Wanted> {
     let catalog = ["create", "alter", "drop"]
         .iter()
         .any(|k| contains_keyword(text, k));
-    let search_path = contains_keyword(text, "search_path");
+    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user".
+    let search_path = ["search_path", "reset", "discard", "authorization"]
+        .iter()
+        .any(|k| contains_keyword(text, k))
+        || (contains_keyword(text, "set") && contains_keyword(text, "role"));
     (catalog || search_path).then_some(Wanted {
         catalog,
         search_path: search_path || catalog,
