@@ -2408,3 +2408,47 @@ async fn search_path_undone_at_transaction_end() {
         .unwrap();
     assert_eq!(rows.len(), 1);
 }
+
+/// RESET ALL, DISCARD ALL and RESET search_path put back the session's default search_path
+/// (here from the startup packet): pgveil follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn search_path_reset_to_the_session_default() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql(
+        "DROP SCHEMA IF EXISTS spr CASCADE; CREATE SCHEMA spr; \
+         CREATE TABLE spr.people (id int, ssn bytea); \
+         DROP TABLE IF EXISTS public.people_r; CREATE TABLE public.people_r (id int, ssn text); \
+         CREATE TABLE IF NOT EXISTS spr.people_r (id int)",
+    );
+    let columns = column_toml("spr.people", "ssn", "text", "deterministic", "");
+    let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let (c, connection) = tokio_postgres::connect(
+        &format!(
+            "{} options='-c search_path=spr'",
+            conn_str(proxy.port(), SUPERUSER, PASSWORD)
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    for (n, reset) in [
+        (1, "RESET ALL"),
+        (2, "DISCARD ALL"),
+        (3, "RESET search_path"),
+    ] {
+        c.simple_query("SET search_path = public").await.unwrap();
+        c.simple_query(reset).await.unwrap();
+        c.simple_query(&format!(
+            "INSERT INTO people (id, ssn) VALUES ({n}, 'secret-{n}')"
+        ))
+        .await
+        .unwrap();
+    }
+    let stored = cluster().psql("SELECT id, encode(ssn, 'hex') FROM spr.people ORDER BY id");
+    assert_eq!(stored.lines().count(), 3, "{stored}");
+    assert!(
+        stored.lines().all(|l| l.contains("|0100000001")),
+        "plaintext in a protected column:\n{stored}"
+    );
+}
