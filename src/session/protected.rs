@@ -973,17 +973,17 @@ fn refusal_recording(
     Some(Box::new(recording))
 }
 
-/// Records a statement the client parses, and expects its ParseComplete. A name pgveil
-/// already knows is replaced too: the database may have dropped it behind pgveil's back
-/// (`DEALLOCATE`, `DISCARD ALL` in SQL), and then this Parse succeeds and its Binds must be
-/// treated as this statement's. When it still exists the Parse fails (42P05) and the old one
-/// is put back (and Binds of the same batch are skipped by the database).
 /// Records a statement pgveil refused (its Parse never reaches the database), so later
 /// Binds to its name are refused too.
 fn refuse_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
     state.statements.insert(name, prepared);
 }
 
+/// Records a statement the client parses, and expects its ParseComplete. A name pgveil
+/// already knows is replaced too: the database may have dropped it behind pgveil's back
+/// (`DEALLOCATE`, `DISCARD ALL` in SQL), and then this Parse succeeds and its Binds must be
+/// treated as this statement's. When it still exists the Parse fails (42P05) and the old one
+/// is put back (and Binds of the same batch are skipped by the database).
 fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
     let previous = state.statements.insert(name.clone(), prepared);
     let undo = previous
