@@ -2452,3 +2452,103 @@ async fn search_path_reset_to_the_session_default() {
         "plaintext in a protected column:\n{stored}"
     );
 }
+
+/// With every statement and parameter logged by the database, no plaintext value of a
+/// protected column shows up there: literals, parameters, refusals, value errors,
+/// unparseable statements and pipelined batches included.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_plaintext_reaches_the_database_log() {
+    psql_script(
+        cluster().port,
+        SUPERUSER,
+        "ALTER SYSTEM SET log_statement = 'all';\nALTER SYSTEM SET log_min_error_statement = 'error';\nSELECT pg_reload_conf();\n",
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (_dir, proxy) = patients_setup("logchk");
+    let c = connect(proxy.port()).await;
+    let m = "MARKERq7x";
+    for sql in [
+        format!("INSERT INTO logchk_patients (id, ssn, mrn, notes, age) VALUES (1, '{m}-ssn', '{m}-mrn', '{m}-notes', 77)"),
+        format!("SELECT id FROM logchk_patients WHERE ssn = '{m}-ssn' OR mrn IN ('{m}-a', '{m}-b')"),
+        format!("UPDATE logchk_patients SET notes = '{m}-notes2' WHERE ssn <> '{m}-x'"),
+        format!("SELECT id FROM logchk_patients WHERE ssn LIKE '{m}%'"),
+        format!("SELECT id FROM logchk_patients WHERE notes = '{m}-notes'"),
+        format!("INSERT INTO logchk_patients (id, age) VALUES (2, '{m}')"),
+        format!("SELEC ssn FROM logchk_patients WHERE ssn = '{m}-syntax'"),
+        format!("COPY logchk_patients FROM STDIN -- '{m}'"),
+        format!("BEGIN; INSERT INTO logchk_patients (id, ssn) VALUES (3, '{m}-txn'); SELECT lower(ssn) FROM logchk_patients; COMMIT"),
+        "ROLLBACK".to_string(),
+        format!("DELETE FROM logchk_patients WHERE ssn = '{m}-nobody' RETURNING ssn"),
+    ] {
+        let _ = c.simple_query(&sql).await;
+    }
+    let _ = c
+        .execute(
+            "INSERT INTO logchk_patients (id, ssn, notes) VALUES ($1, $2, $3)",
+            &[&4i32, &format!("{m}-param"), &format!("{m}-pnotes")],
+        )
+        .await;
+    let _ = c
+        .query(
+            "SELECT id FROM logchk_patients WHERE ssn = $1",
+            &[&format!("{m}-param")],
+        )
+        .await;
+    let _ = c
+        .query(
+            "SELECT id FROM logchk_patients WHERE ssn LIKE $1",
+            &[&format!("{m}%")],
+        )
+        .await;
+    let _ = c
+        .query(
+            "SELECT id FROM logchk_patients WHERE age = $1",
+            &[&format!("{m}")],
+        )
+        .await;
+    let mut raw = Raw::connect(proxy.port()).await;
+    let _ = raw
+        .batch(&[
+            Raw::parse("", "SELECT id FROM logchk_patients WHERE ssn LIKE $1", &[]),
+            Raw::bind("", "", &[Some(format!("{m}-pipe1").as_bytes())], &[0], 0),
+            Raw::execute("", 0),
+            Raw::parse(
+                "",
+                "INSERT INTO logchk_patients (id, ssn) VALUES (5, $1)",
+                &[],
+            ),
+            Raw::bind("", "", &[Some(format!("{m}-pipe2").as_bytes())], &[0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    let _ = raw
+        .simple(&format!(
+            "SELECT age FROM logchk_patients WHERE age = '{m}'"
+        ))
+        .await;
+    // the markers went somewhere: the statements themselves are in the log
+    let log = std::fs::read_to_string(cluster().dir.join("server.log")).unwrap();
+    assert!(
+        log.contains(
+            "statement: INSERT INTO logchk_patients (id, ssn, mrn, notes, age) VALUES (1, '\\x01"
+        ),
+        "log_statement is not on"
+    );
+    let leaks: Vec<&str> = log.lines().filter(|l| l.contains(m)).collect();
+    assert!(
+        leaks.is_empty(),
+        "plaintext in the database log:\n{}",
+        leaks.join("\n")
+    );
+    // and the data is there, encrypted
+    let rows = c
+        .query(
+            "SELECT ssn FROM logchk_patients WHERE ssn = $1",
+            &[&format!("{m}-param")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
