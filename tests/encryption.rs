@@ -2502,10 +2502,7 @@ async fn no_plaintext_reaches_the_database_log() {
         )
         .await;
     let _ = c
-        .query(
-            "SELECT id FROM logchk_patients WHERE age = $1",
-            &[&format!("{m}")],
-        )
+        .query("SELECT id FROM logchk_patients WHERE age = $1", &[&m])
         .await;
     let mut raw = Raw::connect(proxy.port()).await;
     let _ = raw
