@@ -195,3 +195,51 @@ impl Veil {
         catalog
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(default: &str) -> (Policy, Protection) {
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nhost = \"127.0.0.1\"\nport = 5432\n[keys]\nmaster_key_file = \"master.key\"\n\
+[policy]\ndefault_access = \"{default}\"\n\
+[[column]]\ntable = \"p\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"deterministic\"\n\
+access = {{ clinician = \"plaintext\", billing = \"mask:redact\", research = \"mask:last4\", audit = \"deny\" }}\n"
+        );
+        let config = Config::parse(&toml, "t.toml", std::path::Path::new(".")).unwrap();
+        (
+            Policy::from_config(&config),
+            Protection::new(config.protected_columns(), config.subjects()),
+        )
+    }
+
+    fn access(default: &str, roles: &[&str]) -> String {
+        let (policy, protection) = policy(default);
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        policy.access_for(&protection, &roles)[0].to_string()
+    }
+
+    #[test]
+    fn default_access_only_when_no_session_role_is_named() {
+        assert_eq!(access("plaintext", &["bob", "billing"]), "mask:redact");
+        assert_eq!(access("plaintext", &["bob", "audit"]), "deny");
+        assert_eq!(access("plaintext", &["bob"]), "plaintext");
+        assert_eq!(access("deny", &["bob"]), "deny");
+        assert_eq!(access("mask:null", &["bob", "clerk"]), "mask:null");
+    }
+
+    #[test]
+    fn most_permissive_wins_in_any_role_order() {
+        for roles in [
+            ["billing", "research", "audit"],
+            ["audit", "research", "billing"],
+        ] {
+            assert_eq!(access("deny", &roles), "mask:last4");
+        }
+        assert_eq!(
+            access("deny", &["audit", "clinician", "billing"]),
+            "plaintext"
+        );
+    }
+}
