@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Access, Config};
 use crate::crypto::envelope::ColumnCipher;
 use crate::crypto::keys::MasterKey;
+use crate::policy::mask::MaskKind;
 use crate::sql::{self, AnalyzeError, ColumnRef, Protection, StatementPlan, StaticCatalog};
 
 /// The key id new ciphertexts are written with.
@@ -44,7 +45,9 @@ impl Policy {
     }
 
     /// The access a session with `roles` has to each column of `protection`: the most
-    /// permissive rule among its roles, a role no rule names counting as `default_access`.
+    /// permissive rule among the roles the column names; `default_access` when it names none
+    /// of them. (The login's own role is rarely named: counting it as `default_access` would
+    /// let a permissive default override every mask and deny.)
     pub fn access_for(&self, protection: &Protection, roles: &[String]) -> Vec<Access> {
         protection
             .columns()
@@ -53,16 +56,25 @@ impl Policy {
                 let rules = self.rules.get(&column.qualified_name());
                 roles
                     .iter()
-                    .map(|role| {
-                        rules
-                            .and_then(|r| r.get(role))
-                            .copied()
-                            .unwrap_or(self.default_access)
-                    })
-                    .max_by_key(|a| a.permissiveness())
+                    .filter_map(|role| rules.and_then(|r| r.get(role)).copied())
+                    .max_by_key(|a| (a.permissiveness(), mask_rank(*a)))
                     .unwrap_or(self.default_access)
             })
             .collect()
+    }
+}
+
+/// Between two masks of one column, the one that shows more wins (`null` < `redact` < the
+/// others, which keep part of the value), so the choice never depends on the order in which
+/// the database lists a session's roles. Two partial masks never meet on one type except
+/// `last4` and `zip3` on text: `last4` wins.
+fn mask_rank(access: Access) -> u8 {
+    match access {
+        Access::Mask(MaskKind::Null) => 0,
+        Access::Mask(MaskKind::Redact) => 1,
+        Access::Mask(MaskKind::Zip3) => 2,
+        Access::Mask(_) => 3,
+        Access::Deny | Access::Plaintext => 0,
     }
 }
 
@@ -181,5 +193,53 @@ impl Veil {
         let catalog = Arc::new(catalog);
         lock(&self.catalogs).insert(database.to_string(), catalog.clone());
         catalog
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(default: &str) -> (Policy, Protection) {
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nhost = \"127.0.0.1\"\nport = 5432\n[keys]\nmaster_key_file = \"master.key\"\n\
+[policy]\ndefault_access = \"{default}\"\n\
+[[column]]\ntable = \"p\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"deterministic\"\n\
+access = {{ clinician = \"plaintext\", billing = \"mask:redact\", research = \"mask:last4\", audit = \"deny\" }}\n"
+        );
+        let config = Config::parse(&toml, "t.toml", std::path::Path::new(".")).unwrap();
+        (
+            Policy::from_config(&config),
+            Protection::new(config.protected_columns(), config.subjects()),
+        )
+    }
+
+    fn access(default: &str, roles: &[&str]) -> String {
+        let (policy, protection) = policy(default);
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        policy.access_for(&protection, &roles)[0].to_string()
+    }
+
+    #[test]
+    fn default_access_only_when_no_session_role_is_named() {
+        assert_eq!(access("plaintext", &["bob", "billing"]), "mask:redact");
+        assert_eq!(access("plaintext", &["bob", "audit"]), "deny");
+        assert_eq!(access("plaintext", &["bob"]), "plaintext");
+        assert_eq!(access("deny", &["bob"]), "deny");
+        assert_eq!(access("mask:null", &["bob", "clerk"]), "mask:null");
+    }
+
+    #[test]
+    fn most_permissive_wins_in_any_role_order() {
+        for roles in [
+            ["billing", "research", "audit"],
+            ["audit", "research", "billing"],
+        ] {
+            assert_eq!(access("deny", &roles), "mask:last4");
+        }
+        assert_eq!(
+            access("deny", &["audit", "clinician", "billing"]),
+            "plaintext"
+        );
     }
 }

@@ -101,7 +101,8 @@ struct Portal {
 
 /// What the database will answer a client message with, in order.
 enum Expect {
-    Parse,
+    /// With the statement a named Parse replaced, to put back if the Parse fails.
+    Parse(Option<Box<(Bytes, Arc<Prepared>)>>),
     Bind,
     Close,
     Sync(Instant),
@@ -162,6 +163,13 @@ struct State {
     client_terminated: bool,
     /// A DDL or search_path change went up in the current extended batch.
     refresh_at_sync: Option<Wanted>,
+    /// pgveil raised an error inside a transaction block that the database does not know
+    /// about: abort that transaction before the client's next message reaches it.
+    abort_before_next: bool,
+    /// The search_path changed inside the current transaction block, where ROLLBACK, ROLLBACK
+    /// TO SAVEPOINT or the end of a SET LOCAL undo it: re-read it after every statement until
+    /// the block ends.
+    search_path_in_txn: bool,
     /// After pgveil refused an extended-protocol message, everything up to Sync is dropped
     /// here, as the database would skip it: none of it (parameters included) goes upstream.
     discarding: bool,
@@ -230,6 +238,8 @@ impl Shared {
                 status: b'I',
                 client_terminated: false,
                 refresh_at_sync: None,
+                abort_before_next: false,
+                search_path_in_txn: false,
                 discarding: false,
             }),
             veil,
@@ -321,12 +331,59 @@ async fn client_to_server(
                 lock(&shared.state).client_terminated = true;
                 return Ok(Action::Forward);
             }
-            frontend_message(frame, shared)
+            let abort_at = take_pending_abort(shared);
+            let action = frontend_message(frame, shared)?;
+            Ok(match abort_at {
+                Some(at) => abort_first(frame, action, at, shared),
+                None => action,
+            })
         })?;
         out.flush_to(writer.as_mut()).await?;
         if terminated {
             return Ok(());
         }
+    }
+}
+
+/// The refresh that follows a statement while a search_path set in the transaction block may
+/// be undone by it.
+fn search_path_follow(state: &State) -> Option<Wanted> {
+    state.search_path_in_txn.then_some(Wanted {
+        catalog: false,
+        search_path: true,
+        roles: false,
+    })
+}
+
+/// Where the answer to a pending transaction abort goes in the queue, when one is pending.
+fn take_pending_abort(shared: &Shared) -> Option<usize> {
+    let mut state = lock(&shared.state);
+    if !std::mem::take(&mut state.abort_before_next) {
+        return None;
+    }
+    Some(state.expect.len())
+}
+
+/// Sends a raising statement ahead of the client's message, so the database's transaction is
+/// aborted as pgveil already told the client; its error and ReadyForQuery are swallowed.
+fn abort_first(frame: &[u8], action: Action, at: usize, shared: &Shared) -> Action {
+    let error = PgError::error(
+        "25P02",
+        "pgveil: aborting the transaction after an error pgveil raised",
+    );
+    let abort = msg::encode_query(raise_sql(&error).as_bytes());
+    let swallow = Expect::Refresh(Collector::new(Wanted {
+        catalog: false,
+        search_path: false,
+        roles: false,
+    }));
+    lock(&shared.state).expect.insert(at, swallow);
+    match action {
+        Action::Forward => Action::Replace(join(&[&abort, frame])),
+        Action::Replace(bytes) => Action::Replace(join(&[&abort, &bytes])),
+        Action::Drop => Action::Replace(abort),
+        // Never produced for client messages.
+        audited @ Action::Audited(_) => audited,
     }
 }
 
@@ -398,7 +455,8 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
             metrics.queries.increment(1);
             let mut state = lock(&shared.state);
             state.expect.push_back(Expect::Sync(Instant::now()));
-            match state.refresh_at_sync.take() {
+            let follow_path = search_path_follow(&state);
+            match state.refresh_at_sync.take().or(follow_path) {
                 Some(wanted) => {
                     state
                         .expect
@@ -443,7 +501,11 @@ fn refresh_needed(text: &str) -> Option<Wanted> {
     let catalog = ["create", "alter", "drop"]
         .iter()
         .any(|k| contains_keyword(text, k));
-    let search_path = contains_keyword(text, "search_path");
+    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user".
+    let search_path = ["search_path", "reset", "discard", "authorization"]
+        .iter()
+        .any(|k| contains_keyword(text, k))
+        || (contains_keyword(text, "set") && contains_keyword(text, "role"));
     (catalog || search_path).then_some(Wanted {
         catalog,
         search_path: search_path || catalog,
@@ -492,8 +554,8 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         }
         return Action::Forward;
     };
-    let refresh = refresh_needed(text);
     let mut state = lock(&shared.state);
+    let refresh = refresh_needed(text).or(search_path_follow(&state));
     let action = if !sql::may_touch_protected(text, &veil.protection) {
         let audit = shared
             .sink()
@@ -512,9 +574,7 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         });
         Action::Forward
     } else {
-        let analysis = state
-            .catalog
-            .analyze(text, &veil.protection, &state.search_path);
+        let analysis = analyze(text, &state, veil);
         let (rewritten, audit) = rewrite_simple(text, &analysis, &state, shared);
         state.expect.push_back(Expect::Query {
             analysis: Some(analysis),
@@ -540,6 +600,20 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         }
         None => action,
     }
+}
+
+/// The session's analysis of `text`. The SQL lexer reads '…' strings as
+/// standard_conforming_strings = on does; with it off a backslash escapes, so text with a
+/// backslash would be split differently by the database: it cannot be analysed.
+fn analyze(text: &str, state: &State, veil: &Veil) -> Arc<Analysis> {
+    if !state.standard_strings && text.contains('\\') {
+        return Arc::new(Err(sql::AnalyzeError::Unsupported(
+            "backslashes with standard_conforming_strings off".into(),
+        )));
+    }
+    state
+        .catalog
+        .analyze(text, &veil.protection, &state.search_path)
 }
 
 fn cannot_analyse() -> PgError {
@@ -771,7 +845,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
             if sql::may_touch_protected(&lossy, &veil.protection) {
                 let recording =
                     refusal_recording(shared, &state, None, || sql::fingerprint(&lossy));
-                insert_statement(
+                refuse_statement(
                     &mut state,
                     parse.name.clone(),
                     Prepared::refused(&cannot_analyse()),
@@ -779,7 +853,6 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                 return injected_error(&cannot_analyse(), &mut state, recording);
             }
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
-            state.expect.push_back(Expect::Parse);
             return Action::Forward;
         }
     };
@@ -796,23 +869,19 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
     }
     if !sql::may_touch_protected(text, &veil.protection) {
         insert_statement(&mut state, parse.name.clone(), Prepared::plain());
-        state.expect.push_back(Expect::Parse);
         return Action::Forward;
     }
-    let analysis = state
-        .catalog
-        .analyze(text, &veil.protection, &state.search_path);
+    let analysis = analyze(text, &state, veil);
     let plan = match analysis.as_ref() {
         Ok(plans) if plans.len() == 1 => &plans[0],
         Ok(plans) if plans.is_empty() => {
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
-            state.expect.push_back(Expect::Parse);
             return Action::Forward;
         }
         _ => {
             let recording =
                 refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
-            insert_statement(
+            refuse_statement(
                 &mut state,
                 parse.name.clone(),
                 Prepared::refused(&cannot_analyse()),
@@ -830,7 +899,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                 let recording = refusal_recording(shared, &state, Some(plan), || {
                     state.catalog.fingerprint(text)
                 });
-                insert_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
+                refuse_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
                 return injected_error(&error, &mut state, recording);
             }
         };
@@ -879,7 +948,6 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         refused: None,
     });
     insert_statement(&mut state, parse.name.clone(), prepared.clone());
-    state.expect.push_back(Expect::Parse);
     // pgveil describes the statement itself, so it knows which result columns to decrypt
     // even when the client never asks.
     state.expect.push_back(Expect::DescribeStatement {
@@ -905,11 +973,23 @@ fn refusal_recording(
     Some(Box::new(recording))
 }
 
+/// Records a statement pgveil refused (its Parse never reaches the database), so later
+/// Binds to its name are refused too.
+fn refuse_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
+    state.statements.insert(name, prepared);
+}
+
+/// Records a statement the client parses, and expects its ParseComplete. A name pgveil
+/// already knows is replaced too: the database may have dropped it behind pgveil's back
+/// (`DEALLOCATE`, `DISCARD ALL` in SQL), and then this Parse succeeds and its Binds must be
+/// treated as this statement's. When it still exists the Parse fails (42P05) and the old one
+/// is put back (and Binds of the same batch are skipped by the database).
 fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
-    // Re-parsing an existing named statement is an error in PostgreSQL: keep the old one.
-    if name.is_empty() || !state.statements.contains_key(&name) {
-        state.statements.insert(name, prepared);
-    }
+    let previous = state.statements.insert(name.clone(), prepared);
+    let undo = previous
+        .filter(|_| !name.is_empty())
+        .map(|p| Box::new((name, p)));
+    state.expect.push_back(Expect::Parse(undo));
 }
 
 fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
@@ -1041,6 +1121,9 @@ struct Backend<'a> {
     suppress: bool,
     upstream_said_fatal: bool,
     refreshed: Vec<Collector>,
+    /// The client's ReadyForQuery, held until pgveil's own query that follows it has been
+    /// answered, so the client's next statement is analysed with what that query learned.
+    held_ready: Option<Bytes>,
     /// The statement in flight whose response waits for its audit record.
     recording: Option<Recording>,
 }
@@ -1061,6 +1144,7 @@ async fn server_to_client(
         suppress: false,
         upstream_said_fatal: false,
         refreshed: Vec::new(),
+        held_ready: None,
         recording: None,
     };
     let sink = shared.sink().map(Arc::as_ref);
@@ -1162,8 +1246,15 @@ impl Backend<'_> {
                 collector.feed(frame);
                 Action::Drop
             }
-            Expect::Parse if tag == b'1' => {
+            Expect::Parse(_) if tag == b'1' => {
                 state.expect.pop_front();
+                Action::Forward
+            }
+            Expect::Parse(undo) if tag == b'E' => {
+                if let Some(undo) = undo.take() {
+                    let (name, previous) = *undo;
+                    state.statements.insert(name, previous);
+                }
                 Action::Forward
             }
             Expect::Bind if tag == b'2' => {
@@ -1411,7 +1502,7 @@ impl Backend<'_> {
 
     fn ready_for_query(&mut self, frame: &[u8], state: &mut State) -> Action {
         let metrics = metrics::get();
-        self.suppress = false;
+        let raised = std::mem::take(&mut self.suppress);
         self.rows = None;
         // Whatever precedes the message that ends this cycle was skipped by the server after
         // an error.
@@ -1423,7 +1514,7 @@ impl Backend<'_> {
                     }
                     Expect::Refresh(collector) => {
                         self.refreshed.push(collector);
-                        return Action::Drop;
+                        return self.held_ready.take().map_or(Action::Drop, Action::Replace);
                     }
                     _ => {}
                 }
@@ -1434,7 +1525,19 @@ impl Backend<'_> {
         if state.status == b'I' {
             state.portals.clear();
         }
-        Action::Forward
+        let mut ready = None;
+        if raised && state.status == b'T' {
+            // The error came from pgveil, so the database's transaction is still open; the
+            // client must see it aborted, and the database must abort it.
+            state.status = b'E';
+            state.abort_before_next = true;
+            ready = Some(Bytes::from_static(b"Z\0\0\0\x05E"));
+        }
+        if matches!(state.expect.front(), Some(Expect::Refresh(_))) {
+            self.held_ready = Some(ready.unwrap_or_else(|| Bytes::copy_from_slice(frame)));
+            return Action::Drop;
+        }
+        ready.map_or(Action::Forward, Action::Replace)
     }
 
     /// Installs what pgveil's own queries found.
@@ -1453,6 +1556,7 @@ impl Backend<'_> {
             }
             if let Some(path) = facts.search_path {
                 state.search_path = path;
+                state.search_path_in_txn = state.status != b'I';
             }
         }
     }
@@ -1579,13 +1683,17 @@ fn result_columns(
         .iter()
         .enumerate()
         .map(|(index, field)| {
+            let from_plan = || plan.and_then(|p| p.result_columns.get(index).copied().flatten());
             if field.table_oid != 0 {
+                // A table dropped and recreated around pgveil has an OID the catalog does not
+                // know yet; the analysis (by name) still knows the column is protected.
                 catalog
                     .by_attribute
                     .get(&(field.table_oid, field.column))
                     .copied()
+                    .or_else(from_plan)
             } else {
-                plan.and_then(|p| p.result_columns.get(index).copied().flatten())
+                from_plan()
             }
         })
         .collect()

@@ -62,7 +62,11 @@ pub async fn run(
             return;
         }
     };
-    let cached = veil.catalog(&database);
+    // A cached catalog that lacks a configured column is re-read: the table may have been
+    // created since, around pgveil (migrations run directly against the database).
+    let cached = veil
+        .catalog(&database)
+        .filter(|c| c.by_attribute.len() >= veil.protection.columns().len());
     let wanted = Wanted {
         catalog: cached.is_none(),
         search_path: true,

@@ -330,3 +330,449 @@ pub fn wait_for<F: FnMut() -> bool>(mut condition: F, what: &str) {
     }
     panic!("timed out waiting for {what}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Protected configurations, login roles, other clients.
+
+/// One `[[column]]` of a test configuration.
+pub fn column_toml(table: &str, column: &str, ty: &str, encryption: &str, extra: &str) -> String {
+    format!(
+        "[[column]]\ntable = \"{table}\"\ncolumn = \"{column}\"\ntype = \"{ty}\"\nencryption = \"{encryption}\"\n{extra}\n"
+    )
+}
+
+/// A configuration for the shared cluster with keys in `dir/keys` (created when missing),
+/// `[policy] default_access` and the given `[[column]]`/`[[table]]` sections.
+pub fn veil_config(dir: &Path, default_access: &str, columns: &str) -> String {
+    let keys = dir.join("keys");
+    if !keys.join("master.key").exists() {
+        pgveil::crypto::keys::init_key_dir(&keys).unwrap();
+    }
+    format!(
+        "{}\n[keys]\nmaster_key_file = \"keys/master.key\"\n[policy]\ndefault_access = \"{default_access}\"\n{columns}",
+        relay_config(cluster().port, "")
+    )
+}
+
+/// Creates (or recreates) a login role with `PASSWORD` and the given memberships.
+pub fn login_role(name: &str, options: &str, member_of: &[&str]) {
+    let mut sql = format!(
+        "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN {options} PASSWORD '{PASSWORD}';"
+    );
+    for group in member_of {
+        sql.push_str(&format!("GRANT {group} TO {name};"));
+    }
+    cluster().psql(&sql);
+}
+
+/// Creates a group role (NOLOGIN) when missing, member of `member_of`.
+pub fn group_role(name: &str, member_of: &[&str]) {
+    let mut sql = format!(
+        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} NOLOGIN; END IF; END$$;"
+    );
+    for group in member_of {
+        sql.push_str(&format!("GRANT {group} TO {name};"));
+    }
+    cluster().psql(&sql);
+}
+
+/// Runs a psql script (on stdin, so it may be large) through `port` as `user`; quiet,
+/// unaligned, tuples only, NULL shown as `<NULL>`, stopping at the first error.
+/// Ok: stdout; Err: stderr.
+pub fn psql_script(port: u16, user: &str, sql: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(bindir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-P",
+            "null=<NULL>",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "-d",
+            "postgres",
+            "-f",
+            "-",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGOPTIONS", "-c TimeZone=UTC")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let script = sql.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(script.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The Python interpreter with psycopg 3: `PGVEIL_PYTHON`, else `.venv/bin/python`, created
+/// (with psycopg installed) when missing. Panics when psycopg cannot be made to run.
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Ok(p) = std::env::var("PGVEIL_PYTHON") {
+                return PathBuf::from(p);
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let python = root.join(".venv/bin/python");
+            let has_psycopg = |p: &Path| {
+                Command::new(p)
+                    .args(["-c", "import psycopg"])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !has_psycopg(&python) {
+                if !python.exists() {
+                    let s = Command::new("python3")
+                        .args(["-m", "venv"])
+                        .arg(root.join(".venv"))
+                        .status()
+                        .unwrap();
+                    assert!(s.success(), "python3 -m venv failed");
+                }
+                let s = Command::new(root.join(".venv/bin/pip"))
+                    .args(["install", "-q", "psycopg[binary]>=3.1"])
+                    .status()
+                    .unwrap();
+                assert!(s.success(), "pip install psycopg failed");
+            }
+            assert!(has_psycopg(&python), "psycopg does not import");
+            python
+        })
+        .clone()
+}
+
+/// Runs `tests/clients/<script>` with the connection string as its first argument; returns
+/// stdout, panicking with stderr when it fails.
+pub fn run_python(script: &str, port: u16, user: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .arg(conn_str(port, user, PASSWORD))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The SQLSTATE and message of a tokio-postgres error (panics when it has none).
+pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e:?}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw protocol client: exact control over Parse/Bind/Describe/Execute/Close/Sync.
+
+/// The login the raw client uses: a superuser allowed in by `trust` from 127.0.0.1.
+pub const RAW_USER: &str = "veil_raw";
+
+fn raw_user_ready() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let c = cluster();
+        c.psql(&format!(
+            "DROP ROLE IF EXISTS {RAW_USER}; CREATE ROLE {RAW_USER} LOGIN SUPERUSER"
+        ));
+        let hba = c.dir.join("data/pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("host all {RAW_USER} 127.0.0.1/32 trust\n{old}"),
+        )
+        .unwrap();
+        c.psql("SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(300));
+    });
+}
+
+pub struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One backend message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub tag: u8,
+    pub body: Vec<u8>,
+}
+
+impl Msg {
+    /// An ErrorResponse field (`b'C'` code, `b'M'` message).
+    pub fn field(&self, code: u8) -> Option<String> {
+        let mut rest = &self.body[..];
+        while let Some((&c, tail)) = rest.split_first() {
+            if c == 0 {
+                break;
+            }
+            let end = tail.iter().position(|b| *b == 0)?;
+            if c == code {
+                return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
+            }
+            rest = &tail[end + 1..];
+        }
+        None
+    }
+
+    /// DataRow values.
+    pub fn values(&self) -> Vec<Option<Vec<u8>>> {
+        let b = &self.body;
+        let n = i16::from_be_bytes([b[0], b[1]]) as usize;
+        let mut at = 2;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            at += 4;
+            if len < 0 {
+                out.push(None);
+            } else {
+                out.push(Some(b[at..at + len as usize].to_vec()));
+                at += len as usize;
+            }
+        }
+        out
+    }
+
+    /// RowDescription: (name, table oid, attnum, type oid, format).
+    pub fn fields(&self) -> Vec<(String, u32, i16, u32, i16)> {
+        let b = &self.body;
+        let n = i16::from_be_bytes([b[0], b[1]]) as usize;
+        let mut at = 2;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let end = at + b[at..].iter().position(|c| *c == 0).unwrap();
+            let name = String::from_utf8_lossy(&b[at..end]).into_owned();
+            at = end + 1;
+            let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            let table = u32_at(at);
+            let attnum = i16::from_be_bytes([b[at + 4], b[at + 5]]);
+            let ty = u32_at(at + 6);
+            let format = i16::from_be_bytes([b[at + 16], b[at + 17]]);
+            at += 18;
+            out.push((name, table, attnum, ty, format));
+        }
+        out
+    }
+
+    /// ParameterDescription type OIDs.
+    pub fn param_types(&self) -> Vec<u32> {
+        let b = &self.body;
+        let n = i16::from_be_bytes([b[0], b[1]]) as usize;
+        (0..n)
+            .map(|i| {
+                let at = 2 + 4 * i;
+                u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+            })
+            .collect()
+    }
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+impl Raw {
+    /// Connects through `port` as [`RAW_USER`] and reads up to the first ReadyForQuery.
+    pub async fn connect(port: u16) -> Raw {
+        use tokio::io::AsyncWriteExt;
+        raw_user_ready();
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [
+            ("user", RAW_USER),
+            ("database", "postgres"),
+            ("TimeZone", "UTC"),
+        ] {
+            cstr(&mut body, k);
+            cstr(&mut body, v);
+        }
+        body.push(0);
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend_from_slice(&body);
+        stream.write_all(&startup).await.unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: Vec::new(),
+        };
+        let msgs = raw.until_ready().await;
+        assert!(
+            !msgs.iter().any(|m| m.tag == b'E'),
+            "raw login failed: {:?}",
+            msgs.iter().find(|m| m.tag == b'E').map(|m| m.field(b'M'))
+        );
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn recv(&mut self) -> Msg {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    let body = self.buf[5..1 + len].to_vec();
+                    self.buf.drain(..1 + len);
+                    return Msg { tag, body };
+                }
+            }
+            let mut chunk = vec![0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk))
+                .await
+                .expect("raw client: no answer within 20 s")
+                .unwrap();
+            assert!(n > 0, "raw client: connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Everything up to and including ReadyForQuery, without ParameterStatus/Notice.
+    pub async fn until_ready(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.recv().await;
+            let tag = m.tag;
+            if tag != b'S' && tag != b'N' && tag != b'K' && tag != b'R' {
+                out.push(m);
+            }
+            if tag == b'Z' {
+                return out;
+            }
+        }
+    }
+
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, sql);
+        frame(b'Q', &b)
+    }
+
+    pub fn parse(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&(types.len() as i16).to_be_bytes());
+        for t in types {
+            b.extend_from_slice(&t.to_be_bytes());
+        }
+        frame(b'P', &b)
+    }
+
+    /// Bind with text parameters (`None` = NULL) and one result format for all columns.
+    pub fn bind(
+        portal: &str,
+        statement: &str,
+        params: &[Option<&[u8]>],
+        formats: &[i16],
+        result_format: i16,
+    ) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        cstr(&mut b, statement);
+        b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&result_format.to_be_bytes());
+        frame(b'B', &b)
+    }
+
+    pub fn describe(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        cstr(&mut b, name);
+        frame(b'D', &b)
+    }
+
+    pub fn close(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        cstr(&mut b, name);
+        frame(b'C', &b)
+    }
+
+    pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        b.extend_from_slice(&max_rows.to_be_bytes());
+        frame(b'E', &b)
+    }
+
+    pub fn sync() -> Vec<u8> {
+        frame(b'S', &[])
+    }
+
+    /// Sends the concatenated messages and reads up to ReadyForQuery.
+    pub async fn batch(&mut self, messages: &[Vec<u8>]) -> Vec<Msg> {
+        let all: Vec<u8> = messages.concat();
+        self.send(&all).await;
+        self.until_ready().await
+    }
+
+    /// A simple query; every message up to ReadyForQuery.
+    pub async fn simple(&mut self, sql: &str) -> Vec<Msg> {
+        self.batch(&[Raw::query(sql)]).await
+    }
+}
+
+/// The tags of a message list, as a string (`"12TDCZ"`).
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.tag as char).collect()
+}
