@@ -1467,6 +1467,23 @@ impl Backend<'_> {
         let Some(recording) = self.recording.as_mut() else {
             return action;
         };
+        if !recording.discloses() {
+            // Nothing protected is released (a write without RETURNING, a refusal): the
+            // response need not wait for the record, which is written in the background.
+            // While the log is failing, writes are refused before they run.
+            if ends {
+                if let (Some(recording), Some(sink)) = (self.recording.take(), self.shared.sink()) {
+                    let draft = recording.finish(self.identity(), frame).draft;
+                    let sink = Arc::clone(sink);
+                    tokio::spawn(async move {
+                        if let Err(e) = sink.append(draft).await {
+                            tracing::error!(error = %e, "audit record of a write not written");
+                        }
+                    });
+                }
+            }
+            return action;
+        }
         recording.hold(action, frame);
         if !ends {
             return Action::Drop;

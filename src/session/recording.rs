@@ -189,6 +189,13 @@ impl Recording {
         }
     }
 
+    /// Whether the response releases protected values (and so must wait for the record).
+    pub fn discloses(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| matches!(c.access, audit::Access::Plaintext | audit::Access::Masked))
+    }
+
     /// Holds a frame that would have gone to the client.
     pub fn hold(&mut self, action: Action, frame: &[u8]) {
         match action {
