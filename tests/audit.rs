@@ -312,3 +312,46 @@ async fn an_unwritable_log_withholds_reads_and_recovers() {
     assert_ne!(code, 0);
     assert!(err.contains("segment-") && err.contains("seq"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scope_all_records_every_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = "audit_scope_all";
+    let config = setup(dir.path(), table).replace(
+        "checkpoint_every = 5\n",
+        "checkpoint_every = 5\nscope = \"all\"\n",
+    );
+    let proxy = Proxy::start(&config, dir.path());
+    let client = connect(proxy.port()).await;
+    client
+        .simple_query("SELECT 'not a protected value' AS greeting")
+        .await
+        .unwrap();
+    client
+        .query("SELECT $1::int4 + 1", &[&41i32])
+        .await
+        .unwrap();
+    client
+        .query(&format!("SELECT ssn FROM {table}"), &[])
+        .await
+        .unwrap();
+    drop(client);
+    proxy.shutdown();
+    let recs = records(dir.path());
+    assert_eq!(recs.len(), 3, "{recs:#?}");
+    assert!(
+        recs[0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .contains("SELECT ? AS greeting"),
+        "{:#?}",
+        recs[0]
+    );
+    assert!(recs.iter().all(|r| r["outcome"] == "ok"));
+    let text = std::fs::read_dir(dir.path().join("audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(!text.contains("not a protected value"));
+    assert!(!text.contains("distinctive-parameter-7731"), "a parameter value reached the log");
+}

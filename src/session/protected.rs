@@ -70,7 +70,11 @@ impl Prepared {
     }
 
     fn plain() -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::unprotected())
+    }
+
+    fn unprotected() -> Self {
+        Self {
             analysis: None,
             param_columns: Vec::new(),
             client_param_types: Vec::new(),
@@ -78,7 +82,7 @@ impl Prepared {
             fingerprint: None,
             injected: 0,
             refused: None,
-        })
+        }
     }
 
     fn refused(error: &PgError) -> Arc<Self> {
@@ -868,7 +872,14 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         state.refresh_at_sync = Some(merged);
     }
     if !sql::may_touch_protected(text, &veil.protection) {
-        insert_statement(&mut state, parse.name.clone(), Prepared::plain());
+        let prepared = match shared.sink().filter(|s| s.scope == AuditScope::All) {
+            Some(_) => Arc::new(Prepared {
+                fingerprint: Some(state.catalog.fingerprint(text)),
+                ..Prepared::unprotected()
+            }),
+            None => Prepared::plain(),
+        };
+        insert_statement(&mut state, parse.name.clone(), prepared);
         return Action::Forward;
     }
     let analysis = analyze(text, &state, veil);

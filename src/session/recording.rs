@@ -173,7 +173,7 @@ impl Recording {
             None => SubjectPlan::None,
         };
         Self {
-            kind: plan.map_or(StatementKind::Other, |p| p.kind),
+            kind: plan.map_or_else(|| kind_of_text(&fingerprint), |p| p.kind),
             fingerprint,
             tables: plan
                 .map(|p| p.tables.iter().map(ToString::to_string).collect())
@@ -289,6 +289,22 @@ impl Recording {
             draft,
             frames: self.held,
         })
+    }
+}
+
+/// The kind of a statement pgveil did not analyse, from its first keyword.
+fn kind_of_text(fingerprint: &str) -> StatementKind {
+    let first = fingerprint
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    match first.to_ascii_lowercase().as_str() {
+        "select" | "with" | "table" | "values" => StatementKind::Select,
+        "insert" => StatementKind::Insert,
+        "update" => StatementKind::Update,
+        "delete" => StatementKind::Delete,
+        _ => StatementKind::Other,
     }
 }
 
