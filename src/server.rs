@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::crypto::keys::MasterKey;
 use crate::metrics::{self, ErrorKind};
@@ -19,8 +20,11 @@ use crate::net::stream::MaybeTls;
 use crate::net::tls::{self, TlsError};
 use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
+use crate::session::recording::AuditSink;
 use crate::session::{self, SessionConfig};
-use crate::veil::Veil;
+use crate::veil::{Policy, Veil};
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 
 /// How long a client may take to get from connect to a startup message.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +42,26 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Keys(#[from] crate::crypto::keys::KeyError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Opens the audit log of `[audit]`, if configured.
+pub async fn open_audit(config: &Config) -> Result<Option<Arc<AuditSink>>, ServeError> {
+    let Some(audit) = &config.audit else {
+        return Ok(None);
+    };
+    let key = crate::crypto::keys::load_signing_key(&audit.signing_key_file)?;
+    let mut options = AuditOptions::new(audit.dir.clone(), key);
+    options.segment_max_bytes = audit.segment_max_bytes;
+    options.checkpoint_every = audit.checkpoint_every;
+    options.checkpoint_interval = audit.checkpoint_interval;
+    let log = tokio::task::spawn_blocking(move || AuditLog::open(options))
+        .await
+        .map_err(|e| crate::audit::AuditError::Io(e.to_string()))??;
+    Ok(Some(Arc::new(AuditSink::new(log, audit.scope))))
 }
 
 /// The master key, when columns are configured (a plain relay needs none).
@@ -108,7 +132,13 @@ impl Drop for Workers {
 }
 
 struct Proxy {
-    veil: Arc<Veil>,
+    /// What new sessions use; a reload may replace it (same master key, new columns).
+    veil: ArcSwap<Veil>,
+    /// The live policy, followed by open sessions too.
+    policy: Arc<ArcSwap<Policy>>,
+    /// Kept so a reload can derive keys for new columns; never replaced by a reload.
+    master: Option<MasterKey>,
+    audit: Option<Arc<AuditSink>>,
     handshake: Handshake,
     connector: Connector,
     max_message_size: usize,
@@ -122,16 +152,40 @@ pub async fn serve(
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let (_keep, reloads) = mpsc::unbounded_channel();
+    serve_with_reload(listener, config, shutdown, reloads).await
+}
+
+/// [`serve`], also applying each configuration that arrives on `reloads` (already
+/// validated): the policy applies to open sessions from their next statement, new columns
+/// to new sessions. Settings that need a restart (listener, upstream, TLS, keys, audit) are
+/// kept and a warning says so.
+pub async fn serve_with_reload(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::UnboundedReceiver<Config>,
+) -> Result<(), ServeError> {
     let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
     };
+    if config.upstream.auth == crate::config::AuthMode::Scram {
+        // Passing the exchange through instead would silently give the operator something
+        // other than what the configuration asks for.
+        return Err(ServeError::Unsupported(
+            "[upstream] auth = \"scram\" (SCRAM termination with auth_query) is not available in this version; use auth = \"passthrough\"",
+        ));
+    }
     let master = load_master_key(&config)?;
     let veil =
         Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
-    drop(master);
+    let audit = open_audit(&config).await?;
     let proxy = Arc::new(Proxy {
-        veil: Arc::new(veil),
+        audit: audit.clone(),
+        veil: ArcSwap::from_pointee(veil),
+        policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(&config))),
+        master,
         handshake: Handshake::new(server_tls, config.server.require_tls),
         connector: Connector::new(&config.upstream)?,
         max_message_size: config.server.max_message_size,
@@ -185,6 +239,7 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some(new) = reloads.recv() => proxy.reload(&config, new),
             _ = &mut shutdown => break,
         }
         while sessions.try_join_next().is_some() {}
@@ -207,8 +262,72 @@ pub async fn serve(
         sessions.shutdown().await;
     }
     drop(workers);
+    if let Some(audit) = audit {
+        audit.log.shutdown().await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+impl Proxy {
+    fn reload(&self, running: &Config, new: Config) {
+        let restart_needed = [
+            (
+                running.server.listen != new.server.listen,
+                "[server] listen",
+            ),
+            (
+                running.server.tls_cert != new.server.tls_cert
+                    || running.server.tls_key != new.server.tls_key,
+                "[server] TLS",
+            ),
+            (
+                running.upstream_addr() != new.upstream_addr()
+                    || running.upstream.tls != new.upstream.tls,
+                "[upstream]",
+            ),
+            (
+                running.keys.master_key_file != new.keys.master_key_file,
+                "[keys]",
+            ),
+            (
+                running.audit.as_ref().map(|a| &a.dir) != new.audit.as_ref().map(|a| &a.dir),
+                "[audit]",
+            ),
+        ];
+        for (changed, what) in restart_needed {
+            if changed {
+                tracing::warn!(
+                    setting = what,
+                    "reload: this setting takes effect only after a restart"
+                );
+            }
+        }
+        let current = self.veil.load();
+        if new.protected_columns() != current.protection.columns() {
+            if !new.columns.is_empty() && self.master.is_none() {
+                tracing::error!("reload rejected: columns are configured but pgveil started without a master key; restart to add keys");
+                return;
+            }
+            match Veil::new(&new, self.master.as_ref()) {
+                Some(veil) => {
+                    self.veil.store(Arc::new(veil));
+                    tracing::info!(
+                        columns = new.columns.len(),
+                        "reload: protected columns apply to new sessions"
+                    );
+                }
+                None => {
+                    tracing::error!("reload rejected: no master key for the configured columns");
+                    return;
+                }
+            }
+        }
+        self.policy.store(Arc::new(Policy::from_config(&new)));
+        tracing::info!(
+            "configuration reloaded: the policy applies to open sessions from their next statement"
+        );
+    }
 }
 
 /// Decrements the open-connections gauge however the session ends.
@@ -271,12 +390,28 @@ async fn handle_client(
                 client_addr: addr,
                 max_message_size: proxy.max_message_size,
             };
-            if proxy.veil.is_empty() {
+            let veil = proxy.veil.load_full();
+            if veil.is_empty() {
                 session::run(stream, upstream, config, stop).await;
             } else {
-                let database = startup.database().to_string();
-                session::startup::run(stream, upstream, database, config, proxy.veil.clone(), stop)
-                    .await;
+                let login = session::startup::Login {
+                    database: startup.database().to_string(),
+                    user: startup.user().to_string(),
+                    application: startup.param("application_name").unwrap_or("").to_string(),
+                };
+                session::startup::run(
+                    stream,
+                    upstream,
+                    login,
+                    config,
+                    session::protected::Engine {
+                        veil,
+                        policy: proxy.policy.clone(),
+                        audit: proxy.audit.clone(),
+                    },
+                    stop,
+                )
+                .await;
             }
         }
         Err((stream, error)) => {

@@ -20,9 +20,50 @@ const PLAN_CACHE_LIMIT: usize = 10_000;
 pub struct Veil {
     pub protection: Protection,
     ciphers: Vec<ColumnCipher>,
-    rules: Vec<BTreeMap<String, Access>>,
-    default_access: Access,
     catalogs: Mutex<HashMap<String, Arc<DbCatalog>>>,
+}
+
+/// Who may see what: the part of the configuration that a reload changes in open sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// `schema.table.column` → role → access.
+    rules: HashMap<String, BTreeMap<String, Access>>,
+    default_access: Access,
+}
+
+impl Policy {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            rules: config
+                .columns
+                .iter()
+                .map(|c| (c.column.qualified_name(), c.access.clone()))
+                .collect(),
+            default_access: config.policy.default_access,
+        }
+    }
+
+    /// The access a session with `roles` has to each column of `protection`: the most
+    /// permissive rule among its roles, a role no rule names counting as `default_access`.
+    pub fn access_for(&self, protection: &Protection, roles: &[String]) -> Vec<Access> {
+        protection
+            .columns()
+            .iter()
+            .map(|column| {
+                let rules = self.rules.get(&column.qualified_name());
+                roles
+                    .iter()
+                    .map(|role| {
+                        rules
+                            .and_then(|r| r.get(role))
+                            .copied()
+                            .unwrap_or(self.default_access)
+                    })
+                    .max_by_key(|a| a.permissiveness())
+                    .unwrap_or(self.default_access)
+            })
+            .collect()
+    }
 }
 
 /// One database's relations, and where protected columns sit in them.
@@ -30,8 +71,13 @@ pub struct DbCatalog {
     pub tables: StaticCatalog,
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
-    plans: Mutex<HashMap<(Vec<String>, String), Arc<Analysis>>>,
+    plans: Mutex<PlanCache>,
+    /// Statement text → its audit fingerprint.
+    fingerprints: Mutex<HashMap<String, String>>,
 }
+
+/// Analyses by search path, then query text (two levels, so a hit allocates nothing).
+type PlanCache = HashMap<Vec<String>, HashMap<String, Arc<Analysis>>>;
 
 /// The analysis of one query string, shared by every session that sends it.
 pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;
@@ -50,6 +96,7 @@ impl DbCatalog {
             tables,
             by_attribute,
             plans: Mutex::new(HashMap::new()),
+            fingerprints: Mutex::new(HashMap::new()),
         }
     }
 
@@ -60,17 +107,36 @@ impl DbCatalog {
         protection: &Protection,
         search_path: &[String],
     ) -> Arc<Analysis> {
-        let key = (search_path.to_vec(), sql.to_string());
-        if let Some(found) = lock(&self.plans).get(&key) {
+        if let Some(found) = lock(&self.plans)
+            .get(search_path)
+            .and_then(|by_text| by_text.get(sql))
+        {
             return found.clone();
         }
         let analysis = Arc::new(sql::analyze(sql, protection, &self.tables, search_path));
         let mut plans = lock(&self.plans);
-        if plans.len() >= PLAN_CACHE_LIMIT {
+        if plans.values().map(HashMap::len).sum::<usize>() >= PLAN_CACHE_LIMIT {
             plans.clear();
         }
-        plans.insert(key, analysis.clone());
+        plans
+            .entry(search_path.to_vec())
+            .or_default()
+            .insert(sql.to_string(), analysis.clone());
         analysis
+    }
+
+    /// The audit fingerprint of a statement's text, computed once.
+    pub fn fingerprint(&self, statement: &str) -> String {
+        if let Some(found) = lock(&self.fingerprints).get(statement) {
+            return found.clone();
+        }
+        let fingerprint = sql::fingerprint(statement);
+        let mut cache = lock(&self.fingerprints);
+        if cache.len() >= PLAN_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(statement.to_string(), fingerprint.clone());
+        fingerprint
     }
 }
 
@@ -92,12 +158,9 @@ impl Veil {
                 .collect(),
             None => Vec::new(),
         };
-        let rules = config.columns.iter().map(|c| c.access.clone()).collect();
         Some(Self {
             protection: Protection::new(columns, config.subjects()),
             ciphers,
-            rules,
-            default_access: config.policy.default_access,
             catalogs: Mutex::new(HashMap::new()),
         })
     }
@@ -108,21 +171,6 @@ impl Veil {
 
     pub fn cipher(&self, column: ColumnRef) -> Option<&ColumnCipher> {
         self.ciphers.get(column.0)
-    }
-
-    /// The access a session with `roles` has to each column: the most permissive rule among
-    /// its roles, a role no rule names counting as `default_access`.
-    pub fn access_for(&self, roles: &[String]) -> Vec<Access> {
-        self.rules
-            .iter()
-            .map(|rules| {
-                roles
-                    .iter()
-                    .map(|role| rules.get(role).copied().unwrap_or(self.default_access))
-                    .max_by_key(|a| a.permissiveness())
-                    .unwrap_or(self.default_access)
-            })
-            .collect()
     }
 
     pub fn catalog(&self, database: &str) -> Option<Arc<DbCatalog>> {

@@ -69,7 +69,8 @@ pub fn serve(config_path: &Path, log_format: Option<LogFormat>) -> ExitCode {
         log_format.unwrap_or(config.server.log_format),
         &config.server.log_level,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The accept loop only; sessions run on their own per-core threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -93,13 +94,48 @@ pub fn serve(config_path: &Path, log_format: Option<LogFormat>) -> ExitCode {
             .unwrap_or_default();
         let pid_guard = pidfile::PidFile::write(&pid_file);
         tracing::info!(listen = %local, upstream = %config.upstream_addr(), "pgveil is ready");
-        let result = crate::server::serve(listener, Arc::new(config), shutdown_signal()).await;
+        let (reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(watch_reloads(config_path.to_path_buf(), reload_tx));
+        let result = crate::server::serve_with_reload(
+            listener,
+            Arc::new(config),
+            shutdown_signal(),
+            reloads,
+        )
+        .await;
         drop(pid_guard);
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }
     })
+}
+
+/// On each SIGHUP, re-reads the configuration: a valid one goes to the server, an invalid
+/// one is rejected with every problem logged, and the running configuration stays.
+async fn watch_reloads(
+    path: std::path::PathBuf,
+    reloads: tokio::sync::mpsc::UnboundedSender<Config>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(config) => {
+                if reloads.send(config).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                for line in e.lines() {
+                    tracing::error!(problem = %line, "reload rejected; the running configuration stays in force");
+                }
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod protected;
+pub mod recording;
 pub mod relay;
 pub mod startup;
 

@@ -18,9 +18,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::catalog::{Collector, Wanted};
+use super::recording::{self, AuditSink, Identity, Recording};
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{is_fatal, without_channel_binding, SessionConfig, SessionError, FRONTEND_TAGS};
-use crate::config::Access;
+use crate::config::{Access, AuditScope};
 use crate::crypto::value::{self, SessionTime, WireFormat};
 use crate::metrics::{self, ErrorKind};
 use crate::net::frame::{frame_len, read_cstr};
@@ -29,7 +30,8 @@ use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use crate::policy::mask;
 use crate::sql::{self, ColumnRef, StatementPlan};
-use crate::veil::{Analysis, DbCatalog, Veil};
+use crate::veil::{Analysis, DbCatalog, Policy, Veil};
+use arc_swap::ArcSwap;
 
 /// A statement prepared with Parse.
 struct Prepared {
@@ -39,8 +41,19 @@ struct Prepared {
     param_columns: Vec<Option<ColumnRef>>,
     /// The types the client declared (0: unspecified).
     client_param_types: Vec<u32>,
-    /// Result position → protected column; filled from the statement's RowDescription.
-    row: OnceLock<Vec<Option<ColumnRef>>>,
+    /// Result columns, from the statement's RowDescription.
+    row: OnceLock<RowInfo>,
+    /// For the audit log, when the statement is in scope.
+    fingerprint: Option<String>,
+    /// Subject columns pgveil appended to the statement's output.
+    injected: usize,
+}
+
+/// A statement's result columns: the protected column behind each (if any) and its type.
+#[derive(Clone, Default)]
+struct RowInfo {
+    columns: Vec<Option<ColumnRef>>,
+    types: Vec<u32>,
 }
 
 impl Prepared {
@@ -57,6 +70,8 @@ impl Prepared {
             param_columns: Vec::new(),
             client_param_types: Vec::new(),
             row: OnceLock::new(),
+            fingerprint: None,
+            injected: 0,
         })
     }
 }
@@ -76,6 +91,7 @@ enum Expect {
         analysis: Option<Arc<Analysis>>,
         sent: Instant,
         statement: usize,
+        audit: Option<Arc<QueryAudit>>,
     },
     Function(Instant),
     DescribeStatement {
@@ -86,7 +102,7 @@ enum Expect {
     Execute(Option<Arc<Portal>>),
     /// A refused Parse or Bind, replaced by Parse/Bind/Execute of a raising statement:
     /// its ParseComplete and BindComplete are dropped, its error forwarded.
-    Injected,
+    Injected(Option<Box<Recording>>),
     /// pgveil's own query; nothing of it reaches the client.
     Refresh(Collector),
 }
@@ -101,15 +117,29 @@ impl Expect {
     }
 }
 
+/// What the audit log needs of a simple query: per statement, its fingerprint and how many
+/// subject columns were appended to it (`None`: not recorded).
+struct QueryAudit {
+    statements: Vec<Option<(String, usize)>>,
+    /// The statement replaced by pgveil's raised error, if any.
+    refused: Option<usize>,
+}
+
 struct State {
     expect: VecDeque<Expect>,
     statements: HashMap<Bytes, Arc<Prepared>>,
     portals: HashMap<Bytes, Arc<Portal>>,
     time: SessionTime,
+    timezone: String,
+    datestyle: String,
     standard_strings: bool,
     search_path: Vec<String>,
     catalog: Arc<DbCatalog>,
     access: Vec<Access>,
+    /// The login's roles (memberships read at session start; `SET ROLE` changes nothing).
+    roles: Vec<String>,
+    /// The policy `access` was computed from.
+    policy: Arc<Policy>,
     status: u8,
     client_terminated: bool,
     /// A DDL or search_path change went up in the current extended batch.
@@ -126,36 +156,69 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 pub struct Shared {
     state: Mutex<State>,
     veil: Arc<Veil>,
+    /// The live policy; a reload swaps it and the session picks it up at its next message.
+    policy: Arc<ArcSwap<Policy>>,
     database: String,
+    audit: Option<(Arc<AuditSink>, Identity)>,
+}
+
+/// What pgveil learned about a session as it started.
+pub struct SessionFacts {
+    pub database: String,
+    pub catalog: Arc<DbCatalog>,
+    pub search_path: Vec<String>,
+    /// The login and every role it belongs to.
+    pub roles: Vec<String>,
+    pub timezone: String,
+    pub datestyle: String,
+}
+
+/// What all sessions share: columns and keys, the live policy, the audit log.
+#[derive(Clone)]
+pub struct Engine {
+    pub veil: Arc<Veil>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub audit: Option<Arc<AuditSink>>,
 }
 
 impl Shared {
-    pub fn new(
-        veil: Arc<Veil>,
-        database: String,
-        catalog: Arc<DbCatalog>,
-        search_path: Vec<String>,
-        roles: &[String],
-        time: SessionTime,
-    ) -> Self {
-        let access = veil.access_for(roles);
+    pub fn new(engine: Engine, facts: SessionFacts, identity: Option<Identity>) -> Self {
+        let Engine {
+            veil,
+            policy,
+            audit,
+        } = engine;
+        let current = policy.load_full();
+        let access = current.access_for(&veil.protection, &facts.roles);
+        let time =
+            SessionTime::from_timezone_or_utc(&facts.timezone).with_datestyle(&facts.datestyle);
         Self {
             state: Mutex::new(State {
                 expect: VecDeque::new(),
                 statements: HashMap::new(),
                 portals: HashMap::new(),
                 time,
+                timezone: facts.timezone,
+                datestyle: facts.datestyle,
                 standard_strings: true,
-                search_path,
-                catalog,
+                search_path: facts.search_path,
+                catalog: facts.catalog,
                 access,
+                roles: facts.roles,
+                policy: current,
                 status: b'I',
                 client_terminated: false,
                 refresh_at_sync: None,
             }),
             veil,
-            database,
+            policy,
+            database: facts.database,
+            audit: audit.zip(identity),
         }
+    }
+
+    fn sink(&self) -> Option<&Arc<AuditSink>> {
+        self.audit.as_ref().map(|(sink, _)| sink)
     }
 }
 
@@ -247,6 +310,7 @@ async fn client_to_server(
 
 /// Decides what goes upstream for one client message, and what to expect back.
 fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionError> {
+    follow_policy(shared);
     let body = &frame[5..];
     let metrics = metrics::get();
     match frame[0] {
@@ -257,9 +321,9 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
         }
         b'P' => {
             let parse = Parse::decode(body).map_err(|e| SessionError::Malformed(e.0))?;
-            Ok(parse_message(frame, parse, shared))
+            Ok(parse_message(parse, shared))
         }
-        b'B' => bind_message(frame, body, shared),
+        b'B' => bind_message(body, shared),
         b'D' => {
             let (kind, name) =
                 msg::target(body, "Describe").map_err(|e| SessionError::Malformed(e.0))?;
@@ -325,6 +389,16 @@ fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionErro
     }
 }
 
+/// Applies a reloaded policy to this session from its next statement on.
+fn follow_policy(shared: &Shared) {
+    let current = shared.policy.load();
+    let mut state = lock(&shared.state);
+    if !Arc::ptr_eq(&current, &state.policy) {
+        state.access = current.access_for(&shared.veil.protection, &state.roles);
+        state.policy = Arc::clone(&current);
+    }
+}
+
 fn join(parts: &[&[u8]]) -> Bytes {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
     for part in parts {
@@ -335,17 +409,26 @@ fn join(parts: &[&[u8]]) -> Bytes {
 
 /// What pgveil's own bookkeeping must refresh after a statement went through.
 fn refresh_needed(text: &str) -> Option<Wanted> {
-    let lower = text.to_ascii_lowercase();
-    let catalog = [
-        "create ", "alter ", "drop ", "create\n", "alter\n", "drop\n",
-    ]
-    .iter()
-    .any(|k| lower.contains(k));
-    let search_path = lower.contains("search_path");
+    let catalog = ["create", "alter", "drop"]
+        .iter()
+        .any(|k| contains_keyword(text, k));
+    let search_path = contains_keyword(text, "search_path");
     (catalog || search_path).then_some(Wanted {
         catalog,
         search_path: search_path || catalog,
         roles: false,
+    })
+}
+
+/// Whether `word` occurs in `text` (ASCII case ignored) as a whole word; no allocation, as
+/// it runs on every statement.
+fn contains_keyword(text: &str, word: &str) -> bool {
+    let (text, word) = (text.as_bytes(), word.as_bytes());
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    text.windows(word.len()).enumerate().any(|(at, window)| {
+        window.eq_ignore_ascii_case(word)
+            && (at == 0 || !is_ident(text[at - 1]))
+            && text.get(at + word.len()).is_none_or(|&b| !is_ident(b))
     })
 }
 
@@ -356,41 +439,57 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         // Not UTF-8: it cannot be analysed, so it may pass only if it cannot touch protected data.
         let lossy = String::from_utf8_lossy(raw_text);
         let mut state = lock(&shared.state);
-        if sql::may_touch_protected(&lossy, &veil.protection) {
-            state.expect.push_back(Expect::Query {
-                analysis: None,
-                sent,
-                statement: 0,
+        let touches = sql::may_touch_protected(&lossy, &veil.protection);
+        let audit = shared
+            .sink()
+            .filter(|s| touches || s.scope == AuditScope::All)
+            .map(|_| {
+                Arc::new(QueryAudit {
+                    statements: vec![Some((sql::fingerprint(&lossy), 0))],
+                    refused: touches.then_some(0),
+                })
             });
-            return Action::Replace(msg::encode_query(
-                raise_sql(&cannot_analyse(), true).as_bytes(),
-            ));
-        }
         state.expect.push_back(Expect::Query {
             analysis: None,
             sent,
             statement: 0,
+            audit,
         });
+        if touches {
+            let raised = raise_sql(&cannot_analyse());
+            return Action::Replace(msg::encode_query(raised.as_bytes()));
+        }
         return Action::Forward;
     };
     let refresh = refresh_needed(text);
     let mut state = lock(&shared.state);
     let action = if !sql::may_touch_protected(text, &veil.protection) {
+        let audit = shared
+            .sink()
+            .filter(|s| s.scope == AuditScope::All)
+            .map(|_| {
+                Arc::new(QueryAudit {
+                    statements: vec![Some((state.catalog.fingerprint(text), 0))],
+                    refused: None,
+                })
+            });
         state.expect.push_back(Expect::Query {
             analysis: None,
             sent,
             statement: 0,
+            audit,
         });
         Action::Forward
     } else {
         let analysis = state
             .catalog
             .analyze(text, &veil.protection, &state.search_path);
-        let rewritten = rewrite_simple(text, &analysis, &state, veil);
+        let (rewritten, audit) = rewrite_simple(text, &analysis, &state, shared);
         state.expect.push_back(Expect::Query {
             analysis: Some(analysis),
             sent,
             statement: 0,
+            audit,
         });
         match rewritten {
             Some(new_text) => Action::Replace(msg::encode_query(new_text.as_bytes())),
@@ -419,40 +518,90 @@ fn cannot_analyse() -> PgError {
     )
 }
 
-/// The rewritten query text, or `None` when it goes up unchanged.
-fn rewrite_simple(text: &str, analysis: &Analysis, state: &State, veil: &Veil) -> Option<String> {
+/// The rewritten query text (`None` when it goes up unchanged), and what the audit log
+/// needs of it.
+fn rewrite_simple(
+    text: &str,
+    analysis: &Analysis,
+    state: &State,
+    shared: &Shared,
+) -> (Option<String>, Option<Arc<QueryAudit>>) {
+    let veil = &shared.veil;
+    let sink = shared.sink();
     let plans = match analysis {
         Ok(plans) => plans,
-        Err(_) => return Some(raise_sql(&cannot_analyse(), state.standard_strings)),
+        Err(_) => {
+            let audit = sink.map(|_| {
+                Arc::new(QueryAudit {
+                    statements: vec![Some((state.catalog.fingerprint(text), 0))],
+                    refused: Some(0),
+                })
+            });
+            return (Some(raise_sql(&cannot_analyse())), audit);
+        }
     };
     let mut replacements = Vec::new();
-    for plan in plans {
-        match statement_replacements(plan, text, state, veil) {
-            Ok(mut r) => replacements.append(&mut r),
+    let mut audit = sink.map(|_| QueryAudit {
+        statements: Vec::new(),
+        refused: None,
+    });
+    for (index, plan) in plans.iter().enumerate() {
+        let recorded = sink.filter(|s| recording::in_scope(s, Some(plan), &veil.protection));
+        let fingerprint = || state.catalog.fingerprint(&text[plan.byte_range.clone()]);
+        match statement_replacements(plan, state, veil, recorded.map(|s| s.as_ref())) {
+            Ok(mut r) => {
+                let injections = if recorded.is_some() {
+                    recording::injections(plan)
+                } else {
+                    Vec::new()
+                };
+                let injected = injections.len();
+                r.extend(injections);
+                replacements.append(&mut r);
+                if let Some(audit) = audit.as_mut() {
+                    audit
+                        .statements
+                        .push(recorded.map(|_| (fingerprint(), injected)));
+                }
+            }
             Err(error) => {
                 // The statements before run; this one raises; the rest never run.
-                replacements.push((
-                    plan.byte_range.start..text.len(),
-                    raise_sql(&error, state.standard_strings),
-                ));
+                replacements.push((plan.byte_range.start..text.len(), raise_sql(&error)));
+                if let Some(audit) = audit.as_mut() {
+                    audit.statements.push(recorded.map(|_| (fingerprint(), 0)));
+                    audit.refused = Some(index);
+                }
                 break;
             }
         }
     }
+    let audit = audit
+        .filter(|a| a.statements.iter().any(Option::is_some))
+        .map(Arc::new);
     if replacements.is_empty() {
-        return None;
+        return (None, audit);
     }
-    Some(sql::rewrite(text, &replacements))
+    (Some(sql::rewrite(text, &replacements)), audit)
 }
 
 /// The replacements one statement needs, or the error it must raise instead.
 fn statement_replacements(
     plan: &StatementPlan,
-    text: &str,
     state: &State,
     veil: &Veil,
+    recorded: Option<&AuditSink>,
 ) -> Result<Vec<(std::ops::Range<usize>, String)>, PgError> {
     check_plan(plan, state, veil)?;
+    if let Some(sink) = recorded {
+        // Rows wait for the log and are withheld when it fails; a write cannot be taken
+        // back, so while the log is failing, writes in scope are refused before they run.
+        if !sink.is_healthy() && plan.kind != sql::StatementKind::Select {
+            return Err(PgError::error(
+                sqlstate::IO_ERROR,
+                "pgveil: the audit log cannot be written, so statements on protected tables are refused",
+            ));
+        }
+    }
     let mut out = plan.rewrites.clone();
     for literal in &plan.literals {
         let Some(value) = &literal.value else {
@@ -464,7 +613,6 @@ fn statement_replacements(
             bytea_literal(&ciphertext, state.standard_strings),
         ));
     }
-    let _ = text;
     Ok(out)
 }
 
@@ -544,7 +692,7 @@ fn bytea_literal(ciphertext: &[u8], standard_strings: bool) -> String {
 
 /// A statement that makes the database raise `error`, so it arrives in protocol order and
 /// aborts the transaction as PostgreSQL's own errors do.
-fn raise_sql(error: &PgError, standard_strings: bool) -> String {
+fn raise_sql(error: &PgError) -> String {
     let message: String = error
         .message
         .chars()
@@ -556,15 +704,14 @@ fn raise_sql(error: &PgError, standard_strings: bool) -> String {
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .collect();
-    let _ = standard_strings;
     format!("DO $pgveil$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{message}'; END$pgveil$")
 }
 
 /// Parse/Bind/Execute of a raising statement, standing in for a refused message.
-fn injected_error(error: &PgError, state: &mut State) -> Action {
+fn injected_error(error: &PgError, state: &mut State, recording: Option<Box<Recording>>) -> Action {
     let parse = Parse {
         name: Bytes::new(),
-        query: Bytes::from(raise_sql(error, state.standard_strings)),
+        query: Bytes::from(raise_sql(error)),
         param_types: Vec::new(),
     };
     let bind = Bind {
@@ -574,7 +721,7 @@ fn injected_error(error: &PgError, state: &mut State) -> Action {
         params: Vec::new(),
         result_formats: Vec::new(),
     };
-    state.expect.push_back(Expect::Injected);
+    state.expect.push_back(Expect::Injected(recording));
     Action::Replace(join(&[
         &parse.encode(),
         &bind.encode(),
@@ -582,7 +729,7 @@ fn injected_error(error: &PgError, state: &mut State) -> Action {
     ]))
 }
 
-fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
+fn parse_message(parse: Parse, shared: &Shared) -> Action {
     let veil = &shared.veil;
     let mut state = lock(&shared.state);
     let text = match std::str::from_utf8(&parse.query) {
@@ -590,7 +737,9 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
         Err(_) => {
             let lossy = String::from_utf8_lossy(&parse.query);
             if sql::may_touch_protected(&lossy, &veil.protection) {
-                return injected_error(&cannot_analyse(), &mut state);
+                let recording =
+                    refusal_recording(shared, &state, None, || sql::fingerprint(&lossy));
+                return injected_error(&cannot_analyse(), &mut state, recording);
             }
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
             state.expect.push_back(Expect::Parse);
@@ -623,11 +772,32 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
             state.expect.push_back(Expect::Parse);
             return Action::Forward;
         }
-        _ => return injected_error(&cannot_analyse(), &mut state),
+        _ => {
+            let recording =
+                refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
+            return injected_error(&cannot_analyse(), &mut state, recording);
+        }
     };
-    let replacements = match statement_replacements(plan, text, &state, veil) {
-        Ok(r) => r,
-        Err(error) => return injected_error(&error, &mut state),
+    let recorded = shared
+        .sink()
+        .filter(|s| recording::in_scope(s, Some(plan), &veil.protection));
+    let mut replacements =
+        match statement_replacements(plan, &state, veil, recorded.map(|s| s.as_ref())) {
+            Ok(r) => r,
+            Err(error) => {
+                let recording = refusal_recording(shared, &state, Some(plan), || {
+                    state.catalog.fingerprint(text)
+                });
+                return injected_error(&error, &mut state, recording);
+            }
+        };
+    let injected = if recorded.is_some() {
+        let injections = recording::injections(plan);
+        let count = injections.len();
+        replacements.extend(injections);
+        count
+    } else {
+        0
     };
     let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
     for &(n, column) in &plan.params {
@@ -661,6 +831,8 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
         param_columns,
         client_param_types: parse.param_types.clone(),
         row: OnceLock::new(),
+        fingerprint: recorded.map(|_| state.catalog.fingerprint(text)),
+        injected,
     });
     insert_statement(&mut state, parse.name.clone(), prepared.clone());
     state.expect.push_back(Expect::Parse);
@@ -670,11 +842,23 @@ fn parse_message(frame: &[u8], parse: Parse, shared: &Shared) -> Action {
         prepared,
         internal: true,
     });
-    let _ = frame;
     Action::Replace(join(&[
         &rewritten.encode(),
         &msg::encode_target(b'D', b'S', &parse.name),
     ]))
+}
+
+/// The record of a statement pgveil refuses, when the session is audited.
+fn refusal_recording(
+    shared: &Shared,
+    state: &State,
+    plan: Option<&StatementPlan>,
+    fingerprint: impl FnOnce() -> String,
+) -> Option<Box<Recording>> {
+    shared.sink()?;
+    let mut recording = Recording::new(plan, fingerprint(), &shared.veil.protection, &state.access);
+    recording.refused = true;
+    Some(Box::new(recording))
 }
 
 fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
@@ -684,7 +868,7 @@ fn insert_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
     }
 }
 
-fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
+fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
     let veil = &shared.veil;
     let mut state = lock(&shared.state);
     // The portal and statement names lead the message; most Binds need nothing more.
@@ -731,9 +915,20 @@ fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, Se
                     bind.param_formats[index] = 1;
                     changed = true;
                 }
-                Err(error) => return Ok(injected_error(&error, &mut state)),
+                Err(error) => {
+                    let recording = refusal_recording(shared, &state, prepared.plan(), || {
+                        prepared.fingerprint.clone().unwrap_or_default()
+                    });
+                    return Ok(injected_error(&error, &mut state, recording));
+                }
             }
         }
+    }
+    if prepared.injected > 0 && bind.result_formats.len() > 1 {
+        // The appended subject columns are read as text; the client never sees them.
+        bind.result_formats
+            .extend(std::iter::repeat_n(0, prepared.injected));
+        changed = true;
     }
     let result_formats = bind.result_formats.clone();
     state.portals.insert(
@@ -744,7 +939,6 @@ fn bind_message(frame: &[u8], body: &[u8], shared: &Shared) -> Result<Action, Se
         }),
     );
     state.expect.push_back(Expect::Bind);
-    let _ = frame;
     Ok(if changed {
         Action::Replace(bind.encode())
     } else {
@@ -782,11 +976,13 @@ fn encrypt_param(
 #[derive(Clone, Default)]
 struct RowPlan {
     columns: Vec<Option<(ColumnRef, i16)>>,
+    /// Trailing subject columns pgveil appended, removed before the client sees the row.
+    strip: usize,
 }
 
 impl RowPlan {
     fn is_plain(&self) -> bool {
-        self.columns.iter().all(Option::is_none)
+        self.strip == 0 && self.columns.iter().all(Option::is_none)
     }
 }
 
@@ -797,6 +993,8 @@ struct Backend<'a> {
     suppress: bool,
     upstream_said_fatal: bool,
     refreshed: Vec<Collector>,
+    /// The statement in flight whose response waits for its audit record.
+    recording: Option<Recording>,
 }
 
 async fn server_to_client(
@@ -816,7 +1014,9 @@ async fn server_to_client(
         suppress: false,
         upstream_said_fatal: false,
         refreshed: Vec::new(),
+        recording: None,
     };
+    let sink = shared.sink().map(Arc::as_ref);
     let mut shutting_down = shutdown.borrow().to_owned();
     loop {
         if shutting_down && {
@@ -877,9 +1077,18 @@ async fn server_to_client(
             Ok::<_, SessionError>(backend.frame(frame))
         })?;
         backend.apply_refreshes();
-        out.flush_to(writer.as_mut()).await?;
+        out.flush_audited(writer.as_mut(), sink).await?;
     }
 }
+
+fn plan_at(analysis: Option<&Arc<Analysis>>, index: usize) -> Option<&StatementPlan> {
+    analysis
+        .and_then(|a| a.as_ref().as_ref().ok())
+        .and_then(|plans| plans.get(index))
+}
+
+/// Ends a statement's response.
+const STATEMENT_END: &[u8] = b"CIsE";
 
 impl Backend<'_> {
     fn frame(&mut self, frame: &[u8]) -> Action {
@@ -891,12 +1100,7 @@ impl Backend<'_> {
                 self.parameter_status(frame);
                 return Action::Forward;
             }
-            b'R' => {
-                return match without_channel_binding(frame) {
-                    Some(replacement) => Action::Replace(replacement),
-                    None => Action::Forward,
-                }
-            }
+            b'R' => return without_channel_binding(frame).map_or(Action::Forward, Action::Replace),
             b'E' => {
                 metrics::get().error(ErrorKind::Database);
                 self.upstream_said_fatal |= is_fatal(&frame[5..]);
@@ -906,7 +1110,16 @@ impl Backend<'_> {
         let shared = self.shared;
         let mut state = lock(&shared.state);
         if tag == b'Z' {
-            return self.ready_for_query(frame, &mut state);
+            let ready = self.ready_for_query(frame, &mut state);
+            return match self.recording.take() {
+                // A response that never completed (the connection state moved on): its record
+                // still goes first.
+                Some(mut recording) => {
+                    recording.hold(ready, frame);
+                    Action::Audited(recording.finish(self.identity(), frame))
+                }
+                None => ready,
+            };
         }
         if self.suppress {
             return Action::Drop;
@@ -931,33 +1144,38 @@ impl Backend<'_> {
                 state.expect.pop_front();
                 Action::Forward
             }
-            Expect::Injected => match tag {
+            Expect::Injected(recording) => match tag {
                 b'1' | b'2' => Action::Drop,
+                b'E' => {
+                    if let Some(recording) = recording.take() {
+                        self.recording = Some(*recording);
+                    }
+                    self.record(Action::Forward, frame, true)
+                }
                 _ => Action::Forward,
             },
             Expect::DescribeStatement { prepared, internal } => {
                 let (prepared, internal) = (prepared.clone(), *internal);
                 match tag {
-                    b't' => {
-                        if internal {
-                            Action::Drop
-                        } else {
-                            parameter_description(frame, &prepared, &shared.veil)
-                        }
-                    }
+                    b't' if internal => Action::Drop,
+                    b't' => parameter_description(frame, &prepared, &shared.veil),
                     b'T' | b'n' => {
                         state.expect.pop_front();
                         let fields = if tag == b'T' {
-                            msg::decode_row_description(&frame[5..]).unwrap_or_default()
+                            decode_fields(frame)
                         } else {
                             Vec::new()
                         };
                         let columns = result_columns(&fields, &state.catalog, prepared.plan());
-                        let _ = prepared.row.set(columns.clone());
+                        let types = fields.iter().map(|f| f.type_oid).collect();
+                        let _ = prepared.row.set(RowInfo {
+                            columns: columns.clone(),
+                            types,
+                        });
                         if internal {
                             Action::Drop
                         } else if tag == b'T' {
-                            self.describe_rows(&fields, &columns, &[], &state)
+                            self.describe_rows(&fields, &columns, &[], prepared.injected, &state)
                         } else {
                             Action::Forward
                         }
@@ -973,59 +1191,168 @@ impl Backend<'_> {
                 if tag != b'T' {
                     return Action::Forward;
                 }
-                let fields = msg::decode_row_description(&frame[5..]).unwrap_or_default();
-                let plan = portal.as_ref().and_then(|p| p.prepared.plan());
-                let columns = result_columns(&fields, &state.catalog, plan);
+                let fields = decode_fields(frame);
+                let prepared = portal.as_ref().map(|p| &p.prepared);
+                let columns =
+                    result_columns(&fields, &state.catalog, prepared.and_then(|p| p.plan()));
                 let formats = portal
                     .as_ref()
                     .map(|p| p.result_formats.clone())
                     .unwrap_or_default();
-                self.describe_rows(&fields, &columns, &formats, &state)
+                let strip = prepared.map_or(0, |p| p.injected);
+                self.describe_rows(&fields, &columns, &formats, strip, &state)
             }
             Expect::Execute(portal) => {
                 let portal = portal.clone();
-                match tag {
+                if self.recording.is_none() && (tag == b'D' || STATEMENT_END.contains(&tag)) {
+                    self.begin_execute(portal.as_deref(), &state);
+                }
+                let (action, ends) = match tag {
                     b'D' => {
                         if self.rows.is_none() {
-                            match portal_rows(portal.as_deref(), &state) {
+                            match portal_rows(portal.as_deref()) {
                                 Ok(rows) => self.rows = Some(rows),
-                                Err(error) => return self.raise(error, &mut state),
+                                Err(error) => return self.raise(error),
                             }
                         }
-                        self.data_row(frame, &mut state)
+                        if let Some(recording) = self.recording.as_mut() {
+                            recording.observe_row(&frame[5..]);
+                        }
+                        (self.data_row(frame, &state), false)
                     }
                     b'C' | b's' | b'I' => {
                         state.expect.pop_front();
                         self.rows = None;
-                        Action::Forward
+                        (Action::Forward, true)
                     }
-                    _ => Action::Forward,
-                }
+                    b'E' => (Action::Forward, true),
+                    _ => (Action::Forward, false),
+                };
+                self.record(action, frame, ends)
             }
             Expect::Query {
                 analysis,
                 statement,
+                audit,
                 ..
-            } => match tag {
-                b'T' => {
-                    let (analysis, statement) = (analysis.clone(), *statement);
-                    let fields = msg::decode_row_description(&frame[5..]).unwrap_or_default();
-                    let plan = analysis
-                        .as_deref()
-                        .and_then(|a| a.as_ref().ok())
-                        .and_then(|plans| plans.get(statement));
-                    let columns = result_columns(&fields, &state.catalog, plan);
-                    self.describe_rows(&fields, &columns, &[], &state)
-                }
-                b'D' => self.data_row(frame, &mut state),
-                b'C' | b'I' => {
+            } => {
+                let (analysis, index, audit) = (analysis.clone(), *statement, audit.clone());
+                if tag == b'C' || tag == b'I' {
                     *statement += 1;
-                    self.rows = None;
-                    Action::Forward
                 }
-                _ => Action::Forward,
-            },
+                let recorded = audit
+                    .as_ref()
+                    .and_then(|a| a.statements.get(index).cloned().flatten());
+                if self.recording.is_none()
+                    && (tag == b'T' || tag == b'D' || STATEMENT_END.contains(&tag))
+                {
+                    if let (Some((fingerprint, _)), Some(audit)) = (&recorded, &audit) {
+                        let mut recording = Recording::new(
+                            plan_at(analysis.as_ref(), index),
+                            fingerprint.clone(),
+                            &shared.veil.protection,
+                            &state.access,
+                        );
+                        recording.refused = audit.refused == Some(index);
+                        self.recording = Some(recording);
+                    }
+                }
+                let injected = recorded.map_or(0, |(_, injected)| injected);
+                let (action, ends) = match tag {
+                    b'T' => {
+                        let fields = decode_fields(frame);
+                        if let Some(recording) = self.recording.as_mut() {
+                            recording.set_row_types(
+                                fields.iter().map(|f| (f.type_oid, f.format)).collect(),
+                                injected,
+                            );
+                        }
+                        let columns = result_columns(
+                            &fields,
+                            &state.catalog,
+                            plan_at(analysis.as_ref(), index),
+                        );
+                        (
+                            self.describe_rows(&fields, &columns, &[], injected, &state),
+                            false,
+                        )
+                    }
+                    b'D' => {
+                        if let Some(recording) = self.recording.as_mut() {
+                            recording.observe_row(&frame[5..]);
+                        }
+                        (self.data_row(frame, &state), false)
+                    }
+                    b'C' | b'I' | b'E' => {
+                        self.rows = None;
+                        (Action::Forward, true)
+                    }
+                    _ => (Action::Forward, false),
+                };
+                self.record(action, frame, ends)
+            }
             _ => Action::Forward,
+        }
+    }
+
+    fn identity(&self) -> &Identity {
+        // Only called while recording, which needs an audit sink and so an identity.
+        static NOBODY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+        self.shared
+            .audit
+            .as_ref()
+            .map(|(_, identity)| identity)
+            .unwrap_or_else(|| {
+                NOBODY.get_or_init(|| Identity {
+                    session: String::new(),
+                    client: String::new(),
+                    user: String::new(),
+                    roles: Vec::new(),
+                    application: String::new(),
+                })
+            })
+    }
+
+    /// Starts the record of an Execute of a statement in scope.
+    fn begin_execute(&mut self, portal: Option<&Portal>, state: &State) {
+        if self.recording.is_some() {
+            return;
+        }
+        let Some(portal) = portal else { return };
+        let Some(fingerprint) = &portal.prepared.fingerprint else {
+            return;
+        };
+        let mut recording = Recording::new(
+            portal.prepared.plan(),
+            fingerprint.clone(),
+            &self.shared.veil.protection,
+            &state.access,
+        );
+        if let Some(info) = portal.prepared.row.get() {
+            let types = info
+                .types
+                .iter()
+                .enumerate()
+                .map(|(i, oid)| (*oid, msg::result_format(&portal.result_formats, i)))
+                .collect();
+            recording.set_row_types(types, portal.prepared.injected);
+        }
+        self.recording = Some(recording);
+    }
+
+    /// Routes a frame of a recorded statement into its held response; at the statement's
+    /// end, the response leaves with its record.
+    fn record(&mut self, action: Action, frame: &[u8], ends: bool) -> Action {
+        let Some(recording) = self.recording.as_mut() else {
+            return action;
+        };
+        recording.hold(action, frame);
+        if !ends {
+            return Action::Drop;
+        }
+        match self.recording.take() {
+            Some(recording) => Action::Audited(recording.finish(self.identity(), frame)),
+            None => Action::Drop,
         }
     }
 
@@ -1038,11 +1365,15 @@ impl Backend<'_> {
         let mut state = lock(&self.shared.state);
         match name {
             b"TimeZone" => {
-                let datestyle_kept = state.time.clone();
-                state.time = SessionTime::from_timezone_or_utc(&value);
-                let _ = datestyle_kept;
+                state.timezone = value.into_owned();
+                state.time = SessionTime::from_timezone_or_utc(&state.timezone)
+                    .with_datestyle(&state.datestyle);
             }
-            b"DateStyle" => state.time = state.time.clone().with_datestyle(&value),
+            b"DateStyle" => {
+                state.datestyle = value.into_owned();
+                state.time = SessionTime::from_timezone_or_utc(&state.timezone)
+                    .with_datestyle(&state.datestyle);
+            }
             b"standard_conforming_strings" => state.standard_strings = value == "on",
             _ => {}
         }
@@ -1098,7 +1429,7 @@ impl Backend<'_> {
 
     /// Replaces what the database sends with pgveil's error, and drops the rest of the
     /// response up to ReadyForQuery.
-    fn raise(&mut self, error: PgError, _state: &mut State) -> Action {
+    fn raise(&mut self, error: PgError) -> Action {
         metrics::get().error(if error.code == sqlstate::INSUFFICIENT_PRIVILEGE {
             ErrorKind::Refused
         } else {
@@ -1106,52 +1437,51 @@ impl Backend<'_> {
         });
         self.suppress = true;
         self.rows = None;
-        Action::Replace(error.encode())
+        let frame = error.encode();
+        match self.recording.take() {
+            Some(mut recording) => {
+                recording.hold(Action::Forward, &frame);
+                Action::Audited(recording.finish(self.identity(), &frame))
+            }
+            None => Action::Replace(frame),
+        }
     }
 
-    /// Rewrites a RowDescription: logical types for protected columns, and (the backstop)
-    /// refuses a result that carries a denied column.
+    /// Rewrites a RowDescription: logical types for protected columns, pgveil's own subject
+    /// columns removed, and (the backstop) a result that carries a denied column refused.
     fn describe_rows(
         &mut self,
         fields: &[Field],
         columns: &[Option<ColumnRef>],
         formats: &[i16],
+        strip: usize,
         state: &State,
     ) -> Action {
-        if columns.iter().all(Option::is_none) {
+        let strip = strip.min(fields.len());
+        if strip == 0 && columns.iter().all(Option::is_none) {
             self.rows = Some(RowPlan::default());
             return Action::Forward;
         }
         let veil = &self.shared.veil;
-        let mut fields = fields.to_vec();
+        let mut fields = fields[..fields.len() - strip].to_vec();
         let mut plan = RowPlan {
             columns: Vec::with_capacity(fields.len()),
+            strip,
         };
         for (index, (field, column)) in fields.iter_mut().zip(columns).enumerate() {
-            let Some(column) = column else {
+            let Some(spec) = column.and_then(|c| veil.protection.column(c)) else {
                 plan.columns.push(None);
                 continue;
             };
-            let Some(spec) = veil.protection.column(*column) else {
-                plan.columns.push(None);
-                continue;
-            };
+            let Some(column) = *column else { continue };
             if state.access.get(column.0) == Some(&Access::Deny) {
-                let mut state_dummy = ();
-                let _ = &mut state_dummy;
-                self.suppress = true;
-                self.rows = None;
-                metrics::get().error(ErrorKind::Refused);
-                return Action::Replace(
-                    PgError::error(
-                        sqlstate::INSUFFICIENT_PRIVILEGE,
-                        format!(
-                            "pgveil: permission denied to read protected column {}",
-                            spec.qualified_name()
-                        ),
-                    )
-                    .encode(),
-                );
+                return self.raise(PgError::error(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "pgveil: permission denied to read protected column {}",
+                        spec.qualified_name()
+                    ),
+                ));
             }
             field.type_oid = spec.logical_type.oid();
             field.type_size = spec.logical_type.type_size();
@@ -1161,13 +1491,13 @@ impl Backend<'_> {
             } else {
                 msg::result_format(formats, index)
             };
-            plan.columns.push(Some((*column, format)));
+            plan.columns.push(Some((column, format)));
         }
         self.rows = Some(plan);
         Action::Replace(msg::encode_row_description(&fields))
     }
 
-    fn data_row(&mut self, frame: &[u8], state: &mut State) -> Action {
+    fn data_row(&mut self, frame: &[u8], state: &State) -> Action {
         let Some(rows) = &self.rows else {
             return Action::Forward;
         };
@@ -1176,9 +1506,13 @@ impl Backend<'_> {
         }
         match decrypt_row(&frame[5..], rows, &self.shared.veil, state) {
             Ok(row) => Action::Replace(row),
-            Err(error) => self.raise(error, state),
+            Err(error) => self.raise(error),
         }
     }
+}
+
+fn decode_fields(frame: &[u8]) -> Vec<Field> {
+    msg::decode_row_description(&frame[5..]).unwrap_or_default()
 }
 
 fn parameter_description(frame: &[u8], prepared: &Prepared, veil: &Veil) -> Action {
@@ -1227,17 +1561,19 @@ fn result_columns(
         .collect()
 }
 
-fn portal_rows(portal: Option<&Portal>, _state: &State) -> Result<RowPlan, PgError> {
+fn portal_rows(portal: Option<&Portal>) -> Result<RowPlan, PgError> {
     let Some(portal) = portal else {
         return Ok(RowPlan::default());
     };
     match portal.prepared.row.get() {
-        Some(columns) => Ok(RowPlan {
-            columns: columns
+        Some(info) => Ok(RowPlan {
+            columns: info
+                .columns
                 .iter()
                 .enumerate()
                 .map(|(i, c)| c.map(|c| (c, msg::result_format(&portal.result_formats, i))))
                 .collect(),
+            strip: portal.prepared.injected,
         }),
         None if portal.prepared.analysis.is_none() => Ok(RowPlan::default()),
         None => Err(PgError::error(
@@ -1247,7 +1583,8 @@ fn portal_rows(portal: Option<&Portal>, _state: &State) -> Result<RowPlan, PgErr
     }
 }
 
-/// Decrypts, masks and re-encodes the protected values of one DataRow.
+/// Decrypts, masks and re-encodes the protected values of one DataRow, and drops pgveil's
+/// own trailing subject columns.
 fn decrypt_row(body: &[u8], rows: &RowPlan, veil: &Veil, state: &State) -> Result<Bytes, PgError> {
     let ranges = msg::data_row_values(body).map_err(|_| {
         PgError::error(
@@ -1255,33 +1592,27 @@ fn decrypt_row(body: &[u8], rows: &RowPlan, veil: &Veil, state: &State) -> Resul
             "pgveil: malformed DataRow from the database",
         )
     })?;
-    let mut converted: Vec<Option<Vec<u8>>> = Vec::with_capacity(ranges.len());
-    let mut nulls = vec![false; ranges.len()];
-    for (index, range) in ranges.iter().enumerate() {
+    let shown = ranges.len().saturating_sub(rows.strip);
+    let mut values: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(shown);
+    for (index, range) in ranges.iter().take(shown).enumerate() {
         let plan = rows.columns.get(index).copied().flatten();
-        match (plan, range) {
+        let value = match (plan, range) {
             (Some((column, format)), Some(range)) => {
-                match reveal(&body[range.clone()], column, format, veil, state)? {
-                    Some(value) => converted.push(Some(value)),
-                    None => {
-                        nulls[index] = true;
-                        converted.push(None);
-                    }
-                }
+                reveal(&body[range.clone()], column, format, veil, state)?
+                    .map(std::borrow::Cow::Owned)
             }
-            _ => converted.push(None),
-        }
+            (_, Some(range)) => Some(std::borrow::Cow::Borrowed(&body[range.clone()])),
+            (_, None) => None,
+        };
+        values.push(value);
     }
-    let values = ranges.iter().enumerate().map(|(index, range)| {
-        if nulls[index] {
-            None
-        } else if let Some(Some(value)) = converted.get(index) {
-            Some(value.as_slice())
-        } else {
-            range.as_ref().map(|r| &body[r.clone()])
-        }
-    });
-    Ok(msg::encode_data_row(values.collect::<Vec<_>>().into_iter()))
+    Ok(msg::encode_data_row(
+        values
+            .iter()
+            .map(|v| v.as_deref())
+            .collect::<Vec<_>>()
+            .into_iter(),
+    ))
 }
 
 /// One stored value as the session may see it; `None` is SQL NULL (a `mask:null`).
@@ -1371,7 +1702,7 @@ mod tests {
 
     #[test]
     fn raise_statement_quotes_its_message() {
-        let sql = raise_sql(&PgError::error("0A000", "it's $x \\ bad"), true);
+        let sql = raise_sql(&PgError::error("0A000", "it's $x \\ bad"));
         assert_eq!(sql, "DO $pgveil$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = 'it''s x  bad'; END$pgveil$");
     }
 

@@ -6,41 +6,95 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::audit::RecordDraft;
 use crate::net::frame::{frame_len, FrameError};
+use crate::pgerror::{sqlstate, PgError};
+use crate::session::recording::AuditSink;
 
 /// What to do with one complete frame.
 pub enum Action {
     Forward,
     Replace(Bytes),
     Drop,
+    /// A statement's whole response, released only once its audit record is durable.
+    Audited(Box<Audited>),
+}
+
+pub struct Audited {
+    pub draft: RecordDraft,
+    pub frames: Vec<Bytes>,
+}
+
+enum Item {
+    Bytes(Bytes),
+    Audited(Box<Audited>),
 }
 
 /// Frames ready to be written, in order.
 #[derive(Default)]
 pub struct Outbox {
-    chunks: Vec<Bytes>,
+    items: Vec<Item>,
 }
 
 impl Outbox {
     pub fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
-            self.chunks.push(bytes);
+            self.items.push(Item::Bytes(bytes));
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.items.is_empty()
     }
 
     pub async fn flush_to<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
         writer: &mut W,
     ) -> std::io::Result<()> {
-        if self.chunks.is_empty() {
+        self.flush_audited(writer, None).await
+    }
+
+    /// Writes everything in order; an audited response waits for its record to be durable,
+    /// and is replaced by a 58030 error when the record cannot be written.
+    pub async fn flush_audited<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        writer: &mut W,
+        audit: Option<&AuditSink>,
+    ) -> std::io::Result<()> {
+        if self.items.is_empty() {
             return Ok(());
         }
-        for chunk in self.chunks.drain(..) {
-            writer.write_all(&chunk).await?;
+        for item in self.items.drain(..) {
+            match item {
+                Item::Bytes(chunk) => writer.write_all(&chunk).await?,
+                Item::Audited(audited) => {
+                    let Audited { draft, frames } = *audited;
+                    let written = match audit {
+                        Some(log) => {
+                            // What is already written leaves now; this response waits.
+                            writer.flush().await?;
+                            log.append(draft).await.map(|_| ())
+                        }
+                        None => Ok(()),
+                    };
+                    match written {
+                        Ok(()) => {
+                            for frame in frames {
+                                writer.write_all(&frame).await?;
+                            }
+                        }
+                        Err(e) => {
+                            crate::metrics::get().error(crate::metrics::ErrorKind::Audit);
+                            tracing::error!(error = %e, "audit record not written; response withheld");
+                            let error = PgError::error(
+                                sqlstate::IO_ERROR,
+                                "pgveil: the audit log cannot be written, so this result is withheld",
+                            );
+                            writer.write_all(&error.encode()).await?;
+                        }
+                    }
+                }
+            }
         }
         writer.flush().await
     }
@@ -67,8 +121,10 @@ where
                     run = 0;
                 }
                 let _ = buf.split_to(len);
-                if let Action::Replace(bytes) = action {
-                    out.push(bytes);
+                match action {
+                    Action::Replace(bytes) => out.push(bytes),
+                    Action::Audited(audited) => out.items.push(Item::Audited(audited)),
+                    Action::Forward | Action::Drop => {}
                 }
             }
         }
@@ -131,7 +187,14 @@ mod tests {
             })
         })
         .unwrap();
-        let chunks: Vec<&[u8]> = out.chunks.iter().map(|b| &b[..]).collect();
+        let chunks: Vec<&[u8]> = out
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Bytes(b) => &b[..],
+                Item::Audited(_) => &[][..],
+            })
+            .collect();
         assert_eq!(
             chunks,
             vec![&frame(b'T', b"a")[..], b"X", &frame(b'C', b"c")[..]]

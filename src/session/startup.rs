@@ -2,40 +2,49 @@
 //! (catalog, search path, the login's roles) on the same connection before the client gets
 //! its first ReadyForQuery.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::catalog::{Collector, Wanted};
-use super::protected::{self, Shared};
+use super::protected::{self, Engine, SessionFacts, Shared};
+use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{without_channel_binding, SessionConfig, SessionError};
-use crate::crypto::value::SessionTime;
 use crate::net::frame::read_cstr;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
-use crate::veil::{DbCatalog, Veil};
+use crate::veil::DbCatalog;
 
 /// Authentication request codes that the client must answer.
 const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
 
 struct Established {
     ready: Bytes,
+    /// The backend's process id (BackendKeyData): the session id in the audit log.
+    backend_pid: Option<u32>,
     timezone: String,
     datestyle: String,
     leftover: BytesMut,
 }
 
+/// Who the client says it is, from its startup message.
+pub struct Login {
+    pub database: String,
+    pub user: String,
+    pub application: String,
+}
+
 pub async fn run(
     client: MaybeTls,
     upstream: MaybeTls,
-    database: String,
+    login: Login,
     config: SessionConfig,
-    veil: Arc<Veil>,
+    engine: Engine,
     shutdown: watch::Receiver<bool>,
 ) {
+    let veil = engine.veil.clone();
+    let database = login.database.clone();
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
     let established = match establish(
@@ -79,16 +88,25 @@ pub async fn run(
         (None, None) => return,
     };
     let roles = facts.roles.unwrap_or_default();
-    let time = SessionTime::from_timezone_or_utc(&established.timezone)
-        .with_datestyle(&established.datestyle);
-    let shared = Shared::new(
-        veil,
+    let identity = engine.audit.as_ref().map(|_| Identity {
+        session: match established.backend_pid {
+            Some(pid) => pid.to_string(),
+            None => config.client_addr.to_string(),
+        },
+        client: config.client_addr.to_string(),
+        user: login.user.clone(),
+        roles: roles.clone(),
+        application: login.application.clone(),
+    });
+    let facts = SessionFacts {
         database,
         catalog,
-        facts.search_path.unwrap_or_default(),
-        &roles,
-        time,
-    );
+        search_path: facts.search_path.unwrap_or_default(),
+        roles,
+        timezone: established.timezone.clone(),
+        datestyle: established.datestyle.clone(),
+    };
+    let shared = Shared::new(engine, facts, identity);
     if client_write.write_all(&established.ready).await.is_err()
         || client_write.flush().await.is_err()
     {
@@ -118,6 +136,7 @@ async fn establish(
     let mut out = Outbox::default();
     let mut timezone = String::from("UTC");
     let mut datestyle = String::from("ISO, MDY");
+    let mut backend_pid = None;
     loop {
         if server_read.read_buf(&mut from_server).await? == 0 {
             return Err(SessionError::Startup);
@@ -146,6 +165,12 @@ async fn establish(
                     }
                     Action::Forward
                 }
+                b'K' => {
+                    backend_pid = frame
+                        .get(5..9)
+                        .map(|p| u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
+                    Action::Forward
+                }
                 b'Z' => {
                     ready = Some(Bytes::copy_from_slice(frame));
                     Action::Drop
@@ -163,6 +188,7 @@ async fn establish(
         }
         if let Some(ready) = ready {
             return Ok(Established {
+                backend_pid,
                 ready,
                 timezone,
                 datestyle,

@@ -1,0 +1,361 @@
+//! The audit record of one statement, assembled from its plan and its response.
+//!
+//! While a statement in scope runs, the frames of its response are held; when it completes,
+//! they travel with the record as one [`Audited`] item, so the rows reach the client only
+//! after the record is durable.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+
+use super::relay::{Action, Audited};
+use crate::audit::{self, AuditLog, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
+use crate::config::{Access, AuditScope};
+use crate::net::frame::read_cstr;
+use crate::sql::{self, ColumnRef, Protection, StatementPlan, SubjectSource};
+
+/// The audit log as the sessions share it.
+pub struct AuditSink {
+    pub log: AuditLog,
+    pub scope: AuditScope,
+    /// False after an append failed, until one succeeds again.
+    pub healthy: AtomicBool,
+}
+
+impl AuditSink {
+    pub fn new(log: AuditLog, scope: AuditScope) -> Self {
+        Self {
+            log,
+            scope,
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Who is talking, for every record of a session.
+pub struct Identity {
+    pub session: String,
+    pub client: String,
+    pub user: String,
+    pub roles: Vec<String>,
+    pub application: String,
+}
+
+/// Whether a statement is recorded.
+pub fn in_scope(sink: &AuditSink, plan: Option<&StatementPlan>, protection: &Protection) -> bool {
+    match sink.scope {
+        AuditScope::All => true,
+        AuditScope::Protected => {
+            plan.is_some_and(|p| p.tables.iter().any(|t| protection.is_protected_table(t)))
+        }
+    }
+}
+
+/// How the subject ids of a statement's rows are found.
+#[derive(Debug, Clone)]
+pub enum SubjectPlan {
+    /// Nothing protected of a subject table is returned.
+    None,
+    /// Output positions holding each table's subject id (injected columns included).
+    Columns(Vec<(String, usize)>),
+    Unknown(String),
+}
+
+impl SubjectPlan {
+    fn from_sources(sources: &[SubjectSource], injected_at: usize) -> Self {
+        let mut columns = Vec::new();
+        let mut next_injected = injected_at;
+        for source in sources {
+            match source {
+                SubjectSource::Selected {
+                    table,
+                    output_position,
+                } => columns.push((table.to_string(), *output_position)),
+                SubjectSource::Injectable { table, .. } => {
+                    columns.push((table.to_string(), next_injected));
+                    next_injected += 1;
+                }
+                SubjectSource::Unknown { reason, .. } => return Self::Unknown(reason.clone()),
+            }
+        }
+        if columns.is_empty() {
+            Self::None
+        } else {
+            Self::Columns(columns)
+        }
+    }
+}
+
+/// How many subject columns pgveil appends to the statement (to strip from the rows).
+pub fn injected_count(plan: &StatementPlan) -> usize {
+    plan.subject
+        .sources
+        .iter()
+        .filter(|s| matches!(s, SubjectSource::Injectable { .. }))
+        .count()
+}
+
+/// The text insertions that append the subject columns.
+pub fn injections(plan: &StatementPlan) -> Vec<(std::ops::Range<usize>, String)> {
+    plan.subject
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            SubjectSource::Injectable {
+                insert_at, text, ..
+            } => Some((*insert_at..*insert_at, text.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A statement being recorded.
+pub struct Recording {
+    kind: StatementKind,
+    fingerprint: String,
+    tables: Vec<String>,
+    columns: Vec<ColumnAccess>,
+    /// The plan's subject sources, resolved to positions once the row layout is known.
+    sources: Vec<SubjectSource>,
+    subjects: SubjectPlan,
+    ids: BTreeMap<String, Vec<String>>,
+    /// Type OID and format of each output column, for reading subject ids.
+    row_types: Vec<(u32, i16)>,
+    rows: u64,
+    held: Vec<Bytes>,
+    pub refused: bool,
+}
+
+fn kind_of(kind: sql::StatementKind) -> StatementKind {
+    match kind {
+        sql::StatementKind::Select => StatementKind::Select,
+        sql::StatementKind::Insert => StatementKind::Insert,
+        sql::StatementKind::Update => StatementKind::Update,
+        sql::StatementKind::Delete => StatementKind::Delete,
+        sql::StatementKind::Other => StatementKind::Other,
+    }
+}
+
+impl Recording {
+    pub fn new(
+        plan: Option<&StatementPlan>,
+        fingerprint: String,
+        protection: &Protection,
+        access: &[Access],
+    ) -> Self {
+        let mut columns: Vec<ColumnAccess> = Vec::new();
+        let mut push = |column: ColumnRef, how: audit::Access| {
+            if let Some(spec) = protection.column(column) {
+                let name = spec.qualified_name();
+                if !columns.iter().any(|c| c.column == name) {
+                    columns.push(ColumnAccess::new(name, how));
+                }
+            }
+        };
+        if let Some(plan) = plan {
+            for &column in &plan.reads {
+                let how = match access.get(column.0) {
+                    Some(Access::Plaintext) => audit::Access::Plaintext,
+                    Some(Access::Mask(_)) => audit::Access::Masked,
+                    _ => audit::Access::Denied,
+                };
+                push(column, how);
+            }
+            for &column in &plan.writes {
+                push(column, audit::Access::Write);
+            }
+        }
+        let sources = match plan {
+            Some(plan) if !plan.reads.is_empty() => plan.subject.sources.clone(),
+            _ => Vec::new(),
+        };
+        // An unknown source is known to be unknown before any row arrives.
+        let subjects = match sources.iter().find_map(|s| match s {
+            SubjectSource::Unknown { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }) {
+            Some(reason) => SubjectPlan::Unknown(reason),
+            None => SubjectPlan::None,
+        };
+        Self {
+            kind: plan.map_or(StatementKind::Other, |p| kind_of(p.kind)),
+            fingerprint,
+            tables: plan
+                .map(|p| p.tables.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            columns,
+            sources,
+            subjects,
+            ids: BTreeMap::new(),
+            row_types: Vec::new(),
+            rows: 0,
+            held: Vec::new(),
+            refused: false,
+        }
+    }
+
+    /// Holds a frame that would have gone to the client.
+    pub fn hold(&mut self, action: Action, frame: &[u8]) {
+        match action {
+            Action::Forward => self.held.push(Bytes::copy_from_slice(frame)),
+            Action::Replace(bytes) => self.held.push(bytes),
+            Action::Drop | Action::Audited(_) => {}
+        }
+    }
+
+    /// The row layout: each output column's type OID and format, the last `injected` of
+    /// them being subject columns pgveil appended.
+    pub fn set_row_types(&mut self, types: Vec<(u32, i16)>, injected: usize) {
+        if !matches!(self.subjects, SubjectPlan::Unknown(_)) && !self.sources.is_empty() {
+            self.subjects =
+                SubjectPlan::from_sources(&self.sources, types.len().saturating_sub(injected));
+        }
+        self.row_types = types;
+    }
+
+    /// Counts a row and reads its subject ids (`body` as the database sent it).
+    pub fn observe_row(&mut self, body: &[u8]) {
+        self.rows += 1;
+        let SubjectPlan::Columns(columns) = &self.subjects else {
+            return;
+        };
+        let Ok(values) = crate::net::messages::data_row_values(body) else {
+            return;
+        };
+        for (table, position) in columns {
+            let Some(Some(range)) = values.get(*position) else {
+                continue;
+            };
+            let (type_oid, format) = self.row_types.get(*position).copied().unwrap_or((25, 0));
+            if let Some(id) = id_text(&body[range.clone()], type_oid, format) {
+                let ids = self.ids.entry(table.clone()).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+
+    /// Finishes the record: `complete` is the CommandComplete, ErrorResponse or other frame
+    /// that ended the statement (already held).
+    pub fn finish(mut self, identity: &Identity, end: &[u8]) -> Box<Audited> {
+        let (outcome, sqlstate) = match end.first() {
+            Some(b'E') => {
+                let code = crate::pgerror::sqlstate_of(&end[5..])
+                    .map(|c| String::from_utf8_lossy(c).into_owned());
+                (
+                    if self.refused {
+                        Outcome::Refused
+                    } else {
+                        Outcome::Error
+                    },
+                    code,
+                )
+            }
+            _ => (Outcome::Ok, None),
+        };
+        if end.first() == Some(&b'C') {
+            if let Some(affected) = command_rows(&end[5..]) {
+                if self.rows == 0 {
+                    self.rows = affected;
+                }
+            }
+        }
+        let subjects = match &self.subjects {
+            SubjectPlan::Unknown(reason) => Subjects::Unknown(reason.clone()),
+            SubjectPlan::None | SubjectPlan::Columns(_) => {
+                Subjects::Known(std::mem::take(&mut self.ids))
+            }
+        };
+        let draft = RecordDraft {
+            time: chrono::Utc::now(),
+            session: identity.session.clone(),
+            client: identity.client.clone(),
+            user: identity.user.clone(),
+            roles: identity.roles.clone(),
+            application: identity.application.clone(),
+            kind: self.kind,
+            fingerprint: self.fingerprint,
+            tables: self.tables,
+            columns: self.columns,
+            rows: self.rows,
+            outcome,
+            sqlstate,
+            subjects,
+        };
+        Box::new(Audited {
+            draft,
+            frames: self.held,
+        })
+    }
+}
+
+/// The row count at the end of a CommandComplete tag (`SELECT 3`, `INSERT 0 1`).
+fn command_rows(body: &[u8]) -> Option<u64> {
+    let mut rest = body;
+    let tag = read_cstr(&mut rest)?;
+    let last = tag.rsplit(|&b| b == b' ').next()?;
+    std::str::from_utf8(last).ok()?.parse().ok()
+}
+
+/// A subject id as text, from the text or binary form of common id types.
+fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
+    if format == 0 {
+        return String::from_utf8(value.to_vec()).ok();
+    }
+    match (type_oid, value.len()) {
+        (21, 2) => Some(i16::from_be_bytes([value[0], value[1]]).to_string()),
+        (23, 4) => Some(i32::from_be_bytes([value[0], value[1], value[2], value[3]]).to_string()),
+        (20, 8) => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
+        (2950, 16) => {
+            let h = hex::encode(value);
+            Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            ))
+        }
+        (25 | 1043 | 1042, _) => String::from_utf8(value.to_vec()).ok(),
+        _ => Some(format!("\\x{}", hex::encode(value))),
+    }
+}
+
+impl AuditSink {
+    /// Appends a record; the outcome also marks the log's health for later statements.
+    pub async fn append(&self, draft: RecordDraft) -> Result<u64, audit::AuditError> {
+        let result = self.log.append(draft).await;
+        self.healthy.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tags_give_row_counts() {
+        assert_eq!(command_rows(b"SELECT 3\0"), Some(3));
+        assert_eq!(command_rows(b"INSERT 0 12\0"), Some(12));
+        assert_eq!(command_rows(b"BEGIN\0"), None);
+    }
+
+    #[test]
+    fn ids_from_binary_and_text() {
+        assert_eq!(id_text(&7i32.to_be_bytes(), 23, 1).as_deref(), Some("7"));
+        assert_eq!(id_text(&42i64.to_be_bytes(), 20, 1).as_deref(), Some("42"));
+        assert_eq!(id_text(b"17", 23, 0).as_deref(), Some("17"));
+        assert_eq!(
+            id_text(&[0u8; 16], 2950, 1).as_deref(),
+            Some("00000000-0000-0000-0000-000000000000")
+        );
+    }
+}

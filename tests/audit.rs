@@ -1,0 +1,311 @@
+//! The audit log, end to end: statements through pgveil produce chained, signed records that
+//! the auditor's commands verify, search and report on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use tokio_postgres::SimpleQueryMessage;
+
+const SSN: &str = "078-05-1120";
+const OTHER_SSN: &str = "219-09-9999";
+
+fn setup(dir: &Path, table: &str) -> String {
+    pgveil::crypto::keys::init_key_dir(&dir.join("keys")).unwrap();
+    cluster().psql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id serial PRIMARY KEY, name text, ssn bytea, birth_date bytea)"
+    ));
+    let config = format!(
+        "{}\n[keys]\nmaster_key_file = \"keys/master.key\"\n\
+[audit]\ndir = \"audit\"\nsigning_key_file = \"keys/audit.key\"\ncheckpoint_every = 5\n\
+[policy]\ndefault_access = \"plaintext\"\n\
+[[table]]\nname = \"{table}\"\nsubject = \"id\"\n\
+[[column]]\ntable = \"{table}\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"deterministic\"\n\
+[[column]]\ntable = \"{table}\"\ncolumn = \"birth_date\"\ntype = \"date\"\nencryption = \"randomized\"\n",
+        relay_config(cluster().port, "")
+    );
+    std::fs::write(dir.join("pgveil.toml"), &config).unwrap();
+    config
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("audit"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    segments.sort();
+    for segment in segments {
+        for line in std::fs::read_to_string(segment).unwrap().lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            if value.get("seq").is_some() && value.get("checkpoint").is_none() {
+                out.push(value);
+            }
+        }
+    }
+    out
+}
+
+fn pgveil(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn rows(messages: &[SimpleQueryMessage]) -> Vec<&tokio_postgres::SimpleQueryRow> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_and_writes_are_recorded_without_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = "audit_patients";
+    let config = setup(dir.path(), table);
+    let proxy = Proxy::start(&config, dir.path());
+    let client = connect(proxy.port()).await;
+
+    client
+        .simple_query(&format!(
+            "INSERT INTO {table} (name, ssn, birth_date) VALUES ('Ann', '{SSN}', '1970-03-04')"
+        ))
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!("INSERT INTO {table} (name, ssn) VALUES ($1, $2)"),
+            &[&"Bob", &OTHER_SSN],
+        )
+        .await
+        .unwrap();
+    // Subject column selected.
+    let got = client
+        .query(
+            &format!("SELECT id, ssn FROM {table} WHERE ssn = $1"),
+            &[&SSN],
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let ann_id: i32 = got[0].get(0);
+    // Subject column not selected: pgveil appends it and strips it from the rows.
+    let messages = client
+        .simple_query(&format!(
+            "SELECT name, ssn FROM {table} WHERE ssn = '{OTHER_SSN}'"
+        ))
+        .await
+        .unwrap();
+    let found = rows(&messages);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].len(),
+        2,
+        "the injected subject column reached the client"
+    );
+    assert_eq!(found[0].get(1), Some(OTHER_SSN));
+    let bob = client
+        .query_one(
+            &format!("SELECT name, ssn FROM {table} WHERE name = 'Bob'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bob.len(), 2);
+    assert_eq!(bob.get::<_, String>(1), OTHER_SSN);
+    // DISTINCT returns protected values whose subjects cannot be told apart: unknown.
+    client
+        .query(&format!("SELECT DISTINCT ssn FROM {table}"), &[])
+        .await
+        .unwrap();
+    // A refusal.
+    let err = client
+        .simple_query(&format!("SELECT * FROM {table} WHERE ssn LIKE '0%'"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    // Out of scope: not recorded.
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    proxy.shutdown();
+
+    let recs = records(dir.path());
+    let kinds: Vec<(&str, &str)> = recs
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("insert", "ok"),
+            ("insert", "ok"),
+            ("select", "ok"),
+            ("select", "ok"),
+            ("select", "ok"),
+            ("select", "ok"),
+            ("select", "refused")
+        ],
+        "{recs:#?}"
+    );
+    let ann = &recs[2];
+    assert_eq!(
+        ann["subjects"][format!("public.{table}")],
+        serde_json::json!([ann_id.to_string()])
+    );
+    assert_eq!(ann["rows"], 1);
+    assert_eq!(ann["user"], SUPERUSER);
+    assert!(ann["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["column"] == format!("public.{table}.ssn") && c["access"] == "plaintext"));
+    assert!(
+        recs[3]["subjects"][format!("public.{table}")]
+            .as_array()
+            .is_some_and(|ids| ids.len() == 1),
+        "{:#?}",
+        recs[3]
+    );
+    assert!(recs[5]["subjects_unknown"].is_string(), "{:#?}", recs[5]);
+    assert_eq!(recs[6]["sqlstate"], "0A000");
+    assert_eq!(recs[0]["columns"][0]["access"], "write");
+    assert!(recs
+        .iter()
+        .all(|r| r["fingerprint"].as_str().is_some_and(|f| !f.is_empty())));
+
+    // No value ever reaches the log: not the SSNs, the name, nor the birth date.
+    for entry in std::fs::read_dir(dir.path().join("audit")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for value in [SSN, OTHER_SSN, "1970-03-04", "Ann", "'0%'"] {
+            assert!(!text.contains(value), "{value} found in the audit log");
+        }
+    }
+
+    // The auditor's commands.
+    let config_path = dir.path().join("pgveil.toml");
+    let config_arg = config_path.to_str().unwrap();
+    let (code, out, err) = pgveil(&["audit", "verify", "--config", config_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = pgveil(&[
+        "audit", "search", "--config", config_arg, "--table", table, "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 7);
+    let subject = format!("{table}:{ann_id}");
+    let (code, out, err) = pgveil(&[
+        "audit",
+        "report",
+        "--config",
+        config_arg,
+        "--subject",
+        &subject,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let disclosures: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(disclosures.iter().any(|d| d["seq"] == ann["seq"]), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_log_withholds_reads_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = "audit_failing";
+    let config = setup(dir.path(), table);
+    let proxy = Proxy::start(&config, dir.path());
+    let client = connect(proxy.port()).await;
+    client
+        .execute(
+            &format!("INSERT INTO {table} (name, ssn) VALUES ('Cy', $1)"),
+            &[&SSN],
+        )
+        .await
+        .unwrap();
+
+    let audit = dir.path().join("audit");
+    let away = dir.path().join("audit.away");
+    std::fs::rename(&audit, &away).unwrap();
+    let err = client
+        .query(&format!("SELECT ssn FROM {table} WHERE ssn = $1"), &[&SSN])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "58030", "{err}");
+    // A write is refused before it runs while the log is failing.
+    let err = client
+        .simple_query(&format!(
+            "INSERT INTO {table} (name, ssn) VALUES ('Di', '{OTHER_SSN}')"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "58030", "{err}");
+    // Statements out of scope still work.
+    assert_eq!(
+        rows(&client.simple_query("SELECT 41 + 1").await.unwrap())[0].get(0),
+        Some("42")
+    );
+
+    std::fs::rename(&away, &audit).unwrap();
+    let got = client
+        .query(&format!("SELECT ssn FROM {table} WHERE ssn = $1"), &[&SSN])
+        .await
+        .unwrap();
+    assert_eq!(got[0].get::<_, String>(0), SSN);
+    let count: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE name = 'Di'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "the refused write ran");
+    drop(client);
+    proxy.shutdown();
+
+    // Restart: the chain continues and verifies.
+    let proxy = Proxy::start(&config, dir.path());
+    let client = connect(proxy.port()).await;
+    client
+        .query(&format!("SELECT ssn FROM {table}"), &[])
+        .await
+        .unwrap();
+    drop(client);
+    proxy.shutdown();
+    let recs = records(dir.path());
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let config_path = dir.path().join("pgveil.toml");
+    let (code, out, err) = pgveil(&["audit", "verify", "--config", config_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Tampering with a stored record is caught and located.
+    let segment = std::fs::read_dir(&audit)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    std::fs::write(&segment, text.replacen("\"rows\":1", "\"rows\":0", 1)).unwrap();
+    let (code, _, err) = pgveil(&["audit", "verify", "--config", config_path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("segment-") && err.contains("seq"), "{err}");
+}
