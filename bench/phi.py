@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -199,6 +200,8 @@ def med(rows, i):
 
 
 def main():
+    # Stop cleanly (cluster, pgveil, temp dir) on SIGTERM too, not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5, help="seconds per pgbench run")
     ap.add_argument("--rounds", type=int, default=3)

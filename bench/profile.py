@@ -81,6 +81,8 @@ def start_relay_env(binary, work, scale):
 
 
 def main():
+    # Stop cleanly (cluster, pgveil, temp dir) on SIGTERM too, not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workload", choices=("phi", "twin", "relay"))
     ap.add_argument("--mode", default="prepared")
