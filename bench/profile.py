@@ -6,6 +6,8 @@ then its samples grouped by what the code does.
     python3 bench/profile.py relay [--mode prepared] [--clients 1] [--duration 10]
     python3 bench/profile.py phi --callgraph     # + inclusive time of pgveil's own functions (DWARF unwinding)
 
+    python3 bench/profile.py phi --audit         # with [audit] scope = "protected"
+
 phi:   bench/phi.py's PHI workload (INSERT + SELECT by ssn on the encrypted table).
 twin:  the same workload on the plaintext twin table, through the same pgveil config.
 relay: pgbench -S (select-only) through pgveil as a plain relay (no [[column]]), like bench/relay.py.
@@ -56,7 +58,7 @@ GROUPS = [
 COMPILED = [(name, re.compile(rx)) for name, rx in GROUPS]
 STAT_EVENTS = ["raw_syscalls:sys_enter", "context-switches", "task-clock",
                *(f"syscalls:sys_enter_{n}" for n in ("recvfrom", "read", "sendto", "write", "writev", "epoll_wait",
-                                                       "futex"))]
+                                                       "futex", "fdatasync", "fsync"))]
 LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[([.k])\]\s+(.*)$")
 
 
@@ -92,6 +94,7 @@ def main():
     ap.add_argument("--freq", type=int, default=1999, help="perf sampling frequency (Hz)")
     ap.add_argument("--callgraph", action="store_true",
                     help="record DWARF call graphs and print inclusive time of pgveil functions")
+    ap.add_argument("--audit", action="store_true", help="phi/twin: pgveil with [audit] scope = protected")
     ap.add_argument("--binary")
     ap.add_argument("--out", help="directory for perf.data (default /tmp/pgveil-profile-WORKLOAD)")
     ap.add_argument("--top", type=int, default=30)
@@ -106,7 +109,11 @@ def main():
     try:
         if args.workload in ("phi", "twin"):
             env.start()
-            port, proc = env.pgveil()
+            audit_dir = None
+            if args.audit:
+                audit_dir = env.work / "audit"
+                audit_dir.mkdir()
+            port, proc = env.pgveil(audit_dir=audit_dir)
             env.preload(port)
             table = phi.PROTECTED if args.workload == "phi" else phi.TWIN
             bench_args = ["-f", str(env.scripts[(table, args.mode)]), "-D", f"note={phi.NOTE}"]
@@ -133,7 +140,7 @@ def main():
     finally:
         env.close()
 
-    print(f"{args.workload} -M {args.mode} -c {args.clients}: {tps:.0f} TPS, {lat:.3f} ms avg latency, "
+    print(f"{args.workload}{' with [audit]' if args.audit else ''} -M {args.mode} -c {args.clients}: {tps:.0f} TPS, {lat:.3f} ms avg latency, "
           f"{txs} transactions ({per_tx} statement(s) each); load average {load}")
     print("\nPer transaction (perf stat on the pgveil process during the same run):\n")
     print("| event | per transaction | per statement |\n|---|---:|---:|")
