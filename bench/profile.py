@@ -18,6 +18,7 @@ network/syscalls, kernel other). Keeps perf.data in --out (default /tmp/pgveil-p
 for `perf report -i`.
 """
 import argparse
+import json
 import re
 import signal
 import subprocess
@@ -39,23 +40,31 @@ GROUPS = [
     ("value codec (canonical encoding, text/binary, dates)", r"pgveil::crypto::value|chrono|rust_decimal|uuid::"),
     ("SQL analysis (fast scan, parser, plan, rewrite, plan cache)",
      r"sqlparser|pgveil::sql|pgveil::veil|fingerprint|may_touch_protected|contains_ignore_ascii_case"),
+    ("audit (records, JSON, hash chain)", r"pgveil::audit|serde_json|serde::"),
     ("protected relay / policy (pgveil::session::protected, policy, masks)", r"pgveil::session::protected|pgveil::policy"),
     ("protocol framing / relay (net, session, bytes)", r"pgveil::net|pgveil::session|bytes::|pgveil::metrics|metrics::"),
     ("hashing / collections (HashMap, SipHash)", r"hashbrown|siphash|core::hash|std::collections"),
     ("allocation / copying (malloc, free, memcpy)",
-     r"malloc|free|realloc|calloc|_int_|alloc::|__rust_(alloc|dealloc|realloc)|memcpy|memmove|memset|memcmp|"
-     r"cfree|tcache|unlink_chunk|core::fmt|alloc::fmt|String"),
-    ("async runtime / scheduling (tokio, futex, context switches)",
-     r"tokio::|mio::|parking_lot|futex|std::sync|std::thread|schedule|switch_to|finish_task_switch|"
-     r"pick_next|try_to_wake_up|wake_up|enqueue|dequeue|epoll|ep_poll|__pthread|pthread_|update_curr|"
-     r"update_load|select_task|ttwu|sched|hrtimer|idle"),
-    ("kernel network / syscalls (TCP loopback, socket read/write)",
-     r"\[kernel|tcp_|ip_|__sys_|sock|skb|entry_SYSCALL|do_syscall|syscall|__x64_sys|net_rx|netif|__netif|loopback|"
-     r"copy_user|copyin|copyout|_copy_to|_copy_from|release_sock|lock_sock|inet_|__dev_queue|dev_hard|"
-     r"process_backlog|__local_bh|do_softirq|__softirqentry|fib_|nf_|rep_movs|clear_user|ksys_|vfs_|"
-     r"read$|write$|recv|send|__libc_(read|write|recv|send)"),
+     r"\] (malloc|free|realloc|calloc|_int_|__rust_(alloc|dealloc|realloc)|__mem(move|cpy|set|cmp)|cfree|tcache|"
+     r"unlink_chunk|malloc_consolidate)|alloc::|core::fmt|alloc::fmt"),
+    ("perf's own tracepoint overhead", r"perf_"),
+    ("kernel block I/O (fdatasync: ext4/jbd2, virtio kick)",
+     r"\[kernel.*(iowrite|ioread|blk_|bio_|_bio|ext4|jbd2|virtqueue|virtio|filemap|writeback|file_write_and_wait|"
+     r"mpage|submit_|folio|fdatasync|vfs_fsync|dm_|nvme|scsi)"),
+    ("kernel scheduling / wakeups (context switch, epoll, futex)",
+     r"\[kernel.*(finish_task_switch|__schedule|schedule\b|switch_to|pick_next|try_to_wake_up|ttwu|enqueue|dequeue|"
+     r"update_curr|update_load|select_task|ep_poll|epoll|futex|hrtimer|psi_|idle)"),
+    ("kernel network / syscalls (TCP loopback, socket I/O; IRQ-restore points, see README)",
+     r"\[kernel.*(tcp_|ip_|__sys_|sock|skb|entry_SYSCALL|do_syscall|syscall|x64_sys|net_rx|netif|loopback|"
+     r"copy_user|_copy_to|_copy_from|release_sock|lock_sock|inet_|__dev_queue|dev_hard|process_backlog|"
+     r"__local_bh|do_softirq|handle_softirqs|fib_|nf_|rep_movs|ksys_|vfs_|fdget|_raw_spin_unlock_irq|"
+     r"__check_object_size|__virt_addr_valid|kmem_cache|kfree|__alloc_skb|__rcu_read|read_tsc)"),
+    ("async runtime (tokio, mio, epoll_wait, parking)", r"tokio::|mio::|parking_lot|std::sync|std::thread|"
+     r"epoll_wait|__pthread|pthread_|syscall$|\bfutex"),
+    ("libc socket calls", r"__send|__recv|__libc_(read|write|recv|send)"),
 ]
-COMPILED = [(name, re.compile(rx)) for name, rx in GROUPS]
+# Kernel groups match kernel samples only, the others user-space samples only.
+COMPILED = [(name, re.compile(rx), name.startswith(("kernel", "perf"))) for name, rx in GROUPS]
 STAT_EVENTS = ["raw_syscalls:sys_enter", "context-switches", "task-clock",
                *(f"syscalls:sys_enter_{n}" for n in ("recvfrom", "read", "sendto", "write", "writev", "epoll_wait",
                                                        "futex", "fdatasync", "fsync"))]
@@ -63,9 +72,9 @@ LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[([.k])\]\s+(.*)$")
 
 
 def group_of(dso, kind, sym):
-    text = f"{dso} {sym}"
-    for name, rx in COMPILED:
-        if rx.search(text):
+    text = f"{dso} [{kind}] {sym}" if kind == "." else f"[kernel] {sym}"
+    for name, rx, kernel in COMPILED:
+        if kernel == (kind == "k") and rx.search(text):
             return name
     if kind == "k":
         return "kernel other"
@@ -98,10 +107,14 @@ def main():
     ap.add_argument("--binary")
     ap.add_argument("--out", help="directory for perf.data (default /tmp/pgveil-profile-WORKLOAD)")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--report-only", action="store_true", help="only print the report of an earlier run in --out")
     args = ap.parse_args()
     out = Path(args.out or f"/tmp/pgveil-profile-{args.workload}")
     out.mkdir(parents=True, exist_ok=True)
     data = out / "perf.data"
+    if args.report_only:
+        report(out, json.loads((out / "meta.json").read_text()), args.top, args.callgraph)
+        return
 
     binary = build_pgveil(args.binary)
     env = phi.Env(binary, args.rows)
@@ -140,7 +153,16 @@ def main():
     finally:
         env.close()
 
-    print(f"{args.workload}{' with [audit]' if args.audit else ''} -M {args.mode} -c {args.clients}: {tps:.0f} TPS, {lat:.3f} ms avg latency, "
+    meta = {"title": f"{args.workload}{' with [audit]' if args.audit else ''} -M {args.mode} -c {args.clients}",
+            "tps": tps, "lat": lat, "txs": txs, "per_tx": per_tx, "load": load, "freq": args.freq}
+    (out / "meta.json").write_text(json.dumps(meta))
+    report(out, meta, args.top, args.callgraph)
+
+
+def report(out, meta, top_n, callgraph):
+    data = out / "perf.data"
+    tps, lat, txs, per_tx, load = meta["tps"], meta["lat"], meta["txs"], meta["per_tx"], meta["load"]
+    print(f"{meta['title']}: {tps:.0f} TPS, {lat:.3f} ms avg latency, "
           f"{txs} transactions ({per_tx} statement(s) each); load average {load}")
     print("\nPer transaction (perf stat on the pgveil process during the same run):\n")
     print("| event | per transaction | per statement |\n|---|---:|---:|")
@@ -164,17 +186,17 @@ def main():
         g = group_of(dso, kind, sym)
         groups[g] += pct
         top.append((pct, dso, kind, sym, g))
-    print(f"\nSelf time by group (perf record -F {args.freq}, all threads of pgveil, user + kernel):\n")
+    print(f"\nSelf time by group (perf record -F {meta['freq']}, all threads of pgveil, user + kernel):\n")
     print("| group | % of pgveil samples |\n|---|---:|")
     for g, pct in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"| {g} | {pct:.1f} |")
-    print(f"\nTop {args.top} symbols by self time:\n")
+    print(f"\nTop {top_n} symbols by self time:\n")
     print("| % | where | symbol | group |\n|---:|---|---|---|")
-    for pct, dso, kind, sym, g in top[:args.top]:
+    for pct, dso, kind, sym, g in top[:top_n]:
         short = sym if len(sym) <= 110 else sym[:107] + "..."
         print(f"| {pct:.2f} | {dso} [{kind}] | `{short}` | {g.split(' (')[0]} |")
 
-    if args.callgraph:
+    if callgraph:
         rep = subprocess.run(["perf", "report", "-i", str(data), "--children", "--sort", "sym", "--stdio", "-g", "none",
                               "--percent-limit", "1"], capture_output=True, text=True)
         print("\nInclusive time (children) of pgveil's functions, >= 1%:\n")
