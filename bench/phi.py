@@ -25,6 +25,7 @@ and prints no ratio.
 
     python3 bench/phi.py [--duration 5] [--rounds 3] [--rows 10000] [--modes simple,extended,prepared]
     python3 bench/phi.py --audit [--duration 5] [--rounds 3]
+    python3 bench/phi.py --audit --select-only   # reads only: every record must be durable before its rows
     python3 bench/phi.py --quick            # one round, 3 s runs
 
 Needs the PostgreSQL server binaries, pgbench and perf (for --audit); builds pgveil in
@@ -116,7 +117,7 @@ def preload_sql(table, rows):
     return "\n".join(out) + "\n"
 
 
-def script(table, mode, rows):
+def script(table, mode, rows, select_only=False):
     """pgbench script. Inserted ssns (200000000..) never collide with the preloaded ones the
     SELECT looks up (100000001..100000000+rows), so every SELECT returns exactly one row.
     Simple protocol: quoted literals (pgbench substitutes variables as raw text). Extended and
@@ -128,17 +129,20 @@ def script(table, mode, rows):
             "\\set bd random(1930, 2015) * 10000 + random(1, 12) * 100 + random(1, 28)\n"
             "\\set lssn 100000000 + :id\n")
     if mode == "simple":
-        return head + (f"INSERT INTO {table} (ssn, birth_date, notes) VALUES (':nssn', ':bd', '{NOTE}');\n"
-                       f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = ':lssn';\n")
-    return head + (f"INSERT INTO {table} (ssn, birth_date, notes) VALUES (:nssn, :bd, :note);\n"
-                   f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = :lssn;\n")
+        insert = f"INSERT INTO {table} (ssn, birth_date, notes) VALUES (':nssn', ':bd', '{NOTE}');\n"
+        select = f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = ':lssn';\n"
+    else:
+        insert = f"INSERT INTO {table} (ssn, birth_date, notes) VALUES (:nssn, :bd, :note);\n"
+        select = f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = :lssn;\n"
+    return head + ("" if select_only else insert) + select
 
 
 class Env:
     """Throwaway cluster with both tables preloaded, keys, and pgveil processes."""
 
-    def __init__(self, binary, rows, keep=False, synchronous_commit="off"):
+    def __init__(self, binary, rows, keep=False, synchronous_commit="off", select_only=False):
         self.binary = binary
+        self.statements = 1 if select_only else STATEMENTS_PER_TX
         self.rows = rows
         self.synchronous_commit = synchronous_commit
         self.keep = keep
@@ -151,7 +155,7 @@ class Env:
         for table in (PROTECTED, TWIN):
             for mode in MODES:
                 path = self.work / f"{table}-{mode}.pgbench"
-                path.write_text(script(table, mode, rows))
+                path.write_text(script(table, mode, rows, select_only))
                 self.scripts[(table, mode)] = path
 
     def start(self):
@@ -209,6 +213,8 @@ def main():
     ap.add_argument("--modes", default=None, help="comma-separated pgbench -M modes")
     ap.add_argument("--clients", default="1,8", help="comma-separated client counts")
     ap.add_argument("--audit", action="store_true", help="audit on vs off instead of (a)/(b)/(c)")
+    ap.add_argument("--select-only", action="store_true",
+                    help="transactions of the SELECT alone (no INSERT): a pure read workload")
     ap.add_argument("--binary", help="pgveil binary to use (default: cargo build --release)")
     ap.add_argument("--synchronous-commit", default="off", choices=("on", "off"),
                     help="the cluster's synchronous_commit (default off: the disk is shared with concurrent "
@@ -221,7 +227,7 @@ def main():
     clients = [int(c) for c in args.clients.split(",")]
 
     binary = build_pgveil(args.binary)
-    env = Env(binary, args.rows, synchronous_commit=args.synchronous_commit)
+    env = Env(binary, args.rows, synchronous_commit=args.synchronous_commit, select_only=args.select_only)
     try:
         env.start()
         if args.audit:
@@ -254,7 +260,8 @@ def compare(env, args, modes, clients):
                       f"cpu={cpu_us:6.1f} µs/tx", file=sys.stderr, flush=True)
         loads.append(load_average())
 
-    print(f"\nPHI workload (INSERT + SELECT by ssn, {STATEMENTS_PER_TX} statements/tx), {args.rounds} rounds x "
+    what = "SELECT by ssn" if args.select_only else "INSERT + SELECT by ssn"
+    print(f"\nPHI workload ({what}, {env.statements} statements/tx), {args.rounds} rounds x "
           f"{args.duration} s, synchronous_commit={args.synchronous_commit}, medians; load average (1/5/15 min) at start and after each round: "
           + "; ".join(loads))
     print()
@@ -266,7 +273,7 @@ def compare(env, args, modes, clients):
         ta, tb, tc = med(a, 0), med(b, 0), med(d, 0)
         la, lb, lc = med(a, 1), med(b, 1), med(d, 1)
         print(f"| {mode} | {c} | {ta:.0f} | {tb:.0f} | {tc:.0f} | {ta / tb:.2f} | {ta / tc:.2f} "
-              f"| {(la - lb) * 1000 / STATEMENTS_PER_TX:.0f} | {(la - lc) * 1000 / STATEMENTS_PER_TX:.0f} "
+              f"| {(la - lb) * 1000 / env.statements:.0f} | {(la - lc) * 1000 / env.statements:.0f} "
               f"| {med(a, 2):.0f} | {med(b, 2):.0f} |")
 
 
@@ -316,13 +323,13 @@ def audit(env, args, modes, clients):
                 if target == "audit-on" and records == 0:
                     files = sorted(p.name for p in audit_dir.iterdir())
                     print(f"\nNO AUDIT RECORDS: pgveil with [audit] configured ran {txs} PHI transactions "
-                          f"({STATEMENTS_PER_TX} statements in scope each) and wrote no audit record "
+                          f"({env.statements} statements in scope each) and wrote no audit record "
                           f"(audit dir {audit_dir}: {files or 'empty'}). This build does not audit "
                           "statements yet, so there is no audit cost to measure: no ratio printed.")
                     sys.exit(3)
         loads.append(load_average())
 
-    print(f"\nAudit cost, PHI workload, {args.rounds} rounds x {args.duration} s, "
+    print(f"\nAudit cost, PHI workload{' (SELECT only)' if args.select_only else ''}, {args.rounds} rounds x {args.duration} s, "
           f"synchronous_commit={args.synchronous_commit}, medians; load average at start "
           "and after each round: " + "; ".join(loads))
     print("fsyncs = fsync + fdatasync calls by the pgveil process (perf stat, syscall tracepoints); "
