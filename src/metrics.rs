@@ -81,6 +81,16 @@ pub fn install() -> Option<PrometheusHandle> {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            // Histogram samples pile up until drained; without this, a proxy that is never
+            // scraped would grow by a few bytes per query forever.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("pgveil-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .ok()?;
             Some(handle)
         })
         .clone()

@@ -107,6 +107,38 @@ pub fn notice(code: &str, message: &str) -> Bytes {
     buf.freeze()
 }
 
+/// An ErrorResponse pgveil made the database raise (a `DO` block standing in for a refused
+/// statement) carries PL/pgSQL's context and source location; this returns the frame
+/// without them, so the client sees the error as if pgveil had sent it. `None` for any
+/// other error.
+pub fn without_raise_context(frame: &[u8]) -> Option<Bytes> {
+    let body = frame.get(5..)?;
+    let mut fields = Vec::new();
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        fields.push((field, &tail[..end]));
+        rest = &tail[end + 1..];
+    }
+    let message = fields.iter().find(|(f, _)| *f == b'M')?.1;
+    let context = fields.iter().find(|(f, _)| *f == b'W')?.1;
+    if !message.starts_with(b"pgveil: ") || !context.windows(17).any(|w| w == b"inline_code_block")
+    {
+        return None;
+    }
+    let kept: Vec<(u8, String)> = fields
+        .iter()
+        .filter(|(f, _)| matches!(f, b'S' | b'V' | b'C' | b'M' | b'D' | b'H'))
+        .map(|(f, v)| (*f, String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let mut buf = BytesMut::new();
+    ErrorResponse::new(kept).encode(&mut buf).ok()?;
+    Some(buf.freeze())
+}
+
 /// Reads the SQLSTATE (`C` field) of an ErrorResponse or NoticeResponse body.
 pub fn sqlstate_of(body: &[u8]) -> Option<&[u8]> {
     let mut rest = body;
@@ -126,6 +158,36 @@ pub fn sqlstate_of(body: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raised_errors_lose_their_plpgsql_context() {
+        let mut body = Vec::new();
+        for (f, v) in [
+            (b'S', "ERROR"),
+            (b'C', "0A000"),
+            (
+                b'M',
+                "pgveil: LIKE is not supported on encrypted column public.p.ssn",
+            ),
+            (b'W', "PL/pgSQL function inline_code_block line 1 at RAISE"),
+            (b'F', "pl_exec.c"),
+        ] {
+            body.push(f);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut frame = vec![b'E'];
+        frame.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let cleaned = without_raise_context(&frame).unwrap();
+        assert!(!cleaned.windows(9).any(|w| w == b"pl_exec.c"));
+        assert!(!cleaned.windows(17).any(|w| w == b"inline_code_block"));
+        assert_eq!(sqlstate_of(&cleaned[5..]), Some(&b"0A000"[..]));
+        // A database error is left alone.
+        let plain = PgError::error("42P01", "relation does not exist").encode();
+        assert!(without_raise_context(&plain).is_none());
+    }
 
     #[test]
     fn error_frames_carry_code_and_message() {

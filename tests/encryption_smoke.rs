@@ -64,3 +64,133 @@ async fn smoke() {
 fn chrono_date() -> chrono::NaiveDate {
     chrono::NaiveDate::from_ymd_opt(2023, 12, 31).unwrap()
 }
+
+/// Listens on a free port and forwards to the cluster, recording every byte sent upstream.
+async fn tap() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", cluster().port))
+                .await
+                .unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_plaintext_value_reaches_the_database() {
+    const SECRET: &str = "555-12-3456";
+    const SECRET_DATE: &str = "1961-07-14";
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql("DROP TABLE IF EXISTS tap_patients; CREATE TABLE tap_patients (id serial PRIMARY KEY, name text, ssn bytea, birth_date bytea)");
+    let (tap_port, seen) = tap().await;
+    let config = config(dir.path(), "tap_patients").replace(
+        &format!("port = {}", cluster().port),
+        &format!("port = {tap_port}"),
+    );
+    let proxy = Proxy::start(&config, dir.path());
+    let client = connect(proxy.port()).await;
+
+    client.simple_query(&format!("INSERT INTO tap_patients (name, ssn, birth_date) VALUES ('a', '{SECRET}', '{SECRET_DATE}')")).await.unwrap();
+    let date = chrono::NaiveDate::parse_from_str(SECRET_DATE, "%Y-%m-%d").unwrap();
+    client
+        .execute(
+            "INSERT INTO tap_patients (name, ssn, birth_date) VALUES ('b', $1, $2)",
+            &[&SECRET, &date],
+        )
+        .await
+        .unwrap();
+    let found = client
+        .query(
+            "SELECT ssn, birth_date FROM tap_patients WHERE ssn = $1",
+            &[&SECRET],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0].get::<_, chrono::NaiveDate>(1), date);
+    client
+        .simple_query(&format!(
+            "SELECT name FROM tap_patients WHERE ssn IN ('{SECRET}', 'x')"
+        ))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE tap_patients SET ssn = '{SECRET}' WHERE name = 'a'"
+        ))
+        .await
+        .unwrap();
+
+    // Refused statements never go up, nor does anything after them in the same string.
+    let err = client
+        .simple_query(&format!("SELECT 1 FROM tap_patients WHERE ssn LIKE '{SECRET}'; INSERT INTO tap_patients (ssn) VALUES ('{SECRET}')"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    // A refused Parse pipelined with its Bind (plaintext parameter), Execute and Sync: the
+    // Bind is dropped by pgveil, as the database would skip it.
+    let err = client
+        .query_typed(
+            "SELECT 1 FROM tap_patients WHERE ssn LIKE $1",
+            &[(&SECRET, tokio_postgres::types::Type::TEXT)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    // The session goes on.
+    assert_eq!(
+        client
+            .query(
+                "SELECT count(*) FROM tap_patients WHERE ssn = $1",
+                &[&SECRET]
+            )
+            .await
+            .unwrap()[0]
+            .get::<_, i64>(0),
+        2
+    );
+    drop(client);
+    proxy.shutdown();
+
+    let sent = seen.lock().unwrap().clone();
+    assert!(
+        sent.len() > 1000,
+        "the tap saw too little traffic: {}",
+        sent.len()
+    );
+    for plaintext in [SECRET, SECRET_DATE] {
+        assert!(
+            !sent
+                .windows(plaintext.len())
+                .any(|w| w == plaintext.as_bytes()),
+            "{plaintext} reached the database"
+        );
+    }
+    // The binary date (days since 2000-01-01) never went up either.
+    let days = (date - chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap()).num_days() as i32;
+    assert!(
+        !sent.windows(4).any(|w| w == days.to_be_bytes()),
+        "the binary date reached the database"
+    );
+}

@@ -545,3 +545,43 @@ async fn metrics_and_health_endpoints() {
     }
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn function_calls_relay_through_psql_large_objects() {
+    // libpq's large-object functions use the FunctionCall message.
+    let proxy = Proxy::relay();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.bin");
+    let output = dir.path().join("out.bin");
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&input, &payload).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let imported = psql_at(
+        proxy.port(),
+        SUPERUSER,
+        PASSWORD,
+        &format!("\\lo_import {}", input.display()),
+    )
+    .unwrap();
+    let oid: u32 = imported.split_whitespace().last().unwrap().parse().unwrap();
+    psql_at(
+        proxy.port(),
+        SUPERUSER,
+        PASSWORD,
+        &format!("\\lo_export {oid} {}", output.display()),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&output).unwrap(), payload);
+    psql_at(
+        proxy.port(),
+        SUPERUSER,
+        PASSWORD,
+        &format!("SELECT lo_unlink({oid})"),
+    )
+    .unwrap();
+    healthy(proxy.port()).await;
+}

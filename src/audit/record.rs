@@ -74,27 +74,8 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StatementKind {
-    Select,
-    Insert,
-    Update,
-    Delete,
-    Other,
-}
-
-impl StatementKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Select => "select",
-            Self::Insert => "insert",
-            Self::Update => "update",
-            Self::Delete => "delete",
-            Self::Other => "other",
-        }
-    }
-}
+/// The statement kind of the analysis, serialized in lower case.
+pub use crate::sql::StatementKind;
 
 /// The access applied to one column in one statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -170,66 +170,124 @@ async fn client_to_server(
     }
 }
 
+/// The server half's wait for more bytes from the database, shared by both relays. A FATAL
+/// error the client half asks to deliver, shutdown once the session is idle, and a database
+/// that went away all end the session here, with the client told why.
+pub(crate) struct ServerWait {
+    fatal: mpsc::Receiver<PgError>,
+    shutdown: watch::Receiver<bool>,
+    shutting_down: bool,
+    client: SocketAddr,
+}
+
+impl ServerWait {
+    pub(crate) fn new(
+        fatal: mpsc::Receiver<PgError>,
+        shutdown: watch::Receiver<bool>,
+        client: SocketAddr,
+    ) -> Self {
+        let shutting_down = shutdown.borrow().to_owned();
+        Self {
+            fatal,
+            shutdown,
+            shutting_down,
+            client,
+        }
+    }
+
+    /// Reads more from the database into `buf`; `None` once the session must end. `idle`
+    /// says whether shutdown may close the session now; `expected_close` whether the
+    /// database closing would be expected (the client said Terminate, or the database sent
+    /// a FATAL error).
+    pub(crate) async fn read(
+        &mut self,
+        reader: &mut ReadHalf,
+        writer: &mut WriteHalf,
+        buf: &mut bytes::BytesMut,
+        idle: impl Fn() -> bool,
+        expected_close: impl Fn() -> bool,
+    ) -> Result<Option<usize>, SessionError> {
+        loop {
+            if self.shutting_down && idle() {
+                let error = PgError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection because pgveil is shutting down",
+                );
+                send_error(writer, &error).await?;
+                return Ok(None);
+            }
+            let n = tokio::select! {
+                biased;
+                error = self.fatal.recv() => {
+                    if let Some(error) = error {
+                        send_error(writer, &error).await?;
+                    }
+                    return Ok(None);
+                }
+                changed = self.shutdown.changed(), if !self.shutting_down => {
+                    // A dropped sender means the server is gone: shut down as well.
+                    self.shutting_down = changed.is_err() || *self.shutdown.borrow();
+                    continue;
+                }
+                n = reader.read_buf(buf) => n,
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) if expected_close() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(client = %self.client, error = %e, "lost the database connection");
+                    0
+                }
+            };
+            if n == 0 {
+                if !expected_close() {
+                    metrics::get().error(ErrorKind::UpstreamLost);
+                    let error = PgError::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        "pgveil: the database connection was lost",
+                    );
+                    send_error(writer, &error).await?;
+                }
+                return Ok(None);
+            }
+            metrics::get().bytes_from_server.increment(n as u64);
+            return Ok(Some(n));
+        }
+    }
+}
+
+async fn send_error(writer: &mut WriteHalf, error: &PgError) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    writer.write_all(&error.encode()).await?;
+    writer.flush().await
+}
+
 async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
     shared: &Mutex<Shared>,
-    mut fatal: mpsc::Receiver<PgError>,
-    mut shutdown: watch::Receiver<bool>,
+    fatal: mpsc::Receiver<PgError>,
+    shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
     let mut buf = new_buffer();
     let mut out = Outbox::default();
     let mut upstream_said_fatal = false;
-    let mut shutting_down = shutdown.borrow().to_owned();
+    let mut wait = ServerWait::new(fatal, shutdown, config.client_addr);
     loop {
-        if shutting_down && lock(shared).idle() {
-            let error = PgError::fatal(
-                sqlstate::ADMIN_SHUTDOWN,
-                "terminating connection because pgveil is shutting down",
-            );
-            out.push(error.encode());
-            out.flush_to(writer.as_mut()).await?;
+        let read = wait
+            .read(
+                reader,
+                writer,
+                &mut buf,
+                || lock(shared).idle(),
+                || upstream_said_fatal || lock(shared).client_terminated,
+            )
+            .await?;
+        if read.is_none() {
             return Ok(());
         }
-        let n = tokio::select! {
-            biased;
-            error = fatal.recv() => {
-                if let Some(error) = error {
-                    out.push(error.encode());
-                    out.flush_to(writer.as_mut()).await?;
-                }
-                return Ok(());
-            }
-            changed = shutdown.changed(), if !shutting_down => {
-                // A dropped sender means the server is gone: shut down as well.
-                shutting_down = changed.is_err() || *shutdown.borrow();
-                continue;
-            }
-            n = reader.read_buf(&mut buf) => n,
-        };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) if upstream_said_fatal || lock(shared).client_terminated => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(client = %config.client_addr, error = %e, "lost the database connection");
-                0
-            }
-        };
-        if n == 0 {
-            if !upstream_said_fatal && !lock(shared).client_terminated {
-                metrics.error(ErrorKind::UpstreamLost);
-                let error = PgError::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "pgveil: the database connection was lost",
-                );
-                out.push(error.encode());
-                out.flush_to(writer.as_mut()).await?;
-            }
-            return Ok(());
-        }
-        metrics.bytes_from_server.increment(n as u64);
         drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
             Ok::<_, SessionError>(match frame[0] {
                 b'Z' => {

@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 use super::catalog::{Collector, Wanted};
 use super::recording::{self, AuditSink, Identity, Recording};
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
-use super::{is_fatal, without_channel_binding, SessionConfig, SessionError, FRONTEND_TAGS};
+use super::{
+    is_fatal, without_channel_binding, ServerWait, SessionConfig, SessionError, FRONTEND_TAGS,
+};
 use crate::config::{Access, AuditScope};
 use crate::crypto::value::{self, SessionTime, WireFormat};
 use crate::metrics::{self, ErrorKind};
@@ -47,6 +49,9 @@ struct Prepared {
     fingerprint: Option<String>,
     /// Subject columns pgveil appended to the statement's output.
     injected: usize,
+    /// Set when pgveil refused the Parse: a later Bind to it gets the same error instead of
+    /// carrying its parameters upstream.
+    refused: Option<PgError>,
 }
 
 /// A statement's result columns: the protected column behind each (if any) and its type.
@@ -72,6 +77,19 @@ impl Prepared {
             row: OnceLock::new(),
             fingerprint: None,
             injected: 0,
+            refused: None,
+        })
+    }
+
+    fn refused(error: &PgError) -> Arc<Self> {
+        Arc::new(Self {
+            analysis: None,
+            param_columns: Vec::new(),
+            client_param_types: Vec::new(),
+            row: OnceLock::new(),
+            fingerprint: None,
+            injected: 0,
+            refused: Some(error.clone()),
         })
     }
 }
@@ -144,6 +162,9 @@ struct State {
     client_terminated: bool,
     /// A DDL or search_path change went up in the current extended batch.
     refresh_at_sync: Option<Wanted>,
+    /// After pgveil refused an extended-protocol message, everything up to Sync is dropped
+    /// here, as the database would skip it: none of it (parameters included) goes upstream.
+    discarding: bool,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -209,6 +230,7 @@ impl Shared {
                 status: b'I',
                 client_terminated: false,
                 refresh_at_sync: None,
+                discarding: false,
             }),
             veil,
             policy,
@@ -311,6 +333,15 @@ async fn client_to_server(
 /// Decides what goes upstream for one client message, and what to expect back.
 fn frontend_message(frame: &[u8], shared: &Shared) -> Result<Action, SessionError> {
     follow_policy(shared);
+    {
+        let mut state = lock(&shared.state);
+        if state.discarding {
+            if frame[0] != b'S' {
+                return Ok(Action::Drop);
+            }
+            state.discarding = false;
+        }
+    }
     let body = &frame[5..];
     let metrics = metrics::get();
     match frame[0] {
@@ -722,6 +753,7 @@ fn injected_error(error: &PgError, state: &mut State, recording: Option<Box<Reco
         result_formats: Vec::new(),
     };
     state.expect.push_back(Expect::Injected(recording));
+    state.discarding = true;
     Action::Replace(join(&[
         &parse.encode(),
         &bind.encode(),
@@ -739,6 +771,11 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
             if sql::may_touch_protected(&lossy, &veil.protection) {
                 let recording =
                     refusal_recording(shared, &state, None, || sql::fingerprint(&lossy));
+                insert_statement(
+                    &mut state,
+                    parse.name.clone(),
+                    Prepared::refused(&cannot_analyse()),
+                );
                 return injected_error(&cannot_analyse(), &mut state, recording);
             }
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
@@ -775,6 +812,11 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         _ => {
             let recording =
                 refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
+            insert_statement(
+                &mut state,
+                parse.name.clone(),
+                Prepared::refused(&cannot_analyse()),
+            );
             return injected_error(&cannot_analyse(), &mut state, recording);
         }
     };
@@ -788,6 +830,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                 let recording = refusal_recording(shared, &state, Some(plan), || {
                     state.catalog.fingerprint(text)
                 });
+                insert_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
                 return injected_error(&error, &mut state, recording);
             }
         };
@@ -833,6 +876,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         row: OnceLock::new(),
         fingerprint: recorded.map(|_| state.catalog.fingerprint(text)),
         injected,
+        refused: None,
     });
     insert_statement(&mut state, parse.name.clone(), prepared.clone());
     state.expect.push_back(Expect::Parse);
@@ -881,6 +925,10 @@ fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
         .get(statement_name)
         .cloned()
         .unwrap_or_else(Prepared::plain);
+    if let Some(error) = &prepared.refused {
+        let recording = refusal_recording(shared, &state, None, String::new);
+        return Ok(injected_error(error, &mut state, recording));
+    }
     if prepared.analysis.is_none() {
         state.portals.insert(
             portal_name,
@@ -1001,11 +1049,10 @@ async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
     shared: &Shared,
-    mut fatal: mpsc::Receiver<PgError>,
-    mut shutdown: watch::Receiver<bool>,
+    fatal: mpsc::Receiver<PgError>,
+    shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
-    let metrics = metrics::get();
     let mut buf = new_buffer();
     let mut out = Outbox::default();
     let mut backend = Backend {
@@ -1017,62 +1064,21 @@ async fn server_to_client(
         recording: None,
     };
     let sink = shared.sink().map(Arc::as_ref);
-    let mut shutting_down = shutdown.borrow().to_owned();
+    let mut wait = ServerWait::new(fatal, shutdown, config.client_addr);
     loop {
-        if shutting_down && {
+        let idle = || {
             let state = lock(&shared.state);
             state.expect.is_empty() && state.status == b'I'
-        } {
-            out.push(
-                PgError::fatal(
-                    sqlstate::ADMIN_SHUTDOWN,
-                    "terminating connection because pgveil is shutting down",
-                )
-                .encode(),
-            );
-            out.flush_to(writer.as_mut()).await?;
+        };
+        let expected_close =
+            || backend.upstream_said_fatal || lock(&shared.state).client_terminated;
+        if wait
+            .read(reader, writer, &mut buf, idle, expected_close)
+            .await?
+            .is_none()
+        {
             return Ok(());
         }
-        let n = tokio::select! {
-            biased;
-            error = fatal.recv() => {
-                if let Some(error) = error {
-                    out.push(error.encode());
-                    out.flush_to(writer.as_mut()).await?;
-                }
-                return Ok(());
-            }
-            changed = shutdown.changed(), if !shutting_down => {
-                shutting_down = changed.is_err() || *shutdown.borrow();
-                continue;
-            }
-            n = reader.read_buf(&mut buf) => n,
-        };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) if backend.upstream_said_fatal || lock(&shared.state).client_terminated => {
-                return Err(e.into())
-            }
-            Err(e) => {
-                tracing::warn!(client = %config.client_addr, error = %e, "lost the database connection");
-                0
-            }
-        };
-        if n == 0 {
-            if !backend.upstream_said_fatal && !lock(&shared.state).client_terminated {
-                metrics.error(ErrorKind::UpstreamLost);
-                out.push(
-                    PgError::fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        "pgveil: the database connection was lost",
-                    )
-                    .encode(),
-                );
-                out.flush_to(writer.as_mut()).await?;
-            }
-            return Ok(());
-        }
-        metrics.bytes_from_server.increment(n as u64);
         drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
             Ok::<_, SessionError>(backend.frame(frame))
         })?;
@@ -1102,11 +1108,35 @@ impl Backend<'_> {
             }
             b'R' => return without_channel_binding(frame).map_or(Action::Forward, Action::Replace),
             b'E' => {
-                metrics::get().error(ErrorKind::Database);
                 self.upstream_said_fatal |= is_fatal(&frame[5..]);
+                if let Some(cleaned) = crate::pgerror::without_raise_context(frame) {
+                    metrics::get().error(ErrorKind::Refused);
+                    return self.statement_error(cleaned, frame);
+                }
+                metrics::get().error(ErrorKind::Database);
             }
             _ => {}
         }
+        self.statement_frame(frame)
+    }
+
+    /// pgveil's own raised error, cleaned: it still ends the statement it stands for.
+    fn statement_error(&mut self, cleaned: Bytes, original: &[u8]) -> Action {
+        match self.statement_frame(original) {
+            Action::Forward | Action::Replace(_) => Action::Replace(cleaned),
+            Action::Audited(mut audited) => {
+                if let Some(last) = audited.frames.last_mut() {
+                    *last = cleaned;
+                }
+                Action::Audited(audited)
+            }
+            Action::Drop => Action::Drop,
+        }
+    }
+
+    /// A frame that belongs to the response of a client message.
+    fn statement_frame(&mut self, frame: &[u8]) -> Action {
+        let tag = frame[0];
         let shared = self.shared;
         let mut state = lock(&shared.state);
         if tag == b'Z' {

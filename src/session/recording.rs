@@ -13,7 +13,7 @@ use super::relay::{Action, Audited};
 use crate::audit::{self, AuditLog, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
 use crate::config::{Access, AuditScope};
 use crate::net::frame::read_cstr;
-use crate::sql::{self, ColumnRef, Protection, StatementPlan, SubjectSource};
+use crate::sql::{ColumnRef, Protection, StatementPlan, SubjectSource};
 
 /// The audit log as the sessions share it.
 pub struct AuditSink {
@@ -131,16 +131,6 @@ pub struct Recording {
     pub refused: bool,
 }
 
-fn kind_of(kind: sql::StatementKind) -> StatementKind {
-    match kind {
-        sql::StatementKind::Select => StatementKind::Select,
-        sql::StatementKind::Insert => StatementKind::Insert,
-        sql::StatementKind::Update => StatementKind::Update,
-        sql::StatementKind::Delete => StatementKind::Delete,
-        sql::StatementKind::Other => StatementKind::Other,
-    }
-}
-
 impl Recording {
     pub fn new(
         plan: Option<&StatementPlan>,
@@ -183,7 +173,7 @@ impl Recording {
             None => SubjectPlan::None,
         };
         Self {
-            kind: plan.map_or(StatementKind::Other, |p| kind_of(p.kind)),
+            kind: plan.map_or(StatementKind::Other, |p| p.kind),
             fingerprint,
             tables: plan
                 .map(|p| p.tables.iter().map(ToString::to_string).collect())

@@ -43,7 +43,8 @@ pub use fingerprint::fingerprint;
 use crate::schema::TableName;
 
 /// Statement kind, for the audit log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StatementKind {
     Select,
     Insert,
