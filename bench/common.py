@@ -2,6 +2,7 @@
 and pgbench runs."""
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -22,9 +23,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def build_pgveil():
+def build_pgveil(binary=None):
+    """The release binary: `binary` as given, or `cargo build --release` (a no-op when up to date)."""
+    if binary:
+        return Path(binary).resolve()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     return ROOT / "target" / "release" / "pgveil"
+
+
+def load_average():
+    """`uptime`'s three load averages, as a string, to print with every table."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def server_pid(proc):
@@ -124,6 +134,38 @@ def start_pgbouncer(work, port, upstream_port):
     proc = subprocess.Popen(as_postgres([binary, str(ini)]))
     wait_port(port, proc, "pgbouncer")
     return proc
+
+
+def pgveil_keys(binary, directory):
+    """`pgveil keys init`: DIR/master.key, DIR/audit.key, DIR/audit.pub."""
+    subprocess.run([str(binary), "keys", "init", "--dir", str(directory)], check=True, capture_output=True)
+    return Path(directory)
+
+
+class SyscallCount:
+    """Counts fsync/fdatasync calls of one process (all its threads, also those started later)
+    with `perf stat` on the syscall tracepoints: counted in the kernel, no ptrace stop per call,
+    so unlike `strace -c` it does not slow the process it measures."""
+
+    EVENTS = ("syscalls:sys_enter_fsync", "syscalls:sys_enter_fdatasync")
+
+    def __init__(self, pid, out_file):
+        self.out_file = Path(out_file)
+        self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(self.EVENTS), "-p", str(pid),
+                                      "-o", str(self.out_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # let perf attach before the measured run starts
+
+    def stop(self):
+        """Returns {"fsync": n, "fdatasync": n}."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        counts = {}
+        for line in self.out_file.read_text().splitlines():
+            parts = line.split(",")
+            if len(parts) >= 3 and parts[2].startswith("syscalls:sys_enter_"):
+                name = parts[2].removeprefix("syscalls:sys_enter_")
+                counts[name] = int(parts[0]) if parts[0].isdigit() else 0
+        return counts
 
 
 def run_pgbench(cluster, port, workload_args, mode, clients, duration, script=None):
