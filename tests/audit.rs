@@ -353,5 +353,8 @@ async fn scope_all_records_every_statement() {
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
         .collect::<String>();
     assert!(!text.contains("not a protected value"));
-    assert!(!text.contains("distinctive-parameter-7731"), "a parameter value reached the log");
+    assert!(
+        !text.contains("distinctive-parameter-7731"),
+        "a parameter value reached the log"
+    );
 }

@@ -98,18 +98,7 @@ pub async fn run(
     let (mut server_read, mut server_write) = upstream.split();
     let shared = Mutex::new(Shared::default());
     let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
-
-    let upstream_bound = async {
-        let result = client_to_server(&mut client_read, &mut server_write, &shared, &config).await;
-        if let Err(e) = &result {
-            if let Some(error) = e.client_error() {
-                metrics::get().error(ErrorKind::Protocol);
-                tracing::warn!(client = %config.client_addr, error = %e, "closing client connection");
-                let _ = fatal_tx.send(error).await;
-            }
-        }
-        result
-    };
+    let upstream_bound = client_to_server(&mut client_read, &mut server_write, &shared, &config);
     let client_bound = server_to_client(
         &mut server_read,
         &mut client_write,
@@ -118,11 +107,32 @@ pub async fn run(
         shutdown,
         &config,
     );
+    drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+}
+
+/// Runs a session's two halves until either ends. When the client half fails with an error
+/// the client should see, the server half delivers it at a frame boundary before the end.
+pub(crate) async fn drive(
+    upstream_bound: impl std::future::Future<Output = Result<(), SessionError>>,
+    client_bound: impl std::future::Future<Output = Result<(), SessionError>>,
+    fatal: mpsc::Sender<PgError>,
+    client: SocketAddr,
+) {
+    let upstream_bound = async {
+        let result = upstream_bound.await;
+        if let Err(e) = &result {
+            if let Some(error) = e.client_error() {
+                metrics::get().error(ErrorKind::Protocol);
+                tracing::warn!(client = %client, error = %e, "closing client connection");
+                let _ = fatal.send(error).await;
+            }
+        }
+        result
+    };
     tokio::pin!(upstream_bound, client_bound);
     tokio::select! {
         result = &mut upstream_bound => {
             if result.is_err() {
-                // Let the other half deliver the FATAL error at a frame boundary.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut client_bound).await;
             }
         }

@@ -21,7 +21,8 @@ use super::catalog::{Collector, Wanted};
 use super::recording::{self, AuditSink, Identity, Recording};
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{
-    is_fatal, without_channel_binding, ServerWait, SessionConfig, SessionError, FRONTEND_TAGS,
+    drive, is_fatal, without_channel_binding, ServerWait, SessionConfig, SessionError,
+    FRONTEND_TAGS,
 };
 use crate::config::{Access, AuditScope};
 use crate::crypto::value::{self, SessionTime, WireFormat};
@@ -268,18 +269,7 @@ pub async fn relay(
     shutdown: watch::Receiver<bool>,
 ) {
     let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
-    let upstream_bound = async {
-        let result =
-            client_to_server(&mut client.0, &mut server.1, leftover, &shared, &config).await;
-        if let Err(e) = &result {
-            if let Some(error) = e.client_error() {
-                metrics::get().error(ErrorKind::Protocol);
-                tracing::warn!(client = %config.client_addr, error = %e, "closing client connection");
-                let _ = fatal_tx.send(error).await;
-            }
-        }
-        result
-    };
+    let upstream_bound = client_to_server(&mut client.0, &mut server.1, leftover, &shared, &config);
     let client_bound = server_to_client(
         &mut server.0,
         &mut client.1,
@@ -288,15 +278,7 @@ pub async fn relay(
         shutdown,
         &config,
     );
-    tokio::pin!(upstream_bound, client_bound);
-    tokio::select! {
-        result = &mut upstream_bound => {
-            if result.is_err() {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut client_bound).await;
-            }
-        }
-        _ = &mut client_bound => {}
-    }
+    drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
 }
 
 // ---------------------------------------------------------------------------------------
