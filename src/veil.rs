@@ -4,13 +4,14 @@
 //! A `Veil` is immutable apart from its caches; a configuration reload builds a new one and
 //! swaps it in, so a session sees one consistent policy per statement.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Access, Config};
 use crate::crypto::envelope::ColumnCipher;
 use crate::crypto::keys::MasterKey;
 use crate::policy::mask::MaskKind;
+use crate::schema::TableName;
 use crate::sql::{self, AnalyzeError, ColumnRef, Protection, StatementPlan, StaticCatalog};
 
 /// The key id new ciphertexts are written with.
@@ -83,6 +84,9 @@ pub struct DbCatalog {
     pub tables: StaticCatalog,
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
+    /// Lower-cased names of views that read a protected table, directly or through other
+    /// views: pgveil cannot analyse through a view, so statements naming one are refused.
+    protected_views: Vec<String>,
     plans: Mutex<PlanCache>,
     /// Statement text → its audit fingerprint.
     fingerprints: Mutex<HashMap<String, String>>,
@@ -95,7 +99,30 @@ type PlanCache = HashMap<Vec<String>, HashMap<String, Arc<Analysis>>>;
 pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;
 
 impl DbCatalog {
-    pub fn new(tables: StaticCatalog, protection: &Protection) -> Self {
+    pub fn new(
+        tables: StaticCatalog,
+        views: &[(TableName, TableName)],
+        protection: &Protection,
+    ) -> Self {
+        let mut reading: HashSet<TableName> = protection.protected_tables().cloned().collect();
+        let mut protected_views = Vec::new();
+        // Views over views: follow the dependencies until nothing new is found.
+        loop {
+            let found: Vec<TableName> = views
+                .iter()
+                .filter(|(view, read)| reading.contains(read) && !reading.contains(view))
+                .map(|(view, _)| view.clone())
+                .collect();
+            if found.is_empty() {
+                break;
+            }
+            for view in found {
+                protected_views.push(view.name.to_ascii_lowercase());
+                reading.insert(view);
+            }
+        }
+        protected_views.sort();
+        protected_views.dedup();
         let mut by_attribute = HashMap::new();
         for table in tables.tables() {
             for column in &table.columns {
@@ -107,9 +134,36 @@ impl DbCatalog {
         Self {
             tables,
             by_attribute,
+            protected_views,
             plans: Mutex::new(HashMap::new()),
             fingerprints: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The first view over a protected table that `sql` may name (a case-insensitive scan,
+    /// like the fast path's; a false positive only costs a refusal of a statement naming a
+    /// similarly named relation).
+    pub fn protected_view_in(&self, sql: &str) -> Option<&str> {
+        // Statements that manage a view move no values through it.
+        let first = sql
+            .trim_start()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or("");
+        if ["drop", "alter", "grant", "revoke", "comment"]
+            .iter()
+            .any(|k| first.eq_ignore_ascii_case(k))
+        {
+            return None;
+        }
+        let text = sql.as_bytes();
+        self.protected_views
+            .iter()
+            .find(|view| {
+                text.windows(view.len())
+                    .any(|w| w.eq_ignore_ascii_case(view.as_bytes()))
+            })
+            .map(String::as_str)
     }
 
     /// Analyses `sql` once per search path; later calls share the result.

@@ -194,3 +194,54 @@ async fn no_plaintext_value_reaches_the_database() {
         "the binary date reached the database"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_through_a_view_over_a_protected_table_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql(
+        "DROP VIEW IF EXISTS view_patients_outer; DROP VIEW IF EXISTS view_patients_v; DROP TABLE IF EXISTS view_patients; \
+         CREATE TABLE view_patients (id serial PRIMARY KEY, name text, ssn bytea, birth_date bytea); \
+         CREATE VIEW view_patients_v AS SELECT id, ssn FROM view_patients; \
+         CREATE VIEW view_patients_outer AS SELECT ssn FROM view_patients_v",
+    );
+    let proxy = Proxy::start(&config(dir.path(), "view_patients"), dir.path());
+    let client = connect(proxy.port()).await;
+    // Simple protocol, a view over the view, and the extended protocol.
+    let err = client
+        .simple_query("SELECT id FROM view_patients_v WHERE ssn = '123-45-6789'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("view_patients_v"),
+        "{err}"
+    );
+    let err = client
+        .simple_query("SELECT * FROM view_patients_outer WHERE ssn = '1'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    let err = client
+        .query(
+            "SELECT id FROM view_patients_v WHERE ssn = $1",
+            &[&"123-45-6789"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    // The table itself works, and the views can still be dropped through pgveil.
+    client
+        .execute(
+            "INSERT INTO view_patients (name, ssn) VALUES ('x', $1)",
+            &[&"123-45-6789"],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("DROP VIEW view_patients_outer; DROP VIEW view_patients_v")
+        .await
+        .unwrap();
+}

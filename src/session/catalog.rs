@@ -17,6 +17,17 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdro
 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' \
 ORDER BY c.oid, a.attnum";
 
+/// Which relations each view reads (its rewrite rule's dependencies).
+const VIEWS_SQL: &str = "SELECT DISTINCT vn.nspname, v.relname, tn.nspname, t.relname \
+FROM pg_catalog.pg_depend d \
+JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
+JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace \
+JOIN pg_catalog.pg_class t ON t.oid = d.refobjid \
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
+WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND v.oid <> t.oid";
+
 const SEARCH_PATH_SQL: &str = "SELECT s FROM unnest(pg_catalog.current_schemas(false)) AS s";
 
 /// The login's roles: itself and every role it belongs to, directly or through others.
@@ -40,6 +51,7 @@ impl Wanted {
         let mut parts = Vec::new();
         if self.catalog {
             parts.push(CATALOG_SQL);
+            parts.push(VIEWS_SQL);
         }
         if self.search_path {
             parts.push(SEARCH_PATH_SQL);
@@ -55,6 +67,8 @@ impl Wanted {
 #[derive(Debug, Default)]
 pub struct Facts {
     pub catalog: Option<StaticCatalog>,
+    /// (view, relation it reads), both schema-qualified.
+    pub views: Vec<(TableName, TableName)>,
     pub search_path: Option<Vec<String>>,
     pub roles: Option<Vec<String>>,
 }
@@ -108,6 +122,16 @@ impl Collector {
         let mut facts = Facts::default();
         if self.wanted.catalog {
             facts.catalog = Some(build_catalog(sets.next()?));
+            facts.views = sets
+                .next()?
+                .into_iter()
+                .filter_map(|row| match <[Option<String>; 4]>::try_from(row) {
+                    Ok([Some(vs), Some(v), Some(ts), Some(t)]) => {
+                        Some((TableName::new(vs, v), TableName::new(ts, t)))
+                    }
+                    _ => None,
+                })
+                .collect();
         }
         if self.wanted.search_path {
             facts.search_path = Some(
@@ -197,6 +221,8 @@ mod tests {
             row(&["public", "patients", "16384", "id", "1", "23"]),
             row(&["public", "patients", "16384", "ssn", "2", "17"]),
             bytes::Bytes::from_static(b"C\0\0\0\x0dSELECT 2\0"),
+            row(&["public", "patient_names", "public", "patients"]),
+            bytes::Bytes::from_static(b"C\0\0\0\x0dSELECT 1\0"),
             row(&["public"]),
             bytes::Bytes::from_static(b"C\0\0\0\x0dSELECT 1\0"),
             row(&["alice"]),
@@ -211,6 +237,13 @@ mod tests {
         let table = catalog.tables().next().unwrap();
         assert_eq!(table.columns.len(), 2);
         assert_eq!(table.columns[1].attnum, 2);
+        assert_eq!(
+            facts.views,
+            vec![(
+                TableName::new("public", "patient_names"),
+                TableName::new("public", "patients")
+            )]
+        );
         assert_eq!(facts.search_path.unwrap(), vec!["public"]);
         assert_eq!(facts.roles.unwrap(), vec!["alice", "clinician"]);
     }

@@ -541,6 +541,22 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         return Action::Forward;
     };
     let mut state = lock(&shared.state);
+    if let Some(view) = state.catalog.protected_view_in(text) {
+        let error = through_view(view);
+        let audit = shared.sink().map(|_| {
+            Arc::new(QueryAudit {
+                statements: vec![Some((state.catalog.fingerprint(text), 0))],
+                refused: Some(0),
+            })
+        });
+        state.expect.push_back(Expect::Query {
+            analysis: None,
+            sent,
+            statement: 0,
+            audit,
+        });
+        return Action::Replace(msg::encode_query(raise_sql(&error).as_bytes()));
+    }
     let refresh = refresh_needed(text).or(search_path_follow(&state));
     let action = if !sql::may_touch_protected(text, &veil.protection) {
         let audit = shared
@@ -600,6 +616,15 @@ fn analyze(text: &str, state: &State, veil: &Veil) -> Arc<Analysis> {
     state
         .catalog
         .analyze(text, &veil.protection, &state.search_path)
+}
+
+/// pgveil cannot see through a view to the protected columns under it, so it cannot
+/// encrypt what the statement compares with them or decrypt what it returns.
+fn through_view(view: &str) -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("pgveil: {view} is a view over a protected table; query the table itself"),
+    )
 }
 
 fn cannot_analyse() -> PgError {
@@ -852,6 +877,12 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
             None => wanted,
         };
         state.refresh_at_sync = Some(merged);
+    }
+    if let Some(view) = state.catalog.protected_view_in(text) {
+        let error = through_view(view);
+        let recording = refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
+        refuse_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
+        return injected_error(&error, &mut state, recording);
     }
     if !sql::may_touch_protected(text, &veil.protection) {
         let prepared = match shared.sink().filter(|s| s.scope == AuditScope::All) {
@@ -1561,7 +1592,7 @@ impl Backend<'_> {
             if let Some(catalog) = facts.catalog {
                 state.catalog = shared.veil.install_catalog(
                     &shared.database,
-                    DbCatalog::new(catalog, &shared.veil.protection),
+                    DbCatalog::new(catalog, &facts.views, &shared.veil.protection),
                 );
             }
             if let Some(path) = facts.search_path {

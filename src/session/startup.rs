@@ -85,9 +85,10 @@ pub async fn run(
         }
     };
     let catalog = match (facts.catalog, cached) {
-        (Some(tables), _) => {
-            veil.install_catalog(&database, DbCatalog::new(tables, &veil.protection))
-        }
+        (Some(tables), _) => veil.install_catalog(
+            &database,
+            DbCatalog::new(tables, &facts.views, &veil.protection),
+        ),
         (None, Some(cached)) => cached,
         (None, None) => return,
     };
