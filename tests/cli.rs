@@ -75,6 +75,7 @@ const PLAIN: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nhost = \"12
 #[test]
 fn check_valid_config_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
+    pgveil::crypto::keys::init_key_dir(&dir.path().join("keys")).unwrap();
     let config = write(
         &dir.path().join("pgveil.toml"),
         &format!(
@@ -87,6 +88,39 @@ fn check_valid_config_exits_zero() {
         stdout(&o).contains("valid (1 protected column(s), 1 table rule(s))"),
         "{o:?}"
     );
+}
+
+#[test]
+fn check_loads_the_files_the_configuration_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    pgveil::crypto::keys::init_key_dir(&dir.path().join("keys")).unwrap();
+    let master = dir.path().join("keys/master.key");
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = write(
+        &dir.path().join("pgveil.toml"),
+        &String::from(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"missing.crt\"\ntls_key = \"missing.key\"\n[upstream]\nport = 5432\n\
+[keys]\nmaster_key_file = \"keys/master.key\"\n[audit]\nsigning_key_file = \"keys/nope.key\"\n\
+[[column]]\ntable = \"patients\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"deterministic\"\n"
+        ),
+    );
+    let o = run(&["check", "--config", path_str(&config)]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.contains("[keys]") && out.contains("group or others"),
+        "{out}"
+    );
+    assert!(out.contains("[audit]") && out.contains("nope.key"), "{out}");
+    assert!(
+        out.contains("[server]") && out.contains("missing.crt"),
+        "{out}"
+    );
+    // Key material never appears in the output.
+    let key = std::fs::read_to_string(&master).unwrap();
+    assert!(!out.contains(key.trim()));
 }
 
 #[test]
@@ -674,8 +708,21 @@ fn live_schema() -> &'static common::Cluster {
     cluster
 }
 
+/// A real master key for the live checks (the static check loads it too).
+fn master_key() -> &'static Path {
+    static KEYS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        pgveil::crypto::keys::init_key_dir(&dir.join("keys")).unwrap();
+        dir.join("keys/master.key")
+    })
+}
+
 fn upstream(port: u16, tls: &str) -> String {
-    format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\n[keys]\nmaster_key_file = \"k\"\n")
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\n[keys]\nmaster_key_file = \"{}\"\n",
+        master_key().display()
+    )
 }
 
 const CLEAN_RULES: &str = "[[table]]\nname = \"cli_patients\"\nsubject = \"id\"\n[[table]]\nname = \"cli_s.visits\"\nsubject = \"patient_id\"\n[[column]]\ntable = \"cli_patients\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"deterministic\"\naccess = { cli_clinician = \"plaintext\", \"Cli Billing\" = \"mask:last4\" }\n[[column]]\ntable = \"cli_s.visits\"\ncolumn = \"diagnosis\"\ntype = \"jsonb\"\nencryption = \"randomized\"\naccess = { cli_clinician = \"plaintext\" }\n";

@@ -154,6 +154,31 @@ async fn shutdown_signal() {
 /// `pgveil check`: every problem on its own line on stdout (`file:line:column: message`),
 /// exit 1 when there is any. With `live`, a statically valid configuration is then checked
 /// against the upstream database's catalog (see [`live`]).
+/// The files the configuration names, loaded the way `serve` loads them: keys (present,
+/// owner-only, the right length) and TLS material.
+fn referenced_file_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = crate::server::load_master_key(config) {
+        problems.push(format!("[keys] {e}"));
+    }
+    if let Some(audit) = &config.audit {
+        if let Err(e) = crate::crypto::keys::load_signing_key(&audit.signing_key_file) {
+            problems.push(format!("[audit] {e}"));
+        }
+    }
+    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
+        if let Err(e) = crate::net::tls::server_config(cert, key) {
+            problems.push(format!("[server] {e}"));
+        }
+    }
+    if config.upstream.tls == crate::config::UpstreamTls::VerifyFull {
+        if let Err(e) = crate::net::tls::upstream_config(config.upstream.ca_file.as_deref()) {
+            problems.push(format!("[upstream] {e}"));
+        }
+    }
+    problems
+}
+
 pub fn check(config_path: &Path, live: bool) -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(config) => config,
@@ -165,6 +190,13 @@ pub fn check(config_path: &Path, live: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let file_problems = referenced_file_problems(&config);
+    if !file_problems.is_empty() {
+        for problem in file_problems {
+            println!("{}: {}", config_path.display(), one_line(&problem));
+        }
+        return ExitCode::FAILURE;
+    }
     let summary = format!(
         "{}: valid ({} protected column(s), {} table rule(s))",
         config_path.display(),
