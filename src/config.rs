@@ -569,9 +569,9 @@ impl Walker<'_> {
         let default_access = match self.opt_str(s, "default_access") {
             None => Access::Deny,
             Some(text) => match Access::parse(&text) {
-                Some(Access::Mask(MaskKind::Null))
-                | Some(Access::Deny)
-                | Some(Access::Plaintext) => Access::parse(&text).unwrap_or(Access::Deny),
+                Some(
+                    access @ (Access::Mask(MaskKind::Null) | Access::Deny | Access::Plaintext),
+                ) => access,
                 Some(Access::Mask(kind)) => {
                     // A type-specific mask cannot be the default for every column type.
                     let span = self.span_of(s, "default_access");

@@ -2,18 +2,16 @@
 //! map to SQLSTATEs.
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::response::{ErrorResponse, NoticeResponse};
+use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::Message;
 
 pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const CONNECTION_FAILURE: &str = "08006";
-    pub const CONNECTION_EXCEPTION: &str = "08000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
-    pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const IO_ERROR: &str = "58030";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const INTERNAL_ERROR: &str = "XX000";
@@ -90,21 +88,6 @@ impl std::fmt::Display for PgError {
             self.message
         )
     }
-}
-
-/// A NoticeResponse frame (severity WARNING).
-pub fn notice(code: &str, message: &str) -> Bytes {
-    let mut buf = BytesMut::new();
-    let fields = vec![
-        (b'S', "WARNING".to_string()),
-        (b'V', "WARNING".to_string()),
-        (b'C', code.to_string()),
-        (b'M', message.to_string()),
-    ];
-    if NoticeResponse::new(fields).encode(&mut buf).is_err() {
-        buf.clear();
-    }
-    buf.freeze()
 }
 
 /// An ErrorResponse pgveil made the database raise (a `DO` block standing in for a refused

@@ -37,7 +37,6 @@ pub enum UpstreamError {
 /// Opens connections to the configured database, negotiating TLS as configured.
 #[derive(Clone)]
 pub struct Connector {
-    host: String,
     addr: String,
     mode: UpstreamTls,
     timeout: Duration,
@@ -62,20 +61,11 @@ impl Connector {
             }
         };
         Ok(Self {
-            host: config.host.clone(),
             addr: format!("{}:{}", config.host, config.port),
             mode: config.tls,
             timeout: config.connect_timeout,
             tls,
         })
-    }
-
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    pub fn host(&self) -> &str {
-        &self.host
     }
 
     pub async fn connect(&self) -> Result<MaybeTls, UpstreamError> {

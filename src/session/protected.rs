@@ -27,7 +27,7 @@ use super::{
 use crate::config::{Access, AuditScope};
 use crate::crypto::value::{self, SessionTime, WireFormat};
 use crate::metrics::{self, ErrorKind};
-use crate::net::frame::{frame_len, read_cstr};
+use crate::net::frame::read_cstr;
 use crate::net::messages::{self as msg, Bind, Field, Parse};
 use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
@@ -88,13 +88,8 @@ impl Prepared {
 
     fn refused(error: &PgError) -> Arc<Self> {
         Arc::new(Self {
-            analysis: None,
-            param_columns: Vec::new(),
-            client_param_types: Vec::new(),
-            row: OnceLock::new(),
-            fingerprint: None,
-            injected: 0,
             refused: Some(error.clone()),
+            ..Self::unprotected()
         })
     }
 }
@@ -147,6 +142,16 @@ struct QueryAudit {
     statements: Vec<Option<(String, usize)>>,
     /// The statement replaced by pgveil's raised error, if any.
     refused: Option<usize>,
+}
+
+impl QueryAudit {
+    /// A query recorded as one statement (not analysed, or refused whole).
+    fn single(fingerprint: String, refused: bool) -> Arc<Self> {
+        Arc::new(Self {
+            statements: vec![Some((fingerprint, 0))],
+            refused: refused.then_some(0),
+        })
+    }
 }
 
 struct State {
@@ -522,12 +527,7 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         let audit = shared
             .sink()
             .filter(|s| touches || s.scope == AuditScope::All)
-            .map(|_| {
-                Arc::new(QueryAudit {
-                    statements: vec![Some((sql::fingerprint(&lossy), 0))],
-                    refused: touches.then_some(0),
-                })
-            });
+            .map(|_| QueryAudit::single(sql::fingerprint(&lossy), touches));
         state.expect.push_back(Expect::Query {
             analysis: None,
             sent,
@@ -543,12 +543,9 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
     let mut state = lock(&shared.state);
     if let Some(view) = state.catalog.protected_view_in(text) {
         let error = through_view(view);
-        let audit = shared.sink().map(|_| {
-            Arc::new(QueryAudit {
-                statements: vec![Some((state.catalog.fingerprint(text), 0))],
-                refused: Some(0),
-            })
-        });
+        let audit = shared
+            .sink()
+            .map(|_| QueryAudit::single(state.catalog.fingerprint(text), true));
         state.expect.push_back(Expect::Query {
             analysis: None,
             sent,
@@ -562,12 +559,7 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         let audit = shared
             .sink()
             .filter(|s| s.scope == AuditScope::All)
-            .map(|_| {
-                Arc::new(QueryAudit {
-                    statements: vec![Some((state.catalog.fingerprint(text), 0))],
-                    refused: None,
-                })
-            });
+            .map(|_| QueryAudit::single(state.catalog.fingerprint(text), false));
         state.expect.push_back(Expect::Query {
             analysis: None,
             sent,
@@ -647,12 +639,7 @@ fn rewrite_simple(
     let plans = match analysis {
         Ok(plans) => plans,
         Err(_) => {
-            let audit = sink.map(|_| {
-                Arc::new(QueryAudit {
-                    statements: vec![Some((state.catalog.fingerprint(text), 0))],
-                    refused: Some(0),
-                })
-            });
+            let audit = sink.map(|_| QueryAudit::single(state.catalog.fingerprint(text), true));
             return (Some(raise_sql(&cannot_analyse())), audit);
         }
     };
@@ -854,14 +841,14 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         Err(_) => {
             let lossy = String::from_utf8_lossy(&parse.query);
             if sql::may_touch_protected(&lossy, &veil.protection) {
-                let recording =
-                    refusal_recording(shared, &state, None, || sql::fingerprint(&lossy));
-                refuse_statement(
+                return refuse_parse(
+                    shared,
                     &mut state,
-                    parse.name.clone(),
-                    Prepared::refused(&cannot_analyse()),
+                    parse.name,
+                    None,
+                    |_| sql::fingerprint(&lossy),
+                    cannot_analyse(),
                 );
-                return injected_error(&cannot_analyse(), &mut state, recording);
             }
             insert_statement(&mut state, parse.name.clone(), Prepared::plain());
             return Action::Forward;
@@ -880,9 +867,14 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
     }
     if let Some(view) = state.catalog.protected_view_in(text) {
         let error = through_view(view);
-        let recording = refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
-        refuse_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
-        return injected_error(&error, &mut state, recording);
+        return refuse_parse(
+            shared,
+            &mut state,
+            parse.name,
+            None,
+            |s| s.catalog.fingerprint(text),
+            error,
+        );
     }
     if !sql::may_touch_protected(text, &veil.protection) {
         let prepared = match shared.sink().filter(|s| s.scope == AuditScope::All) {
@@ -903,14 +895,14 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
             return Action::Forward;
         }
         _ => {
-            let recording =
-                refusal_recording(shared, &state, None, || state.catalog.fingerprint(text));
-            refuse_statement(
+            return refuse_parse(
+                shared,
                 &mut state,
-                parse.name.clone(),
-                Prepared::refused(&cannot_analyse()),
+                parse.name,
+                None,
+                |s| s.catalog.fingerprint(text),
+                cannot_analyse(),
             );
-            return injected_error(&cannot_analyse(), &mut state, recording);
         }
     };
     let recorded = shared
@@ -920,11 +912,14 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         match statement_replacements(plan, &state, veil, recorded.map(|s| s.as_ref())) {
             Ok(r) => r,
             Err(error) => {
-                let recording = refusal_recording(shared, &state, Some(plan), || {
-                    state.catalog.fingerprint(text)
-                });
-                refuse_statement(&mut state, parse.name.clone(), Prepared::refused(&error));
-                return injected_error(&error, &mut state, recording);
+                return refuse_parse(
+                    shared,
+                    &mut state,
+                    parse.name,
+                    Some(plan),
+                    |s| s.catalog.fingerprint(text),
+                    error,
+                );
             }
         };
     let injected = if recorded.is_some() {
@@ -997,10 +992,19 @@ fn refusal_recording(
     Some(Box::new(recording))
 }
 
-/// Records a statement pgveil refused (its Parse never reaches the database), so later
-/// Binds to its name are refused too.
-fn refuse_statement(state: &mut State, name: Bytes, prepared: Arc<Prepared>) {
-    state.statements.insert(name, prepared);
+/// Refuses a Parse: the database raises `error` in its place, and the name is remembered as
+/// refused so later Binds to it are refused too instead of carrying parameters upstream.
+fn refuse_parse(
+    shared: &Shared,
+    state: &mut State,
+    name: Bytes,
+    plan: Option<&StatementPlan>,
+    fingerprint: impl FnOnce(&State) -> String,
+    error: PgError,
+) -> Action {
+    let recording = refusal_recording(shared, state, plan, || fingerprint(state));
+    state.statements.insert(name, Prepared::refused(&error));
+    injected_error(&error, state, recording)
 }
 
 /// Records a statement the client parses, and expects its ParseComplete. A name pgveil
@@ -1862,17 +1866,6 @@ fn decode_bytea_text(text: &[u8]) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// Splits frames out of a buffer that holds exactly one response cycle; used by startup.
-pub fn frames(buf: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Ok(Some(len)) = frame_len(&buf[at..], usize::MAX >> 1) {
-        out.push(&buf[at..at + len]);
-        at += len;
-    }
-    out
 }
 
 #[cfg(test)]

@@ -91,15 +91,6 @@ impl SubjectPlan {
     }
 }
 
-/// How many subject columns pgveil appends to the statement (to strip from the rows).
-pub fn injected_count(plan: &StatementPlan) -> usize {
-    plan.subject
-        .sources
-        .iter()
-        .filter(|s| matches!(s, SubjectSource::Injectable { .. }))
-        .count()
-}
-
 /// The text insertions that append the subject columns.
 pub fn injections(plan: &StatementPlan) -> Vec<(std::ops::Range<usize>, String)> {
     plan.subject
