@@ -313,6 +313,10 @@ impl Proxy {
                 running.audit.as_ref().map(|a| &a.dir) != new.audit.as_ref().map(|a| &a.dir),
                 "[audit]",
             ),
+            (
+                running.alerts != new.alerts || running.alert_rules != new.alert_rules,
+                "[alerts] and [[alert]]",
+            ),
         ];
         for (changed, what) in restart_needed {
             if changed {

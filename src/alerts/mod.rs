@@ -75,6 +75,8 @@ pub fn start(
         alertmanager: config.alertmanager_url.clone(),
     };
     let sink = AlertSink::new(tx, Evaluator::counts_subjects(&rules));
+    // The recorder must be installed before the rules' counters are registered.
+    let _ = crate::metrics::get();
     for rule in &rules {
         // Registered at zero, so a dashboard sees every rule before it first fires.
         metrics::counter!("pgveil_alerts_total", "rule" => rule.name.clone()).increment(0);

@@ -41,7 +41,10 @@ impl RecordSummary {
             (Subjects::Known(map), Some(tagger)) if read_protected => {
                 let mut tags: Vec<u64> = map
                     .iter()
-                    .flat_map(|(table, ids)| ids.iter().map(|id| tagger.tag(table, id)))
+                    .flat_map(|(table, ids)| {
+                        let table = table.to_ascii_lowercase();
+                        ids.iter().map(move |id| tagger.tag(&table, id))
+                    })
                     .collect();
                 tags.sort_unstable();
                 tags.dedup();
@@ -67,10 +70,10 @@ impl RecordSummary {
 pub struct SubjectTagger(RandomState);
 
 impl SubjectTagger {
+    /// The tag of `id` in `table` (`schema.table`, lower case).
     pub fn tag(&self, table: &str, id: &str) -> u64 {
-        // The length prefix keeps ("a.b", "c") and ("a", "b.c") apart.
-        self.0
-            .hash_one((table.len(), table.to_ascii_lowercase(), id))
+        // Hashing the pair (each with its length) keeps ("a.b", "c") and ("a", "b.c") apart.
+        self.0.hash_one((table, id))
     }
 }
 
