@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::alerts::AlertService;
 use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::crypto::keys::MasterKey;
@@ -44,25 +45,40 @@ pub enum ServeError {
     Keys(#[from] crate::crypto::keys::KeyError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("alerts: {0}")]
+    Alerts(#[from] crate::alerts::AlertError),
     #[error("{0}")]
     Unsupported(&'static str),
 }
 
-/// Opens the audit log of `[audit]`, if configured.
-pub async fn open_audit(config: &Config) -> Result<Option<Arc<AuditSink>>, ServeError> {
+/// Opens the audit log of `[audit]`, if configured, with the `[[alert]]` rules evaluated
+/// beside its writer.
+pub async fn open_audit(
+    config: &Config,
+) -> Result<(Option<Arc<AuditSink>>, Option<AlertService>), ServeError> {
     let Some(audit) = &config.audit else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let key = crate::crypto::keys::load_signing_key(&audit.signing_key_file)?;
     let mut options = AuditOptions::new(audit.dir.clone(), key);
     options.segment_max_bytes = audit.segment_max_bytes;
     options.checkpoint_every = audit.checkpoint_every;
     options.checkpoint_interval = audit.checkpoint_interval;
+    let alerts = match crate::alerts::start(&config.alert_rules, &config.alerts)? {
+        Some((sink, service)) => {
+            options.observer = Some(Box::new(sink));
+            Some(service)
+        }
+        None => None,
+    };
     let log = tokio::task::spawn_blocking(move || AuditLog::open(options))
         .await
         .map_err(|e| crate::audit::AuditError::Io(e.to_string()))??;
-    Ok(Some(Arc::new(AuditSink::new(log, audit.scope))))
+    Ok((Some(Arc::new(AuditSink::new(log, audit.scope))), alerts))
 }
+
+/// How long shutdown waits for alerts still being delivered.
+const ALERTS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The master key, when columns are configured (a plain relay needs none).
 pub fn load_master_key(
@@ -180,7 +196,7 @@ pub async fn serve_with_reload(
     let master = load_master_key(&config)?;
     let veil =
         Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
-    let audit = open_audit(&config).await?;
+    let (audit, alerts) = open_audit(&config).await?;
     let proxy = Arc::new(Proxy {
         audit: audit.clone(),
         veil: ArcSwap::from_pointee(veil),
@@ -265,6 +281,9 @@ pub async fn serve_with_reload(
     if let Some(audit) = audit {
         audit.log.shutdown().await;
     }
+    if let Some(alerts) = alerts {
+        alerts.finish(ALERTS_SHUTDOWN_TIMEOUT).await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }
@@ -293,6 +312,10 @@ impl Proxy {
             (
                 running.audit.as_ref().map(|a| &a.dir) != new.audit.as_ref().map(|a| &a.dir),
                 "[audit]",
+            ),
+            (
+                running.alerts != new.alerts || running.alert_rules != new.alert_rules,
+                "[alerts] and [[alert]]",
             ),
         ];
         for (changed, what) in restart_needed {
