@@ -79,6 +79,11 @@ pub struct UpstreamConfig {
     pub auth: AuthMode,
     pub auth_user: Option<String>,
     pub auth_query: String,
+    /// Where `auth_query` runs; `None`: in the database the client asks for (PgBouncer's
+    /// default).
+    pub auth_dbname: Option<String>,
+    /// How long an `auth_query` answer is reused (`auth_cache_secs`); zero: not at all.
+    pub auth_cache_ttl: Duration,
     pub connect_timeout: Duration,
 }
 
@@ -552,6 +557,22 @@ impl Walker<'_> {
         let auth_query = self
             .opt_str(s, "auth_query")
             .unwrap_or_else(|| "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into());
+        if auth == AuthMode::Scram && !auth_query.contains("$1") {
+            let span = self.span_of(s, "auth_query");
+            self.problem(span, "[upstream] auth_query must take the user name as $1");
+        }
+        if auth == AuthMode::Scram
+            && auth_user
+                .as_deref()
+                .is_some_and(|u| u.is_empty() || u.contains('\0'))
+        {
+            let span = self.span_of(s, "auth_user");
+            self.problem(span, "[upstream] auth_user must be a role name");
+        }
+        let auth_dbname = self.opt_str(s, "auth_dbname");
+        let auth_cache_ttl = self
+            .opt_int(s, "auth_cache_secs", 0, 3600)
+            .map_or(Duration::from_secs(30), |v| Duration::from_secs(v as u64));
         let connect_timeout = self
             .opt_int(s, "connect_timeout_secs", 1, 3600)
             .map_or(Duration::from_secs(10), |v| Duration::from_secs(v as u64));
@@ -563,6 +584,8 @@ impl Walker<'_> {
             auth,
             auth_user,
             auth_query,
+            auth_dbname,
+            auth_cache_ttl,
             connect_timeout,
         }
     }

@@ -18,6 +18,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod context;

@@ -18,10 +18,12 @@ pub enum ErrorKind {
     Database,
     Refused,
     Audit,
+    /// A login pgveil terminated (`auth = "scram"`) failed.
+    Auth,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 7] = [
+    const ALL: [ErrorKind; 8] = [
         ErrorKind::Protocol,
         ErrorKind::Tls,
         ErrorKind::UpstreamConnect,
@@ -29,6 +31,7 @@ impl ErrorKind {
         ErrorKind::Database,
         ErrorKind::Refused,
         ErrorKind::Audit,
+        ErrorKind::Auth,
     ];
 
     fn label(self) -> &'static str {
@@ -40,6 +43,7 @@ impl ErrorKind {
             Self::Database => "database",
             Self::Refused => "refused",
             Self::Audit => "audit",
+            Self::Auth => "auth",
         }
     }
 }

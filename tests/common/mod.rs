@@ -835,3 +835,49 @@ impl Raw {
 pub fn tags(msgs: &[Msg]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// A second cluster for TLS on both legs and `auth = "scram"`: logins over TLS only.
+
+/// `pg_hba.conf` of [`tls_cluster`]: the superuser (for the harness) as usual; every other
+/// login over TLS only, by password (`md5` lets SCRAM verifiers use SCRAM and md5 ones md5);
+/// `veil_cert` by client certificate, `veil_trust` and `veil_nopass` by trust.
+pub const TLS_HBA: &str = "\
+host      all postgres    127.0.0.1/32 scram-sha-256
+hostssl   all veil_cert   127.0.0.1/32 cert
+hostssl   all veil_trust  127.0.0.1/32 trust
+hostssl   all veil_nopass 127.0.0.1/32 trust
+hostssl   all all         127.0.0.1/32 md5
+hostnossl all all         127.0.0.1/32 reject
+";
+
+/// The cluster for TLS-on-both-legs tests (ssl on, the lines of [`TLS_HBA`]), shared by the
+/// tests of one binary; the plain [`cluster`] stays as it is.
+pub fn tls_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start_with_hba(TLS_HBA))
+}
+
+impl Cluster {
+    /// [`Cluster::start`], then `pg_hba.conf` replaced by `hba` and reloaded, with the test
+    /// CA as `ssl_ca_file` (which `cert` lines need).
+    pub fn start_with_hba(hba: &str) -> Cluster {
+        let cluster = Cluster::start();
+        let data = cluster.dir.join("data");
+        std::fs::write(data.join("root.crt"), &cluster.ca_pem).unwrap();
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        cluster.psql("ALTER SYSTEM SET ssl_ca_file = 'root.crt'");
+        cluster.psql("SELECT pg_reload_conf()");
+        wait_for(
+            || {
+                cluster
+                    .psql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NULL AND auth_method = 'cert'")
+                    .trim()
+                    == "1"
+            },
+            "pg_hba.conf to load",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        cluster
+    }
+}
