@@ -162,6 +162,10 @@ struct State {
     timezone: String,
     datestyle: String,
     standard_strings: bool,
+    /// False once the server reports a client encoding pgveil cannot analyse (selected in a
+    /// way no statement showed, e.g. dynamic SQL): from then on the session is treated as
+    /// sending text that cannot be analysed.
+    encoding_readable: bool,
     search_path: Vec<String>,
     catalog: Arc<DbCatalog>,
     access: Vec<Access>,
@@ -240,6 +244,7 @@ impl Shared {
                 timezone: facts.timezone,
                 datestyle: facts.datestyle,
                 standard_strings: true,
+                encoding_readable: true,
                 search_path: facts.search_path,
                 catalog: facts.catalog,
                 access,
@@ -519,8 +524,10 @@ fn contains_keyword(text: &str, word: &str) -> bool {
 fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
     let veil = &shared.veil;
     let sent = Instant::now();
-    let Ok(text) = std::str::from_utf8(raw_text) else {
-        // Not UTF-8: it cannot be analysed, so it may pass only if it cannot touch protected data.
+    let readable = lock(&shared.state).encoding_readable;
+    let Some(text) = std::str::from_utf8(raw_text).ok().filter(|_| readable) else {
+        // Not UTF-8, or in an encoding pgveil cannot read: it cannot be analysed, so it may
+        // pass only if it cannot touch protected data.
         let lossy = String::from_utf8_lossy(raw_text);
         let mut state = lock(&shared.state);
         let touches = sql::may_touch_protected(&lossy, &veil.protection);
@@ -541,8 +548,10 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         return Action::Forward;
     };
     let mut state = lock(&shared.state);
-    if let Some(view) = state.catalog.protected_view_in(text) {
-        let error = through_view(view);
+    let refused = sql::encoding_refusal(text)
+        .map(|r| PgError::error(r.sqlstate, r.message))
+        .or_else(|| state.catalog.protected_view_in(text).map(through_view));
+    if let Some(error) = refused {
         let audit = shared
             .sink()
             .map(|_| QueryAudit::single(state.catalog.fingerprint(text), true));
@@ -836,9 +845,10 @@ fn injected_error(error: &PgError, state: &mut State, recording: Option<Box<Reco
 fn parse_message(parse: Parse, shared: &Shared) -> Action {
     let veil = &shared.veil;
     let mut state = lock(&shared.state);
+    let readable = state.encoding_readable;
     let text = match std::str::from_utf8(&parse.query) {
-        Ok(text) => text,
-        Err(_) => {
+        Ok(text) if readable => text,
+        _ => {
             let lossy = String::from_utf8_lossy(&parse.query);
             if sql::may_touch_protected(&lossy, &veil.protection) {
                 return refuse_parse(
@@ -865,8 +875,10 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         };
         state.refresh_at_sync = Some(merged);
     }
-    if let Some(view) = state.catalog.protected_view_in(text) {
-        let error = through_view(view);
+    let refused = sql::encoding_refusal(text)
+        .map(|r| PgError::error(r.sqlstate, r.message))
+        .or_else(|| state.catalog.protected_view_in(text).map(through_view));
+    if let Some(error) = refused {
         return refuse_parse(
             shared,
             &mut state,
@@ -1541,6 +1553,7 @@ impl Backend<'_> {
                     .with_datestyle(&state.datestyle);
             }
             b"standard_conforming_strings" => state.standard_strings = value == "on",
+            b"client_encoding" => state.encoding_readable = !sql::is_refused_encoding(&value),
             _ => {}
         }
     }

@@ -162,9 +162,20 @@ async fn establish(
                     let mut body = &frame[5..];
                     if let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body))
                     {
+                        let value = String::from_utf8_lossy(value);
                         match name {
-                            b"TimeZone" => timezone = String::from_utf8_lossy(value).into_owned(),
-                            b"DateStyle" => datestyle = String::from_utf8_lossy(value).into_owned(),
+                            b"TimeZone" => timezone = value.into_owned(),
+                            b"DateStyle" => datestyle = value.into_owned(),
+                            // Asked for in the startup packet, by PGCLIENTENCODING or as the
+                            // role's or database's default: the server says which it is.
+                            b"client_encoding" if crate::sql::is_refused_encoding(&value) => {
+                                failed = true;
+                                let refusal = PgError::fatal(
+                                    sqlstate::FEATURE_NOT_SUPPORTED,
+                                    format!("pgveil: client encoding {value} is not supported (its multibyte characters can contain ASCII bytes); use UTF8"),
+                                );
+                                return Ok(Action::Replace(refusal.encode()));
+                            }
                             _ => {}
                         }
                     }

@@ -26,6 +26,7 @@
 
 mod analyze;
 mod catalog;
+mod encoding;
 mod fast;
 mod fingerprint;
 mod tokens;
@@ -37,6 +38,7 @@ use std::ops::Range;
 
 pub use analyze::analyze;
 pub use catalog::{Catalog, ColumnInfo, ColumnRef, Protection, StaticCatalog, TableInfo};
+pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
 
