@@ -2,7 +2,7 @@
 //! value of its mask, in the column's own logical type, so the masked value travels the same
 //! output path (text or binary) as a decrypted one.
 
-use crate::crypto::value::{date_trunc_year, timestamp_trunc_year};
+use crate::pgtype::{date_trunc_year, timestamp_trunc_year};
 use crate::schema::LogicalType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,7 +147,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::value::{canonical_from_text, to_wire, SessionTime, WireFormat};
+    use crate::pgtype::{canonical_from_text, to_wire, SessionTime, WireFormat};
 
     fn text_of(ty: LogicalType, canonical: &[u8], tz: &SessionTime) -> String {
         String::from_utf8(to_wire(ty, canonical, WireFormat::Text, tz).unwrap()).unwrap()

@@ -25,7 +25,7 @@ use super::{
     FRONTEND_TAGS,
 };
 use crate::config::{Access, AuditScope};
-use crate::crypto::value::{self, SessionTime, WireFormat};
+use crate::pgtype::{self as value, SessionTime, WireFormat};
 use crate::metrics::{self, ErrorKind};
 use crate::net::frame::read_cstr;
 use crate::net::messages::{self as msg, Bind, Field, Parse};
