@@ -25,12 +25,12 @@ use super::{
     FRONTEND_TAGS,
 };
 use crate::config::{Access, AuditScope};
-use crate::crypto::value::{self, SessionTime, WireFormat};
 use crate::metrics::{self, ErrorKind};
 use crate::net::frame::read_cstr;
 use crate::net::messages::{self as msg, Bind, Field, Parse};
 use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
+use crate::pgtype::{self as value, SessionTime, WireFormat};
 use crate::policy::mask;
 use crate::sql::{self, ColumnRef, StatementPlan};
 use crate::veil::{Analysis, DbCatalog, Policy, Veil};

@@ -13,6 +13,7 @@ use super::relay::{Action, Audited};
 use crate::audit::{self, AuditLog, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
 use crate::config::{Access, AuditScope};
 use crate::net::frame::read_cstr;
+use crate::pgtype::oid;
 use crate::sql::{ColumnRef, Protection, StatementPlan, SubjectSource};
 
 /// The audit log as the sessions share it.
@@ -223,7 +224,11 @@ impl Recording {
             let Some(Some(range)) = values.get(*position) else {
                 continue;
             };
-            let (type_oid, format) = self.row_types.get(*position).copied().unwrap_or((25, 0));
+            let (type_oid, format) = self
+                .row_types
+                .get(*position)
+                .copied()
+                .unwrap_or((oid::TEXT, 0));
             if let Some(id) = id_text(&body[range.clone()], type_oid, format) {
                 let ids = self.ids.entry(table.clone()).or_default();
                 if !ids.contains(&id) {
@@ -317,10 +322,12 @@ fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
         return String::from_utf8(value.to_vec()).ok();
     }
     match (type_oid, value.len()) {
-        (21, 2) => Some(i16::from_be_bytes([value[0], value[1]]).to_string()),
-        (23, 4) => Some(i32::from_be_bytes([value[0], value[1], value[2], value[3]]).to_string()),
-        (20, 8) => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
-        (2950, 16) => {
+        (oid::INT2, 2) => Some(i16::from_be_bytes([value[0], value[1]]).to_string()),
+        (oid::INT4, 4) => {
+            Some(i32::from_be_bytes([value[0], value[1], value[2], value[3]]).to_string())
+        }
+        (oid::INT8, 8) => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
+        (oid::UUID, 16) => {
             let h = hex::encode(value);
             Some(format!(
                 "{}-{}-{}-{}-{}",
@@ -331,7 +338,7 @@ fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
                 &h[20..]
             ))
         }
-        (25 | 1043 | 1042, _) => String::from_utf8(value.to_vec()).ok(),
+        (oid::TEXT | oid::VARCHAR | oid::BPCHAR, _) => String::from_utf8(value.to_vec()).ok(),
         _ => Some(format!("\\x{}", hex::encode(value))),
     }
 }
