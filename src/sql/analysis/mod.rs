@@ -23,13 +23,13 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Span, Token};
 
-use super::catalog::{Catalog, ColumnRef, Protection};
-use super::fast::may_touch_protected;
-use super::tokens::Tokens;
-use super::{
+use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
+use crate::sql::catalog::{Catalog, ColumnRef, Protection};
+use crate::sql::fast::may_touch_protected;
+use crate::sql::tokens::Tokens;
+use crate::sql::{
     AnalyzeError, LiteralBinding, Refusal, StatementKind, StatementPlan, SubjectPlan, SubjectSource,
 };
-use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
 
 const NOT_SUPPORTED: &str = "0A000";
 
