@@ -1,0 +1,178 @@
+//! Span recovery: exact byte ranges of literals, casts and typed strings in the query
+//! string, and the byte offsets where text can be inserted.
+
+use std::ops::Range;
+
+use sqlparser::ast::{CastKind, Select};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Span, Token};
+
+use crate::sql::tokens::Tokens;
+
+use super::{unsupported, Ctx, R};
+
+pub(super) fn has_unicode_identifier(tk: &Tokens, first: usize, last: usize) -> bool {
+    (first..last.saturating_sub(1)).any(|i| {
+        let adjacent = |a: usize, b: usize| tk.ranges[a].end == tk.ranges[b].start;
+        matches!(tk.token(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("u"))
+            && matches!(tk.token(i + 1), Some(Token::Ampersand))
+            && matches!(tk.token(i + 2), Some(Token::Word(w)) if w.quote_style == Some('"'))
+            && adjacent(i, i + 1)
+            && adjacent(i + 1, i + 2)
+    })
+}
+
+impl Ctx<'_> {
+    pub(super) fn token_index_at(&self, byte: usize) -> Option<usize> {
+        let i = self.tk.ranges.partition_point(|r| r.start < byte);
+        match self.tk.ranges.get(i) {
+            Some(r) if r.start == byte => Some(i),
+            _ => None,
+        }
+    }
+
+    pub(super) fn span_range(&self, span: Span) -> R<Range<usize>> {
+        match self.tk.index_at(span.start) {
+            Some(i) => Ok(self.tk.ranges[i].clone()),
+            None => unsupported("cannot locate literal"),
+        }
+    }
+
+    pub(super) fn token_index_ending_at(&self, byte: usize) -> Option<usize> {
+        let i = self.tk.ranges.partition_point(|r| r.end < byte);
+        match self.tk.ranges.get(i) {
+            Some(r) if r.end == byte && !self.tk.is_trivia(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Extends a literal's range over a following `::type` or an enclosing `CAST(… AS type)`.
+    pub(super) fn cast_range(&self, kind: &CastKind, lit: Range<usize>) -> Option<Range<usize>> {
+        let last = self.token_index_ending_at(lit.end)?;
+        match kind {
+            CastKind::DoubleColon => {
+                let dc = self.tk.next_solid(last)?;
+                if !matches!(self.tk.token(dc), Some(Token::DoubleColon)) {
+                    return None;
+                }
+                let ty_start = self.tk.next_solid(dc)?;
+                let stop = (ty_start + 48).min(self.tk.toks.len());
+                let dialect = PostgreSqlDialect {};
+                let mut p = Parser::new(&dialect)
+                    .with_tokens_with_locations(self.tk.toks[ty_start..stop].to_vec());
+                if p.parse_data_type().is_err() {
+                    return None;
+                }
+                let end_tok = ty_start + p.get_current_index();
+                if self.tk.is_trivia(end_tok) {
+                    return None;
+                }
+                Some(lit.start..self.tk.ranges[end_tok].end)
+            }
+            CastKind::Cast => {
+                let first = self.token_index_at(lit.start)?;
+                let open = self.tk.prev_solid(first);
+                let kw = open.and_then(|o| self.tk.prev_solid(o));
+                let (Some(open), Some(kw)) = (open, kw) else {
+                    return None;
+                };
+                if !matches!(self.tk.token(open), Some(Token::LParen))
+                    || !self.tk.is_keyword(kw, "cast")
+                {
+                    return None;
+                }
+                let mut depth = 0i32;
+                let mut i = last + 1;
+                while let Some(t) = self.tk.token(i) {
+                    match t {
+                        Token::LParen => depth += 1,
+                        Token::RParen if depth == 0 => {
+                            return Some(self.tk.ranges[kw].start..self.tk.ranges[i].end)
+                        }
+                        Token::RParen => depth -= 1,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Start of a typed literal (`DATE '…'`, `timestamp with time zone '…'`): the
+    /// farthest-back run of tokens before the string that parses exactly as a type.
+    pub(super) fn typed_string_start(&self, lit_start: usize) -> Option<usize> {
+        let lit = self.token_index_at(lit_start)?;
+        let dialect = PostgreSqlDialect {};
+        let mut best = None;
+        let mut k = lit;
+        for _ in 0..8 {
+            let Some(prev) = self.tk.prev_solid(k) else {
+                break;
+            };
+            if !matches!(
+                self.tk.token(prev),
+                Some(Token::Word(_) | Token::LParen | Token::RParen | Token::Number(..))
+            ) {
+                break;
+            }
+            k = prev;
+            let mut p =
+                Parser::new(&dialect).with_tokens_with_locations(self.tk.toks[k..lit].to_vec());
+            if p.parse_data_type().is_ok() && p.peek_token().token == Token::EOF {
+                best = Some(k);
+            }
+        }
+        best.map(|k| self.tk.ranges[k].start)
+    }
+
+    /// Byte offset right after the last token of the top-level SELECT list (before FROM).
+    pub(super) fn projection_end(&self, s: &Select) -> Option<usize> {
+        let start = self.tk.index_at(s.select_token.0.span.start)?;
+        let mut depth = 0i32;
+        let mut i = start + 1;
+        while let Some(t) = self.tk.token(i) {
+            match t {
+                Token::LParen | Token::LBracket => depth += 1,
+                Token::RParen | Token::RBracket => depth -= 1,
+                Token::SemiColon | Token::EOF => return None,
+                Token::Word(w)
+                    if depth == 0
+                        && w.quote_style.is_none()
+                        && w.value.eq_ignore_ascii_case("from") =>
+                {
+                    let prev = self.tk.prev_solid(i)?;
+                    return (prev > start).then(|| self.tk.ranges[prev].end);
+                }
+                _ => {}
+            }
+            if depth < 0 {
+                return None;
+            }
+            i += 1;
+        }
+        None
+    }
+
+    pub(super) fn leading_words(&self, first: usize, last: usize) -> String {
+        let mut words = Vec::new();
+        let mut i = first;
+        while i <= last && words.len() < 2 {
+            match self.tk.token(i) {
+                Some(Token::Word(w)) if w.quote_style.is_none() => {
+                    words.push(w.value.to_ascii_uppercase())
+                }
+                Some(Token::Whitespace(_)) => {}
+                _ => break,
+            }
+            i += 1;
+        }
+        if words.is_empty() {
+            "statement".to_string()
+        } else {
+            words.join(" ")
+        }
+    }
+}
