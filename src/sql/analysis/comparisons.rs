@@ -8,10 +8,10 @@ use crate::sql::catalog::ColumnRef;
 use crate::sql::LiteralBinding;
 
 use super::values::*;
-use super::{dedup, qname, unsupported, Ctx, Halt, R};
+use super::{column_name, dedup, unsupported, Analyzer, Halt, Outcome};
 
 /// Is a cast of a literal or parameter to `cast` acceptable for a column of type `ty`?
-pub(super) fn cast_ok(ty: LogicalType, cast: &str) -> bool {
+pub(super) fn cast_accepted(ty: LogicalType, cast: &str) -> bool {
     let base = cast.split('(').next().unwrap_or(cast).trim();
     if matches!(
         base,
@@ -45,12 +45,14 @@ pub(super) fn cast_ok(ty: LogicalType, cast: &str) -> bool {
     family(target) == family(ty)
 }
 
-impl Ctx<'_> {
+impl Analyzer<'_> {
     /// Records a plain (non-encrypted) use of a value; refuses a protected column.
-    pub(super) fn plain_use(&mut self, v: &Val, op: &str) -> R<()> {
+    pub(super) fn plain_use(&mut self, v: &Value, op: &str) -> Outcome<()> {
         match v {
-            Val::Col { prot: Some(c), .. } => self.refuse(op, *c),
-            Val::Param(p) => {
+            Value::Column {
+                protected: Some(c), ..
+            } => self.refuse(op, *c),
+            Value::Parameter(p) => {
                 self.plain_params.insert(p.n);
                 Ok(())
             }
@@ -58,29 +60,29 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn require_det(&mut self, c: ColumnRef, op: &str) -> R<()> {
-        if self.col(c)?.mode != EncryptionMode::Deterministic {
+    pub(super) fn require_deterministic(&mut self, c: ColumnRef, op: &str) -> Outcome<()> {
+        if self.column(c)?.mode != EncryptionMode::Deterministic {
             return Err(Halt::Refuse(format!(
                 "pgveil: {op} is not supported on randomized encrypted column {}",
-                qname(self.prot, c)
+                column_name(self.protection, c)
             )));
         }
         self.conditions.push(c);
         Ok(())
     }
 
-    pub(super) fn cond(&mut self, e: &Expr) -> R<()> {
-        let v = self.expr(e)?;
+    pub(super) fn condition(&mut self, e: &Expr) -> Outcome<()> {
+        let v = self.expression(e)?;
         self.plain_use(&v, "use as a boolean")
     }
 
     /// Binds a literal or parameter to a protected column.
-    pub(super) fn bind(&mut self, c: ColumnRef, v: &Val) -> R<bool> {
-        let ty = self.col(c)?.logical_type;
+    pub(super) fn bind(&mut self, c: ColumnRef, v: &Value) -> Outcome<bool> {
+        let ty = self.column(c)?.logical_type;
         match v {
-            Val::Lit(l) => {
+            Value::Literal(l) => {
                 if let Some(cast) = &l.cast {
-                    if !cast_ok(ty, cast) {
+                    if !cast_accepted(ty, cast) {
                         return self.refuse(&format!("a cast to {cast}"), c);
                     }
                 }
@@ -92,9 +94,9 @@ impl Ctx<'_> {
                 });
                 Ok(true)
             }
-            Val::Param(p) => {
+            Value::Parameter(p) => {
                 if let Some((range, cast)) = &p.cast {
-                    if !cast_ok(ty, cast) {
+                    if !cast_accepted(ty, cast) {
                         return self.refuse(&format!("a cast to {cast}"), c);
                     }
                     self.rewrites
@@ -107,10 +109,10 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn compare(&mut self, l: &Val, r: &Val, op: &str) -> R<()> {
-        match (l.prot(), r.prot()) {
+    pub(super) fn compare(&mut self, l: &Value, r: &Value, op: &str) -> Outcome<()> {
+        match (l.protected(), r.protected()) {
             (Some(a), Some(b)) => {
-                let (ca, cb) = (self.col(a)?, self.col(b)?);
+                let (ca, cb) = (self.column(a)?, self.column(b)?);
                 if ca.key_scope() != cb.key_scope() || ca.logical_type != cb.logical_type {
                     return Err(Halt::Refuse(format!(
                         "pgveil: comparing encrypted columns {} and {} ({op}) is not supported: they use different keys",
@@ -118,8 +120,8 @@ impl Ctx<'_> {
                         cb.qualified_name()
                     )));
                 }
-                self.require_det(a, op)?;
-                self.require_det(b, op)
+                self.require_deterministic(a, op)?;
+                self.require_deterministic(b, op)
             }
             (Some(a), None) => self.compare_value(a, r, op),
             (None, Some(b)) => self.compare_value(b, l, op),
@@ -130,34 +132,35 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn compare_value(&mut self, c: ColumnRef, other: &Val, op: &str) -> R<()> {
-        self.require_det(c, op)?;
+    pub(super) fn compare_value(&mut self, c: ColumnRef, other: &Value, op: &str) -> Outcome<()> {
+        self.require_deterministic(c, op)?;
         match other {
-            Val::Lit(_) | Val::Param(_) => self.bind(c, other).map(|_| ()),
-            Val::Null => Ok(()),
-            Val::Col { prot: None, .. } => {
-                self.refuse(&format!("{op} with an unencrypted column"), c)
-            }
+            Value::Literal(_) | Value::Parameter(_) => self.bind(c, other).map(|_| ()),
+            Value::Null => Ok(()),
+            Value::Column {
+                protected: None, ..
+            } => self.refuse(&format!("{op} with an unencrypted column"), c),
             _ => self.refuse(&format!("{op} with a computed value"), c),
         }
     }
 
     /// A value written into a column (INSERT, UPDATE SET, ON CONFLICT DO UPDATE).
-    pub(super) fn write(&mut self, target: Option<ColumnRef>, v: &Val) -> R<()> {
+    pub(super) fn write(&mut self, target: Option<ColumnRef>, v: &Value) -> Outcome<()> {
         let Some(c) = target else {
-            if let Some(src) = v.prot() {
+            if let Some(src) = v.protected() {
                 return self.refuse("copying into an unencrypted column", src);
             }
             return self.plain_use(v, "write");
         };
         self.writes.push(c);
         match v {
-            Val::Lit(_) | Val::Param(_) => self.bind(c, v).map(|_| ()),
-            Val::Null | Val::Default => Ok(()),
-            Val::Col {
-                prot: Some(src), ..
+            Value::Literal(_) | Value::Parameter(_) => self.bind(c, v).map(|_| ()),
+            Value::Null | Value::Default => Ok(()),
+            Value::Column {
+                protected: Some(src),
+                ..
             } => {
-                let (a, b) = (self.col(c)?, self.col(*src)?);
+                let (a, b) = (self.column(c)?, self.column(*src)?);
                 if a.key_scope() == b.key_scope() && a.logical_type == b.logical_type {
                     Ok(())
                 } else {
@@ -168,12 +171,14 @@ impl Ctx<'_> {
                     )))
                 }
             }
-            Val::Col { prot: None, .. } => self.refuse("writing an unencrypted column's value", c),
-            Val::Other => self.refuse("writing a computed value", c),
+            Value::Column {
+                protected: None, ..
+            } => self.refuse("writing an unencrypted column's value", c),
+            Value::Other => self.refuse("writing a computed value", c),
         }
     }
 
-    pub(super) fn finish(&mut self) -> R<()> {
+    pub(super) fn finish(&mut self) -> Outcome<()> {
         dedup(&mut self.params);
         dedup(&mut self.reads);
         dedup(&mut self.conditions);
@@ -188,12 +193,12 @@ impl Ctx<'_> {
             if self.plain_params.contains(&n) {
                 return Err(Halt::Refuse(format!(
                     "pgveil: parameter ${n} is bound to encrypted column {} and also used elsewhere",
-                    qname(self.prot, c)
+                    column_name(self.protection, c)
                 )));
             }
             let d = *first_binding.entry(n).or_insert(c);
             if d != c {
-                let (a, b) = (self.col(c)?, self.col(d)?);
+                let (a, b) = (self.column(c)?, self.column(d)?);
                 if a.key_scope() != b.key_scope() || a.logical_type != b.logical_type {
                     return Err(Halt::Refuse(format!(
                         "pgveil: parameter ${n} is bound to encrypted columns {} and {} with different keys",
@@ -217,8 +222,8 @@ impl Ctx<'_> {
                 if w[1].byte_range == w[0].byte_range {
                     return Err(Halt::Refuse(format!(
                         "pgveil: one literal is compared with encrypted columns {} and {}",
-                        qname(self.prot, w[0].column),
-                        qname(self.prot, w[1].column)
+                        column_name(self.protection, w[0].column),
+                        column_name(self.protection, w[1].column)
                     )));
                 }
                 return unsupported("overlapping literal ranges");

@@ -12,16 +12,20 @@ use crate::sql::catalog::ColumnRef;
 use super::scopes::*;
 use super::subjects::*;
 use super::values::*;
-use super::{unsupported, Ctx, R};
+use super::{unsupported, Analyzer, Outcome};
 
-impl Ctx<'_> {
-    pub(super) fn target_source(&mut self, name: &ObjectName, alias: Option<&Ident>) -> R<Source> {
+impl Analyzer<'_> {
+    pub(super) fn target_source(
+        &mut self,
+        name: &ObjectName,
+        alias: Option<&Ident>,
+    ) -> Outcome<Source> {
         let mut src = match self.table_source(name, None)? {
             Some(s) => s,
             None => return unsupported("target relation"),
         };
         if let Some(a) = alias {
-            src.alias = norm(a);
+            src.alias = normalize(a);
         }
         Ok(src)
     }
@@ -30,32 +34,32 @@ impl Ctx<'_> {
         &mut self,
         items: Option<&Vec<SelectItem>>,
         top: bool,
-    ) -> R<Vec<OutCol>> {
+    ) -> Outcome<Vec<OutputColumn>> {
         let Some(items) = items else {
-            self.block_top(top, "no RETURNING");
+            self.block_injection(top, "no RETURNING");
             return Ok(Vec::new());
         };
-        let outs = self.projection(items)?;
+        let outputs = self.projection(items)?;
         if top {
             let aliases = self
                 .scopes
                 .last()
                 .map(|sc| {
                     sc.iter()
-                        .filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone(), s.ref_id)))
+                        .filter_map(|s| s.table.clone().map(|t| (t, s.alias.clone(), s.reference)))
                         .collect()
                 })
                 .unwrap_or_default();
-            self.top = Some(TopInfo {
-                insert_at: Some(self.stmt_end),
+            self.top_level = Some(TopLevel {
+                insert_at: Some(self.statement_end),
                 blocker: None,
                 aliases,
             });
         }
-        Ok(outs)
+        Ok(outputs)
     }
 
-    pub(super) fn insert(&mut self, ins: &Insert, top: bool) -> R<Vec<OutCol>> {
+    pub(super) fn insert(&mut self, ins: &Insert, top: bool) -> Outcome<Vec<OutputColumn>> {
         let TableObject::TableName(name) = &ins.table else {
             return unsupported("INSERT INTO function");
         };
@@ -64,13 +68,17 @@ impl Ctx<'_> {
             self.tables.push(t.clone());
         }
         let table = target.table.clone();
-        let targets: Vec<Option<ColumnRef>> = match (&table, &target.cols) {
+        let targets: Vec<Option<ColumnRef>> = match (&table, &target.columns) {
             (Some(t), _) if !ins.columns.is_empty() => ins
                 .columns
                 .iter()
-                .map(|c| Ok(name_parts(c)?.first().and_then(|n| self.prot.lookup(t, n))))
-                .collect::<R<_>>()?,
-            (Some(_), Some(cols)) => cols.iter().map(|c| c.prot).collect(),
+                .map(|c| {
+                    Ok(name_parts(c)?
+                        .first()
+                        .and_then(|n| self.protection.lookup(t, n)))
+                })
+                .collect::<Outcome<_>>()?,
+            (Some(_), Some(columns)) => columns.iter().map(|c| c.protected).collect(),
             _ => Vec::new(),
         };
         let target_at = |i: usize| targets.get(i).copied().flatten();
@@ -78,13 +86,13 @@ impl Ctx<'_> {
             return unsupported("INSERT … SET");
         }
         self.scopes.push(Vec::new());
-        let result = (|| -> R<()> {
+        let result = (|| -> Outcome<()> {
             if let Some(q) = &ins.source {
                 match &*q.body {
                     SetExpr::Values(values) if q.with.is_none() => {
                         for row in &values.rows {
                             for (i, e) in row.iter().enumerate() {
-                                let v = self.expr(e)?;
+                                let v = self.expression(e)?;
                                 self.write(target_at(i), &v)?;
                             }
                         }
@@ -93,8 +101,8 @@ impl Ctx<'_> {
                         }
                     }
                     _ => {
-                        let outs = self.query(q, false)?;
-                        for (i, o) in outs.iter().enumerate() {
+                        let outputs = self.query(q, false)?;
+                        for (i, o) in outputs.iter().enumerate() {
                             self.write(target_at(i), &o.val)?;
                         }
                     }
@@ -105,13 +113,13 @@ impl Ctx<'_> {
         self.scopes.pop();
         result?;
         self.scopes.push(vec![target.clone()]);
-        let result = (|| -> R<Vec<OutCol>> {
+        let result = (|| -> Outcome<Vec<OutputColumn>> {
             if let Some(OnInsert::OnConflict(oc)) = &ins.on {
-                if let Some(ConflictTarget::Columns(cols)) = &oc.conflict_target {
-                    for c in cols {
-                        if let (Some(t), n) = (&table, norm(c)) {
-                            if let Some(cr) = self.prot.lookup(t, &n) {
-                                self.require_det(cr, "ON CONFLICT")?;
+                if let Some(ConflictTarget::Columns(columns)) = &oc.conflict_target {
+                    for c in columns {
+                        if let (Some(t), n) = (&table, normalize(c)) {
+                            if let Some(cr) = self.protection.lookup(t, &n) {
+                                self.require_deterministic(cr, "ON CONFLICT")?;
                             }
                         }
                     }
@@ -127,7 +135,7 @@ impl Ctx<'_> {
                         self.assignment(&table, a)?;
                     }
                     if let Some(w) = &du.selection {
-                        self.cond(w)?;
+                        self.condition(w)?;
                     }
                     if let Some(scope) = self.scopes.last_mut() {
                         scope.pop();
@@ -146,28 +154,30 @@ impl Ctx<'_> {
         &mut self,
         table: &Option<TableName>,
         a: &sqlparser::ast::Assignment,
-    ) -> R<()> {
+    ) -> Outcome<()> {
         use sqlparser::ast::AssignmentTarget;
-        let target_of = |this: &Self, name: &ObjectName| -> R<Option<ColumnRef>> {
+        let target_of = |this: &Self, name: &ObjectName| -> Outcome<Option<ColumnRef>> {
             let parts = name_parts(name)?;
             Ok(match (table, parts.last()) {
-                (Some(t), Some(c)) => this.prot.lookup(t, c),
+                (Some(t), Some(c)) => this.protection.lookup(t, c),
                 _ => None,
             })
         };
         match &a.target {
             AssignmentTarget::ColumnName(name) => {
                 let target = target_of(self, name)?;
-                let v = self.expr(&a.value)?;
+                let v = self.expression(&a.value)?;
                 self.write(target, &v)
             }
             AssignmentTarget::Tuple(names) => {
-                let targets: Vec<Option<ColumnRef>> =
-                    names.iter().map(|n| target_of(self, n)).collect::<R<_>>()?;
+                let targets: Vec<Option<ColumnRef>> = names
+                    .iter()
+                    .map(|n| target_of(self, n))
+                    .collect::<Outcome<_>>()?;
                 match &a.value {
                     Expr::Tuple(values) if values.len() == targets.len() => {
                         for (t, e) in targets.iter().zip(values) {
-                            let v = self.expr(e)?;
+                            let v = self.expression(e)?;
                             self.write(*t, &v)?;
                         }
                         Ok(())
@@ -176,7 +186,7 @@ impl Ctx<'_> {
                         if let Some(c) = targets.iter().flatten().next() {
                             return self.refuse("multi-column assignment from a subquery", *c);
                         }
-                        let v = self.expr(other)?;
+                        let v = self.expression(other)?;
                         self.plain_use(&v, "assignment")
                     }
                 }
@@ -184,9 +194,9 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn update(&mut self, u: &Update, top: bool) -> R<Vec<OutCol>> {
+    pub(super) fn update(&mut self, u: &Update, top: bool) -> Outcome<Vec<OutputColumn>> {
         self.scopes.push(Vec::new());
-        let result = (|| -> R<Vec<OutCol>> {
+        let result = (|| -> Outcome<Vec<OutputColumn>> {
             self.table_with_joins(&u.table)?;
             let table = self
                 .scopes
@@ -196,15 +206,15 @@ impl Ctx<'_> {
             if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
                 &u.from
             {
-                for twj in f {
-                    self.table_with_joins(twj)?;
+                for from_item in f {
+                    self.table_with_joins(from_item)?;
                 }
             }
             for a in &u.assignments {
                 self.assignment(&table, a)?;
             }
             if let Some(w) = &u.selection {
-                self.cond(w)?;
+                self.condition(w)?;
             }
             self.returning(u.returning.as_ref(), top)
         })();
@@ -212,20 +222,20 @@ impl Ctx<'_> {
         result
     }
 
-    pub(super) fn delete(&mut self, d: &Delete, top: bool) -> R<Vec<OutCol>> {
+    pub(super) fn delete(&mut self, d: &Delete, top: bool) -> Outcome<Vec<OutputColumn>> {
         self.scopes.push(Vec::new());
-        let result = (|| -> R<Vec<OutCol>> {
+        let result = (|| -> Outcome<Vec<OutputColumn>> {
             let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
-            for twj in from {
-                self.table_with_joins(twj)?;
+            for from_item in from {
+                self.table_with_joins(from_item)?;
             }
             if let Some(using) = &d.using {
-                for twj in using {
-                    self.table_with_joins(twj)?;
+                for from_item in using {
+                    self.table_with_joins(from_item)?;
                 }
             }
             if let Some(w) = &d.selection {
-                self.cond(w)?;
+                self.condition(w)?;
             }
             self.returning(d.returning.as_ref(), top)
         })();

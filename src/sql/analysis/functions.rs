@@ -10,10 +10,10 @@ use sqlparser::ast::{
 
 use super::scopes::*;
 use super::values::*;
-use super::{Ctx, Halt, R};
+use super::{Analyzer, Halt, Outcome};
 
-impl Ctx<'_> {
-    pub(super) fn function(&mut self, f: &Function) -> R<Val> {
+impl Analyzer<'_> {
+    pub(super) fn function(&mut self, f: &Function) -> Outcome<Value> {
         let name = f
             .name
             .0
@@ -22,22 +22,22 @@ impl Ctx<'_> {
             .unwrap_or_default();
         let label = format!("function {name}()");
         if let Some(filter) = &f.filter {
-            self.cond(filter)?;
+            self.condition(filter)?;
         }
         for o in &f.within_group {
-            let v = self.expr(&o.expr)?;
+            let v = self.expression(&o.expr)?;
             self.plain_use(&v, "WITHIN GROUP (ORDER BY)")?;
         }
         if let Some(WindowType::WindowSpec(spec)) = &f.over {
             for e in &spec.partition_by {
-                let v = self.expr(e)?;
-                match v.prot() {
-                    Some(c) => self.require_det(c, "PARTITION BY")?,
+                let v = self.expression(e)?;
+                match v.protected() {
+                    Some(c) => self.require_deterministic(c, "PARTITION BY")?,
                     None => self.plain_use(&v, "PARTITION BY")?,
                 }
             }
             for o in &spec.order_by {
-                let v = self.expr(&o.expr)?;
+                let v = self.expression(&o.expr)?;
                 self.plain_use(&v, "ORDER BY")?;
             }
         }
@@ -71,11 +71,11 @@ impl Ctx<'_> {
                         }
                         continue;
                     };
-                    let v = self.expr(e)?;
-                    match v.prot() {
+                    let v = self.expression(e)?;
+                    match v.protected() {
                         Some(c) if count => {
                             if distinct {
-                                self.require_det(c, "count(DISTINCT)")?;
+                                self.require_deterministic(c, "count(DISTINCT)")?;
                             } else {
                                 self.conditions.push(c);
                             }
@@ -87,7 +87,7 @@ impl Ctx<'_> {
                     match clause {
                         FunctionArgumentClause::OrderBy(items) => {
                             for o in items {
-                                let v = self.expr(&o.expr)?;
+                                let v = self.expression(&o.expr)?;
                                 self.plain_use(&v, "ORDER BY")?;
                             }
                         }
@@ -96,13 +96,17 @@ impl Ctx<'_> {
                 }
             }
         }
-        Ok(Val::Other)
+        Ok(Value::Other)
     }
 
     /// Something not analysed in detail: refuse when it involves a protected column (or
     /// could: a name of one that does not resolve here); analyse nested queries for their
     /// own bindings and tables.
-    pub(super) fn opaque_node<V: sqlparser::ast::Visit>(&mut self, node: &V, what: &str) -> R<()> {
+    pub(super) fn opaque_node<V: sqlparser::ast::Visit>(
+        &mut self,
+        node: &V,
+        what: &str,
+    ) -> Outcome<()> {
         let mut idents: Vec<Vec<Ident>> = Vec::new();
         let mut queries: Vec<Query> = Vec::new();
         let _ = visit_expressions(node, |e| {
@@ -119,14 +123,14 @@ impl Ctx<'_> {
         for ids in &idents {
             match self.lookup_column(ids)? {
                 Some(v) => {
-                    if let Some(c) = v.prot() {
+                    if let Some(c) = v.protected() {
                         return self.refuse(what, c);
                     }
                 }
                 None => {
                     self.no_whole_row(ids, what)?;
-                    let last = ids.last().map(norm).unwrap_or_default();
-                    if self.prot.is_protected_column_name(&last) {
+                    let last = ids.last().map(normalize).unwrap_or_default();
+                    if self.protection.is_protected_column_name(&last) {
                         return Err(Halt::Refuse(format!(
                             "pgveil: {what} is not supported near encrypted column {last}"
                         )));
@@ -146,7 +150,7 @@ impl Ctx<'_> {
     }
 
     /// `f(p.*)` / `f(*)` (other than `count(*)`): the whole rows of the relations.
-    pub(super) fn no_wildcard_arg(&self, arg: &FunctionArgExpr, what: &str) -> R<()> {
+    pub(super) fn no_wildcard_arg(&self, arg: &FunctionArgExpr, what: &str) -> Outcome<()> {
         match arg {
             FunctionArgExpr::Expr(_) => Ok(()),
             FunctionArgExpr::QualifiedWildcard(name) => {
@@ -164,8 +168,8 @@ impl Ctx<'_> {
                 if let Some(scope) = self.scopes.last() {
                     if let Some(c) = scope
                         .iter()
-                        .flat_map(|s| s.cols.iter().flatten())
-                        .find_map(|c| c.prot)
+                        .flat_map(|s| s.columns.iter().flatten())
+                        .find_map(|c| c.protected)
                     {
                         return self.refuse(what, c);
                     }

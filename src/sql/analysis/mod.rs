@@ -1,6 +1,6 @@
 //! The analysis proper: one pass over each statement's AST with a scope stack.
 //!
-//! Values flow bottom-up as [`Val`]: a (possibly protected) column, a literal (with its
+//! Values flow bottom-up as [`Value`]: a (possibly protected) column, a literal (with its
 //! exact byte range), a parameter, NULL/DEFAULT, or anything else. Each consumer decides
 //! what is allowed: a comparison binds a literal or parameter to the protected column on
 //! the other side, an INSERT binds positionally, a function argument must not be a
@@ -44,27 +44,28 @@ enum Halt {
     Error(AnalyzeError),
 }
 
-type R<T> = Result<T, Halt>;
+type Outcome<T> = Result<T, Halt>;
 
-fn unsupported<T>(msg: impl Into<String>) -> R<T> {
+fn unsupported<T>(msg: impl Into<String>) -> Outcome<T> {
     Err(Halt::Error(AnalyzeError::Unsupported(msg.into())))
 }
 
-fn qname(prot: &Protection, c: ColumnRef) -> String {
-    prot.column(c)
+fn column_name(protection: &Protection, c: ColumnRef) -> String {
+    protection
+        .column(c)
         .map_or_else(|| "?".to_string(), ProtectedColumn::qualified_name)
 }
 
-struct Ctx<'a> {
+struct Analyzer<'a> {
     sql: &'a str,
-    tk: &'a Tokens,
-    prot: &'a Protection,
-    cat: &'a dyn Catalog,
-    sp: &'a [String],
+    tokens: &'a Tokens,
+    protection: &'a Protection,
+    catalog: &'a dyn Catalog,
+    search_path: &'a [String],
     /// Byte offset where the statement's last token ends (for RETURNING injection).
-    stmt_end: usize,
+    statement_end: usize,
     scopes: Vec<Vec<Source>>,
-    ctes: Vec<(String, Vec<SrcCol>)>,
+    ctes: Vec<(String, Vec<SourceColumn>)>,
     tables: Vec<TableName>,
     literals: Vec<LiteralBinding>,
     params: Vec<(u32, ColumnRef)>,
@@ -74,9 +75,9 @@ struct Ctx<'a> {
     writes: Vec<ColumnRef>,
     rewrites: Vec<(Range<usize>, String)>,
     result_columns: Vec<Option<ColumnRef>>,
-    top_outs: Vec<OutCol>,
-    top: Option<TopInfo>,
-    next_ref: std::cell::Cell<u32>,
+    top_outputs: Vec<OutputColumn>,
+    top_level: Option<TopLevel>,
+    next_reference: std::cell::Cell<u32>,
 }
 
 /// Analyses a query string: one plan per statement. See the module documentation.
@@ -86,26 +87,26 @@ pub fn analyze(
     catalog: &dyn Catalog,
     search_path: &[String],
 ) -> Result<Vec<StatementPlan>, AnalyzeError> {
-    let tk = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
+    let tokens = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
     let mut plans = Vec::new();
     let mut seg_start = 0;
-    for i in 0..=tk.toks.len() {
-        let boundary = match tk.token(i) {
+    for i in 0..=tokens.spanned.len() {
+        let boundary = match tokens.token(i) {
             None => true,
             Some(t) => matches!(t, Token::SemiColon | Token::EOF),
         };
         if !boundary {
             continue;
         }
-        let solid: Vec<usize> = (seg_start..i).filter(|&j| !tk.is_trivia(j)).collect();
+        let solid: Vec<usize> = (seg_start..i).filter(|&j| !tokens.is_trivia(j)).collect();
         seg_start = i + 1;
         let (Some(&first), Some(&last)) = (solid.first(), solid.last()) else {
             continue;
         };
-        let range = tk.ranges[first].start..tk.ranges[last].end;
+        let range = tokens.ranges[first].start..tokens.ranges[last].end;
         plans.push(analyze_one(
             sql,
-            &tk,
+            &tokens,
             first,
             last,
             range,
@@ -120,35 +121,35 @@ pub fn analyze(
 #[allow(clippy::too_many_arguments)]
 fn analyze_one(
     sql: &str,
-    tk: &Tokens,
+    tokens: &Tokens,
     first: usize,
     last: usize,
     range: Range<usize>,
-    prot: &Protection,
-    cat: &dyn Catalog,
-    sp: &[String],
+    protection: &Protection,
+    catalog: &dyn Catalog,
+    search_path: &[String],
 ) -> Result<StatementPlan, AnalyzeError> {
     let text = &sql[range.clone()];
-    let touches = may_touch_protected(text, prot);
+    let touches = may_touch_protected(text, protection);
     // `U&"…"` identifiers are not understood by the parser (it reads `U & "…"`), so a
     // protected table or column could hide behind one: fail closed.
-    if touches && has_unicode_identifier(tk, first, last) {
+    if touches && has_unicode_identifier(tokens, first, last) {
         return Err(AnalyzeError::Unsupported(
             "Unicode-escaped identifiers (U&\"…\")".into(),
         ));
     }
     let dialect = PostgreSqlDialect {};
     let mut parser =
-        Parser::new(&dialect).with_tokens_with_locations(tk.toks[first..=last].to_vec());
+        Parser::new(&dialect).with_tokens_with_locations(tokens.spanned[first..=last].to_vec());
     let parsed = match parser.parse_statement() {
-        Ok(st) if parser.peek_token().token == Token::EOF => Ok(st),
+        Ok(statement) if parser.peek_token().token == Token::EOF => Ok(statement),
         Ok(_) => Err("unexpected text after the statement".to_string()),
         Err(e) => Err(e.to_string()),
     };
     let stmt = match parsed {
-        Ok(st) => st,
+        Ok(statement) => statement,
         // Anonymous code blocks cannot be analysed: refuse them by name.
-        Err(_) if touches && tk.is_keyword(first, "do") => {
+        Err(_) if touches && tokens.is_keyword(first, "do") => {
             let mut plan = StatementPlan::empty(StatementKind::Other, range);
             plan.refusal = Some(Refusal {
                 sqlstate: NOT_SUPPORTED,
@@ -160,13 +161,13 @@ fn analyze_one(
         // Nothing protected can be involved: forward untouched.
         Err(_) => return Ok(StatementPlan::empty(StatementKind::Other, range)),
     };
-    let mut cx = Ctx {
+    let mut analyzer = Analyzer {
         sql,
-        tk,
-        prot,
-        cat,
-        sp,
-        stmt_end: range.end,
+        tokens,
+        protection,
+        catalog,
+        search_path,
+        statement_end: range.end,
         scopes: Vec::new(),
         ctes: Vec::new(),
         tables: Vec::new(),
@@ -178,27 +179,29 @@ fn analyze_one(
         writes: Vec::new(),
         rewrites: Vec::new(),
         result_columns: Vec::new(),
-        top_outs: Vec::new(),
-        top: None,
-        next_ref: std::cell::Cell::new(1),
+        top_outputs: Vec::new(),
+        top_level: None,
+        next_reference: std::cell::Cell::new(1),
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
-    let outcome = cx.statement(&stmt, first, last).and_then(|()| cx.finish());
+    let outcome = analyzer
+        .statement(&stmt, first, last)
+        .and_then(|()| analyzer.finish());
     match outcome {
         Ok(()) => {
-            plan.subject = cx.subjects();
-            plan.tables = cx.tables;
-            plan.literals = cx.literals;
-            plan.params = cx.params;
-            plan.reads = cx.reads;
-            plan.conditions = cx.conditions;
-            plan.writes = cx.writes;
-            plan.rewrites = cx.rewrites;
-            plan.result_columns = cx.result_columns;
+            plan.subject = analyzer.subjects();
+            plan.tables = analyzer.tables;
+            plan.literals = analyzer.literals;
+            plan.params = analyzer.params;
+            plan.reads = analyzer.reads;
+            plan.conditions = analyzer.conditions;
+            plan.writes = analyzer.writes;
+            plan.rewrites = analyzer.rewrites;
+            plan.result_columns = analyzer.result_columns;
         }
         Err(Halt::Refuse(message)) => {
-            plan.tables = cx.tables;
+            plan.tables = analyzer.tables;
             plan.refusal = Some(Refusal {
                 sqlstate: NOT_SUPPORTED,
                 message,
@@ -224,18 +227,18 @@ fn dedup<T: std::hash::Hash + Eq + Clone>(v: &mut Vec<T>) {
     v.retain(|x| seen.insert(x.clone()));
 }
 
-impl Ctx<'_> {
-    fn col(&self, c: ColumnRef) -> R<&ProtectedColumn> {
-        match self.prot.column(c) {
+impl Analyzer<'_> {
+    fn column(&self, c: ColumnRef) -> Outcome<&ProtectedColumn> {
+        match self.protection.column(c) {
             Some(col) => Ok(col),
             None => unsupported("dangling column reference"),
         }
     }
 
-    fn refuse<T>(&self, op: &str, c: ColumnRef) -> R<T> {
+    fn refuse<T>(&self, op: &str, c: ColumnRef) -> Outcome<T> {
         Err(Halt::Refuse(format!(
             "pgveil: {op} is not supported on encrypted column {}",
-            qname(self.prot, c)
+            column_name(self.protection, c)
         )))
     }
 }

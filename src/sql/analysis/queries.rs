@@ -6,13 +6,13 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     visit_expressions, Distinct, Expr, GroupByExpr, Ident, LimitClause, ObjectName, OrderBy,
     OrderByKind, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SetOperator,
-    SetQuantifier, Statement, Value, ValueWithSpan,
+    SetQuantifier, Statement, Value as SqlValue, ValueWithSpan,
 };
 
 use super::scopes::*;
 use super::subjects::*;
 use super::values::*;
-use super::{unsupported, Ctx, Halt, R};
+use super::{unsupported, Analyzer, Halt, Outcome};
 
 pub(super) const AGGREGATES: &[&str] = &[
     "count",
@@ -45,47 +45,47 @@ pub(super) const AGGREGATES: &[&str] = &[
     "any_value",
 ];
 
-pub(super) fn position_ref(e: &Expr, outs: &[OutCol]) -> Option<Val> {
+pub(super) fn output_at_position(e: &Expr, outputs: &[OutputColumn]) -> Option<Value> {
     if let Expr::Value(ValueWithSpan {
-        value: Value::Number(n, _),
+        value: SqlValue::Number(n, _),
         ..
     }) = e
     {
         let i: usize = n.parse().ok()?;
-        return outs.get(i.checked_sub(1)?).map(|o| o.val.clone());
+        return outputs.get(i.checked_sub(1)?).map(|o| o.val.clone());
     }
     None
 }
 
-pub(super) fn expr_name(e: &Expr) -> String {
+pub(super) fn output_name(e: &Expr) -> String {
     match e {
-        Expr::Identifier(id) => norm(id),
-        Expr::CompoundIdentifier(ids) => ids.last().map(norm).unwrap_or_default(),
+        Expr::Identifier(id) => normalize(id),
+        Expr::CompoundIdentifier(ids) => ids.last().map(normalize).unwrap_or_default(),
         Expr::Function(f) => f
             .name
             .0
             .last()
             .map(|p| p.to_string().to_ascii_lowercase())
             .unwrap_or_default(),
-        Expr::Cast { expr, .. } | Expr::Nested(expr) => expr_name(expr),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => output_name(expr),
         _ => "?column?".to_string(),
     }
 }
 
-impl Ctx<'_> {
-    pub(super) fn query(&mut self, q: &Query, top: bool) -> R<Vec<OutCol>> {
+impl Analyzer<'_> {
+    pub(super) fn query(&mut self, q: &Query, top: bool) -> Outcome<Vec<OutputColumn>> {
         let cte_mark = self.ctes.len();
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
-                let outs = self.query(&cte.query, false)?;
-                let mut cols = self.src_cols(&outs)?;
-                for (col, def) in cols.iter_mut().zip(&cte.alias.columns) {
-                    col.name = norm(&def.name);
+                let outputs = self.query(&cte.query, false)?;
+                let mut columns = self.source_columns(&outputs)?;
+                for (col, def) in columns.iter_mut().zip(&cte.alias.columns) {
+                    col.name = normalize(&def.name);
                 }
-                self.ctes.push((norm(&cte.alias.name), cols));
+                self.ctes.push((normalize(&cte.alias.name), columns));
             }
         }
-        let outs = self.set_expr(&q.body, top, q.order_by.as_ref())?;
+        let outputs = self.set_expression(&q.body, top, q.order_by.as_ref())?;
         if let Some(limit) = &q.limit_clause {
             match limit {
                 LimitClause::LimitOffset {
@@ -98,53 +98,56 @@ impl Ctx<'_> {
                         .chain(offset.iter().map(|o| &o.value))
                         .chain(limit_by)
                     {
-                        let v = self.expr(e)?;
+                        let v = self.expression(e)?;
                         self.plain_use(&v, "LIMIT/OFFSET")?;
                     }
                 }
                 LimitClause::OffsetCommaLimit { offset, limit } => {
                     for e in [offset, limit] {
-                        let v = self.expr(e)?;
+                        let v = self.expression(e)?;
                         self.plain_use(&v, "LIMIT/OFFSET")?;
                     }
                 }
             }
         }
         self.ctes.truncate(cte_mark);
-        Ok(outs)
+        Ok(outputs)
     }
 
-    pub(super) fn src_cols(&mut self, outs: &[OutCol]) -> R<Vec<SrcCol>> {
-        let mut cols = Vec::with_capacity(outs.len());
-        for o in outs {
-            let (prot, origin) = match &o.val {
-                Val::Col { prot, origin } => (*prot, origin.clone()),
+    pub(super) fn source_columns(
+        &mut self,
+        outputs: &[OutputColumn],
+    ) -> Outcome<Vec<SourceColumn>> {
+        let mut columns = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            let (protected, origin) = match &o.val {
+                Value::Column { protected, origin } => (*protected, origin.clone()),
                 other => {
                     self.plain_use(other, "subquery output")?;
                     (None, None)
                 }
             };
-            cols.push(SrcCol {
+            columns.push(SourceColumn {
                 name: o.name.clone(),
-                prot,
+                protected,
                 origin,
             });
         }
-        Ok(cols)
+        Ok(columns)
     }
 
-    pub(super) fn set_expr(
+    pub(super) fn set_expression(
         &mut self,
         e: &SetExpr,
         top: bool,
         order_by: Option<&OrderBy>,
-    ) -> R<Vec<OutCol>> {
+    ) -> Outcome<Vec<OutputColumn>> {
         match e {
             SetExpr::Select(s) => self.select(s, top, order_by),
             SetExpr::Query(q) => {
-                let outs = self.query(q, top)?;
-                self.order_by_outputs(order_by, &outs)?;
-                Ok(outs)
+                let outputs = self.query(q, top)?;
+                self.order_by_outputs(order_by, &outputs)?;
+                Ok(outputs)
             }
             SetExpr::SetOperation {
                 left,
@@ -152,21 +155,21 @@ impl Ctx<'_> {
                 set_quantifier,
                 right,
             } => {
-                let l = self.set_expr(left, false, None)?;
-                let r = self.set_expr(right, false, None)?;
-                self.block_top(top, "set operation");
+                let l = self.set_expression(left, false, None)?;
+                let r = self.set_expression(right, false, None)?;
+                self.block_injection(top, "set operation");
                 let op_name = match op {
                     SetOperator::Union => "UNION",
                     SetOperator::Except | SetOperator::Minus => "EXCEPT",
                     SetOperator::Intersect => "INTERSECT",
                 };
                 let dedups = !matches!(set_quantifier, SetQuantifier::All);
-                let mut outs = Vec::with_capacity(l.len());
+                let mut outputs = Vec::with_capacity(l.len());
                 for (i, lo) in l.iter().enumerate() {
-                    let ro = r.get(i).map_or(Val::Other, |o| o.val.clone());
-                    let val = match (lo.val.prot(), ro.prot()) {
+                    let ro = r.get(i).map_or(Value::Other, |o| o.val.clone());
+                    let val = match (lo.val.protected(), ro.protected()) {
                         (Some(a), Some(b)) => {
-                            let (ca, cb) = (self.col(a)?, self.col(b)?);
+                            let (ca, cb) = (self.column(a)?, self.column(b)?);
                             let same = a == b
                                 || (ca.domain.is_some()
                                     && ca.key_scope() == cb.key_scope()
@@ -180,12 +183,12 @@ impl Ctx<'_> {
                             }
                             lo.val.clone()
                         }
-                        (Some(a), None) if matches!(ro, Val::Null) => Val::Col {
-                            prot: Some(a),
+                        (Some(a), None) if matches!(ro, Value::Null) => Value::Column {
+                            protected: Some(a),
                             origin: None,
                         },
-                        (None, Some(b)) if matches!(lo.val, Val::Null) => Val::Col {
-                            prot: Some(b),
+                        (None, Some(b)) if matches!(lo.val, Value::Null) => Value::Column {
+                            protected: Some(b),
                             origin: None,
                         },
                         (Some(a), None) | (None, Some(a)) => {
@@ -194,42 +197,44 @@ impl Ctx<'_> {
                         (None, None) => {
                             self.plain_use(&lo.val, op_name)?;
                             self.plain_use(&ro, op_name)?;
-                            Val::Other
+                            Value::Other
                         }
                     };
-                    if let Some(c) = val.prot() {
+                    if let Some(c) = val.protected() {
                         if dedups {
-                            self.require_det(c, op_name)?;
+                            self.require_deterministic(c, op_name)?;
                         }
                     }
-                    outs.push(OutCol {
+                    outputs.push(OutputColumn {
                         name: lo.name.clone(),
                         val,
                     });
                 }
-                self.order_by_outputs(order_by, &outs)?;
-                Ok(outs)
+                self.order_by_outputs(order_by, &outputs)?;
+                Ok(outputs)
             }
             SetExpr::Values(values) => {
-                self.block_top(top, "VALUES");
+                self.block_injection(top, "VALUES");
                 self.scopes.push(Vec::new());
                 let mut width = 0;
                 for row in &values.rows {
                     width = width.max(row.len());
                     for e in row.iter() {
-                        let v = self.expr(e)?;
+                        let v = self.expression(e)?;
                         self.plain_use(&v, "VALUES")?;
                     }
                 }
                 self.scopes.pop();
                 Ok((1..=width)
-                    .map(|i| OutCol {
+                    .map(|i| OutputColumn {
                         name: format!("column{i}"),
-                        val: Val::Other,
+                        val: Value::Other,
                     })
                     .collect())
             }
-            SetExpr::Insert(st) | SetExpr::Update(st) | SetExpr::Delete(st) => match st {
+            SetExpr::Insert(statement)
+            | SetExpr::Update(statement)
+            | SetExpr::Delete(statement) => match statement {
                 Statement::Insert(i) => self.insert(i, top),
                 Statement::Update(u) => self.update(u, top),
                 Statement::Delete(d) => self.delete(d, top),
@@ -247,10 +252,10 @@ impl Ctx<'_> {
                 let obj = ObjectName::from(parts);
                 self.scopes.push(Vec::new());
                 self.table_factor_name(&obj, None)?;
-                let outs = self.expand_wildcard(None)?;
+                let outputs = self.expand_wildcard(None)?;
                 self.scopes.pop();
-                self.block_top(top, "TABLE statement");
-                Ok(outs)
+                self.block_injection(top, "TABLE statement");
+                Ok(outputs)
             }
             SetExpr::Merge(_) => unsupported("MERGE"),
         }
@@ -261,7 +266,7 @@ impl Ctx<'_> {
         s: &Select,
         top: bool,
         order_by: Option<&OrderBy>,
-    ) -> R<Vec<OutCol>> {
+    ) -> Outcome<Vec<OutputColumn>> {
         self.scopes.push(Vec::new());
         let result = self.select_inner(s, top, order_by);
         self.scopes.pop();
@@ -273,51 +278,51 @@ impl Ctx<'_> {
         s: &Select,
         top: bool,
         order_by: Option<&OrderBy>,
-    ) -> R<Vec<OutCol>> {
-        for twj in &s.from {
-            self.table_with_joins(twj)?;
+    ) -> Outcome<Vec<OutputColumn>> {
+        for from_item in &s.from {
+            self.table_with_joins(from_item)?;
         }
         if let Some(w) = &s.selection {
-            self.cond(w)?;
+            self.condition(w)?;
         }
-        let outs = self.projection(&s.projection)?;
+        let outputs = self.projection(&s.projection)?;
         let mut grouped = false;
         match &s.group_by {
             GroupByExpr::Expressions(list, _) => {
                 for e in list {
                     grouped = true;
-                    let v = self.group_item(e, &outs)?;
-                    match v.prot() {
-                        Some(c) => self.require_det(c, "GROUP BY")?,
+                    let v = self.group_item(e, &outputs)?;
+                    match v.protected() {
+                        Some(c) => self.require_deterministic(c, "GROUP BY")?,
                         None => self.plain_use(&v, "GROUP BY")?,
                     }
                 }
             }
             GroupByExpr::All(_) => {
                 grouped = true;
-                for o in &outs {
-                    if let Some(c) = o.val.prot() {
-                        self.require_det(c, "GROUP BY")?;
+                for o in &outputs {
+                    if let Some(c) = o.val.protected() {
+                        self.require_deterministic(c, "GROUP BY")?;
                     }
                 }
             }
         }
         if let Some(h) = &s.having {
-            self.cond(h)?;
+            self.condition(h)?;
         }
         match &s.distinct {
             Some(Distinct::Distinct) => {
-                for o in &outs {
-                    if let Some(c) = o.val.prot() {
-                        self.require_det(c, "DISTINCT")?;
+                for o in &outputs {
+                    if let Some(c) = o.val.protected() {
+                        self.require_deterministic(c, "DISTINCT")?;
                     }
                 }
             }
             Some(Distinct::On(list)) => {
                 for e in list {
-                    let v = self.group_item(e, &outs)?;
-                    match v.prot() {
-                        Some(c) => self.require_det(c, "DISTINCT ON")?,
+                    let v = self.group_item(e, &outputs)?;
+                    match v.protected() {
+                        Some(c) => self.require_deterministic(c, "DISTINCT ON")?,
                         None => self.plain_use(&v, "DISTINCT ON")?,
                     }
                 }
@@ -325,20 +330,20 @@ impl Ctx<'_> {
             Some(Distinct::All) | None => {}
         }
         if let Some(q) = &s.qualify {
-            self.cond(q)?;
+            self.condition(q)?;
         }
         if !s.named_window.is_empty() {
             self.opaque_node(&s.named_window, "WINDOW")?;
         }
         if s.into.is_some() {
-            if let Some(c) = outs.iter().find_map(|o| o.val.prot()) {
+            if let Some(c) = outputs.iter().find_map(|o| o.val.protected()) {
                 return self.refuse("SELECT INTO", c);
             }
         }
         if let Some(ob) = order_by {
             if let OrderByKind::Expressions(list) = &ob.kind {
                 for item in list {
-                    self.order_item(&item.expr, &outs, true)?;
+                    self.order_item(&item.expr, &outputs, true)?;
                 }
             }
         }
@@ -374,52 +379,52 @@ impl Ctx<'_> {
                         .filter_map(|src| {
                             src.table
                                 .clone()
-                                .map(|t| (t, src.alias.clone(), src.ref_id))
+                                .map(|t| (t, src.alias.clone(), src.reference))
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            self.top = Some(TopInfo {
+            self.top_level = Some(TopLevel {
                 insert_at: self.projection_end(s),
                 blocker: blocker.map(str::to_string),
                 aliases,
             });
         }
-        Ok(outs)
+        Ok(outputs)
     }
 
-    pub(super) fn projection(&mut self, items: &[SelectItem]) -> R<Vec<OutCol>> {
-        let mut outs = Vec::new();
+    pub(super) fn projection(&mut self, items: &[SelectItem]) -> Outcome<Vec<OutputColumn>> {
+        let mut outputs = Vec::new();
         for item in items {
             match item {
                 SelectItem::UnnamedExpr(e) => {
-                    let val = self.expr(e)?;
-                    outs.push(OutCol {
-                        name: expr_name(e),
+                    let val = self.expression(e)?;
+                    outputs.push(OutputColumn {
+                        name: output_name(e),
                         val,
                     });
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
-                    let val = self.expr(expr)?;
-                    outs.push(OutCol {
-                        name: norm(alias),
+                    let val = self.expression(expr)?;
+                    outputs.push(OutputColumn {
+                        name: normalize(alias),
                         val,
                     });
                 }
                 SelectItem::ExprWithAliases { expr, aliases } => {
-                    let val = self.expr(expr)?;
-                    let name = aliases.first().map_or_else(|| expr_name(expr), norm);
-                    outs.push(OutCol { name, val });
+                    let val = self.expression(expr)?;
+                    let name = aliases.first().map_or_else(|| output_name(expr), normalize);
+                    outputs.push(OutputColumn { name, val });
                 }
-                SelectItem::Wildcard(_) => outs.extend(self.expand_wildcard(None)?),
+                SelectItem::Wildcard(_) => outputs.extend(self.expand_wildcard(None)?),
                 SelectItem::QualifiedWildcard(kind, _) => match kind {
                     SelectItemQualifiedWildcardKind::ObjectName(name) => {
                         let parts = name_parts(name)?;
-                        outs.extend(self.expand_wildcard(Some(&parts))?);
+                        outputs.extend(self.expand_wildcard(Some(&parts))?);
                     }
                     SelectItemQualifiedWildcardKind::Expr(e) => {
-                        let v = self.expr(e)?;
-                        if let Some(c) = v.prot() {
+                        let v = self.expression(e)?;
+                        if let Some(c) = v.protected() {
                             return self.refuse("(expression).*", c);
                         }
                         return unsupported("(expression).*");
@@ -427,40 +432,48 @@ impl Ctx<'_> {
                 },
             }
         }
-        Ok(outs)
+        Ok(outputs)
     }
 
     /// GROUP BY / DISTINCT ON item: input column first, then output name, or a position.
-    pub(super) fn group_item(&mut self, e: &Expr, outs: &[OutCol]) -> R<Val> {
-        if let Some(v) = position_ref(e, outs) {
+    pub(super) fn group_item(&mut self, e: &Expr, outputs: &[OutputColumn]) -> Outcome<Value> {
+        if let Some(v) = output_at_position(e, outputs) {
             return Ok(v);
         }
         if let Expr::Identifier(id) = e {
             if self.lookup_column(std::slice::from_ref(id))?.is_none() {
-                let name = norm(id);
-                if let Some(o) = outs.iter().find(|o| o.name == name) {
+                let name = normalize(id);
+                if let Some(o) = outputs.iter().find(|o| o.name == name) {
                     return Ok(o.val.clone());
                 }
             }
         }
-        self.expr(e)
+        self.expression(e)
     }
 
     /// ORDER BY item: output name or position first, then an expression on the inputs.
-    pub(super) fn order_item(&mut self, e: &Expr, outs: &[OutCol], inputs: bool) -> R<()> {
-        let mut v = position_ref(e, outs);
+    pub(super) fn order_item(
+        &mut self,
+        e: &Expr,
+        outputs: &[OutputColumn],
+        inputs: bool,
+    ) -> Outcome<()> {
+        let mut v = output_at_position(e, outputs);
         if v.is_none() {
             if let Expr::Identifier(id) = e {
-                let name = norm(id);
-                v = outs.iter().find(|o| o.name == name).map(|o| o.val.clone());
+                let name = normalize(id);
+                v = outputs
+                    .iter()
+                    .find(|o| o.name == name)
+                    .map(|o| o.val.clone());
             }
         }
         let v = match v {
             Some(v) => v,
-            None if inputs => self.expr(e)?,
+            None if inputs => self.expression(e)?,
             None => return unsupported("ORDER BY expression on a set operation"),
         };
-        match v.prot() {
+        match v.protected() {
             Some(c) => self.refuse("ORDER BY", c),
             None => self.plain_use(&v, "ORDER BY"),
         }
@@ -469,15 +482,15 @@ impl Ctx<'_> {
     pub(super) fn order_by_outputs(
         &mut self,
         order_by: Option<&OrderBy>,
-        outs: &[OutCol],
-    ) -> R<()> {
+        outputs: &[OutputColumn],
+    ) -> Outcome<()> {
         if let Some(OrderBy {
             kind: OrderByKind::Expressions(list),
             ..
         }) = order_by
         {
             for item in list {
-                self.order_item(&item.expr, outs, false)?;
+                self.order_item(&item.expr, outputs, false)?;
             }
         }
         Ok(())

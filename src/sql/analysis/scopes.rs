@@ -10,12 +10,12 @@ use crate::sql::catalog::ColumnRef;
 use crate::sql::AnalyzeError;
 
 use super::values::*;
-use super::{qname, unsupported, Ctx, Halt, R};
+use super::{column_name, unsupported, Analyzer, Halt, Outcome};
 
 #[derive(Debug, Clone)]
-pub(super) struct SrcCol {
+pub(super) struct SourceColumn {
     pub(super) name: String,
-    pub(super) prot: Option<ColumnRef>,
+    pub(super) protected: Option<ColumnRef>,
     pub(super) origin: Option<Origin>,
 }
 
@@ -24,13 +24,13 @@ pub(super) struct Source {
     pub(super) alias: String,
     pub(super) table: Option<TableName>,
     /// The reference number in [`Origin`] (catalog relations only).
-    pub(super) ref_id: u32,
+    pub(super) reference: u32,
     /// `None`: a relation whose columns are unknown (table function, unknown table).
-    pub(super) cols: Option<Vec<SrcCol>>,
+    pub(super) columns: Option<Vec<SourceColumn>>,
 }
 
 /// Normalizes an identifier as PostgreSQL does: unquoted ASCII folds to lower case.
-pub(super) fn norm(id: &Ident) -> String {
+pub(super) fn normalize(id: &Ident) -> String {
     if id.quote_style.is_some() {
         id.value.clone()
     } else {
@@ -38,17 +38,17 @@ pub(super) fn norm(id: &Ident) -> String {
     }
 }
 
-pub(super) fn name_parts(name: &ObjectName) -> R<Vec<String>> {
+pub(super) fn name_parts(name: &ObjectName) -> Outcome<Vec<String>> {
     name.0
         .iter()
         .map(|p| match p {
-            ObjectNamePart::Identifier(id) => Ok(norm(id)),
+            ObjectNamePart::Identifier(id) => Ok(normalize(id)),
             ObjectNamePart::Function(_) => unsupported("function in object name"),
         })
         .collect()
 }
 
-impl Ctx<'_> {
+impl Analyzer<'_> {
     pub(super) fn push_source(&mut self, src: Source) {
         if let Some(t) = &src.table {
             self.tables.push(t.clone());
@@ -58,9 +58,9 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn table_with_joins(&mut self, twj: &TableWithJoins) -> R<()> {
-        self.table_factor(&twj.relation)?;
-        for j in &twj.joins {
+    pub(super) fn table_with_joins(&mut self, from_item: &TableWithJoins) -> Outcome<()> {
+        self.table_factor(&from_item.relation)?;
+        for j in &from_item.joins {
             let before = self.scopes.last().map_or(0, Vec::len);
             self.table_factor(&j.relation)?;
             let constraint = match &j.join_operator {
@@ -82,9 +82,9 @@ impl Ctx<'_> {
                 _ => return unsupported("join kind"),
             };
             match constraint {
-                JoinConstraint::On(e) => self.cond(e)?,
-                JoinConstraint::Using(cols) => {
-                    for c in cols {
+                JoinConstraint::On(e) => self.condition(e)?,
+                JoinConstraint::Using(columns) => {
+                    for c in columns {
                         let name = name_parts(c)?.pop().unwrap_or_default();
                         self.join_using(before, &name)?;
                     }
@@ -96,14 +96,14 @@ impl Ctx<'_> {
                         .map(|sc| {
                             sc[before..]
                                 .iter()
-                                .flat_map(|s| s.cols.iter().flatten().map(|c| c.name.clone()))
+                                .flat_map(|s| s.columns.iter().flatten().map(|c| c.name.clone()))
                                 .collect()
                         })
                         .unwrap_or_default();
                     let unknown = self
                         .scopes
                         .last()
-                        .is_some_and(|sc| sc.iter().any(|s| s.cols.is_none()));
+                        .is_some_and(|sc| sc.iter().any(|s| s.columns.is_none()));
                     if unknown {
                         return unsupported("NATURAL JOIN with a relation of unknown columns");
                     }
@@ -117,31 +117,31 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub(super) fn join_using(&mut self, split: usize, name: &str) -> R<()> {
+    pub(super) fn join_using(&mut self, split: usize, name: &str) -> Outcome<()> {
         let Some(scope) = self.scopes.last() else {
             return Ok(());
         };
         let find = |srcs: &[Source]| {
             srcs.iter()
                 .rev()
-                .find_map(|s| s.cols.as_ref()?.iter().find(|c| c.name == name).cloned())
+                .find_map(|s| s.columns.as_ref()?.iter().find(|c| c.name == name).cloned())
         };
         let (Some(l), Some(r)) = (find(&scope[..split]), find(&scope[split..])) else {
             return Ok(());
         };
-        let lv = Val::Col {
-            prot: l.prot,
+        let lv = Value::Column {
+            protected: l.protected,
             origin: l.origin,
         };
-        let rv = Val::Col {
-            prot: r.prot,
+        let rv = Value::Column {
+            protected: r.protected,
             origin: r.origin,
         };
         self.compare(&lv, &rv, "JOIN USING")
     }
 
-    pub(super) fn table_factor(&mut self, tf: &TableFactor) -> R<()> {
-        match tf {
+    pub(super) fn table_factor(&mut self, factor: &TableFactor) -> Outcome<()> {
+        match factor {
             TableFactor::Table {
                 name,
                 alias,
@@ -151,19 +151,22 @@ impl Ctx<'_> {
             TableFactor::Derived {
                 subquery, alias, ..
             } => {
-                let outs = self.query(subquery, false)?;
-                let mut cols = self.src_cols(&outs)?;
-                let alias_name = alias.as_ref().map(|a| norm(&a.name)).unwrap_or_default();
+                let outputs = self.query(subquery, false)?;
+                let mut columns = self.source_columns(&outputs)?;
+                let alias_name = alias
+                    .as_ref()
+                    .map(|a| normalize(&a.name))
+                    .unwrap_or_default();
                 if let Some(a) = alias {
-                    for (col, def) in cols.iter_mut().zip(&a.columns) {
-                        col.name = norm(&def.name);
+                    for (col, def) in columns.iter_mut().zip(&a.columns) {
+                        col.name = normalize(&def.name);
                     }
                 }
                 self.push_source(Source {
                     alias: alias_name,
                     table: None,
-                    ref_id: 0,
-                    cols: Some(cols),
+                    reference: 0,
+                    columns: Some(columns),
                 });
                 Ok(())
             }
@@ -184,15 +187,17 @@ impl Ctx<'_> {
                     TableFactor::Table { alias, .. }
                     | TableFactor::Function { alias, .. }
                     | TableFactor::TableFunction { alias, .. }
-                    | TableFactor::UNNEST { alias, .. } => alias.as_ref().map(|a| norm(&a.name)),
+                    | TableFactor::UNNEST { alias, .. } => {
+                        alias.as_ref().map(|a| normalize(&a.name))
+                    }
                     _ => None,
                 }
                 .unwrap_or_default();
                 self.push_source(Source {
                     alias,
                     table: None,
-                    ref_id: 0,
-                    cols: None,
+                    reference: 0,
+                    columns: None,
                 });
                 Ok(())
             }
@@ -204,33 +209,33 @@ impl Ctx<'_> {
         &mut self,
         name: &ObjectName,
         alias: Option<&sqlparser::ast::TableAlias>,
-    ) -> R<Option<Source>> {
+    ) -> Outcome<Option<Source>> {
         let parts = name_parts(name)?;
-        let alias_name = alias.map(|a| norm(&a.name));
+        let alias_name = alias.map(|a| normalize(&a.name));
         let cte = match parts.as_slice() {
             [n] => self
                 .ctes
                 .iter()
                 .rev()
                 .find(|(c, _)| c == n)
-                .map(|(_, cols)| cols.clone()),
+                .map(|(_, columns)| columns.clone()),
             _ => None,
         };
         let mut src = match (parts.as_slice(), cte) {
-            ([n], Some(cols)) => Source {
+            ([n], Some(columns)) => Source {
                 alias: n.clone(),
                 table: None,
-                ref_id: 0,
-                cols: Some(cols),
+                reference: 0,
+                columns: Some(columns),
             },
             ([n], None) => self.catalog_source(None, n)?,
             ([.., schema, n], _) => self.catalog_source(Some(schema.as_str()), n)?,
             _ => return unsupported("relation name"),
         };
         if let Some(a) = alias {
-            if let Some(cols) = &mut src.cols {
-                for (col, def) in cols.iter_mut().zip(&a.columns) {
-                    col.name = norm(&def.name);
+            if let Some(columns) = &mut src.columns {
+                for (col, def) in columns.iter_mut().zip(&a.columns) {
+                    col.name = normalize(&def.name);
                 }
             }
         }
@@ -240,40 +245,41 @@ impl Ctx<'_> {
         Ok(Some(src))
     }
 
-    pub(super) fn catalog_source(&self, schema: Option<&str>, name: &str) -> R<Source> {
-        match self.cat.resolve(schema, name, self.sp) {
+    pub(super) fn catalog_source(&self, schema: Option<&str>, name: &str) -> Outcome<Source> {
+        match self.catalog.resolve(schema, name, self.search_path) {
             Some(info) => {
-                let ref_id = self.next_ref.get();
-                self.next_ref.set(ref_id.wrapping_add(1));
-                for c in self.prot.table_columns(&info.name) {
-                    let col = &self.col(c)?.column;
+                let reference = self.next_reference.get();
+                self.next_reference.set(reference.wrapping_add(1));
+                for c in self.protection.table_columns(&info.name) {
+                    let col = &self.column(c)?.column;
                     if !info.columns.iter().any(|ci| ci.name == *col) {
                         return Err(Halt::Error(AnalyzeError::Resolve(format!(
                             "protected column {} is missing from the catalog",
-                            qname(self.prot, c)
+                            column_name(self.protection, c)
                         ))));
                     }
                 }
-                let cols: Vec<SrcCol> = info
+                let columns: Vec<SourceColumn> = info
                     .columns
                     .iter()
-                    .map(|c| SrcCol {
+                    .map(|c| SourceColumn {
                         name: c.name.clone(),
-                        prot: self.prot.lookup(&info.name, &c.name),
-                        origin: Some((info.name.clone(), c.name.clone(), ref_id)),
+                        protected: self.protection.lookup(&info.name, &c.name),
+                        origin: Some((info.name.clone(), c.name.clone(), reference)),
                     })
                     .collect();
                 Ok(Source {
                     alias: info.name.name.clone(),
                     table: Some(info.name),
-                    ref_id,
-                    cols: Some(cols),
+                    reference,
+                    columns: Some(columns),
                 })
             }
             None => {
-                let protected_name = self.prot.is_protected_name(name)
-                    || schema
-                        .is_some_and(|s| self.prot.is_protected_table(&TableName::new(s, name)));
+                let protected_name = self.protection.is_protected_name(name)
+                    || schema.is_some_and(|s| {
+                        self.protection.is_protected_table(&TableName::new(s, name))
+                    });
                 if protected_name {
                     return Err(Halt::Error(AnalyzeError::Resolve(format!(
                         "relation {}{name}",
@@ -283,8 +289,8 @@ impl Ctx<'_> {
                 Ok(Source {
                     alias: name.to_string(),
                     table: None,
-                    ref_id: 0,
-                    cols: None,
+                    reference: 0,
+                    columns: None,
                 })
             }
         }
@@ -294,7 +300,7 @@ impl Ctx<'_> {
         &mut self,
         name: &ObjectName,
         alias: Option<&sqlparser::ast::TableAlias>,
-    ) -> R<()> {
+    ) -> Outcome<()> {
         if let Some(src) = self.table_source(name, alias)? {
             self.push_source(src);
         }
@@ -303,22 +309,22 @@ impl Ctx<'_> {
 
     /// Resolves a column reference through the scope stack (innermost first).
     /// `Ok(None)`: no such column anywhere.
-    pub(super) fn lookup_column(&self, idents: &[Ident]) -> R<Option<Val>> {
-        let names: Vec<String> = idents.iter().map(norm).collect();
+    pub(super) fn lookup_column(&self, idents: &[Ident]) -> Outcome<Option<Value>> {
+        let names: Vec<String> = idents.iter().map(normalize).collect();
         let Some((col, qual)) = names.split_last() else {
             return Ok(None);
         };
-        let val_of = |c: &SrcCol| Val::Col {
-            prot: c.prot,
+        let val_of = |c: &SourceColumn| Value::Column {
+            protected: c.protected,
             origin: c.origin.clone(),
         };
         if qual.is_empty() {
             for scope in self.scopes.iter().rev() {
-                let mut found: Vec<&SrcCol> = Vec::new();
+                let mut found: Vec<&SourceColumn> = Vec::new();
                 let mut unknown = false;
                 for src in scope {
-                    match &src.cols {
-                        Some(cols) => found.extend(cols.iter().filter(|c| c.name == *col)),
+                    match &src.columns {
+                        Some(columns) => found.extend(columns.iter().filter(|c| c.name == *col)),
                         None => unknown = true,
                     }
                 }
@@ -327,24 +333,24 @@ impl Ctx<'_> {
                     [] if unknown => {
                         // It may belong to the relation of unknown shape — or to an outer
                         // protected one. Fail closed if it could be protected.
-                        if self.prot.is_protected_column_name(col) {
+                        if self.protection.is_protected_column_name(col) {
                             return Err(Halt::Error(AnalyzeError::Resolve(format!(
                                 "column {col} (ambiguous with a relation of unknown columns)"
                             ))));
                         }
-                        return Ok(Some(Val::plain()));
+                        return Ok(Some(Value::plain()));
                     }
                     [] => {}
                     many => {
                         // `JOIN … USING (col)` merges same-named columns; when all are
                         // protected with one key and type, the value decrypts the same.
-                        if let Some(first) = many[0].prot {
-                            let a = self.col(first)?;
+                        if let Some(first) = many[0].protected {
+                            let a = self.column(first)?;
                             let mut same = true;
                             for c in &many[1..] {
-                                same &= match c.prot {
+                                same &= match c.protected {
                                     Some(p) => {
-                                        let b = self.col(p)?;
+                                        let b = self.column(p)?;
                                         a.key_scope() == b.key_scope()
                                             && a.logical_type == b.logical_type
                                     }
@@ -352,18 +358,18 @@ impl Ctx<'_> {
                                 };
                             }
                             if same {
-                                return Ok(Some(Val::Col {
-                                    prot: Some(first),
+                                return Ok(Some(Value::Column {
+                                    protected: Some(first),
                                     origin: None,
                                 }));
                             }
                         }
-                        if many.iter().any(|c| c.prot.is_some()) {
+                        if many.iter().any(|c| c.protected.is_some()) {
                             return Err(Halt::Error(AnalyzeError::Resolve(format!(
                                 "ambiguous column {col}"
                             ))));
                         }
-                        return Ok(Some(Val::plain()));
+                        return Ok(Some(Value::plain()));
                     }
                 }
             }
@@ -382,25 +388,25 @@ impl Ctx<'_> {
                 if !hit {
                     continue;
                 }
-                return Ok(Some(match &src.cols {
-                    Some(cols) => match cols.iter().find(|c| c.name == *col) {
+                return Ok(Some(match &src.columns {
+                    Some(columns) => match columns.iter().find(|c| c.name == *col) {
                         Some(c) => val_of(c),
-                        None => Val::plain(),
+                        None => Value::plain(),
                     },
-                    None => Val::plain(),
+                    None => Value::plain(),
                 }));
             }
         }
         // `a.b` where `a` is a column (composite field access)?
         if let [first, ..] = idents {
             if let Some(v) = self.lookup_column(std::slice::from_ref(first))? {
-                if let Some(c) = v.prot() {
+                if let Some(c) = v.protected() {
                     return self.refuse("field access", c);
                 }
-                return Ok(Some(Val::Other));
+                return Ok(Some(Value::Other));
             }
         }
-        if self.prot.is_protected_column_name(col) {
+        if self.protection.is_protected_column_name(col) {
             return Err(Halt::Error(AnalyzeError::Resolve(format!(
                 "column {}",
                 names.join(".")
@@ -409,11 +415,14 @@ impl Ctx<'_> {
         Ok(None)
     }
 
-    pub(super) fn expand_wildcard(&mut self, qualifier: Option<&[String]>) -> R<Vec<OutCol>> {
+    pub(super) fn expand_wildcard(
+        &mut self,
+        qualifier: Option<&[String]>,
+    ) -> Outcome<Vec<OutputColumn>> {
         let Some(scope) = self.scopes.last() else {
             return Ok(Vec::new());
         };
-        let mut outs = Vec::new();
+        let mut outputs = Vec::new();
         let mut matched = false;
         let mut after_unknown = false;
         for src in scope {
@@ -431,39 +440,39 @@ impl Ctx<'_> {
                 }
             }
             matched = true;
-            if after_unknown && src.cols.iter().flatten().any(|c| c.prot.is_some()) {
+            if after_unknown && src.columns.iter().flatten().any(|c| c.protected.is_some()) {
                 // Output positions of the protected columns would be unknown.
                 return unsupported(
                     "* over a relation of unknown columns before a protected table",
                 );
             }
-            after_unknown |= src.cols.is_none();
-            match &src.cols {
-                Some(cols) => outs.extend(cols.iter().map(|c| OutCol {
+            after_unknown |= src.columns.is_none();
+            match &src.columns {
+                Some(columns) => outputs.extend(columns.iter().map(|c| OutputColumn {
                     name: c.name.clone(),
-                    val: Val::Col {
-                        prot: c.prot,
+                    val: Value::Column {
+                        protected: c.protected,
                         origin: c.origin.clone(),
                     },
                 })),
                 // Unknown relation: its width is unknown, so are later positions. It holds
                 // no protected column (unknown relations never have a protected name).
-                None => outs.push(OutCol {
+                None => outputs.push(OutputColumn {
                     name: "?column?".into(),
-                    val: Val::Other,
+                    val: Value::Other,
                 }),
             }
         }
         if qualifier.is_some() && !matched {
             return unsupported("unknown relation in qualified *");
         }
-        Ok(outs)
+        Ok(outputs)
     }
 
     /// A name that is not a column may be a whole-row reference to a relation (`p`,
     /// `ssn(p)`, `(p).ssn`, `row_to_json(p)`): refused when that row holds protected columns.
-    pub(super) fn no_whole_row(&self, ids: &[Ident], what: &str) -> R<()> {
-        let names: Vec<String> = ids.iter().map(norm).collect();
+    pub(super) fn no_whole_row(&self, ids: &[Ident], what: &str) -> Outcome<()> {
+        let names: Vec<String> = ids.iter().map(normalize).collect();
         for scope in self.scopes.iter().rev() {
             for src in scope.iter().rev() {
                 let hit = match names.as_slice() {
@@ -475,7 +484,7 @@ impl Ctx<'_> {
                     [] => false,
                 };
                 if hit {
-                    if let Some(c) = src.cols.iter().flatten().find_map(|c| c.prot) {
+                    if let Some(c) = src.columns.iter().flatten().find_map(|c| c.protected) {
                         return self.refuse(what, c);
                     }
                     return Ok(());

@@ -10,39 +10,39 @@ use sqlparser::tokenizer::{Span, Token};
 
 use crate::sql::tokens::Tokens;
 
-use super::{unsupported, Ctx, R};
+use super::{unsupported, Analyzer, Outcome};
 
-pub(super) fn has_unicode_identifier(tk: &Tokens, first: usize, last: usize) -> bool {
+pub(super) fn has_unicode_identifier(tokens: &Tokens, first: usize, last: usize) -> bool {
     (first..last.saturating_sub(1)).any(|i| {
-        let adjacent = |a: usize, b: usize| tk.ranges[a].end == tk.ranges[b].start;
-        matches!(tk.token(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("u"))
-            && matches!(tk.token(i + 1), Some(Token::Ampersand))
-            && matches!(tk.token(i + 2), Some(Token::Word(w)) if w.quote_style == Some('"'))
+        let adjacent = |a: usize, b: usize| tokens.ranges[a].end == tokens.ranges[b].start;
+        matches!(tokens.token(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("u"))
+            && matches!(tokens.token(i + 1), Some(Token::Ampersand))
+            && matches!(tokens.token(i + 2), Some(Token::Word(w)) if w.quote_style == Some('"'))
             && adjacent(i, i + 1)
             && adjacent(i + 1, i + 2)
     })
 }
 
-impl Ctx<'_> {
+impl Analyzer<'_> {
     pub(super) fn token_index_at(&self, byte: usize) -> Option<usize> {
-        let i = self.tk.ranges.partition_point(|r| r.start < byte);
-        match self.tk.ranges.get(i) {
+        let i = self.tokens.ranges.partition_point(|r| r.start < byte);
+        match self.tokens.ranges.get(i) {
             Some(r) if r.start == byte => Some(i),
             _ => None,
         }
     }
 
-    pub(super) fn span_range(&self, span: Span) -> R<Range<usize>> {
-        match self.tk.index_at(span.start) {
-            Some(i) => Ok(self.tk.ranges[i].clone()),
+    pub(super) fn span_range(&self, span: Span) -> Outcome<Range<usize>> {
+        match self.tokens.index_at(span.start) {
+            Some(i) => Ok(self.tokens.ranges[i].clone()),
             None => unsupported("cannot locate literal"),
         }
     }
 
     pub(super) fn token_index_ending_at(&self, byte: usize) -> Option<usize> {
-        let i = self.tk.ranges.partition_point(|r| r.end < byte);
-        match self.tk.ranges.get(i) {
-            Some(r) if r.end == byte && !self.tk.is_trivia(i) => Some(i),
+        let i = self.tokens.ranges.partition_point(|r| r.end < byte);
+        match self.tokens.ranges.get(i) {
+            Some(r) if r.end == byte && !self.tokens.is_trivia(i) => Some(i),
             _ => None,
         }
     }
@@ -52,43 +52,43 @@ impl Ctx<'_> {
         let last = self.token_index_ending_at(lit.end)?;
         match kind {
             CastKind::DoubleColon => {
-                let dc = self.tk.next_solid(last)?;
-                if !matches!(self.tk.token(dc), Some(Token::DoubleColon)) {
+                let dc = self.tokens.next_solid(last)?;
+                if !matches!(self.tokens.token(dc), Some(Token::DoubleColon)) {
                     return None;
                 }
-                let ty_start = self.tk.next_solid(dc)?;
-                let stop = (ty_start + 48).min(self.tk.toks.len());
+                let ty_start = self.tokens.next_solid(dc)?;
+                let stop = (ty_start + 48).min(self.tokens.spanned.len());
                 let dialect = PostgreSqlDialect {};
                 let mut p = Parser::new(&dialect)
-                    .with_tokens_with_locations(self.tk.toks[ty_start..stop].to_vec());
+                    .with_tokens_with_locations(self.tokens.spanned[ty_start..stop].to_vec());
                 if p.parse_data_type().is_err() {
                     return None;
                 }
                 let end_tok = ty_start + p.get_current_index();
-                if self.tk.is_trivia(end_tok) {
+                if self.tokens.is_trivia(end_tok) {
                     return None;
                 }
-                Some(lit.start..self.tk.ranges[end_tok].end)
+                Some(lit.start..self.tokens.ranges[end_tok].end)
             }
             CastKind::Cast => {
                 let first = self.token_index_at(lit.start)?;
-                let open = self.tk.prev_solid(first);
-                let kw = open.and_then(|o| self.tk.prev_solid(o));
+                let open = self.tokens.prev_solid(first);
+                let kw = open.and_then(|o| self.tokens.prev_solid(o));
                 let (Some(open), Some(kw)) = (open, kw) else {
                     return None;
                 };
-                if !matches!(self.tk.token(open), Some(Token::LParen))
-                    || !self.tk.is_keyword(kw, "cast")
+                if !matches!(self.tokens.token(open), Some(Token::LParen))
+                    || !self.tokens.is_keyword(kw, "cast")
                 {
                     return None;
                 }
                 let mut depth = 0i32;
                 let mut i = last + 1;
-                while let Some(t) = self.tk.token(i) {
+                while let Some(t) = self.tokens.token(i) {
                     match t {
                         Token::LParen => depth += 1,
                         Token::RParen if depth == 0 => {
-                            return Some(self.tk.ranges[kw].start..self.tk.ranges[i].end)
+                            return Some(self.tokens.ranges[kw].start..self.tokens.ranges[i].end)
                         }
                         Token::RParen => depth -= 1,
                         _ => {}
@@ -109,31 +109,31 @@ impl Ctx<'_> {
         let mut best = None;
         let mut k = lit;
         for _ in 0..8 {
-            let Some(prev) = self.tk.prev_solid(k) else {
+            let Some(prev) = self.tokens.prev_solid(k) else {
                 break;
             };
             if !matches!(
-                self.tk.token(prev),
+                self.tokens.token(prev),
                 Some(Token::Word(_) | Token::LParen | Token::RParen | Token::Number(..))
             ) {
                 break;
             }
             k = prev;
-            let mut p =
-                Parser::new(&dialect).with_tokens_with_locations(self.tk.toks[k..lit].to_vec());
+            let mut p = Parser::new(&dialect)
+                .with_tokens_with_locations(self.tokens.spanned[k..lit].to_vec());
             if p.parse_data_type().is_ok() && p.peek_token().token == Token::EOF {
                 best = Some(k);
             }
         }
-        best.map(|k| self.tk.ranges[k].start)
+        best.map(|k| self.tokens.ranges[k].start)
     }
 
     /// Byte offset right after the last token of the top-level SELECT list (before FROM).
     pub(super) fn projection_end(&self, s: &Select) -> Option<usize> {
-        let start = self.tk.index_at(s.select_token.0.span.start)?;
+        let start = self.tokens.index_at(s.select_token.0.span.start)?;
         let mut depth = 0i32;
         let mut i = start + 1;
-        while let Some(t) = self.tk.token(i) {
+        while let Some(t) = self.tokens.token(i) {
             match t {
                 Token::LParen | Token::LBracket => depth += 1,
                 Token::RParen | Token::RBracket => depth -= 1,
@@ -143,8 +143,8 @@ impl Ctx<'_> {
                         && w.quote_style.is_none()
                         && w.value.eq_ignore_ascii_case("from") =>
                 {
-                    let prev = self.tk.prev_solid(i)?;
-                    return (prev > start).then(|| self.tk.ranges[prev].end);
+                    let prev = self.tokens.prev_solid(i)?;
+                    return (prev > start).then(|| self.tokens.ranges[prev].end);
                 }
                 _ => {}
             }
@@ -160,7 +160,7 @@ impl Ctx<'_> {
         let mut words = Vec::new();
         let mut i = first;
         while i <= last && words.len() < 2 {
-            match self.tk.token(i) {
+            match self.tokens.token(i) {
                 Some(Token::Word(w)) if w.quote_style.is_none() => {
                     words.push(w.value.to_ascii_uppercase())
                 }

@@ -13,9 +13,9 @@ use crate::sql::StatementKind;
 use super::scopes::*;
 use super::subjects::*;
 use super::values::*;
-use super::{unsupported, Ctx, Halt, R};
+use super::{unsupported, Analyzer, Halt, Outcome};
 
-pub(super) fn statement_kind(st: &Statement) -> StatementKind {
+pub(super) fn statement_kind(statement: &Statement) -> StatementKind {
     pub(super) fn of_query(q: &Query) -> StatementKind {
         let kind = match &*q.body {
             SetExpr::Insert(_) => StatementKind::Insert,
@@ -33,7 +33,7 @@ pub(super) fn statement_kind(st: &Statement) -> StatementKind {
             _ => kind,
         }
     }
-    match st {
+    match statement {
         Statement::Query(q) => of_query(q),
         Statement::Insert(_) => StatementKind::Insert,
         Statement::Update(_) => StatementKind::Update,
@@ -44,34 +44,39 @@ pub(super) fn statement_kind(st: &Statement) -> StatementKind {
     }
 }
 
-impl Ctx<'_> {
-    pub(super) fn statement(&mut self, st: &Statement, first: usize, last: usize) -> R<()> {
-        match st {
+impl Analyzer<'_> {
+    pub(super) fn statement(
+        &mut self,
+        statement: &Statement,
+        first: usize,
+        last: usize,
+    ) -> Outcome<()> {
+        match statement {
             Statement::Query(q) => {
-                let outs = self.query(q, true)?;
-                self.emit_top(outs)
+                let outputs = self.query(q, true)?;
+                self.record_output(outputs)
             }
             Statement::Insert(ins) => {
-                let outs = self.insert(ins, true)?;
-                self.emit_top(outs)
+                let outputs = self.insert(ins, true)?;
+                self.record_output(outputs)
             }
             Statement::Update(u) => {
-                let outs = self.update(u, true)?;
-                self.emit_top(outs)
+                let outputs = self.update(u, true)?;
+                self.record_output(outputs)
             }
             Statement::Delete(d) => {
-                let outs = self.delete(d, true)?;
-                self.emit_top(outs)
+                let outputs = self.delete(d, true)?;
+                self.record_output(outputs)
             }
             Statement::Declare { stmts } => {
                 for d in stmts {
                     if let Some(q) = &d.for_query {
-                        let outs = self.query(q, true)?;
-                        self.emit_top(outs)?;
+                        let outputs = self.query(q, true)?;
+                        self.record_output(outputs)?;
                     }
                 }
                 // Rows come later, from FETCH.
-                self.top = Some(TopInfo {
+                self.top_level = Some(TopLevel {
                     insert_at: None,
                     blocker: Some("cursor: rows are returned by FETCH".into()),
                     aliases: Vec::new(),
@@ -84,8 +89,8 @@ impl Ctx<'_> {
                 self.statement(statement, first, last)?;
                 self.reads.clear();
                 self.result_columns.clear();
-                self.top_outs.clear();
-                self.top = None;
+                self.top_outputs.clear();
+                self.top_level = None;
                 Ok(())
             }
             Statement::Copy { source, .. } => match source {
@@ -100,13 +105,13 @@ impl Ctx<'_> {
                         return Ok(());
                     };
                     let protected: Vec<ColumnRef> = if columns.is_empty() {
-                        let mut v: Vec<ColumnRef> = self.prot.table_columns(&table).collect();
+                        let mut v: Vec<ColumnRef> = self.protection.table_columns(&table).collect();
                         v.sort();
                         v
                     } else {
                         columns
                             .iter()
-                            .filter_map(|c| self.prot.lookup(&table, &norm(c)))
+                            .filter_map(|c| self.protection.lookup(&table, &normalize(c)))
                             .collect()
                     };
                     match protected.first() {
@@ -116,7 +121,11 @@ impl Ctx<'_> {
                 }
                 CopySource::Query(q) => {
                     self.query(q, false)?;
-                    if let Some(t) = self.tables.iter().find(|t| self.prot.is_protected_table(t)) {
+                    if let Some(t) = self
+                        .tables
+                        .iter()
+                        .find(|t| self.protection.is_protected_table(t))
+                    {
                         return Err(Halt::Refuse(format!(
                             "pgveil: COPY (query) is not supported on protected table {t}"
                         )));
@@ -127,14 +136,18 @@ impl Ctx<'_> {
             Statement::Prepare { statement, .. } => {
                 // EXECUTE would carry plaintext values: refuse on protected tables.
                 let _ = self.statement(statement, first, last);
-                if let Some(t) = self.tables.iter().find(|t| self.prot.is_protected_table(t)) {
+                if let Some(t) = self
+                    .tables
+                    .iter()
+                    .find(|t| self.protection.is_protected_table(t))
+                {
                     return Err(Halt::Refuse(format!(
                         "pgveil: PREPARE is not supported on protected table {t}; use the extended protocol"
                     )));
                 }
                 if may_touch_protected(
-                    &self.sql[self.tk.ranges[first].start..self.stmt_end],
-                    self.prot,
+                    &self.sql[self.tokens.ranges[first].start..self.statement_end],
+                    self.protection,
                 ) {
                     return unsupported("PREPARE of a statement that may touch a protected table");
                 }
@@ -154,11 +167,11 @@ impl Ctx<'_> {
             }
             Statement::CreateTable(ct) if ct.query.is_some() => {
                 if let Some(q) = &ct.query {
-                    let outs = self.query(q, false)?;
-                    if let Some(c) = outs.iter().find_map(|o| o.val.prot()) {
+                    let outputs = self.query(q, false)?;
+                    if let Some(c) = outputs.iter().find_map(|o| o.val.protected()) {
                         return self.refuse("CREATE TABLE AS", c);
                     }
-                    for o in &outs {
+                    for o in &outputs {
                         self.plain_use(&o.val, "CREATE TABLE AS")?;
                     }
                 }
@@ -176,17 +189,22 @@ impl Ctx<'_> {
         self.conditions.clear();
         self.writes.clear();
         self.result_columns.clear();
-        self.top_outs.clear();
-        self.top = None;
+        self.top_outputs.clear();
+        self.top_level = None;
     }
 
     /// Statements pgveil does not rewrite: allowed unless they mention a protected table in
     /// a way that could carry values.
-    pub(super) fn other_statement(&mut self, st: &Statement, first: usize, last: usize) -> R<()> {
-        let text = &self.sql[self.tk.ranges[first].start..self.stmt_end];
+    pub(super) fn other_statement(
+        &mut self,
+        statement: &Statement,
+        first: usize,
+        last: usize,
+    ) -> Outcome<()> {
+        let text = &self.sql[self.tokens.ranges[first].start..self.statement_end];
         // Tables named by the statement (best effort, for the audit log).
         let mut names: Vec<ObjectName> = Vec::new();
-        let _ = visit_relations(st, |r| {
+        let _ = visit_relations(statement, |r| {
             names.push(r.clone());
             ControlFlow::<()>::Continue(())
         });
@@ -194,7 +212,7 @@ impl Ctx<'_> {
             object_type: sqlparser::ast::ObjectType::Table,
             names: dropped,
             ..
-        } = st
+        } = statement
         {
             names.extend(dropped.iter().cloned());
         }
@@ -202,18 +220,18 @@ impl Ctx<'_> {
         for n in &names {
             if let Ok(Some(src)) = self.table_source(n, None) {
                 if let Some(t) = src.table {
-                    if self.prot.is_protected_table(&t) {
+                    if self.protection.is_protected_table(&t) {
                         protected_tables.push(t.clone());
                     }
                     self.tables.push(t);
                 }
             }
         }
-        if !may_touch_protected(text, self.prot) {
+        if !may_touch_protected(text, self.protection) {
             return Ok(());
         }
         let ddl = matches!(
-            st,
+            statement,
             Statement::AlterTable(_)
                 | Statement::Truncate(_)
                 | Statement::Drop { .. }
@@ -246,7 +264,7 @@ impl Ctx<'_> {
         // index predicate) would put plaintext into the database.
         let has_literal = (first..=last).any(|i| {
             matches!(
-                self.tk.token(i),
+                self.tokens.token(i),
                 Some(
                     Token::SingleQuotedString(_)
                         | Token::EscapedStringLiteral(_)
@@ -259,10 +277,10 @@ impl Ctx<'_> {
         });
         if has_literal {
             for t in &protected_tables {
-                for c in self.prot.table_columns(t) {
-                    let name = &self.col(c)?.column;
+                for c in self.protection.table_columns(t) {
+                    let name = &self.column(c)?.column;
                     let mentioned = (first..=last).any(|i| {
-                        matches!(self.tk.token(i), Some(Token::Word(w)) if (w.quote_style.is_some() && w.value == *name) || (w.quote_style.is_none() && w.value.eq_ignore_ascii_case(name)))
+                        matches!(self.tokens.token(i), Some(Token::Word(w)) if (w.quote_style.is_some() && w.value == *name) || (w.quote_style.is_none() && w.value.eq_ignore_ascii_case(name)))
                     });
                     if mentioned {
                         return self.refuse(&format!("{what} with a literal value"), c);
@@ -274,17 +292,17 @@ impl Ctx<'_> {
     }
 
     /// Records the top-level output: reads and result columns.
-    pub(super) fn emit_top(&mut self, outs: Vec<OutCol>) -> R<()> {
-        for o in &outs {
-            let prot = o.val.prot();
-            if let Some(c) = prot {
+    pub(super) fn record_output(&mut self, outputs: Vec<OutputColumn>) -> Outcome<()> {
+        for o in &outputs {
+            let protected = o.val.protected();
+            if let Some(c) = protected {
                 self.reads.push(c);
             } else {
                 self.plain_use(&o.val, "output")?;
             }
-            self.result_columns.push(prot);
+            self.result_columns.push(protected);
         }
-        self.top_outs = outs;
+        self.top_outputs = outputs;
         Ok(())
     }
 }

@@ -5,24 +5,24 @@ use crate::schema::TableName;
 use crate::sql::{SubjectPlan, SubjectSource};
 
 use super::values::*;
-use super::Ctx;
+use super::Analyzer;
 
 /// What the top-level SELECT (or RETURNING) allows for subject injection.
-pub(super) struct TopInfo {
+pub(super) struct TopLevel {
     pub(super) insert_at: Option<usize>,
     pub(super) blocker: Option<String>,
     /// Catalog relations of the top-level FROM: table, alias, reference number.
     pub(super) aliases: Vec<(TableName, String, u32)>,
 }
 
-pub(super) fn quote_ident(s: &str) -> String {
+pub(super) fn quote_identifier(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-impl Ctx<'_> {
-    pub(super) fn block_top(&mut self, top: bool, reason: &str) {
+impl Analyzer<'_> {
+    pub(super) fn block_injection(&mut self, top: bool, reason: &str) {
         if top {
-            self.top = Some(TopInfo {
+            self.top_level = Some(TopLevel {
                 insert_at: None,
                 blocker: Some(reason.into()),
                 aliases: Vec::new(),
@@ -33,15 +33,17 @@ impl Ctx<'_> {
     pub(super) fn subjects(&self) -> SubjectPlan {
         let mut tables: Vec<TableName> = Vec::new();
         for &c in &self.reads {
-            if let Some(col) = self.prot.column(c) {
-                if self.prot.subject_column(&col.table).is_some() && !tables.contains(&col.table) {
+            if let Some(col) = self.protection.column(c) {
+                if self.protection.subject_column(&col.table).is_some()
+                    && !tables.contains(&col.table)
+                {
                     tables.push(col.table.clone());
                 }
             }
         }
         let mut sources = Vec::new();
         for table in tables {
-            let Some(subject) = self.prot.subject_column(&table) else {
+            let Some(subject) = self.protection.subject_column(&table) else {
                 continue;
             };
             let unknown = |reason: &str| SubjectSource::Unknown {
@@ -50,13 +52,17 @@ impl Ctx<'_> {
             };
             // Which references to the table the returned protected values come from.
             let mut refs: Vec<Option<u32>> = Vec::new();
-            for o in &self.top_outs {
-                if let Val::Col {
-                    prot: Some(c),
+            for o in &self.top_outputs {
+                if let Value::Column {
+                    protected: Some(c),
                     origin,
                 } = &o.val
                 {
-                    if self.prot.column(*c).is_some_and(|col| col.table == table) {
+                    if self
+                        .protection
+                        .column(*c)
+                        .is_some_and(|col| col.table == table)
+                    {
                         let r = origin.as_ref().map(|(_, _, r)| *r);
                         if !refs.contains(&r) {
                             refs.push(r);
@@ -77,8 +83,8 @@ impl Ctx<'_> {
                     continue;
                 }
             };
-            let selected = self.top_outs.iter().position(|o| match &o.val {
-                Val::Col {
+            let selected = self.top_outputs.iter().position(|o| match &o.val {
+                Value::Column {
                     origin: Some((t, c, r)),
                     ..
                 } => *t == table && c == subject && *r == reference,
@@ -91,15 +97,15 @@ impl Ctx<'_> {
                 });
                 continue;
             }
-            let source = match &self.top {
+            let source = match &self.top_level {
                 None => unknown("statement shape does not allow adding the subject column"),
-                Some(TopInfo {
+                Some(TopLevel {
                     blocker: Some(b), ..
                 }) => unknown(b),
-                Some(TopInfo {
+                Some(TopLevel {
                     insert_at: None, ..
                 }) => unknown("no place to add the subject column"),
-                Some(TopInfo {
+                Some(TopLevel {
                     insert_at: Some(at),
                     aliases,
                     ..
@@ -107,7 +113,11 @@ impl Ctx<'_> {
                     Some((_, alias, _)) => SubjectSource::Injectable {
                         table: table.clone(),
                         insert_at: *at,
-                        text: format!(", {}.{}", quote_ident(alias), quote_ident(subject)),
+                        text: format!(
+                            ", {}.{}",
+                            quote_identifier(alias),
+                            quote_identifier(subject)
+                        ),
                     },
                     None => unknown("table is read through a subquery or CTE"),
                 },

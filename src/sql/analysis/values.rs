@@ -11,14 +11,14 @@ use crate::sql::catalog::ColumnRef;
 pub(super) type Origin = (TableName, String, u32);
 
 #[derive(Debug, Clone)]
-pub(super) struct Lit {
+pub(super) struct Literal {
     pub(super) range: Range<usize>,
     pub(super) value: String,
     pub(super) cast: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Param {
+pub(super) struct Parameter {
     pub(super) n: u32,
     /// The `$n` token.
     pub(super) range: Range<usize>,
@@ -27,35 +27,35 @@ pub(super) struct Param {
 }
 
 #[derive(Debug, Clone)]
-pub(super) enum Val {
-    Col {
-        prot: Option<ColumnRef>,
+pub(super) enum Value {
+    Column {
+        protected: Option<ColumnRef>,
         origin: Option<Origin>,
     },
-    Lit(Lit),
-    Param(Param),
+    Literal(Literal),
+    Parameter(Parameter),
     Null,
     Default,
     Other,
 }
 
-impl Val {
-    pub(super) fn prot(&self) -> Option<ColumnRef> {
+impl Value {
+    pub(super) fn protected(&self) -> Option<ColumnRef> {
         match self {
-            Val::Col { prot, .. } => *prot,
+            Value::Column { protected, .. } => *protected,
             _ => None,
         }
     }
-    pub(super) fn plain() -> Val {
-        Val::Col {
-            prot: None,
+    pub(super) fn plain() -> Value {
+        Value::Column {
+            protected: None,
             origin: None,
         }
     }
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct OutCol {
+pub(super) struct OutputColumn {
     pub(super) name: String,
-    pub(super) val: Val,
+    pub(super) val: Value,
 }
