@@ -53,7 +53,7 @@ impl Analyzer<'_> {
                 protected: Some(c), ..
             } => self.refuse(op, *c),
             Value::Parameter(p) => {
-                self.plain_params.insert(p.n);
+                self.plain_params.insert(p.number);
                 Ok(())
             }
             _ => Ok(()),
@@ -100,9 +100,9 @@ impl Analyzer<'_> {
                         return self.refuse(&format!("a cast to {cast}"), c);
                     }
                     self.rewrites
-                        .push((range.clone(), format!("${}::bytea", p.n)));
+                        .push((range.clone(), format!("${}::bytea", p.number)));
                 }
-                self.params.push((p.n, c));
+                self.params.push((p.number, c));
                 Ok(true)
             }
             _ => Ok(false),

@@ -52,7 +52,7 @@ impl Analyzer<'_> {
                 let r = self.query(q, false);
                 self.scopes.pop();
                 for o in r? {
-                    self.plain_use(&o.val, &label)?;
+                    self.plain_use(&o.value, &label)?;
                 }
             }
             FunctionArguments::List(list) => {
@@ -143,7 +143,7 @@ impl Analyzer<'_> {
             let r = self.query(q, false);
             self.scopes.pop();
             for o in r? {
-                self.plain_use(&o.val, what)?;
+                self.plain_use(&o.value, what)?;
             }
         }
         Ok(())

@@ -1,49 +1,15 @@
 //! Queries: WITH, set operations, VALUES, SELECT lists, GROUP BY, DISTINCT, ORDER BY and
 //! LIMIT, and what each of them allows on a protected column.
 
-use std::ops::ControlFlow;
-
 use sqlparser::ast::{
-    visit_expressions, Distinct, Expr, GroupByExpr, Ident, LimitClause, ObjectName, OrderBy,
-    OrderByKind, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SetOperator,
-    SetQuantifier, Statement, Value as SqlValue, ValueWithSpan,
+    Distinct, Expr, GroupByExpr, Ident, LimitClause, ObjectName, OrderBy, OrderByKind, Query,
+    Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SetOperator, SetQuantifier,
+    Statement, Table, Value as SqlValue, ValueWithSpan, Values,
 };
 
 use super::scopes::*;
-use super::subjects::*;
 use super::values::*;
 use super::{unsupported, Analyzer, Halt, Outcome};
-
-pub(super) const AGGREGATES: &[&str] = &[
-    "count",
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "array_agg",
-    "string_agg",
-    "bool_and",
-    "bool_or",
-    "every",
-    "json_agg",
-    "jsonb_agg",
-    "json_object_agg",
-    "jsonb_object_agg",
-    "bit_and",
-    "bit_or",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
-    "mode",
-    "percentile_cont",
-    "percentile_disc",
-    "xmlagg",
-    "range_agg",
-    "any_value",
-];
 
 pub(super) fn output_at_position(e: &Expr, outputs: &[OutputColumn]) -> Option<Value> {
     if let Expr::Value(ValueWithSpan {
@@ -52,7 +18,7 @@ pub(super) fn output_at_position(e: &Expr, outputs: &[OutputColumn]) -> Option<V
     }) = e
     {
         let i: usize = n.parse().ok()?;
-        return outputs.get(i.checked_sub(1)?).map(|o| o.val.clone());
+        return outputs.get(i.checked_sub(1)?).map(|o| o.value.clone());
     }
     None
 }
@@ -87,28 +53,7 @@ impl Analyzer<'_> {
         }
         let outputs = self.set_expression(&q.body, top, q.order_by.as_ref())?;
         if let Some(limit) = &q.limit_clause {
-            match limit {
-                LimitClause::LimitOffset {
-                    limit,
-                    offset,
-                    limit_by,
-                } => {
-                    for e in limit
-                        .iter()
-                        .chain(offset.iter().map(|o| &o.value))
-                        .chain(limit_by)
-                    {
-                        let v = self.expression(e)?;
-                        self.plain_use(&v, "LIMIT/OFFSET")?;
-                    }
-                }
-                LimitClause::OffsetCommaLimit { offset, limit } => {
-                    for e in [offset, limit] {
-                        let v = self.expression(e)?;
-                        self.plain_use(&v, "LIMIT/OFFSET")?;
-                    }
-                }
-            }
+            self.limit(limit)?;
         }
         self.ctes.truncate(cte_mark);
         Ok(outputs)
@@ -120,7 +65,7 @@ impl Analyzer<'_> {
     ) -> Outcome<Vec<SourceColumn>> {
         let mut columns = Vec::with_capacity(outputs.len());
         for o in outputs {
-            let (protected, origin) = match &o.val {
+            let (protected, origin) = match &o.value {
                 Value::Column { protected, origin } => (*protected, origin.clone()),
                 other => {
                     self.plain_use(other, "subquery output")?;
@@ -136,6 +81,29 @@ impl Analyzer<'_> {
         Ok(columns)
     }
 
+    /// LIMIT / OFFSET values must be plain.
+    fn limit(&mut self, limit: &LimitClause) -> Outcome<()> {
+        match limit {
+            LimitClause::LimitOffset {
+                limit,
+                offset,
+                limit_by,
+            } => {
+                let values = limit
+                    .iter()
+                    .chain(offset.iter().map(|o| &o.value))
+                    .chain(limit_by);
+                self.plain_operands(values, "LIMIT/OFFSET")?;
+            }
+            LimitClause::OffsetCommaLimit { offset, limit } => {
+                self.plain_operands([offset, limit], "LIMIT/OFFSET")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A query body: SELECT, set operation, VALUES, TABLE, or a data-modifying statement
+    /// (in a CTE).
     pub(super) fn set_expression(
         &mut self,
         e: &SetExpr,
@@ -146,7 +114,7 @@ impl Analyzer<'_> {
             SetExpr::Select(s) => self.select(s, top, order_by),
             SetExpr::Query(q) => {
                 let outputs = self.query(q, top)?;
-                self.order_by_outputs(order_by, &outputs)?;
+                self.order_by(order_by, &outputs, false)?;
                 Ok(outputs)
             }
             SetExpr::SetOperation {
@@ -158,79 +126,13 @@ impl Analyzer<'_> {
                 let l = self.set_expression(left, false, None)?;
                 let r = self.set_expression(right, false, None)?;
                 self.block_injection(top, "set operation");
-                let op_name = match op {
-                    SetOperator::Union => "UNION",
-                    SetOperator::Except | SetOperator::Minus => "EXCEPT",
-                    SetOperator::Intersect => "INTERSECT",
-                };
-                let dedups = !matches!(set_quantifier, SetQuantifier::All);
-                let mut outputs = Vec::with_capacity(l.len());
-                for (i, lo) in l.iter().enumerate() {
-                    let ro = r.get(i).map_or(Value::Other, |o| o.val.clone());
-                    let val = match (lo.val.protected(), ro.protected()) {
-                        (Some(a), Some(b)) => {
-                            let (ca, cb) = (self.column(a)?, self.column(b)?);
-                            let same = a == b
-                                || (ca.domain.is_some()
-                                    && ca.key_scope() == cb.key_scope()
-                                    && ca.logical_type == cb.logical_type);
-                            if !same {
-                                return Err(Halt::Refuse(format!(
-                                    "pgveil: {op_name} combining encrypted columns {} and {} is not supported",
-                                    ca.qualified_name(),
-                                    cb.qualified_name()
-                                )));
-                            }
-                            lo.val.clone()
-                        }
-                        (Some(a), None) if matches!(ro, Value::Null) => Value::Column {
-                            protected: Some(a),
-                            origin: None,
-                        },
-                        (None, Some(b)) if matches!(lo.val, Value::Null) => Value::Column {
-                            protected: Some(b),
-                            origin: None,
-                        },
-                        (Some(a), None) | (None, Some(a)) => {
-                            return self.refuse(&format!("{op_name} with a different value"), a)
-                        }
-                        (None, None) => {
-                            self.plain_use(&lo.val, op_name)?;
-                            self.plain_use(&ro, op_name)?;
-                            Value::Other
-                        }
-                    };
-                    if let Some(c) = val.protected() {
-                        if dedups {
-                            self.require_deterministic(c, op_name)?;
-                        }
-                    }
-                    outputs.push(OutputColumn {
-                        name: lo.name.clone(),
-                        val,
-                    });
-                }
-                self.order_by_outputs(order_by, &outputs)?;
+                let outputs = self.set_operation(op, set_quantifier, &l, &r)?;
+                self.order_by(order_by, &outputs, false)?;
                 Ok(outputs)
             }
             SetExpr::Values(values) => {
                 self.block_injection(top, "VALUES");
-                self.scopes.push(Vec::new());
-                let mut width = 0;
-                for row in &values.rows {
-                    width = width.max(row.len());
-                    for e in row.iter() {
-                        let v = self.expression(e)?;
-                        self.plain_use(&v, "VALUES")?;
-                    }
-                }
-                self.scopes.pop();
-                Ok((1..=width)
-                    .map(|i| OutputColumn {
-                        name: format!("column{i}"),
-                        val: Value::Other,
-                    })
-                    .collect())
+                self.values(values)
             }
             SetExpr::Insert(statement)
             | SetExpr::Update(statement)
@@ -241,19 +143,7 @@ impl Analyzer<'_> {
                 _ => unsupported("data-modifying statement"),
             },
             SetExpr::Table(t) => {
-                let Some(name) = &t.table_name else {
-                    return unsupported("TABLE");
-                };
-                let mut parts = Vec::new();
-                if let Some(s) = &t.schema_name {
-                    parts.push(Ident::new(s.clone()));
-                }
-                parts.push(Ident::new(name.clone()));
-                let obj = ObjectName::from(parts);
-                self.scopes.push(Vec::new());
-                self.table_factor_name(&obj, None)?;
-                let outputs = self.expand_wildcard(None)?;
-                self.scopes.pop();
+                let outputs = self.table_statement(t)?;
                 self.block_injection(top, "TABLE statement");
                 Ok(outputs)
             }
@@ -261,6 +151,115 @@ impl Analyzer<'_> {
         }
     }
 
+    /// UNION / EXCEPT / INTERSECT: column by column, both sides must decrypt alike, and
+    /// a deduplicating operation needs deterministic encryption.
+    fn set_operation(
+        &mut self,
+        op: &SetOperator,
+        set_quantifier: &SetQuantifier,
+        left: &[OutputColumn],
+        right: &[OutputColumn],
+    ) -> Outcome<Vec<OutputColumn>> {
+        let op_name = match op {
+            SetOperator::Union => "UNION",
+            SetOperator::Except | SetOperator::Minus => "EXCEPT",
+            SetOperator::Intersect => "INTERSECT",
+        };
+        let dedups = !matches!(set_quantifier, SetQuantifier::All);
+        let mut outputs = Vec::with_capacity(left.len());
+        for (i, l) in left.iter().enumerate() {
+            let r = right.get(i).map_or(Value::Other, |o| o.value.clone());
+            let value = self.set_operation_column(&l.value, &r, op_name)?;
+            if let Some(c) = value.protected() {
+                if dedups {
+                    self.require_deterministic(c, op_name)?;
+                }
+            }
+            outputs.push(OutputColumn {
+                name: l.name.clone(),
+                value,
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// One output column of a set operation from its two sides.
+    fn set_operation_column(&mut self, l: &Value, r: &Value, op_name: &str) -> Outcome<Value> {
+        Ok(match (l.protected(), r.protected()) {
+            (Some(a), Some(b)) => {
+                let (ca, cb) = (self.column(a)?, self.column(b)?);
+                let same = a == b
+                    || (ca.domain.is_some()
+                        && ca.key_scope() == cb.key_scope()
+                        && ca.logical_type == cb.logical_type);
+                if !same {
+                    return Err(Halt::Refuse(format!(
+                        "pgveil: {op_name} combining encrypted columns {} and {} is not supported",
+                        ca.qualified_name(),
+                        cb.qualified_name()
+                    )));
+                }
+                l.clone()
+            }
+            (Some(a), None) if matches!(r, Value::Null) => Value::Column {
+                protected: Some(a),
+                origin: None,
+            },
+            (None, Some(b)) if matches!(l, Value::Null) => Value::Column {
+                protected: Some(b),
+                origin: None,
+            },
+            (Some(a), None) | (None, Some(a)) => {
+                return self.refuse(&format!("{op_name} with a different value"), a)
+            }
+            (None, None) => {
+                self.plain_use(l, op_name)?;
+                self.plain_use(r, op_name)?;
+                Value::Other
+            }
+        })
+    }
+
+    /// `VALUES (…), (…)` as a query: plain values only (an INSERT's VALUES is analysed by
+    /// the INSERT).
+    fn values(&mut self, values: &Values) -> Outcome<Vec<OutputColumn>> {
+        self.scopes.push(Vec::new());
+        let mut width = 0;
+        for row in &values.rows {
+            width = width.max(row.len());
+            for e in row.iter() {
+                let v = self.expression(e)?;
+                self.plain_use(&v, "VALUES")?;
+            }
+        }
+        self.scopes.pop();
+        Ok((1..=width)
+            .map(|i| OutputColumn {
+                name: format!("column{i}"),
+                value: Value::Other,
+            })
+            .collect())
+    }
+
+    /// `TABLE name`: `SELECT * FROM name`.
+    fn table_statement(&mut self, t: &Table) -> Outcome<Vec<OutputColumn>> {
+        let Some(name) = &t.table_name else {
+            return unsupported("TABLE");
+        };
+        let mut parts = Vec::new();
+        if let Some(s) = &t.schema_name {
+            parts.push(Ident::new(s.clone()));
+        }
+        parts.push(Ident::new(name.clone()));
+        let name = ObjectName::from(parts);
+        self.scopes.push(Vec::new());
+        self.table_factor_name(&name, None)?;
+        let outputs = self.expand_wildcard(None)?;
+        self.scopes.pop();
+        Ok(outputs)
+    }
+
+    /// A SELECT in its own scope.
     pub(super) fn select(
         &mut self,
         s: &Select,
@@ -268,12 +267,13 @@ impl Analyzer<'_> {
         order_by: Option<&OrderBy>,
     ) -> Outcome<Vec<OutputColumn>> {
         self.scopes.push(Vec::new());
-        let result = self.select_inner(s, top, order_by);
+        let result = self.select_in_scope(s, top, order_by);
         self.scopes.pop();
         result
     }
 
-    pub(super) fn select_inner(
+    /// The clauses of a SELECT, in the order PostgreSQL evaluates their names.
+    fn select_in_scope(
         &mut self,
         s: &Select,
         top: bool,
@@ -286,41 +286,68 @@ impl Analyzer<'_> {
             self.condition(w)?;
         }
         let outputs = self.projection(&s.projection)?;
-        let mut grouped = false;
-        match &s.group_by {
+        let grouped = self.group_by(&s.group_by, &outputs)?;
+        if let Some(h) = &s.having {
+            self.condition(h)?;
+        }
+        self.distinct(s.distinct.as_ref(), &outputs)?;
+        if let Some(q) = &s.qualify {
+            self.condition(q)?;
+        }
+        if !s.named_window.is_empty() {
+            self.opaque_node(&s.named_window, "WINDOW")?;
+        }
+        if s.into.is_some() {
+            if let Some(c) = outputs.iter().find_map(|o| o.value.protected()) {
+                return self.refuse("SELECT INTO", c);
+            }
+        }
+        self.order_by(order_by, &outputs, true)?;
+        if top {
+            self.top_level_select(s, grouped);
+        }
+        Ok(outputs)
+    }
+
+    /// GROUP BY: grouping on a protected column needs deterministic encryption. True when
+    /// the SELECT is grouped.
+    fn group_by(&mut self, group_by: &GroupByExpr, outputs: &[OutputColumn]) -> Outcome<bool> {
+        match group_by {
             GroupByExpr::Expressions(list, _) => {
                 for e in list {
-                    grouped = true;
-                    let v = self.group_item(e, &outputs)?;
+                    let v = self.group_item(e, outputs)?;
                     match v.protected() {
                         Some(c) => self.require_deterministic(c, "GROUP BY")?,
                         None => self.plain_use(&v, "GROUP BY")?,
                     }
                 }
+                Ok(!list.is_empty())
             }
             GroupByExpr::All(_) => {
-                grouped = true;
-                for o in &outputs {
-                    if let Some(c) = o.val.protected() {
+                for o in outputs {
+                    if let Some(c) = o.value.protected() {
                         self.require_deterministic(c, "GROUP BY")?;
                     }
                 }
+                Ok(true)
             }
         }
-        if let Some(h) = &s.having {
-            self.condition(h)?;
-        }
-        match &s.distinct {
+    }
+
+    /// DISTINCT / DISTINCT ON: deduplicating on a protected column needs deterministic
+    /// encryption.
+    fn distinct(&mut self, distinct: Option<&Distinct>, outputs: &[OutputColumn]) -> Outcome<()> {
+        match distinct {
             Some(Distinct::Distinct) => {
-                for o in &outputs {
-                    if let Some(c) = o.val.protected() {
+                for o in outputs {
+                    if let Some(c) = o.value.protected() {
                         self.require_deterministic(c, "DISTINCT")?;
                     }
                 }
             }
             Some(Distinct::On(list)) => {
                 for e in list {
-                    let v = self.group_item(e, &outputs)?;
+                    let v = self.group_item(e, outputs)?;
                     match v.protected() {
                         Some(c) => self.require_deterministic(c, "DISTINCT ON")?,
                         None => self.plain_use(&v, "DISTINCT ON")?,
@@ -329,68 +356,7 @@ impl Analyzer<'_> {
             }
             Some(Distinct::All) | None => {}
         }
-        if let Some(q) = &s.qualify {
-            self.condition(q)?;
-        }
-        if !s.named_window.is_empty() {
-            self.opaque_node(&s.named_window, "WINDOW")?;
-        }
-        if s.into.is_some() {
-            if let Some(c) = outputs.iter().find_map(|o| o.val.protected()) {
-                return self.refuse("SELECT INTO", c);
-            }
-        }
-        if let Some(ob) = order_by {
-            if let OrderByKind::Expressions(list) = &ob.kind {
-                for item in list {
-                    self.order_item(&item.expr, &outputs, true)?;
-                }
-            }
-        }
-        if top {
-            let mut has_agg = false;
-            let _ = visit_expressions(&s.projection, |e| {
-                if let Expr::Function(f) = e {
-                    if f.over.is_none() {
-                        let name = f.name.0.last().map(|p| p.to_string().to_ascii_lowercase());
-                        if name.is_some_and(|n| AGGREGATES.contains(&n.as_str())) {
-                            has_agg = true;
-                        }
-                    }
-                }
-                ControlFlow::<()>::Continue(())
-            });
-            let blocker = if s.distinct.is_some() {
-                Some("DISTINCT")
-            } else if grouped || s.having.is_some() {
-                Some("GROUP BY")
-            } else if has_agg {
-                Some("aggregate")
-            } else if s.into.is_some() {
-                Some("SELECT INTO")
-            } else {
-                None
-            };
-            let aliases = self
-                .scopes
-                .last()
-                .map(|sc| {
-                    sc.iter()
-                        .filter_map(|src| {
-                            src.table
-                                .clone()
-                                .map(|t| (t, src.alias.clone(), src.reference))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.top_level = Some(TopLevel {
-                insert_at: self.projection_end(s),
-                blocker: blocker.map(str::to_string),
-                aliases,
-            });
-        }
-        Ok(outputs)
+        Ok(())
     }
 
     pub(super) fn projection(&mut self, items: &[SelectItem]) -> Outcome<Vec<OutputColumn>> {
@@ -398,23 +364,23 @@ impl Analyzer<'_> {
         for item in items {
             match item {
                 SelectItem::UnnamedExpr(e) => {
-                    let val = self.expression(e)?;
+                    let value = self.expression(e)?;
                     outputs.push(OutputColumn {
                         name: output_name(e),
-                        val,
+                        value,
                     });
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
-                    let val = self.expression(expr)?;
+                    let value = self.expression(expr)?;
                     outputs.push(OutputColumn {
                         name: normalize(alias),
-                        val,
+                        value,
                     });
                 }
                 SelectItem::ExprWithAliases { expr, aliases } => {
-                    let val = self.expression(expr)?;
+                    let value = self.expression(expr)?;
                     let name = aliases.first().map_or_else(|| output_name(expr), normalize);
-                    outputs.push(OutputColumn { name, val });
+                    outputs.push(OutputColumn { name, value });
                 }
                 SelectItem::Wildcard(_) => outputs.extend(self.expand_wildcard(None)?),
                 SelectItem::QualifiedWildcard(kind, _) => match kind {
@@ -444,7 +410,7 @@ impl Analyzer<'_> {
             if self.lookup_column(std::slice::from_ref(id))?.is_none() {
                 let name = normalize(id);
                 if let Some(o) = outputs.iter().find(|o| o.name == name) {
-                    return Ok(o.val.clone());
+                    return Ok(o.value.clone());
                 }
             }
         }
@@ -465,7 +431,7 @@ impl Analyzer<'_> {
                 v = outputs
                     .iter()
                     .find(|o| o.name == name)
-                    .map(|o| o.val.clone());
+                    .map(|o| o.value.clone());
             }
         }
         let v = match v {
@@ -479,10 +445,13 @@ impl Analyzer<'_> {
         }
     }
 
-    pub(super) fn order_by_outputs(
+    /// ORDER BY of a SELECT (`inputs`: may also name its input columns) or of a set
+    /// operation or parenthesized query (outputs only).
+    pub(super) fn order_by(
         &mut self,
         order_by: Option<&OrderBy>,
         outputs: &[OutputColumn],
+        inputs: bool,
     ) -> Outcome<()> {
         if let Some(OrderBy {
             kind: OrderByKind::Expressions(list),
@@ -490,9 +459,17 @@ impl Analyzer<'_> {
         }) = order_by
         {
             for item in list {
-                self.order_item(&item.expr, outputs, false)?;
+                self.order_item(&item.expr, outputs, inputs)?;
             }
         }
         Ok(())
+    }
+
+    /// A subquery in an expression, in a scope of its own.
+    pub(super) fn subquery(&mut self, q: &Query) -> Outcome<Vec<OutputColumn>> {
+        self.scopes.push(Vec::new());
+        let result = self.query(q, false);
+        self.scopes.pop();
+        result
     }
 }

@@ -450,7 +450,7 @@ impl Analyzer<'_> {
             match &src.columns {
                 Some(columns) => outputs.extend(columns.iter().map(|c| OutputColumn {
                     name: c.name.clone(),
-                    val: Value::Column {
+                    value: Value::Column {
                         protected: c.protected,
                         origin: c.origin.clone(),
                     },
@@ -459,7 +459,7 @@ impl Analyzer<'_> {
                 // no protected column (unknown relations never have a protected name).
                 None => outputs.push(OutputColumn {
                     name: "?column?".into(),
-                    val: Value::Other,
+                    value: Value::Other,
                 }),
             }
         }

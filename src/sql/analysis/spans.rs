@@ -12,6 +12,7 @@ use crate::sql::tokens::Tokens;
 
 use super::{unsupported, Analyzer, Outcome};
 
+/// `U&"…"` among tokens `first..=last` (the parser reads it as `U & "…"`).
 pub(super) fn has_unicode_identifier(tokens: &Tokens, first: usize, last: usize) -> bool {
     (first..last.saturating_sub(1)).any(|i| {
         let adjacent = |a: usize, b: usize| tokens.ranges[a].end == tokens.ranges[b].start;
@@ -24,6 +25,7 @@ pub(super) fn has_unicode_identifier(tokens: &Tokens, first: usize, last: usize)
 }
 
 impl Analyzer<'_> {
+    /// Index of the token starting at byte `byte`.
     pub(super) fn token_index_at(&self, byte: usize) -> Option<usize> {
         let i = self.tokens.ranges.partition_point(|r| r.start < byte);
         match self.tokens.ranges.get(i) {
@@ -32,6 +34,7 @@ impl Analyzer<'_> {
         }
     }
 
+    /// Byte range of the token a parser span starts at.
     pub(super) fn span_range(&self, span: Span) -> Outcome<Range<usize>> {
         match self.tokens.index_at(span.start) {
             Some(i) => Ok(self.tokens.ranges[i].clone()),
@@ -39,6 +42,7 @@ impl Analyzer<'_> {
         }
     }
 
+    /// Index of the (non-whitespace) token ending at byte `byte`.
     pub(super) fn token_index_ending_at(&self, byte: usize) -> Option<usize> {
         let i = self.tokens.ranges.partition_point(|r| r.end < byte);
         match self.tokens.ranges.get(i) {
@@ -47,67 +51,89 @@ impl Analyzer<'_> {
         }
     }
 
+    /// Start of the sign token (`-`, `+`) right before the token starting at byte `start`.
+    pub(super) fn sign_start(&self, start: usize) -> Option<usize> {
+        let prev = self
+            .token_index_at(start)
+            .and_then(|i| self.tokens.prev_solid(i))?;
+        matches!(self.tokens.token(prev), Some(Token::Minus | Token::Plus))
+            .then(|| self.tokens.ranges[prev].start)
+    }
+
     /// Extends a literal's range over a following `::type` or an enclosing `CAST(… AS type)`.
-    pub(super) fn cast_range(&self, kind: &CastKind, lit: Range<usize>) -> Option<Range<usize>> {
-        let last = self.token_index_ending_at(lit.end)?;
+    pub(super) fn cast_range(
+        &self,
+        kind: &CastKind,
+        literal: Range<usize>,
+    ) -> Option<Range<usize>> {
+        let last = self.token_index_ending_at(literal.end)?;
         match kind {
-            CastKind::DoubleColon => {
-                let dc = self.tokens.next_solid(last)?;
-                if !matches!(self.tokens.token(dc), Some(Token::DoubleColon)) {
-                    return None;
-                }
-                let ty_start = self.tokens.next_solid(dc)?;
-                let stop = (ty_start + 48).min(self.tokens.spanned.len());
-                let dialect = PostgreSqlDialect {};
-                let mut p = Parser::new(&dialect)
-                    .with_tokens_with_locations(self.tokens.spanned[ty_start..stop].to_vec());
-                if p.parse_data_type().is_err() {
-                    return None;
-                }
-                let end_tok = ty_start + p.get_current_index();
-                if self.tokens.is_trivia(end_tok) {
-                    return None;
-                }
-                Some(lit.start..self.tokens.ranges[end_tok].end)
-            }
-            CastKind::Cast => {
-                let first = self.token_index_at(lit.start)?;
-                let open = self.tokens.prev_solid(first);
-                let kw = open.and_then(|o| self.tokens.prev_solid(o));
-                let (Some(open), Some(kw)) = (open, kw) else {
-                    return None;
-                };
-                if !matches!(self.tokens.token(open), Some(Token::LParen))
-                    || !self.tokens.is_keyword(kw, "cast")
-                {
-                    return None;
-                }
-                let mut depth = 0i32;
-                let mut i = last + 1;
-                while let Some(t) = self.tokens.token(i) {
-                    match t {
-                        Token::LParen => depth += 1,
-                        Token::RParen if depth == 0 => {
-                            return Some(self.tokens.ranges[kw].start..self.tokens.ranges[i].end)
-                        }
-                        Token::RParen => depth -= 1,
-                        _ => {}
-                    }
-                    i += 1;
-                }
-                None
-            }
+            CastKind::DoubleColon => self
+                .double_colon_cast_end(last)
+                .map(|end| literal.start..end),
+            CastKind::Cast => self.enclosing_cast_range(literal.start, last),
             _ => None,
         }
     }
 
+    /// End of `::type` after token `last`: the type is whatever the parser reads as one.
+    fn double_colon_cast_end(&self, last: usize) -> Option<usize> {
+        let double_colon = self.tokens.next_solid(last)?;
+        if !matches!(self.tokens.token(double_colon), Some(Token::DoubleColon)) {
+            return None;
+        }
+        let type_start = self.tokens.next_solid(double_colon)?;
+        let stop = (type_start + 48).min(self.tokens.spanned.len());
+        let dialect = PostgreSqlDialect {};
+        let mut parser = Parser::new(&dialect)
+            .with_tokens_with_locations(self.tokens.spanned[type_start..stop].to_vec());
+        if parser.parse_data_type().is_err() {
+            return None;
+        }
+        let end_token = type_start + parser.get_current_index();
+        if self.tokens.is_trivia(end_token) {
+            return None;
+        }
+        Some(self.tokens.ranges[end_token].end)
+    }
+
+    /// `CAST(` right before the literal starting at byte `literal_start` (whose last token
+    /// is `last`), up to the matching `)`.
+    fn enclosing_cast_range(&self, literal_start: usize, last: usize) -> Option<Range<usize>> {
+        let first = self.token_index_at(literal_start)?;
+        let open = self.tokens.prev_solid(first);
+        let keyword = open.and_then(|o| self.tokens.prev_solid(o));
+        let (Some(open), Some(keyword)) = (open, keyword) else {
+            return None;
+        };
+        if !matches!(self.tokens.token(open), Some(Token::LParen))
+            || !self.tokens.is_keyword(keyword, "cast")
+        {
+            return None;
+        }
+        let mut depth = 0i32;
+        let mut i = last + 1;
+        while let Some(t) = self.tokens.token(i) {
+            match t {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => {
+                    return Some(self.tokens.ranges[keyword].start..self.tokens.ranges[i].end)
+                }
+                Token::RParen => depth -= 1,
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    }
+
     /// Start of a typed literal (`DATE '…'`, `timestamp with time zone '…'`): the
     /// farthest-back run of tokens before the string that parses exactly as a type.
-    pub(super) fn typed_string_start(&self, lit_start: usize) -> Option<usize> {
-        let lit = self.token_index_at(lit_start)?;
+    pub(super) fn typed_string_start(&self, literal_start: usize) -> Option<usize> {
+        let literal = self.token_index_at(literal_start)?;
         let dialect = PostgreSqlDialect {};
         let mut best = None;
-        let mut k = lit;
+        let mut k = literal;
         for _ in 0..8 {
             let Some(prev) = self.tokens.prev_solid(k) else {
                 break;
@@ -120,7 +146,7 @@ impl Analyzer<'_> {
             }
             k = prev;
             let mut p = Parser::new(&dialect)
-                .with_tokens_with_locations(self.tokens.spanned[k..lit].to_vec());
+                .with_tokens_with_locations(self.tokens.spanned[k..literal].to_vec());
             if p.parse_data_type().is_ok() && p.peek_token().token == Token::EOF {
                 best = Some(k);
             }
@@ -156,6 +182,7 @@ impl Analyzer<'_> {
         None
     }
 
+    /// The statement's first two keywords (`CREATE TRIGGER`), to name it in a refusal.
     pub(super) fn leading_words(&self, first: usize, last: usize) -> String {
         let mut words = Vec::new();
         let mut i = first;

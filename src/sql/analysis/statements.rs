@@ -168,11 +168,11 @@ impl Analyzer<'_> {
             Statement::CreateTable(ct) if ct.query.is_some() => {
                 if let Some(q) = &ct.query {
                     let outputs = self.query(q, false)?;
-                    if let Some(c) = outputs.iter().find_map(|o| o.val.protected()) {
+                    if let Some(c) = outputs.iter().find_map(|o| o.value.protected()) {
                         return self.refuse("CREATE TABLE AS", c);
                     }
                     for o in &outputs {
-                        self.plain_use(&o.val, "CREATE TABLE AS")?;
+                        self.plain_use(&o.value, "CREATE TABLE AS")?;
                     }
                 }
                 Ok(())
@@ -294,11 +294,11 @@ impl Analyzer<'_> {
     /// Records the top-level output: reads and result columns.
     pub(super) fn record_output(&mut self, outputs: Vec<OutputColumn>) -> Outcome<()> {
         for o in &outputs {
-            let protected = o.val.protected();
+            let protected = o.value.protected();
             if let Some(c) = protected {
                 self.reads.push(c);
             } else {
-                self.plain_use(&o.val, "output")?;
+                self.plain_use(&o.value, "output")?;
             }
             self.result_columns.push(protected);
         }
