@@ -24,7 +24,7 @@
 //!    `result_columns` maps output positions to protected columns when RowDescription
 //!    carries no table OID.
 
-mod analyze;
+mod analysis;
 mod catalog;
 mod encoding;
 mod fast;
@@ -36,7 +36,7 @@ mod tests;
 
 use std::ops::Range;
 
-pub use analyze::analyze;
+pub use analysis::analyze;
 pub use catalog::{Catalog, ColumnInfo, ColumnRef, Protection, StaticCatalog, TableInfo};
 pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
