@@ -60,6 +60,6 @@ pub enum AuditError {
 impl AuditError {
     /// The SQLSTATE a session reports when an append fails (`58030`, io_error).
     pub fn sqlstate(&self) -> &'static str {
-        "58030"
+        crate::pgerror::sqlstate::IO_ERROR
     }
 }

@@ -359,7 +359,7 @@ fn take_pending_abort(shared: &Shared) -> Option<usize> {
 /// aborted as pgveil already told the client; its error and ReadyForQuery are swallowed.
 fn abort_first(frame: &[u8], action: Action, at: usize, shared: &Shared) -> Action {
     let error = PgError::error(
-        "25P02",
+        sqlstate::IN_FAILED_SQL_TRANSACTION,
         "pgveil: aborting the transaction after an error pgveil raised",
     );
     let abort = msg::encode_query(raise_sql(&error).as_bytes());
