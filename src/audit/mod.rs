@@ -23,6 +23,7 @@ pub mod record;
 pub mod report;
 pub mod search;
 pub(crate) mod segment;
+pub mod sink;
 pub mod verify;
 pub mod writer;
 
@@ -38,6 +39,7 @@ pub use record::{
 };
 pub use report::{report, DisclosureReport, ReportEntry};
 pub use search::{search, SearchFilter};
+pub use sink::AuditSink;
 pub use verify::{verify_dir, VerifyFailure, VerifySummary};
 pub use writer::{AuditLog, AuditOptions, AuditStats};
 

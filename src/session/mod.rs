@@ -5,7 +5,7 @@
 //! backpressure. The two halves share only a small, briefly locked state: the queue of
 //! requests awaiting their ReadyForQuery, and the transaction status.
 
-pub mod catalog;
+pub mod introspect;
 pub mod protected;
 pub mod recording;
 pub mod relay;
@@ -66,7 +66,7 @@ pub struct SessionConfig {
 }
 
 #[derive(Default)]
-struct Shared {
+struct PlainState {
     /// When each request that will end in ReadyForQuery (Query, Sync, FunctionCall) was sent.
     awaiting_ready: VecDeque<Instant>,
     /// Transaction status from the last ReadyForQuery; 0 before the first one.
@@ -74,13 +74,13 @@ struct Shared {
     client_terminated: bool,
 }
 
-impl Shared {
+impl PlainState {
     fn idle(&self) -> bool {
         self.awaiting_ready.is_empty() && self.status == b'I'
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+fn lock(shared: &Mutex<PlainState>) -> std::sync::MutexGuard<'_, PlainState> {
     // A poisoned lock only means the other half panicked; the state is still usable.
     shared
         .lock()
@@ -96,7 +96,7 @@ pub async fn run(
 ) {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
-    let shared = Mutex::new(Shared::default());
+    let shared = Mutex::new(PlainState::default());
     let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
     let upstream_bound = client_to_server(&mut client_read, &mut server_write, &shared, &config);
     let client_bound = server_to_client(
@@ -143,7 +143,7 @@ pub(crate) async fn drive(
 async fn client_to_server(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
-    shared: &Mutex<Shared>,
+    shared: &Mutex<PlainState>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
@@ -275,7 +275,7 @@ async fn send_error(writer: &mut WriteHalf, error: &PgError) -> std::io::Result<
 async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
-    shared: &Mutex<Shared>,
+    shared: &Mutex<PlainState>,
     fatal: mpsc::Receiver<PgError>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,

@@ -17,23 +17,24 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use super::catalog::{Collector, Wanted};
-use super::recording::{self, AuditSink, Identity, Recording};
+use super::introspect::{Collector, Wanted};
+use super::recording::{self, Identity, Recording};
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{
     drive, is_fatal, without_channel_binding, ServerWait, SessionConfig, SessionError,
     FRONTEND_TAGS,
 };
-use crate::config::{Access, AuditScope};
+use crate::audit::AuditSink;
+use crate::config::AuditScope;
 use crate::crypto::value::{self, SessionTime, WireFormat};
 use crate::metrics::{self, ErrorKind};
 use crate::net::frame::read_cstr;
 use crate::net::messages::{self as msg, Bind, Field, Parse};
 use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
-use crate::policy::mask;
+use crate::policy::{mask, Access, AccessMap, Policy};
 use crate::sql::{self, ColumnRef, StatementPlan};
-use crate::veil::{Analysis, DbCatalog, Policy, Veil};
+use crate::veil::{Analysis, Database, Veil};
 use arc_swap::ArcSwap;
 
 /// A statement prepared with Parse.
@@ -163,8 +164,8 @@ struct State {
     datestyle: String,
     standard_strings: bool,
     search_path: Vec<String>,
-    catalog: Arc<DbCatalog>,
-    access: Vec<Access>,
+    database: Arc<Database>,
+    access: AccessMap,
     /// The login's roles (memberships read at session start; `SET ROLE` changes nothing).
     roles: Vec<String>,
     /// The policy `access` was computed from.
@@ -197,14 +198,14 @@ pub struct Shared {
     veil: Arc<Veil>,
     /// The live policy; a reload swaps it and the session picks it up at its next message.
     policy: Arc<ArcSwap<Policy>>,
-    database: String,
+    database_name: String,
     audit: Option<(Arc<AuditSink>, Identity)>,
 }
 
 /// What pgveil learned about a session as it started.
 pub struct SessionFacts {
-    pub database: String,
-    pub catalog: Arc<DbCatalog>,
+    pub database_name: String,
+    pub database: Arc<Database>,
     pub search_path: Vec<String>,
     /// The login and every role it belongs to.
     pub roles: Vec<String>,
@@ -241,7 +242,7 @@ impl Shared {
                 datestyle: facts.datestyle,
                 standard_strings: true,
                 search_path: facts.search_path,
-                catalog: facts.catalog,
+                database: facts.database,
                 access,
                 roles: facts.roles,
                 policy: current,
@@ -254,7 +255,7 @@ impl Shared {
             }),
             veil,
             policy,
-            database: facts.database,
+            database_name: facts.database_name,
             audit: audit.zip(identity),
         }
     }
@@ -541,11 +542,11 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         return Action::Forward;
     };
     let mut state = lock(&shared.state);
-    if let Some(view) = state.catalog.protected_view_in(text) {
+    if let Some(view) = state.database.protected_view_in(text) {
         let error = through_view(view);
         let audit = shared
             .sink()
-            .map(|_| QueryAudit::single(state.catalog.fingerprint(text), true));
+            .map(|_| QueryAudit::single(state.database.fingerprint(text), true));
         state.expect.push_back(Expect::Query {
             analysis: None,
             sent,
@@ -559,7 +560,7 @@ fn simple_query(frame: &[u8], raw_text: &[u8], shared: &Shared) -> Action {
         let audit = shared
             .sink()
             .filter(|s| s.scope == AuditScope::All)
-            .map(|_| QueryAudit::single(state.catalog.fingerprint(text), false));
+            .map(|_| QueryAudit::single(state.database.fingerprint(text), false));
         state.expect.push_back(Expect::Query {
             analysis: None,
             sent,
@@ -606,7 +607,7 @@ fn analyze(text: &str, state: &State, veil: &Veil) -> Arc<Analysis> {
         )));
     }
     state
-        .catalog
+        .database
         .analyze(text, &veil.protection, &state.search_path)
 }
 
@@ -639,7 +640,7 @@ fn rewrite_simple(
     let plans = match analysis {
         Ok(plans) => plans,
         Err(_) => {
-            let audit = sink.map(|_| QueryAudit::single(state.catalog.fingerprint(text), true));
+            let audit = sink.map(|_| QueryAudit::single(state.database.fingerprint(text), true));
             return (Some(raise_sql(&cannot_analyse())), audit);
         }
     };
@@ -649,8 +650,8 @@ fn rewrite_simple(
         refused: None,
     });
     for (index, plan) in plans.iter().enumerate() {
-        let recorded = sink.filter(|s| recording::in_scope(s, Some(plan), &veil.protection));
-        let fingerprint = || state.catalog.fingerprint(&text[plan.byte_range.clone()]);
+        let recorded = sink.filter(|s| s.in_scope(Some(plan), &veil.protection));
+        let fingerprint = || state.database.fingerprint(&text[plan.byte_range.clone()]);
         match statement_replacements(plan, state, veil, recorded.map(|s| s.as_ref())) {
             Ok(mut r) => {
                 let injections = if recorded.is_some() {
@@ -725,7 +726,7 @@ fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), Pg
         return Err(PgError::error(refusal.sqlstate, refusal.message.clone()));
     }
     for &column in plan.reads.iter().chain(plan.conditions.iter()) {
-        if state.access.get(column.0) == Some(&Access::Deny) {
+        if state.access.is_denied(column) {
             let name = veil
                 .protection
                 .column(column)
@@ -865,21 +866,21 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         };
         state.refresh_at_sync = Some(merged);
     }
-    if let Some(view) = state.catalog.protected_view_in(text) {
+    if let Some(view) = state.database.protected_view_in(text) {
         let error = through_view(view);
         return refuse_parse(
             shared,
             &mut state,
             parse.name,
             None,
-            |s| s.catalog.fingerprint(text),
+            |s| s.database.fingerprint(text),
             error,
         );
     }
     if !sql::may_touch_protected(text, &veil.protection) {
         let prepared = match shared.sink().filter(|s| s.scope == AuditScope::All) {
             Some(_) => Arc::new(Prepared {
-                fingerprint: Some(state.catalog.fingerprint(text)),
+                fingerprint: Some(state.database.fingerprint(text)),
                 ..Prepared::unprotected()
             }),
             None => Prepared::plain(),
@@ -900,14 +901,14 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                 &mut state,
                 parse.name,
                 None,
-                |s| s.catalog.fingerprint(text),
+                |s| s.database.fingerprint(text),
                 cannot_analyse(),
             );
         }
     };
     let recorded = shared
         .sink()
-        .filter(|s| recording::in_scope(s, Some(plan), &veil.protection));
+        .filter(|s| s.in_scope(Some(plan), &veil.protection));
     let mut replacements =
         match statement_replacements(plan, &state, veil, recorded.map(|s| s.as_ref())) {
             Ok(r) => r,
@@ -917,7 +918,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
                     &mut state,
                     parse.name,
                     Some(plan),
-                    |s| s.catalog.fingerprint(text),
+                    |s| s.database.fingerprint(text),
                     error,
                 );
             }
@@ -962,7 +963,7 @@ fn parse_message(parse: Parse, shared: &Shared) -> Action {
         param_columns,
         client_param_types: parse.param_types.clone(),
         row: OnceLock::new(),
-        fingerprint: recorded.map(|_| state.catalog.fingerprint(text)),
+        fingerprint: recorded.map(|_| state.database.fingerprint(text)),
         injected,
         refused: None,
     });
@@ -1315,7 +1316,7 @@ impl Backend<'_> {
                         } else {
                             Vec::new()
                         };
-                        let columns = result_columns(&fields, &state.catalog, prepared.plan());
+                        let columns = result_columns(&fields, &state.database, prepared.plan());
                         let types = fields.iter().map(|f| f.type_oid).collect();
                         let _ = prepared.row.set(RowInfo {
                             columns: columns.clone(),
@@ -1343,7 +1344,7 @@ impl Backend<'_> {
                 let fields = decode_fields(frame);
                 let prepared = portal.as_ref().map(|p| &p.prepared);
                 let columns =
-                    result_columns(&fields, &state.catalog, prepared.and_then(|p| p.plan()));
+                    result_columns(&fields, &state.database, prepared.and_then(|p| p.plan()));
                 let formats = portal
                     .as_ref()
                     .map(|p| p.result_formats.clone())
@@ -1418,7 +1419,7 @@ impl Backend<'_> {
                         }
                         let columns = result_columns(
                             &fields,
-                            &state.catalog,
+                            &state.database,
                             plan_at(analysis.as_ref(), index),
                         );
                         (
@@ -1594,9 +1595,9 @@ impl Backend<'_> {
             let shared = self.shared;
             let mut state = lock(&shared.state);
             if let Some(catalog) = facts.catalog {
-                state.catalog = shared.veil.install_catalog(
-                    &shared.database,
-                    DbCatalog::new(catalog, &facts.views, &shared.veil.protection),
+                state.database = shared.veil.install_database(
+                    &shared.database_name,
+                    Database::new(catalog, &facts.views, &shared.veil.protection),
                 );
             }
             if let Some(path) = facts.search_path {
@@ -1653,7 +1654,7 @@ impl Backend<'_> {
                 continue;
             };
             let Some(column) = *column else { continue };
-            if state.access.get(column.0) == Some(&Access::Deny) {
+            if state.access.is_denied(column) {
                 return self.raise(PgError::error(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     format!(
@@ -1721,7 +1722,7 @@ fn parameter_description(frame: &[u8], prepared: &Prepared, veil: &Veil) -> Acti
 /// reports, or where it reports none (an expression, a set operation), from the analysis.
 fn result_columns(
     fields: &[Field],
-    catalog: &DbCatalog,
+    database: &Database,
     plan: Option<&StatementPlan>,
 ) -> Vec<Option<ColumnRef>> {
     fields
@@ -1732,7 +1733,7 @@ fn result_columns(
             if field.table_oid != 0 {
                 // A table dropped and recreated around pgveil has an OID the catalog does not
                 // know yet; the analysis (by name) still knows the column is protected.
-                catalog
+                database
                     .by_attribute
                     .get(&(field.table_oid, field.column))
                     .copied()
@@ -1822,7 +1823,7 @@ fn reveal(
     };
     let canonical = cipher.decrypt(&ciphertext).map_err(|_| corrupt())?;
     let wire = WireFormat::from_code(format).unwrap_or(WireFormat::Text);
-    let shown = match state.access.get(column.0).copied().unwrap_or(Access::Deny) {
+    let shown = match state.access.get(column) {
         Access::Plaintext => Some(canonical),
         Access::Mask(kind) => {
             mask::apply(kind, spec.logical_type, &canonical).map_err(|_| corrupt())?

@@ -5,41 +5,14 @@
 //! after the record is durable.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 use super::relay::{Action, Audited};
-use crate::audit::{self, AuditLog, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
-use crate::config::{Access, AuditScope};
+use crate::audit::{self, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
 use crate::net::frame::read_cstr;
+use crate::policy::AccessMap;
 use crate::sql::{ColumnRef, Protection, StatementPlan, SubjectSource};
-
-/// The audit log as the sessions share it.
-pub struct AuditSink {
-    pub log: AuditLog,
-    pub scope: AuditScope,
-    /// False after an append failed, until one that started after the failure succeeds.
-    pub healthy: AtomicBool,
-    /// Counts failed appends: an append that was already under way when another failed
-    /// must not mark the log healthy again when it completes late.
-    failures: AtomicU64,
-}
-
-impl AuditSink {
-    pub fn new(log: AuditLog, scope: AuditScope) -> Self {
-        Self {
-            log,
-            scope,
-            healthy: AtomicBool::new(true),
-            failures: AtomicU64::new(0),
-        }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-}
 
 /// Who is talking, for every record of a session.
 pub struct Identity {
@@ -50,19 +23,9 @@ pub struct Identity {
     pub application: String,
 }
 
-/// Whether a statement is recorded.
-pub fn in_scope(sink: &AuditSink, plan: Option<&StatementPlan>, protection: &Protection) -> bool {
-    match sink.scope {
-        AuditScope::All => true,
-        AuditScope::Protected => {
-            plan.is_some_and(|p| p.tables.iter().any(|t| protection.is_protected_table(t)))
-        }
-    }
-}
-
 /// How the subject ids of a statement's rows are found.
 #[derive(Debug, Clone)]
-pub enum SubjectPlan {
+pub enum SubjectPositions {
     /// Nothing protected of a subject table is returned.
     None,
     /// Output positions holding each table's subject id (injected columns included).
@@ -70,7 +33,7 @@ pub enum SubjectPlan {
     Unknown(String),
 }
 
-impl SubjectPlan {
+impl SubjectPositions {
     fn from_sources(sources: &[SubjectSource], injected_at: usize) -> Self {
         let mut columns = Vec::new();
         let mut next_injected = injected_at;
@@ -117,7 +80,7 @@ pub struct Recording {
     columns: Vec<ColumnAccess>,
     /// The plan's subject sources, resolved to positions once the row layout is known.
     sources: Vec<SubjectSource>,
-    subjects: SubjectPlan,
+    subjects: SubjectPositions,
     ids: BTreeMap<String, Vec<String>>,
     /// Type OID and format of each output column, for reading subject ids.
     row_types: Vec<(u32, i16)>,
@@ -131,7 +94,7 @@ impl Recording {
         plan: Option<&StatementPlan>,
         fingerprint: String,
         protection: &Protection,
-        access: &[Access],
+        access: &AccessMap,
     ) -> Self {
         let mut columns: Vec<ColumnAccess> = Vec::new();
         let mut push = |column: ColumnRef, how: audit::Access| {
@@ -144,12 +107,7 @@ impl Recording {
         };
         if let Some(plan) = plan {
             for &column in &plan.reads {
-                let how = match access.get(column.0) {
-                    Some(Access::Plaintext) => audit::Access::Plaintext,
-                    Some(Access::Mask(_)) => audit::Access::Masked,
-                    _ => audit::Access::Denied,
-                };
-                push(column, how);
+                push(column, access.get(column).audited());
             }
             for &column in &plan.writes {
                 push(column, audit::Access::Write);
@@ -164,8 +122,8 @@ impl Recording {
             SubjectSource::Unknown { reason, .. } => Some(reason.clone()),
             _ => None,
         }) {
-            Some(reason) => SubjectPlan::Unknown(reason),
-            None => SubjectPlan::None,
+            Some(reason) => SubjectPositions::Unknown(reason),
+            None => SubjectPositions::None,
         };
         Self {
             kind: plan.map_or_else(|| kind_of_text(&fingerprint), |p| p.kind),
@@ -203,9 +161,9 @@ impl Recording {
     /// The row layout: each output column's type OID and format, the last `injected` of
     /// them being subject columns pgveil appended.
     pub fn set_row_types(&mut self, types: Vec<(u32, i16)>, injected: usize) {
-        if !matches!(self.subjects, SubjectPlan::Unknown(_)) && !self.sources.is_empty() {
+        if !matches!(self.subjects, SubjectPositions::Unknown(_)) && !self.sources.is_empty() {
             self.subjects =
-                SubjectPlan::from_sources(&self.sources, types.len().saturating_sub(injected));
+                SubjectPositions::from_sources(&self.sources, types.len().saturating_sub(injected));
         }
         self.row_types = types;
     }
@@ -213,7 +171,7 @@ impl Recording {
     /// Counts a row and reads its subject ids (`body` as the database sent it).
     pub fn observe_row(&mut self, body: &[u8]) {
         self.rows += 1;
-        let SubjectPlan::Columns(columns) = &self.subjects else {
+        let SubjectPositions::Columns(columns) = &self.subjects else {
             return;
         };
         let Ok(values) = crate::net::messages::data_row_values(body) else {
@@ -259,8 +217,8 @@ impl Recording {
             }
         }
         let subjects = match &self.subjects {
-            SubjectPlan::Unknown(reason) => Subjects::Unknown(reason.clone()),
-            SubjectPlan::None | SubjectPlan::Columns(_) => {
+            SubjectPositions::Unknown(reason) => Subjects::Unknown(reason.clone()),
+            SubjectPositions::None | SubjectPositions::Columns(_) => {
                 Subjects::Known(std::mem::take(&mut self.ids))
             }
         };
@@ -333,30 +291,6 @@ fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
         }
         (25 | 1043 | 1042, _) => String::from_utf8(value.to_vec()).ok(),
         _ => Some(format!("\\x{}", hex::encode(value))),
-    }
-}
-
-impl AuditSink {
-    /// Appends a record; the outcome also marks the log's health for later statements.
-    pub async fn append(&self, draft: RecordDraft) -> Result<u64, audit::AuditError> {
-        let failures_before = self.failures.load(Ordering::SeqCst);
-        let result = self.log.append(draft).await;
-        match &result {
-            Err(_) => {
-                self.failures.fetch_add(1, Ordering::SeqCst);
-                self.healthy.store(false, Ordering::SeqCst);
-            }
-            Ok(_) => {
-                if self.failures.load(Ordering::SeqCst) == failures_before {
-                    self.healthy.store(true, Ordering::SeqCst);
-                    // A failure that landed between the check and the store wins.
-                    if self.failures.load(Ordering::SeqCst) != failures_before {
-                        self.healthy.store(false, Ordering::SeqCst);
-                    }
-                }
-            }
-        }
-        result
     }
 }
 

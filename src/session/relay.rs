@@ -6,10 +6,10 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::audit::AuditSink;
 use crate::audit::RecordDraft;
 use crate::net::frame::{frame_len, FrameError};
 use crate::pgerror::{sqlstate, PgError};
-use crate::session::recording::AuditSink;
 
 /// What to do with one complete frame.
 pub enum Action {

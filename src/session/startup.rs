@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::catalog::{Collector, Wanted};
+use super::introspect::{Collector, Wanted};
 use super::protected::{self, Engine, SessionFacts, Shared};
 use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
@@ -14,7 +14,7 @@ use super::{without_channel_binding, SessionConfig, SessionError};
 use crate::net::frame::read_cstr;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
-use crate::veil::DbCatalog;
+use crate::veil::Database;
 
 /// Authentication request codes that the client must answer.
 const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
@@ -65,7 +65,7 @@ pub async fn run(
     // A cached catalog that lacks a configured column is re-read: the table may have been
     // created since, around pgveil (migrations run directly against the database).
     let cached = veil
-        .catalog(&database)
+        .database(&database)
         .filter(|c| c.by_attribute.len() >= veil.protection.columns().len());
     let wanted = Wanted {
         catalog: cached.is_none(),
@@ -84,10 +84,10 @@ pub async fn run(
             return;
         }
     };
-    let catalog = match (facts.catalog, cached) {
-        (Some(tables), _) => veil.install_catalog(
+    let known = match (facts.catalog, cached) {
+        (Some(tables), _) => veil.install_database(
             &database,
-            DbCatalog::new(tables, &facts.views, &veil.protection),
+            Database::new(tables, &facts.views, &veil.protection),
         ),
         (None, Some(cached)) => cached,
         (None, None) => return,
@@ -104,8 +104,8 @@ pub async fn run(
         application: login.application.clone(),
     });
     let facts = SessionFacts {
-        database,
-        catalog,
+        database_name: database,
+        database: known,
         search_path: facts.search_path.unwrap_or_default(),
         roles,
         timezone: established.timezone.clone(),
@@ -218,7 +218,7 @@ async fn learn(
     server_read: &mut ReadHalf,
     server_write: &mut WriteHalf,
     wanted: Wanted,
-) -> Result<Option<super::catalog::Facts>, SessionError> {
+) -> Result<Option<super::introspect::Facts>, SessionError> {
     server_write.write_all(&wanted.query()).await?;
     server_write.flush().await?;
     let mut collector = Collector::new(wanted);
