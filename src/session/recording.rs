@@ -10,8 +10,10 @@ use bytes::Bytes;
 
 use super::relay::{Action, Audited};
 use crate::audit::{self, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
-use crate::net::frame::read_cstr;
+use crate::crypto::value::{self, SessionTime, WireFormat};
+use crate::net::backend::{BackendMessage, DataRow};
 use crate::policy::AccessMap;
+use crate::schema::LogicalType;
 use crate::sql::{ColumnRef, Protection, StatementPlan, SubjectSource};
 
 /// Who is talking, for every record of a session.
@@ -168,21 +170,25 @@ impl Recording {
         self.row_types = types;
     }
 
-    /// Counts a row and reads its subject ids (`body` as the database sent it).
-    pub fn observe_row(&mut self, body: &[u8]) {
+    /// Counts a row and reads its subject ids (the row as the database sent it).
+    pub fn observe_row(&mut self, row: &DataRow<'_>) {
         self.rows += 1;
         let SubjectPositions::Columns(columns) = &self.subjects else {
             return;
         };
-        let Ok(values) = crate::net::messages::data_row_values(body) else {
+        let Ok(values) = row.values() else {
             return;
         };
         for (table, position) in columns {
-            let Some(Some(range)) = values.get(*position) else {
+            let Some(Some(value)) = values.get(*position) else {
                 continue;
             };
-            let (type_oid, format) = self.row_types.get(*position).copied().unwrap_or((25, 0));
-            if let Some(id) = id_text(&body[range.clone()], type_oid, format) {
+            let (type_oid, format) = self
+                .row_types
+                .get(*position)
+                .copied()
+                .unwrap_or((LogicalType::Text.oid(), 0));
+            if let Some(id) = id_text(value, type_oid, format) {
                 let ids = self.ids.entry(table.clone()).or_default();
                 if !ids.contains(&id) {
                     ids.push(id);
@@ -193,10 +199,11 @@ impl Recording {
 
     /// Finishes the record: `complete` is the CommandComplete, ErrorResponse or other frame
     /// that ended the statement (already held).
-    pub fn finish(mut self, identity: &Identity, end: &[u8]) -> Box<Audited> {
-        let (outcome, sqlstate) = match end.first() {
-            Some(b'E') => {
-                let code = crate::pgerror::sqlstate_of(&end[5..])
+    pub fn finish(mut self, identity: &Identity, end: &BackendMessage<'_>) -> Box<Audited> {
+        let (outcome, sqlstate) = match end {
+            BackendMessage::ErrorResponse(error) => {
+                let code = error
+                    .sqlstate()
                     .map(|c| String::from_utf8_lossy(c).into_owned());
                 (
                     if self.refused {
@@ -209,8 +216,8 @@ impl Recording {
             }
             _ => (Outcome::Ok, None),
         };
-        if end.first() == Some(&b'C') {
-            if let Some(affected) = command_rows(&end[5..]) {
+        if let BackendMessage::CommandComplete(complete) = end {
+            if let Some(affected) = complete.rows() {
                 if self.rows == 0 {
                     self.rows = affected;
                 }
@@ -261,49 +268,35 @@ fn kind_of_text(fingerprint: &str) -> StatementKind {
     }
 }
 
-/// The row count at the end of a CommandComplete tag (`SELECT 3`, `INSERT 0 1`).
-fn command_rows(body: &[u8]) -> Option<u64> {
-    let mut rest = body;
-    let tag = read_cstr(&mut rest)?;
-    let last = tag.rsplit(|&b| b == b' ').next()?;
-    std::str::from_utf8(last).ok()?.parse().ok()
-}
-
 /// A subject id as text, from the text or binary form of common id types.
 fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
     if format == 0 {
         return String::from_utf8(value.to_vec()).ok();
     }
-    match (type_oid, value.len()) {
-        (21, 2) => Some(i16::from_be_bytes([value[0], value[1]]).to_string()),
-        (23, 4) => Some(i32::from_be_bytes([value[0], value[1], value[2], value[3]]).to_string()),
-        (20, 8) => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
-        (2950, 16) => {
-            let h = hex::encode(value);
-            Some(format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            ))
-        }
-        (25 | 1043 | 1042, _) => String::from_utf8(value.to_vec()).ok(),
-        _ => Some(format!("\\x{}", hex::encode(value))),
+    let printed = LogicalType::ALL
+        .into_iter()
+        .find(|t| t.oid() == type_oid)
+        .and_then(|ty| match ty {
+            LogicalType::Int2 | LogicalType::Int4 | LogicalType::Int8 | LogicalType::Uuid => {
+                value::to_wire(ty, value, WireFormat::Text, &SessionTime::utc()).ok()
+            }
+            LogicalType::Text | LogicalType::Varchar => Some(value.to_vec()),
+            _ => None,
+        });
+    match printed {
+        Some(text) => String::from_utf8(text).ok(),
+        // bpchar is sent as its characters too.
+        None if type_oid == BPCHAR_OID => String::from_utf8(value.to_vec()).ok(),
+        None => Some(format!("\\x{}", hex::encode(value))),
     }
 }
+
+/// `character(n)`, a common type for ids that pgveil does not protect.
+const BPCHAR_OID: u32 = 1042;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn command_tags_give_row_counts() {
-        assert_eq!(command_rows(b"SELECT 3\0"), Some(3));
-        assert_eq!(command_rows(b"INSERT 0 12\0"), Some(12));
-        assert_eq!(command_rows(b"BEGIN\0"), None);
-    }
 
     #[test]
     fn ids_from_binary_and_text() {

@@ -8,7 +8,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::audit::AuditSink;
 use crate::audit::RecordDraft;
-use crate::net::frame::{frame_len, FrameError};
+use crate::net::frame::{announced_len, frame_len, FrameError};
 use crate::pgerror::{sqlstate, PgError};
 
 /// What to do with one complete frame.
@@ -191,11 +191,9 @@ fn reserve_for_next(buf: &mut BytesMut) {
         *buf = BytesMut::with_capacity(READ_CHUNK);
         return;
     }
-    let wanted = if buf.len() >= 5 {
-        let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        (length + 1).saturating_sub(buf.len()).max(READ_CHUNK / 4)
-    } else {
-        READ_CHUNK / 4
+    let wanted = match announced_len(buf) {
+        Some(total) => total.saturating_sub(buf.len()).max(READ_CHUNK / 4),
+        None => READ_CHUNK / 4,
     };
     if buf.capacity() - buf.len() < wanted {
         buf.reserve(wanted.max(READ_CHUNK));

@@ -7,17 +7,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::introspect::{Collector, Wanted};
-use super::protected::{self, Engine, SessionFacts, Shared};
+use super::protected::{self, Engine, Session, SessionFacts};
 use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
-use super::{without_channel_binding, SessionConfig, SessionError};
-use crate::net::frame::read_cstr;
+use super::{SessionConfig, SessionError};
+use crate::net::backend::BackendMessage;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use crate::veil::Database;
-
-/// Authentication request codes that the client must answer.
-const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
 
 struct Established {
     ready: Bytes,
@@ -111,7 +108,7 @@ pub async fn run(
         timezone: established.timezone.clone(),
         datestyle: established.datestyle.clone(),
     };
-    let shared = Shared::new(engine, facts, identity);
+    let session = Session::new(engine, facts, identity);
     if client_write.write_all(&established.ready).await.is_err()
         || client_write.flush().await.is_err()
     {
@@ -121,7 +118,7 @@ pub async fn run(
         (client_read, client_write),
         (server_read, server_write),
         established.leftover,
-        shared,
+        session,
         config,
         shutdown,
     )
@@ -150,37 +147,31 @@ async fn establish(
         let mut needs_answer = false;
         let mut failed = false;
         drain_frames(&mut from_server, usize::MAX >> 1, &mut out, |frame| {
-            Ok::<_, SessionError>(match frame[0] {
-                b'R' => {
-                    let code = frame
-                        .get(5..9)
-                        .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-                    needs_answer = NEEDS_ANSWER.contains(&code);
-                    without_channel_binding(frame).map_or(Action::Forward, Action::Replace)
+            Ok::<_, SessionError>(match BackendMessage::decode(frame) {
+                BackendMessage::Authentication(request) => {
+                    needs_answer = request.needs_answer();
+                    request
+                        .without_channel_binding()
+                        .map_or(Action::Forward, Action::Replace)
                 }
-                b'S' => {
-                    let mut body = &frame[5..];
-                    if let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body))
-                    {
-                        match name {
-                            b"TimeZone" => timezone = String::from_utf8_lossy(value).into_owned(),
-                            b"DateStyle" => datestyle = String::from_utf8_lossy(value).into_owned(),
-                            _ => {}
-                        }
+                BackendMessage::ParameterStatus(parameter) => {
+                    let value = || String::from_utf8_lossy(parameter.value).into_owned();
+                    match parameter.name {
+                        b"TimeZone" => timezone = value(),
+                        b"DateStyle" => datestyle = value(),
+                        _ => {}
                     }
                     Action::Forward
                 }
-                b'K' => {
-                    backend_pid = frame
-                        .get(5..9)
-                        .map(|p| u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
+                BackendMessage::BackendKeyData(pid) => {
+                    backend_pid = pid;
                     Action::Forward
                 }
-                b'Z' => {
+                BackendMessage::ReadyForQuery(_) => {
                     ready = Some(Bytes::copy_from_slice(frame));
                     Action::Drop
                 }
-                b'E' => {
+                BackendMessage::ErrorResponse(_) => {
                     failed = true;
                     Action::Forward
                 }
@@ -230,7 +221,7 @@ async fn learn(
         }
         let mut done = false;
         drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
-            done |= collector.feed(frame);
+            done |= collector.feed(&BackendMessage::decode(frame));
             Ok::<_, SessionError>(Action::Drop)
         })?;
         if done {
