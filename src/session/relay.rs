@@ -224,7 +224,7 @@ mod tests {
         let mut buf = BytesMut::from(&input[..]);
         let mut out = Outbox::default();
         drain_frames::<FrameError>(&mut buf, 1 << 20, &mut out, |f| {
-            Ok(if f[0] == b'D' {
+            Ok(if crate::net::frame::tag(f) == b'D' {
                 Action::Replace(Bytes::from_static(b"X"))
             } else {
                 Action::Forward

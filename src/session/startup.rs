@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::introspect::{Collector, Wanted};
+use super::introspect::{Collector, Facts, Wanted};
 use super::protected::{self, Engine, Session, SessionFacts};
 use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
@@ -41,7 +41,6 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let veil = engine.veil.clone();
-    let database = login.database.clone();
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
     let established = match establish(
@@ -62,7 +61,7 @@ pub async fn run(
     // A cached catalog that lacks a configured column is re-read: the table may have been
     // created since, around pgveil (migrations run directly against the database).
     let cached = veil
-        .database(&database)
+        .database(&login.database)
         .filter(|c| c.by_attribute.len() >= veil.protection.columns().len());
     let wanted = Wanted {
         catalog: cached.is_none(),
@@ -81,32 +80,9 @@ pub async fn run(
             return;
         }
     };
-    let known = match (facts.catalog, cached) {
-        (Some(tables), _) => veil.install_database(
-            &database,
-            Database::new(tables, &facts.views, &veil.protection),
-        ),
-        (None, Some(cached)) => cached,
-        (None, None) => return,
-    };
-    let roles = facts.roles.unwrap_or_default();
-    let identity = engine.audit.as_ref().map(|_| Identity {
-        session: match established.backend_pid {
-            Some(pid) => pid.to_string(),
-            None => config.client_addr.to_string(),
-        },
-        client: config.client_addr.to_string(),
-        user: login.user.clone(),
-        roles: roles.clone(),
-        application: login.application.clone(),
-    });
-    let facts = SessionFacts {
-        database_name: database,
-        database: known,
-        search_path: facts.search_path.unwrap_or_default(),
-        roles,
-        timezone: established.timezone.clone(),
-        datestyle: established.datestyle.clone(),
+    let Some((facts, identity)) = session_facts(facts, cached, &login, &established, &engine, &config)
+    else {
+        return;
     };
     let session = Session::new(engine, facts, identity);
     if client_write.write_all(&established.ready).await.is_err()
@@ -123,6 +99,48 @@ pub async fn run(
         shutdown,
     )
     .await;
+}
+
+/// What the session starts with, from what pgveil's own query found, and who is talking
+/// (when the session is audited). `None` when neither the query nor the cache knows the
+/// database's relations.
+fn session_facts(
+    learned: Facts,
+    cached: Option<Arc<Database>>,
+    login: &Login,
+    established: &Established,
+    engine: &Engine,
+    config: &SessionConfig,
+) -> Option<(SessionFacts, Option<Identity>)> {
+    let veil = &engine.veil;
+    let known = match (learned.catalog, cached) {
+        (Some(tables), _) => veil.install_database(
+            &login.database,
+            Database::new(tables, &learned.views, &veil.protection),
+        ),
+        (None, Some(cached)) => cached,
+        (None, None) => return None,
+    };
+    let roles = learned.roles.unwrap_or_default();
+    let identity = engine.audit.as_ref().map(|_| Identity {
+        session: match established.backend_pid {
+            Some(pid) => pid.to_string(),
+            None => config.client_addr.to_string(),
+        },
+        client: config.client_addr.to_string(),
+        user: login.user.clone(),
+        roles: roles.clone(),
+        application: login.application.clone(),
+    });
+    let facts = SessionFacts {
+        database_name: login.database.clone(),
+        database: known,
+        search_path: learned.search_path.unwrap_or_default(),
+        roles,
+        timezone: established.timezone.clone(),
+        datestyle: established.datestyle.clone(),
+    };
+    Some((facts, identity))
 }
 
 /// Relays the authentication exchange; holds back the first ReadyForQuery.
@@ -209,7 +227,7 @@ async fn learn(
     server_read: &mut ReadHalf,
     server_write: &mut WriteHalf,
     wanted: Wanted,
-) -> Result<Option<super::introspect::Facts>, SessionError> {
+) -> Result<Option<Facts>, SessionError> {
     server_write.write_all(&wanted.query()).await?;
     server_write.flush().await?;
     let mut collector = Collector::new(wanted);

@@ -21,7 +21,7 @@ use crate::schema::LogicalType;
 use crate::session::introspect::{Collector, Wanted};
 use crate::session::relay::Action;
 use crate::session::SessionError;
-use crate::sql::ColumnRef;
+use crate::sql::{ColumnRef, StatementPlan};
 
 /// Decides what goes upstream for one client message, and what to expect back.
 pub(super) fn message(
@@ -206,15 +206,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         .ok()
         .and_then(refresh_needed)
     {
-        let merged = match state.refresh_at_sync {
-            Some(w) => Wanted {
-                catalog: w.catalog || wanted.catalog,
-                search_path: true,
-                roles: false,
-            },
-            None => wanted,
-        };
-        state.refresh_at_sync = Some(merged);
+        refresh_at_sync(state, wanted);
     }
     let admitted = match admit(&parse.query, Protocol::Extended, session, state) {
         Admission::Forward { fingerprint } => {
@@ -248,24 +240,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         state.insert_statement(parse.name, Prepared::plain());
         return Action::Forward;
     };
-    let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
-    for &(n, column) in &plan.params {
-        let index = n.saturating_sub(1) as usize;
-        if param_columns.len() <= index {
-            param_columns.resize(index + 1, None);
-        }
-        param_columns[index] = Some(column);
-    }
-    // Parameters bound for protected columns are declared bytea: they carry ciphertext.
-    let mut param_types = parse.param_types.clone();
-    for (index, column) in param_columns.iter().enumerate() {
-        if column.is_some() {
-            if param_types.len() <= index {
-                param_types.resize(index + 1, 0);
-            }
-            param_types[index] = LogicalType::Bytea.oid();
-        }
-    }
+    let (param_columns, param_types) = parameters(plan, &parse.param_types);
     let query = match std::str::from_utf8(&parse.query)
         .ok()
         .and_then(|text| admitted.rewrite(text))
@@ -299,6 +274,42 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         &rewritten.encode(),
         &Target::describe_statement(&parse.name),
     ]))
+}
+
+/// A DDL or search_path change in the batch: pgveil's own query follows its Sync.
+fn refresh_at_sync(state: &mut State, wanted: Wanted) {
+    let merged = match state.refresh_at_sync {
+        Some(w) => Wanted {
+            catalog: w.catalog || wanted.catalog,
+            search_path: true,
+            roles: false,
+        },
+        None => wanted,
+    };
+    state.refresh_at_sync = Some(merged);
+}
+
+/// The protected column each parameter is bound for, and the parameter types declared
+/// upstream: those bound for protected columns are declared bytea, as they carry ciphertext.
+fn parameters(plan: &StatementPlan, declared: &[u32]) -> (Vec<Option<ColumnRef>>, Vec<u32>) {
+    let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
+    for &(n, column) in &plan.params {
+        let index = n.saturating_sub(1) as usize;
+        if param_columns.len() <= index {
+            param_columns.resize(index + 1, None);
+        }
+        param_columns[index] = Some(column);
+    }
+    let mut param_types = declared.to_vec();
+    for (index, column) in param_columns.iter().enumerate() {
+        if column.is_some() {
+            if param_types.len() <= index {
+                param_types.resize(index + 1, 0);
+            }
+            param_types[index] = LogicalType::Bytea.oid();
+        }
+    }
+    (param_columns, param_types)
 }
 
 fn bind_message(

@@ -124,15 +124,32 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
             }
         }
     };
+    let (statements, refused) = admit_statements(text, plans, protocol, session, state);
+    Admission::Analysed(Admitted {
+        analysis: analysis.clone(),
+        statements,
+        refused,
+    })
+}
+
+/// Each analysed statement's replacements and audit needs, up to the first refused one.
+fn admit_statements(
+    text: &str,
+    plans: &[StatementPlan],
+    protocol: Protocol,
+    session: &Session,
+    state: &State,
+) -> (Vec<AdmittedStatement>, Option<(usize, PgError)>) {
+    let veil = &session.veil;
+    let sink = session.sink();
     let mut statements = Vec::with_capacity(plans.len());
-    let mut refused = None;
     for (index, plan) in plans.iter().enumerate() {
         let recorded = sink.filter(|s| s.in_scope(Some(plan), &veil.protection));
         // A Parse holds one statement, recorded by its whole text; a Query's statements
         // are recorded one by one.
-        let statement_fingerprint = || match protocol {
+        let fingerprint = || match protocol {
             Protocol::Simple => state.database.fingerprint(&text[plan.byte_range.clone()]),
-            Protocol::Extended => fingerprint(),
+            Protocol::Extended => state.database.fingerprint(text),
         };
         match statement_replacements(plan, state, veil, recorded.map(Arc::as_ref)) {
             Ok(mut replacements) => {
@@ -144,7 +161,7 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
                 replacements.extend(injections);
                 statements.push(AdmittedStatement {
                     replacements,
-                    fingerprint: recorded.map(|_| statement_fingerprint()),
+                    fingerprint: recorded.map(|_| fingerprint()),
                     injected,
                 });
             }
@@ -152,19 +169,14 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
                 // A refusal is recorded whenever the session is audited.
                 statements.push(AdmittedStatement {
                     replacements: Vec::new(),
-                    fingerprint: sink.map(|_| statement_fingerprint()),
+                    fingerprint: sink.map(|_| fingerprint()),
                     injected: 0,
                 });
-                refused = Some((index, error));
-                break;
+                return (statements, Some((index, error)));
             }
         }
     }
-    Admission::Analysed(Admitted {
-        analysis,
-        statements,
-        refused,
-    })
+    (statements, None)
 }
 
 /// The session's analysis of `text`. The SQL lexer reads '…' strings as
