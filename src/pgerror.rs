@@ -28,6 +28,7 @@ pub mod sqlstate {
     pub const IO_ERROR: &str = "58030";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const DATA_CORRUPTED: &str = "XX001";
+    pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const UNDEFINED_OBJECT: &str = "42704";

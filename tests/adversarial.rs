@@ -71,7 +71,10 @@ fn columns(s: &Schema) -> String {
         "ssn",
         "text",
         "deterministic",
-        &format!("domain = \"adv_ssn_{}\"\naccess = {{ {MASKED} = \"deny\", {DENIED} = \"deny\" }}", s.patients),
+        &format!(
+            "domain = \"adv_ssn_{}\"\naccess = {{ {MASKED} = \"deny\", {DENIED} = \"deny\" }}",
+            s.patients
+        ),
     );
     toml
 }
@@ -182,7 +185,9 @@ async fn encodings_that_hide_ascii_bytes_are_refused_everywhere() {
     // In the startup packet (libpq sends PGCLIENTENCODING as client_encoding).
     for encoding in REFUSED_ENCODINGS {
         let refused = psql_with_encoding(proxy.port(), CLINICIAN, Some(encoding));
-        let error = refused.err().unwrap_or_else(|| panic!("{encoding} accepted at startup"));
+        let error = refused
+            .err()
+            .unwrap_or_else(|| panic!("{encoding} accepted at startup"));
         assert!(error.contains("client encoding"), "{encoding}: {error}");
     }
     psql_with_encoding(proxy.port(), CLINICIAN, Some("LATIN1")).unwrap();
@@ -253,8 +258,16 @@ async fn an_encoding_selected_by_dynamic_sql_stops_the_analysis() {
     );
     raw.send(&query_bytes(&text)).await;
     let answer = raw.until_ready().await;
-    let error = answer.iter().find(|m| m.tag == b'E').expect("the attack was not refused");
-    assert_eq!(error.field(b'C').as_deref(), Some("0A000"), "{:?}", error.field(b'M'));
+    let error = answer
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the attack was not refused");
+    assert_eq!(
+        error.field(b'C').as_deref(),
+        Some("0A000"),
+        "{:?}",
+        error.field(b'M')
+    );
     // Statements that cannot touch protected data still work.
     let plain = raw.simple("SELECT 1").await;
     assert!(!plain.iter().any(|m| m.tag == b'E'), "{}", tags(&plain));
@@ -325,7 +338,10 @@ async fn a_temporary_table_dropped_earlier_in_the_same_query_does_not_hide_the_r
     let answer = client.simple_query(&attack).await;
     if answer.is_ok() {
         let back = client
-            .simple_query(&format!("SELECT ssn FROM {} WHERE name = 'Eve'", s.patients))
+            .simple_query(&format!(
+                "SELECT ssn FROM {} WHERE name = 'Eve'",
+                s.patients
+            ))
             .await
             .unwrap();
         assert_eq!(values(&back), vec![Some("333-44-5551".to_string())]);
@@ -339,13 +355,19 @@ async fn another_sessions_temporary_view_changes_nothing_here() {
     let (_dir, s, proxy) = start("tview");
     let first = as_role(&proxy, CLINICIAN).await;
     first
-        .simple_query(&format!("CREATE TEMP VIEW e AS SELECT * FROM {}", s.patients))
+        .simple_query(&format!(
+            "CREATE TEMP VIEW e AS SELECT * FROM {}",
+            s.patients
+        ))
         .await
         .unwrap_or_default();
     let second = as_role(&proxy, CLINICIAN).await;
     insert_patient(&second, &s, "Nell", "555-66-7771").await;
     let rows = second
-        .simple_query(&format!("SELECT name FROM {} WHERE name = 'Nell'", s.patients))
+        .simple_query(&format!(
+            "SELECT name FROM {} WHERE name = 'Nell'",
+            s.patients
+        ))
         .await
         .unwrap();
     assert_eq!(values(&rows), vec![Some("Nell".to_string())]);

@@ -28,7 +28,14 @@ pub enum BackendMessage<'a> {
     BindComplete,
     CloseComplete,
     NoData,
-    /// COPY responses and data, FunctionCallResponse, NegotiateProtocolVersion.
+    /// CopyInResponse: the database waits for the client's rows (the body).
+    CopyInResponse(&'a [u8]),
+    /// CopyOutResponse: rows follow (the body).
+    CopyOutResponse(&'a [u8]),
+    /// A chunk of a COPY TO stream.
+    CopyData(&'a [u8]),
+    CopyDone,
+    /// CopyBothResponse, FunctionCallResponse, NegotiateProtocolVersion.
     Other,
 }
 
@@ -55,6 +62,10 @@ impl<'a> BackendMessage<'a> {
             b'2' => Self::BindComplete,
             b'3' => Self::CloseComplete,
             b'n' => Self::NoData,
+            b'G' => Self::CopyInResponse(body),
+            b'H' => Self::CopyOutResponse(body),
+            b'd' => Self::CopyData(body),
+            b'c' => Self::CopyDone,
             _ => Self::Other,
         }
     }

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod backend;
+pub mod copy;
+pub mod copy_rows;
 pub mod frame;
 pub mod frontend;
 pub mod handshake;

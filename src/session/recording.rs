@@ -4,7 +4,8 @@
 //! they travel with the record as one [`Audited`] item, so the rows reach the client only
 //! after the record is durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 
 use bytes::Bytes;
 
@@ -83,7 +84,7 @@ pub struct Recording {
     /// The plan's subject sources, resolved to positions once the row layout is known.
     sources: Vec<SubjectSource>,
     subjects: SubjectPositions,
-    ids: BTreeMap<String, Vec<String>>,
+    ids: BTreeMap<String, IdList>,
     /// Type OID and format of each output column, for reading subject ids.
     row_types: Vec<(u32, i16)>,
     rows: u64,
@@ -172,15 +173,27 @@ impl Recording {
 
     /// Counts a row and reads its subject ids (the row as the database sent it).
     pub fn observe_row(&mut self, row: &DataRow<'_>) {
+        let values = row.values().ok();
+        self.observe_with(|position| {
+            values
+                .as_ref()
+                .and_then(|v| v.get(position).copied().flatten())
+                .map(std::borrow::Cow::Borrowed)
+        });
+    }
+
+    /// Counts a row and reads its subject ids; `value(position)` is the value of an output
+    /// column as the database sent it (`None`: NULL or absent).
+    pub fn observe_with<'v>(
+        &mut self,
+        value: impl Fn(usize) -> Option<std::borrow::Cow<'v, [u8]>>,
+    ) {
         self.rows += 1;
         let SubjectPositions::Columns(columns) = &self.subjects else {
             return;
         };
-        let Ok(values) = row.values() else {
-            return;
-        };
         for (table, position) in columns {
-            let Some(Some(value)) = values.get(*position) else {
+            let Some(value) = value(*position) else {
                 continue;
             };
             let (type_oid, format) = self
@@ -188,11 +201,8 @@ impl Recording {
                 .get(*position)
                 .copied()
                 .unwrap_or((oid::TEXT, 0));
-            if let Some(id) = id_text(value, type_oid, format) {
-                let ids = self.ids.entry(table.clone()).or_default();
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
+            if let Some(id) = id_text(&value, type_oid, format) {
+                self.ids.entry(table.clone()).or_default().insert(id);
             }
         }
     }
@@ -225,9 +235,12 @@ impl Recording {
         }
         let subjects = match &self.subjects {
             SubjectPositions::Unknown(reason) => Subjects::Unknown(reason.clone()),
-            SubjectPositions::None | SubjectPositions::Columns(_) => {
-                Subjects::Known(std::mem::take(&mut self.ids))
-            }
+            SubjectPositions::None | SubjectPositions::Columns(_) => Subjects::Known(
+                std::mem::take(&mut self.ids)
+                    .into_iter()
+                    .map(|(table, ids)| (table, ids.order))
+                    .collect(),
+            ),
         };
         let draft = RecordDraft {
             time: chrono::Utc::now(),
@@ -249,6 +262,32 @@ impl Recording {
             draft,
             frames: self.held,
         })
+    }
+}
+
+/// Distinct ids in order of first appearance. A large result (a COPY of a whole table)
+/// has as many ids as rows, so duplicates are found through a hash index rather than a scan.
+#[derive(Default)]
+struct IdList {
+    order: Vec<String>,
+    /// Hash of an id → the position of the first id with that hash.
+    index: HashMap<u64, usize>,
+    hasher: RandomState,
+}
+
+impl IdList {
+    fn insert(&mut self, id: String) {
+        let hash = self.hasher.hash_one(&id);
+        match self.index.get(&hash) {
+            Some(&at) if self.order[at] == id => {}
+            // Another id with the same hash: rare, so a scan settles it.
+            Some(_) if self.order.contains(&id) => {}
+            Some(_) => self.order.push(id),
+            None => {
+                self.index.insert(hash, self.order.len());
+                self.order.push(id);
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@
 
 mod analysis;
 mod catalog;
+mod copy;
 mod encoding;
 mod fast;
 mod fingerprint;
@@ -38,6 +39,7 @@ use std::ops::Range;
 
 pub use analysis::analyze;
 pub use catalog::{Catalog, ColumnInfo, ColumnRef, Protection, StaticCatalog, TableInfo};
+pub use copy::{copy_options, CopyDirection, CopyPlan};
 pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
@@ -144,6 +146,8 @@ pub struct StatementPlan {
     /// ones) before forwarding: a cast on a parameter bound to a protected column
     /// (`$1::text`) becomes `$1::bytea`. Usually empty.
     pub rewrites: Vec<(Range<usize>, String)>,
+    /// Set for a COPY whose rows carry protected columns: the session rewrites its rows.
+    pub copy: Option<CopyPlan>,
 }
 
 impl StatementPlan {
@@ -161,6 +165,7 @@ impl StatementPlan {
             result_columns: Vec::new(),
             subject: SubjectPlan::default(),
             rewrites: Vec::new(),
+            copy: None,
         }
     }
 

@@ -731,12 +731,70 @@ fn delete_forms() {
 
 #[test]
 fn copy() {
-    refused("COPY patients TO STDOUT");
-    refused("COPY patients (id, ssn) FROM STDIN");
-    ok("COPY patients (id, name) TO STDOUT");
-    ok("COPY staff FROM STDIN");
-    refused("COPY (SELECT id FROM patients) TO STDOUT");
-    ok("COPY (SELECT id FROM staff) TO STDOUT");
+    use crate::net::copy_rows::CopyFormat;
+    use crate::sql::CopyDirection;
+    // Whole table out: every column, in table order; the subject column is copied.
+    let p = ok("COPY patients TO STDOUT");
+    let c = p.copy.clone().unwrap();
+    assert_eq!(c.direction, CopyDirection::Out);
+    assert_eq!(c.fields.len(), 8);
+    assert_eq!(
+        c.fields[1].map(name).as_deref(),
+        Some("public.patients.ssn")
+    );
+    assert!(c.fields[0].is_none());
+    assert_eq!(p.kind, StatementKind::Select);
+    assert_eq!(p.reads.len(), 5);
+    assert!(matches!(
+        p.subject.sources.as_slice(),
+        [SubjectSource::Selected {
+            output_position: 0,
+            ..
+        }]
+    ));
+    // Column list in: writes, csv options.
+    let p =
+        ok("COPY patients (id, ssn) FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';', NULL 'x')");
+    let c = p.copy.unwrap();
+    assert_eq!(c.direction, CopyDirection::In);
+    assert_eq!(c.options.format, CopyFormat::Csv);
+    assert_eq!((c.options.delimiter, c.options.header), (b';', true));
+    assert_eq!(c.options.null, b"x".to_vec());
+    assert_eq!(names(&p.writes), vec!["public.patients.ssn"]);
+    assert_eq!(p.kind, StatementKind::Insert);
+    // The subject column not copied: rewritten as a query so it can be appended.
+    let sql = "COPY patients (ssn) TO STDOUT (FORMAT binary)";
+    let p = ok(sql);
+    let mut replacements = p.rewrites.clone();
+    replacements.extend(crate::session::recording::injections(&p));
+    assert_eq!(
+        crate::sql::rewrite(sql, &replacements),
+        "COPY (SELECT \"ssn\", \"id\"  FROM ONLY \"public\".\"patients\") TO STDOUT (FORMAT binary)"
+    );
+    assert_eq!(p.copy.unwrap().types, vec![17, 17]);
+    // Plain columns only: nothing to do.
+    assert!(ok("COPY patients (id, name) TO STDOUT").copy.is_none());
+    assert!(ok("COPY staff FROM STDIN").copy.is_none());
+    assert!(ok("COPY (SELECT id FROM patients) TO STDOUT")
+        .copy
+        .is_none());
+    assert!(ok("COPY (SELECT id FROM staff) TO STDOUT").copy.is_none());
+    // A query: its result columns and subjects.
+    let p = ok("COPY (SELECT v.note FROM visits v WHERE v.mrn = 'm1') TO STDOUT");
+    assert_eq!(p.copy.unwrap().fields.len(), 1);
+    assert_eq!(p.literals.len(), 1);
+    assert!(matches!(
+        p.subject.sources.as_slice(),
+        [SubjectSource::Injectable { .. }]
+    ));
+    // What cannot be done correctly.
+    refused("COPY patients FROM '/tmp/x'");
+    refused("COPY patients TO PROGRAM 'cat'");
+    refused("COPY (SELECT ssn FROM patients) TO '/tmp/x'");
+    refused("COPY patients TO STDOUT (FORMAT csv, FORCE_QUOTE (ssn))");
+    refused("COPY patients FROM STDIN (ENCODING 'LATIN1')");
+    ok("COPY patients FROM STDIN (ENCODING 'UTF8', FREEZE)");
+    refused("COPY patients FROM STDIN (DELIMITER '\\')");
 }
 
 #[test]
@@ -961,7 +1019,7 @@ fn message_never_contains_values() {
         "SELECT 1 FROM patients WHERE ssn LIKE 'SECRET%'",
         "SELECT 1 FROM patients WHERE ssn = 'SECRET'::int4",
         "INSERT INTO patients (ssn) VALUES (upper('SECRET'))",
-        "COPY (SELECT ssn FROM patients WHERE ssn = 'SECRET') TO STDOUT",
+        "COPY (SELECT ssn FROM patients WHERE ssn = 'SECRET') TO '/tmp/SECRET'",
         "CREATE VIEW v AS SELECT 1 FROM patients WHERE ssn = 'SECRET'",
         "ALTER TABLE patients ADD CONSTRAINT c CHECK (ssn <> 'SECRET')",
     ] {

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::audit::recording;
+use super::copy_in::take_copy_error;
+use super::copy_out::CopyOut;
 use super::state::{lock, plan_at, Expect, Portal, Prepared, RowInfo, State};
 use super::values::{decrypt_row, denied_read, RowPlan};
 use super::Session;
@@ -34,6 +36,8 @@ pub(super) struct Backend<'a> {
     held_ready: Option<Bytes>,
     /// The statement in flight whose response waits for its audit record.
     recording: Option<Recording>,
+    /// A `COPY … TO STDOUT` of protected columns in flight.
+    copy_out: Option<CopyOut>,
 }
 
 /// One frame and its decoded message.
@@ -49,6 +53,7 @@ impl<'a> Backend<'a> {
             refreshed: Vec::new(),
             held_ready: None,
             recording: None,
+            copy_out: None,
         }
     }
 
@@ -70,6 +75,12 @@ impl<'a> Backend<'a> {
             }
             BackendMessage::ErrorResponse(error) => {
                 self.upstream_said_fatal |= error.is_fatal();
+                let aborted = take_copy_error(&mut lock(&self.session.state));
+                if let Some(cleaned) = aborted {
+                    // The database's answer to pgveil's CopyFail: the client gets why.
+                    metrics::get().error(ErrorKind::Refused);
+                    return self.statement_error(cleaned, (frame, message));
+                }
                 if let Some(cleaned) = crate::pgerror::without_raise_context(frame) {
                     metrics::get().error(ErrorKind::Refused);
                     return self.statement_error(cleaned, (frame, message));
@@ -269,7 +280,9 @@ impl<'a> Backend<'a> {
             .and_then(|a| a.statements.get(index).cloned().flatten());
         let starts = matches!(
             message,
-            BackendMessage::RowDescription(_) | BackendMessage::DataRow(_)
+            BackendMessage::RowDescription(_)
+                | BackendMessage::DataRow(_)
+                | BackendMessage::CopyOutResponse(_)
         ) || message.ends_statement();
         if self.recording.is_none() && starts {
             if let (Some((fingerprint, _)), Some(audit)) = (&recorded, &audit) {
@@ -292,15 +305,51 @@ impl<'a> Backend<'a> {
                 (action, false)
             }
             BackendMessage::DataRow(row) => (self.data_row(&row, state), false),
+            BackendMessage::CopyOutResponse(body) => match plan.and_then(|p| p.copy.as_ref()) {
+                Some(copy) if copy.is_protected() => {
+                    (self.start_copy_out(body, copy, injected), false)
+                }
+                _ => (Action::Forward, false),
+            },
+            BackendMessage::CopyData(payload) if self.copy_out.is_some() => {
+                (self.copy_data(payload, state), false)
+            }
             BackendMessage::CommandComplete(_)
             | BackendMessage::EmptyQueryResponse
             | BackendMessage::ErrorResponse(_) => {
                 self.rows = None;
+                self.copy_out = None;
                 (Action::Forward, true)
             }
             _ => (Action::Forward, false),
         };
         self.record(action, (frame, message), ends)
+    }
+
+    /// A COPY TO of protected columns begins: the client is told of the columns it gets.
+    fn start_copy_out(&mut self, body: &[u8], copy: &sql::CopyPlan, strip: usize) -> Action {
+        match CopyOut::start(body, copy, strip) {
+            Ok((copy_out, response)) => {
+                if let Some(recording) = self.recording.as_mut() {
+                    recording.set_row_types(copy_out.row_types(), strip);
+                }
+                self.copy_out = Some(copy_out);
+                Action::Replace(response)
+            }
+            Err(error) => self.raise(error),
+        }
+    }
+
+    /// A chunk of a COPY TO: its whole rows, counted for the audit log, then decrypted.
+    fn copy_data(&mut self, payload: &[u8], state: &State) -> Action {
+        let Some(copy_out) = self.copy_out.as_mut() else {
+            return Action::Forward;
+        };
+        match copy_out.data(payload, &self.session.veil, state, self.recording.as_mut()) {
+            Ok(Some(data)) => Action::Replace(data),
+            Ok(None) => Action::Drop,
+            Err(error) => self.raise(error),
+        }
     }
 
     fn identity(&self) -> &Identity {
@@ -368,6 +417,16 @@ impl<'a> Backend<'a> {
         let Some(recording) = self.recording.as_mut() else {
             return action;
         };
+        if self.copy_out.is_some()
+            && matches!(
+                message,
+                BackendMessage::CopyOutResponse(_) | BackendMessage::CopyData(_)
+            )
+        {
+            // A COPY streams: holding a whole table would take unbounded memory. Its end
+            // (CopyDone, CommandComplete) still waits for the record.
+            return action;
+        }
         if !recording.discloses() {
             // Nothing protected is released (a write without RETURNING, a refusal): the
             // response need not wait for the record, which is written in the background.
@@ -412,6 +471,7 @@ impl<'a> Backend<'a> {
         let metrics = metrics::get();
         let raised = std::mem::take(&mut self.suppress);
         self.rows = None;
+        self.copy_out = None;
         // Whatever precedes the message that ends this cycle was skipped by the server after
         // an error.
         while let Some(expect) = state.expect.pop_front() {
@@ -479,6 +539,7 @@ impl<'a> Backend<'a> {
         });
         self.suppress = true;
         self.rows = None;
+        self.copy_out = None;
         let frame = error.encode();
         match self.recording.take() {
             Some(mut recording) => {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::audit::{refusal_recording, QueryAudit};
+use super::copy_in::{self, CopyIn};
 use super::gate::{admit, Admission, Protocol};
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
@@ -21,7 +22,7 @@ use crate::schema::LogicalType;
 use crate::session::introspect::{Collector, Wanted};
 use crate::session::relay::Action;
 use crate::session::SessionError;
-use crate::sql::{ColumnRef, StatementPlan};
+use crate::sql::{ColumnRef, CopyDirection, StatementPlan};
 
 /// Decides what goes upstream for one client message, and what to expect back.
 pub(super) fn message(
@@ -36,6 +37,13 @@ pub(super) fn message(
             return Ok(Action::Drop);
         }
         state.discarding = false;
+    }
+    if tag == FrontendTag::Copy {
+        return Ok(copy_in::message(frame, session, state));
+    }
+    if !matches!(tag, FrontendTag::Sync | FrontendTag::Flush) {
+        // Any other message ends copy-in mode (the database aborts the copy).
+        state.copy_in = None;
     }
     let metrics = metrics::get();
     if tag.awaits_ready() {
@@ -161,6 +169,13 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
             fingerprint.map(|f| QueryAudit::single(f, true)),
         ),
         Admission::Analysed(admitted) => {
+            // The gate admits a COPY into protected columns only as a Query's one statement.
+            state.copy_in = admitted
+                .plan(0)
+                .and_then(|plan| plan.copy.as_ref())
+                .filter(|copy| copy.direction == CopyDirection::In && copy.is_protected())
+                .filter(|_| admitted.refused.is_none())
+                .map(CopyIn::new);
             let rewritten = text.and_then(|text| admitted.rewrite(text));
             let statements: Vec<_> = admitted
                 .statements

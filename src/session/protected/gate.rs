@@ -130,6 +130,20 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
             }
         }
     };
+    let copies = plans
+        .iter()
+        .any(|p| p.copy.as_ref().is_some_and(sql::CopyPlan::is_protected));
+    if copies && (protocol == Protocol::Extended || plans.len() > 1) {
+        // Its rows are rewritten as they stream, which pgveil does only for a Query that
+        // holds nothing else.
+        return Admission::Refuse {
+            error: PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "pgveil: COPY of protected columns must be sent alone, as a simple query",
+            ),
+            fingerprint: sink.map(|_| fingerprint()),
+        };
+    }
     let (statements, refused) = admit_statements(text, plans, protocol, session, state);
     Admission::Analysed(Admitted {
         analysis: analysis.clone(),

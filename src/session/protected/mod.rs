@@ -8,10 +8,14 @@
 //! answered with ([`state`]), so it knows which statement or portal a RowDescription,
 //! ParameterDescription or DataRow belongs to, and rewrites those: logical types shown,
 //! values decrypted, masked and re-encoded in the format the client asked for. Statements in
-//! the audit log's scope are recorded ([`audit`]).
+//! the audit log's scope are recorded ([`audit`]). COPY of protected columns streams through
+//! [`copy_in`] (rows encrypted on the way up) and [`copy_out`] (rows decrypted on the way
+//! back).
 
 mod audit;
 mod backend;
+mod copy_in;
+mod copy_out;
 mod frontend;
 mod gate;
 mod refusal;
@@ -101,6 +105,8 @@ impl Session {
                 abort_before_next: false,
                 search_path_in_txn: false,
                 discarding: false,
+                copy_in: None,
+                copy_error: None,
             }),
             veil,
             policy,

@@ -153,6 +153,11 @@ pub(super) struct State {
     /// After pgveil refused an extended-protocol message, everything up to Sync is dropped
     /// here, as the database would skip it: none of it (parameters included) goes upstream.
     pub discarding: bool,
+    /// A `COPY … FROM STDIN` into protected columns is running: the client's rows are
+    /// encrypted on the way up.
+    pub copy_in: Option<super::copy_in::CopyIn>,
+    /// pgveil aborted that copy: its error replaces the database's answer to the CopyFail.
+    pub copy_error: Option<crate::pgerror::PgError>,
 }
 
 impl State {

@@ -147,7 +147,7 @@ pub(super) fn decrypt_row(
 }
 
 /// One stored value as the session may see it; `None` is SQL NULL (a `mask:null`).
-fn reveal(
+pub(super) fn reveal(
     stored: &[u8],
     column: ColumnRef,
     format: i16,

@@ -8,6 +8,7 @@
 //! protected column (fail closed).
 
 mod comparisons;
+mod copy;
 mod dml;
 mod expressions;
 mod functions;
@@ -78,6 +79,10 @@ struct Analyzer<'a> {
     top_outputs: Vec<OutputColumn>,
     top_level: Option<TopLevel>,
     next_reference: std::cell::Cell<u32>,
+    /// A COPY whose rows carry protected columns.
+    copy_plan: Option<crate::sql::CopyPlan>,
+    /// The subjects of a `COPY table TO` (a `COPY (query)` has its query's).
+    copy_subjects: Option<crate::sql::SubjectPlan>,
 }
 
 /// Analyses a query string: one plan per statement. See the module documentation.
@@ -182,6 +187,8 @@ fn analyze_one(
         top_outputs: Vec::new(),
         top_level: None,
         next_reference: std::cell::Cell::new(1),
+        copy_plan: None,
+        copy_subjects: None,
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
@@ -190,7 +197,17 @@ fn analyze_one(
         .and_then(|()| analyzer.finish());
     match outcome {
         Ok(()) => {
-            plan.subject = analyzer.subjects();
+            plan.subject = match analyzer.copy_subjects.take() {
+                Some(subject) => subject,
+                None => {
+                    let subject = analyzer.subjects();
+                    if let Some(copy) = analyzer.copy_plan.as_mut() {
+                        copy::subject_types(copy, &subject, protection, catalog, search_path);
+                    }
+                    subject
+                }
+            };
+            plan.copy = analyzer.copy_plan.take();
             plan.tables = analyzer.tables;
             plan.literals = analyzer.literals;
             plan.params = analyzer.params;

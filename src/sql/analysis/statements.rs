@@ -3,14 +3,12 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{visit_relations, CopySource, ObjectName, Query, SetExpr, Statement};
+use sqlparser::ast::{visit_relations, ObjectName, Query, SetExpr, Statement};
 use sqlparser::tokenizer::Token;
 
-use crate::sql::catalog::ColumnRef;
 use crate::sql::fast::may_touch_protected;
 use crate::sql::StatementKind;
 
-use super::scopes::*;
 use super::subjects::*;
 use super::values::*;
 use super::{unsupported, Analyzer, Halt, Outcome};
@@ -40,6 +38,8 @@ pub(super) fn statement_kind(statement: &Statement) -> StatementKind {
         Statement::Delete(_) => StatementKind::Delete,
         Statement::Declare { .. } => StatementKind::Select,
         Statement::Explain { statement, .. } => statement_kind(statement),
+        Statement::Copy { to: true, .. } => StatementKind::Select,
+        Statement::Copy { to: false, .. } => StatementKind::Insert,
         _ => StatementKind::Other,
     }
 }
@@ -93,46 +93,23 @@ impl Analyzer<'_> {
                 self.top_level = None;
                 Ok(())
             }
-            Statement::Copy { source, .. } => match source {
-                CopySource::Table {
-                    table_name,
-                    columns,
-                } => {
-                    let Some(src) = self.table_source(table_name, None)? else {
-                        return Ok(());
-                    };
-                    let Some(table) = src.table.clone() else {
-                        return Ok(());
-                    };
-                    let protected: Vec<ColumnRef> = if columns.is_empty() {
-                        let mut v: Vec<ColumnRef> = self.protection.table_columns(&table).collect();
-                        v.sort();
-                        v
-                    } else {
-                        columns
-                            .iter()
-                            .filter_map(|c| self.protection.lookup(&table, &normalize(c)))
-                            .collect()
-                    };
-                    match protected.first() {
-                        Some(&c) => self.refuse("COPY", c),
-                        None => Ok(()),
-                    }
-                }
-                CopySource::Query(q) => {
-                    self.query(q, false)?;
-                    if let Some(t) = self
-                        .tables
-                        .iter()
-                        .find(|t| self.protection.is_protected_table(t))
-                    {
-                        return Err(Halt::Refuse(format!(
-                            "pgveil: COPY (query) is not supported on protected table {t}"
-                        )));
-                    }
-                    Ok(())
-                }
-            },
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => self.copy(
+                &super::copy::CopyStatement {
+                    source,
+                    to: *to,
+                    target,
+                    options,
+                    legacy: legacy_options,
+                },
+                first,
+            ),
             Statement::Prepare { statement, .. } => {
                 // EXECUTE would carry plaintext values: refuse on protected tables.
                 let _ = self.statement(statement, first, last);

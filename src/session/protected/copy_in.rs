@@ -1,0 +1,197 @@
+//! `COPY … FROM STDIN` into protected columns: the client's rows are read as they stream in
+//! (whole rows only; the incomplete tail waits for the next CopyData), each protected field
+//! is replaced by its ciphertext in the stream's format, and the rest of the row goes up as
+//! it came. A value that cannot be encrypted aborts the copy with CopyFail; the database's
+//! answer to it is replaced by pgveil's error (see [`take_copy_error`]).
+
+use bytes::Bytes;
+
+use super::refusal::join;
+use super::state::State;
+use super::values::{encrypt_param, encrypt_text};
+use super::Session;
+use crate::net::copy::{encode_copy_data, encode_copy_done, encode_copy_fail, CopyMessage};
+use crate::net::copy_rows::{encode_row, CopyFormat, CopyRowError, Fields, Out, RowSplitter, Unit};
+use crate::pgerror::{sqlstate, PgError};
+use crate::pgtype::SessionTime;
+use crate::session::relay::Action;
+use crate::sql::CopyPlan;
+use crate::veil::Veil;
+
+/// The largest row pgveil holds while it waits for the rest of it.
+pub(super) const MAX_COPY_ROW: usize = 64 * 1024 * 1024;
+
+/// A copy into protected columns in progress.
+pub(super) struct CopyIn {
+    plan: CopyPlan,
+    splitter: RowSplitter,
+    rows: u64,
+    /// pgveil aborted it: what the client still sends is dropped.
+    failed: bool,
+}
+
+impl CopyIn {
+    pub fn new(plan: &CopyPlan) -> Self {
+        Self {
+            splitter: RowSplitter::new(plan.options.clone(), MAX_COPY_ROW),
+            plan: plan.clone(),
+            rows: 0,
+            failed: false,
+        }
+    }
+
+    /// The rewritten stream for what is complete after `payload` (all of it when `done`).
+    fn feed(
+        &mut self,
+        payload: &[u8],
+        done: bool,
+        veil: &Veil,
+        time: &SessionTime,
+    ) -> Result<Vec<u8>, PgError> {
+        self.splitter.push(payload);
+        let mut out = Vec::with_capacity(payload.len() * 2);
+        loop {
+            let unit = match self.splitter.next_unit().map_err(row_error)? {
+                Some(unit) => unit,
+                None if done => match self.splitter.finish().map_err(row_error)? {
+                    Some(unit) => unit,
+                    None => break,
+                },
+                None => break,
+            };
+            match unit {
+                Unit::Header(bytes) | Unit::End(bytes) => out.extend_from_slice(&bytes),
+                Unit::Row(row) => {
+                    self.rows += 1;
+                    self.row(&row, &mut out, veil, time)
+                        .map_err(|e| at_row(e, self.rows))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn row(
+        &self,
+        row: &[u8],
+        out: &mut Vec<u8>,
+        veil: &Veil,
+        time: &SessionTime,
+    ) -> Result<(), PgError> {
+        let options = &self.plan.options;
+        let fields = Fields::parse(options, row).map_err(row_error)?;
+        let mut encrypted: Vec<Option<Vec<u8>>> = vec![None; fields.len()];
+        for (index, column) in self.plan.fields.iter().enumerate() {
+            let (Some(column), Some(value)) = (column, fields.value(index)) else {
+                continue;
+            };
+            let stored = if options.format == CopyFormat::Binary {
+                encrypt_param(veil, *column, &value, 1, 0, time)?
+            } else {
+                // bytea's text input: `\x` and hex (escaped again by the row's encoding).
+                let ciphertext = encrypt_text(veil, *column, &value, time)?;
+                let mut text = Vec::with_capacity(2 + 2 * ciphertext.len());
+                text.extend_from_slice(b"\\x");
+                text.extend_from_slice(hex::encode(ciphertext).as_bytes());
+                text
+            };
+            if let Some(slot) = encrypted.get_mut(index) {
+                *slot = Some(stored);
+            }
+        }
+        let fields_out: Vec<Out<'_>> = encrypted
+            .iter()
+            .enumerate()
+            .map(|(index, value)| match value {
+                Some(v) => Out::Value(Some(v)),
+                None => fields.out(index),
+            })
+            .collect();
+        encode_row(options, &fields_out, fields.terminator(), out);
+        Ok(())
+    }
+}
+
+fn row_error(e: CopyRowError) -> PgError {
+    match e {
+        CopyRowError::TooLarge(_) => {
+            PgError::error(sqlstate::PROGRAM_LIMIT_EXCEEDED, e.to_string())
+        }
+        CopyRowError::Malformed(_) => {
+            PgError::error(sqlstate::BAD_COPY_FILE_FORMAT, format!("pgveil: {e}"))
+        }
+    }
+}
+
+fn at_row(mut e: PgError, row: u64) -> PgError {
+    e.message = format!("{} (COPY data row {row})", e.message);
+    e
+}
+
+/// What goes up for a CopyData, CopyDone or CopyFail from the client.
+pub(super) fn message(frame: &[u8], session: &Session, state: &mut State) -> Action {
+    let Some(message) = CopyMessage::decode(frame) else {
+        return Action::Forward;
+    };
+    let State {
+        copy_in,
+        copy_error,
+        time,
+        ..
+    } = state;
+    let Some(copy) = copy_in.as_mut() else {
+        return Action::Forward;
+    };
+    let done = match message {
+        CopyMessage::Data(_) => false,
+        CopyMessage::Done => true,
+        CopyMessage::Fail => {
+            let failed = copy.failed;
+            *copy_in = None;
+            return if failed {
+                Action::Drop
+            } else {
+                Action::Forward
+            };
+        }
+    };
+    if copy.failed {
+        if done {
+            *copy_in = None;
+        }
+        return Action::Drop;
+    }
+    let payload = match message {
+        CopyMessage::Data(payload) => payload,
+        _ => &[],
+    };
+    match copy.feed(payload, done, &session.veil, time) {
+        Ok(stream) => {
+            let data = (!stream.is_empty()).then(|| encode_copy_data(&stream));
+            if done {
+                *copy_in = None;
+                return Action::Replace(match data {
+                    Some(data) => join(&[&data, &encode_copy_done()]),
+                    None => encode_copy_done(),
+                });
+            }
+            data.map_or(Action::Drop, Action::Replace)
+        }
+        Err(error) => {
+            // The database ends the copy on CopyFail; the client gets this error instead of
+            // the database's, and what it still sends is dropped.
+            *copy_error = Some(error);
+            if done {
+                *copy_in = None;
+            } else {
+                copy.failed = true;
+            }
+            Action::Replace(encode_copy_fail("pgveil: a row could not be encrypted"))
+        }
+    }
+}
+
+/// pgveil's error for a copy it aborted, to stand in for the database's answer to CopyFail.
+pub(super) fn take_copy_error(state: &mut State) -> Option<Bytes> {
+    state.copy_error.take().map(|e| e.encode())
+}

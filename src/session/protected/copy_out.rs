@@ -1,0 +1,130 @@
+//! `COPY … TO STDOUT` of protected columns: the database's rows are read as they stream out
+//! (whole rows only; the incomplete tail waits for the next CopyData), each protected field is
+//! decrypted or masked under the session's policy and written back in the stream's format, and
+//! the subject columns pgveil appended for the audit log are taken off. Rows stream through,
+//! so memory stays bounded; the CopyDone and CommandComplete wait for the audit record.
+
+use bytes::Bytes;
+
+use super::state::State;
+use super::values::reveal;
+use crate::net::copy::{encode_copy_data, CopyResponse};
+use crate::net::copy_rows::{encode_row, CopyFormat, CopyRowError, Fields, Out, RowSplitter, Unit};
+use crate::pgerror::{sqlstate, PgError};
+use crate::session::recording::Recording;
+use crate::sql::{ColumnRef, CopyPlan};
+use crate::veil::Veil;
+
+use super::copy_in::MAX_COPY_ROW;
+
+/// A copy of protected columns to the client in progress.
+pub(super) struct CopyOut {
+    plan: CopyPlan,
+    /// Fields the client sees; the rest are pgveil's subject columns.
+    shown: usize,
+    splitter: RowSplitter,
+}
+
+impl CopyOut {
+    /// Starts from the database's CopyOutResponse: the copy and the response the client
+    /// gets (without pgveil's subject columns).
+    pub fn start(body: &[u8], plan: &CopyPlan, strip: usize) -> Result<(Self, Bytes), PgError> {
+        let mut response = CopyResponse::decode(body).map_err(|_| {
+            PgError::error(
+                sqlstate::PROTOCOL_VIOLATION,
+                "pgveil: malformed CopyOutResponse from the database",
+            )
+        })?;
+        let binary = plan.options.format == CopyFormat::Binary;
+        if response.columns.len() != plan.fields.len() + strip || (response.format == 1) != binary {
+            return Err(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "pgveil: the COPY output does not have the expected columns, so it is withheld",
+            ));
+        }
+        response.columns.truncate(plan.fields.len());
+        let copy = Self {
+            plan: plan.clone(),
+            shown: plan.fields.len(),
+            splitter: RowSplitter::new(plan.options.clone(), MAX_COPY_ROW),
+        };
+        Ok((copy, response.encode(b'H')))
+    }
+
+    /// Type OID and format of each field as the database sends it, for the audit log.
+    pub fn row_types(&self) -> Vec<(u32, i16)> {
+        let format = i16::from(self.plan.options.format == CopyFormat::Binary);
+        self.plan.types.iter().map(|&t| (t, format)).collect()
+    }
+
+    /// The CopyData for the client after `payload` (`None`: no whole row yet).
+    pub fn data(
+        &mut self,
+        payload: &[u8],
+        veil: &Veil,
+        state: &State,
+        mut recording: Option<&mut Recording>,
+    ) -> Result<Option<Bytes>, PgError> {
+        self.splitter.push(payload);
+        let mut out = Vec::with_capacity(payload.len() + payload.len() / 2);
+        while let Some(unit) = self.splitter.next_unit().map_err(row_error)? {
+            match unit {
+                Unit::End(bytes) => out.extend_from_slice(&bytes),
+                Unit::Header(bytes) if self.plan.options.format == CopyFormat::Binary => {
+                    out.extend_from_slice(&bytes);
+                }
+                Unit::Header(bytes) => {
+                    // Column names: pgveil's own are taken off.
+                    let fields = Fields::parse(&self.plan.options, &bytes).map_err(row_error)?;
+                    let shown: Vec<Out<'_>> = (0..self.shown.min(fields.len()))
+                        .map(|i| fields.out(i))
+                        .collect();
+                    encode_row(&self.plan.options, &shown, fields.terminator(), &mut out);
+                }
+                Unit::Row(row) => {
+                    let fields = Fields::parse(&self.plan.options, &row).map_err(row_error)?;
+                    if let Some(recording) = recording.as_deref_mut() {
+                        recording.observe_with(|i| fields.value(i));
+                    }
+                    self.row(&fields, veil, state, &mut out)?;
+                }
+            }
+        }
+        Ok((!out.is_empty()).then(|| encode_copy_data(&out)))
+    }
+
+    fn row(
+        &self,
+        fields: &Fields<'_>,
+        veil: &Veil,
+        state: &State,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PgError> {
+        let format = i16::from(self.plan.options.format == CopyFormat::Binary);
+        let shown = self.shown.min(fields.len());
+        let mut revealed: Vec<Option<Option<Vec<u8>>>> = vec![None; shown];
+        for (index, slot) in revealed.iter_mut().enumerate() {
+            let column: Option<ColumnRef> = self.plan.fields.get(index).copied().flatten();
+            if let (Some(column), Some(stored)) = (column, fields.value(index)) {
+                *slot = Some(reveal(&stored, column, format, veil, state)?);
+            }
+        }
+        let fields_out: Vec<Out<'_>> = revealed
+            .iter()
+            .enumerate()
+            .map(|(index, value)| match value {
+                Some(v) => Out::Value(v.as_deref()),
+                None => fields.out(index),
+            })
+            .collect();
+        encode_row(&self.plan.options, &fields_out, fields.terminator(), out);
+        Ok(())
+    }
+}
+
+fn row_error(e: CopyRowError) -> PgError {
+    PgError::error(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("pgveil: the database's COPY stream cannot be read: {e}"),
+    )
+}
