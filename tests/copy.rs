@@ -35,7 +35,9 @@ static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 /// A table with every logical type, a proxy with the audit log on, `copy_billing` masked on
 /// ssn and denied note.
 fn setup(dir: &Path, table: &str) -> Proxy {
-    let mut ddl = format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, name text");
+    let mut ddl = format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, name text"
+    );
     for (column, _) in COLUMNS {
         ddl.push_str(&format!(", {column} bytea"));
     }
@@ -45,7 +47,11 @@ fn setup(dir: &Path, table: &str) -> Proxy {
     ROLE.call_once(|| login_role("copy_billing", "", &[]));
     let mut columns = format!("[[table]]\nname = \"{table}\"\nsubject = \"id\"\n");
     for (column, ty) in COLUMNS {
-        let encryption = if column == "ssn" { "deterministic" } else { "randomized" };
+        let encryption = if column == "ssn" {
+            "deterministic"
+        } else {
+            "randomized"
+        };
         let access = match column {
             "ssn" => "access = { copy_billing = \"mask:last4\" }",
             "note" => "access = { copy_billing = \"deny\" }",
@@ -129,14 +135,26 @@ fn psycopg_round_trips_every_type_in_text_csv_and_binary() {
     assert_eq!(ids.len(), 10);
     assert!(ids.contains(&serde_json::json!("12")));
     // Binary rows: subject ids read from the int4 field.
-    assert_eq!(reads[1]["subjects"][format!("public.{table}")].as_array().unwrap().len(), 10);
+    assert_eq!(
+        reads[1]["subjects"][format!("public.{table}")]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
     // csv of a query with the subject selected; table COPY with the subject appended by pgveil.
     assert_eq!(reads[2]["rows"], 2);
     assert_eq!(
         reads[2]["subjects"][format!("public.{table}")],
         serde_json::json!(["21", "22"])
     );
-    assert_eq!(reads[3]["subjects"][format!("public.{table}")].as_array().unwrap().len(), 10);
+    assert_eq!(
+        reads[3]["subjects"][format!("public.{table}")]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
     assert!(reads[3]["columns"]
         .as_array()
         .unwrap()
@@ -219,7 +237,10 @@ fn masks_and_denials_follow_the_policy() {
     let masked = read(&format!("COPY {table} (id, ssn) TO STDOUT"));
     assert_eq!(masked["data"], "7\t*********6789\n", "{masked}");
     let masked = read(&format!("COPY {table} (ssn) TO STDOUT (FORMAT binary)"));
-    assert!(masked["data"].as_str().unwrap().contains("*********6789"), "{masked}");
+    assert!(
+        masked["data"].as_str().unwrap().contains("*********6789"),
+        "{masked}"
+    );
     for sql in [
         format!("COPY {table} TO STDOUT"),
         format!("COPY {table} (id, note) TO STDOUT (FORMAT csv)"),
@@ -243,7 +264,11 @@ fn masks_and_denials_follow_the_policy() {
         "copy_client.py",
         proxy.port(),
         SUPERUSER,
-        &["read", table, &format!("COPY {table} (id, ssn, note) TO STDOUT")],
+        &[
+            "read",
+            table,
+            &format!("COPY {table} (id, ssn, note) TO STDOUT"),
+        ],
     ));
     assert_eq!(full["data"], "7\tMASK-SSN-6789\tDENIED-NOTE\n");
     let recs = records(dir.path());
@@ -261,11 +286,22 @@ fn a_bad_row_aborts_the_copy_with_its_error() {
     let table = "copy_bad";
     secrets((101..106).map(|i| format!("SSN-BAD-{i:04}")));
     let proxy = setup(dir.path(), table);
-    let out = json(&run_python("copy_client.py", proxy.port(), SUPERUSER, &["bad", table]));
+    let out = json(&run_python(
+        "copy_client.py",
+        proxy.port(),
+        SUPERUSER,
+        &["bad", table],
+    ));
     assert_eq!(out["error"]["sqlstate"], "22007", "{out}");
     let message = out["error"]["message"].as_str().unwrap();
-    assert!(message.contains("birth") && message.contains("row 3"), "{message}");
-    assert!(!message.contains("not-a-date"), "the value is in the error: {message}");
+    assert!(
+        message.contains("birth") && message.contains("row 3"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("not-a-date"),
+        "the value is in the error: {message}"
+    );
     assert_eq!(out["left"], 0, "rows of the aborted COPY were kept");
     assert_eq!(out["after"], "SSN-BAD-0105");
     // pgveil keeps serving.
@@ -280,7 +316,12 @@ fn asyncpg_copy_records_and_query() {
     let table = "copy_asyncpg";
     secrets((0..3).map(|k| format!("SSN-APG-{k:04}")));
     let proxy = setup(dir.path(), table);
-    let out = json(&run_python("copy_client.py", proxy.port(), SUPERUSER, &["asyncpg", table]));
+    let out = json(&run_python(
+        "copy_client.py",
+        proxy.port(),
+        SUPERUSER,
+        &["asyncpg", table],
+    ));
     assert_eq!(out["checks"], 1, "{out}");
 }
 
@@ -318,8 +359,9 @@ fn a_large_copy_streams_in_bounded_memory() {
     let recs = records(dir.path());
     let read = recs
         .iter()
-        .find(|r| r["kind"] == "select" && r["fingerprint"].as_str().unwrap_or("").starts_with("COPY"))
+        .find(|r| {
+            r["kind"] == "select" && r["fingerprint"].as_str().unwrap_or("").starts_with("COPY")
+        })
         .unwrap();
     assert_eq!(read["rows"], n);
 }
-

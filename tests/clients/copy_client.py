@@ -168,10 +168,11 @@ def bad(conn):
     error = None
     try:
         with cur.copy(f"COPY {table} (id, ssn, birth) FROM STDIN") as copy:
-            copy.write_row([101, "SSN-BAD-0101", dt.date(2000, 1, 1)])
-            copy.write_row([102, "SSN-BAD-0102", dt.date(2000, 1, 2)])
+            # Raw writes: psycopg sends them at once, in order (write_row is buffered).
+            copy.write(b"101\tSSN-BAD-0101\t2000-01-01\n")
+            copy.write(b"102\tSSN-BAD-0102\t2000-01-02\n")
             copy.write(b"103\tSSN-BAD-0103\tnot-a-date\n")
-            copy.write_row([104, "SSN-BAD-0104", dt.date(2000, 1, 4)])
+            copy.write(b"104\tSSN-BAD-0104\t2000-01-04\n")
     except psycopg.Error as e:
         error = {"sqlstate": e.sqlstate, "message": str(e.diag.message_primary)}
     conn.rollback()
