@@ -365,3 +365,66 @@ fn a_large_copy_streams_in_bounded_memory() {
         .unwrap();
     assert_eq!(read["rows"], n);
 }
+
+/// tokio-postgres prepares COPY (extended protocol: Parse, Bind, Execute, then the data).
+#[tokio::test(flavor = "multi_thread")]
+async fn tokio_postgres_copy_in_and_out_by_the_extended_protocol() {
+    use futures_util::{SinkExt, StreamExt};
+    let _shared = ALONE.read().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let table = "copy_tokio";
+    secrets(["TOKIO-SSN-0001", "TOKIO-SSN-0002"]);
+    let proxy = setup(dir.path(), table);
+    let client = connect(proxy.port()).await;
+    let sink = client
+        .copy_in(&format!(
+            "COPY {table} (id, ssn, age) FROM STDIN (FORMAT csv)"
+        ))
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    // One row split across two CopyData messages.
+    sink.send(bytes::Bytes::from_static(
+        b"1,TOKIO-SSN-0001,41\n2,TOKIO-SS",
+    ))
+    .await
+    .unwrap();
+    sink.send(bytes::Bytes::from_static(b"N-0002,\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    let stream = client
+        .copy_out(&format!("COPY {table} (ssn, age) TO STDOUT"))
+        .await
+        .unwrap();
+    futures_util::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "TOKIO-SSN-0001\t41\nTOKIO-SSN-0002\t\\N\n"
+    );
+    let row = client
+        .query_one(&format!("SELECT ssn FROM {table} WHERE id = 2"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "TOKIO-SSN-0002");
+    let raw = cluster().psql(&format!(
+        "SELECT count(*) FROM {table} WHERE position('TOKIO'::bytea in ssn) = 0"
+    ));
+    assert_eq!(raw.trim(), "2");
+    let recs = records(dir.path());
+    let read = recs
+        .iter()
+        .find(|r| {
+            r["kind"] == "select" && r["fingerprint"].as_str().unwrap_or("").starts_with("COPY")
+        })
+        .unwrap_or_else(|| panic!("{recs:#?}"));
+    assert_eq!(read["rows"], 2);
+    assert_eq!(
+        read["subjects"][format!("public.{table}")],
+        serde_json::json!(["1", "2"])
+    );
+}

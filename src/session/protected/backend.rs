@@ -228,7 +228,10 @@ impl<'a> Backend<'a> {
             return Action::Forward;
         };
         let portal = portal.clone();
-        let is_row = matches!(message, BackendMessage::DataRow(_));
+        let is_row = matches!(
+            message,
+            BackendMessage::DataRow(_) | BackendMessage::CopyOutResponse(_)
+        );
         if self.recording.is_none() && (is_row || message.ends_statement()) {
             if let Some(portal) = portal.as_deref() {
                 self.begin_execute(portal, state);
@@ -244,14 +247,36 @@ impl<'a> Backend<'a> {
                 }
                 (self.data_row(&row, state), false)
             }
+            BackendMessage::CopyOutResponse(body) => {
+                let prepared = portal.as_deref().map(|p| &p.prepared);
+                match prepared.and_then(|p| Some((p.plan()?.copy.as_ref()?, p.injected))) {
+                    Some((copy, strip)) if copy.is_protected() => {
+                        (self.start_copy_out(body, copy, strip), false)
+                    }
+                    _ => (Action::Forward, false),
+                }
+            }
+            BackendMessage::CopyData(payload) if self.copy_out.is_some() => {
+                (self.copy_data(payload, state), false)
+            }
+            BackendMessage::CopyInResponse(_) => {
+                copy_in_started(state);
+                (Action::Forward, false)
+            }
             BackendMessage::CommandComplete(_)
             | BackendMessage::PortalSuspended
             | BackendMessage::EmptyQueryResponse => {
                 state.expect.pop_front();
                 self.rows = None;
+                self.copy_out = None;
+                state.copy_in_started = false;
                 (Action::Forward, true)
             }
-            BackendMessage::ErrorResponse(_) => (Action::Forward, true),
+            BackendMessage::ErrorResponse(_) => {
+                self.copy_out = None;
+                state.copy_in_started = false;
+                (Action::Forward, true)
+            }
             _ => (Action::Forward, false),
         };
         self.record(action, (frame, message), ends)
@@ -610,6 +635,19 @@ impl<'a> Backend<'a> {
             Err(error) => self.raise(error),
         }
     }
+}
+
+/// An Execute started a COPY FROM STDIN: until the copy ends the database ignores Sync, so
+/// the Syncs the client sent ahead of its rows get no ReadyForQuery and are not awaited
+/// (and the frontend awaits none for a Sync sent before its CopyDone).
+fn copy_in_started(state: &mut State) {
+    state.copy_in_started = true;
+    let mut first = true;
+    state.expect.retain(|e| {
+        let keep = first || !matches!(e, Expect::Sync(_));
+        first = false;
+        keep
+    });
 }
 
 /// pgveil's own query: its answer is collected, never shown.

@@ -22,7 +22,7 @@ use crate::schema::LogicalType;
 use crate::session::introspect::{Collector, Wanted};
 use crate::session::relay::Action;
 use crate::session::SessionError;
-use crate::sql::{ColumnRef, CopyDirection, StatementPlan};
+use crate::sql::{ColumnRef, CopyDirection, CopyPlan, StatementPlan};
 
 /// Decides what goes upstream for one client message, and what to expect back.
 pub(super) fn message(
@@ -39,7 +39,17 @@ pub(super) fn message(
         state.discarding = false;
     }
     if tag == FrontendTag::Copy {
+        if !matches!(
+            crate::net::copy::CopyMessage::decode(frame),
+            Some(crate::net::copy::CopyMessage::Data(_))
+        ) {
+            state.copy_in_started = false;
+        }
         return Ok(copy_in::message(frame, session, state));
+    }
+    if tag == FrontendTag::Sync && state.copy_in_started {
+        // The database ignores it (copy-in mode): no ReadyForQuery will answer it.
+        return Ok(Action::Forward);
     }
     if !matches!(tag, FrontendTag::Sync | FrontendTag::Flush) {
         // Any other message ends copy-in mode (the database aborts the copy).
@@ -62,6 +72,11 @@ pub(super) fn message(
         }
         FrontendMessage::Execute(execute) => {
             let portal = state.portals.get(&execute.portal).cloned();
+            state.copy_in = portal
+                .as_ref()
+                .and_then(|p| p.prepared.plan())
+                .and_then(copy_into_protected)
+                .map(CopyIn::new);
             state.expect.push_back(Expect::Execute(portal));
             Action::Forward
         }
@@ -169,11 +184,10 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
             fingerprint.map(|f| QueryAudit::single(f, true)),
         ),
         Admission::Analysed(admitted) => {
-            // The gate admits a COPY into protected columns only as a Query's one statement.
+            // The gate admits a COPY of protected columns only as a Query's one statement.
             state.copy_in = admitted
                 .plan(0)
-                .and_then(|plan| plan.copy.as_ref())
-                .filter(|copy| copy.direction == CopyDirection::In && copy.is_protected())
+                .and_then(copy_into_protected)
                 .filter(|_| admitted.refused.is_none())
                 .map(CopyIn::new);
             let rewritten = text.and_then(|text| admitted.rewrite(text));
@@ -214,6 +228,14 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
         }
         None => action,
     }
+}
+
+/// The COPY FROM STDIN into protected columns a statement is, if it is one: its rows are
+/// encrypted as they stream in (from the moment it is sent, so no row can slip past).
+fn copy_into_protected(plan: &StatementPlan) -> Option<&CopyPlan> {
+    plan.copy
+        .as_ref()
+        .filter(|copy| copy.direction == CopyDirection::In && copy.is_protected())
 }
 
 fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {

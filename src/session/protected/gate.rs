@@ -133,13 +133,13 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
     let copies = plans
         .iter()
         .any(|p| p.copy.as_ref().is_some_and(sql::CopyPlan::is_protected));
-    if copies && (protocol == Protocol::Extended || plans.len() > 1) {
+    if copies && plans.len() > 1 {
         // Its rows are rewritten as they stream, which pgveil does only for a Query that
-        // holds nothing else.
+        // holds nothing else (a Parse holds one statement anyway).
         return Admission::Refuse {
             error: PgError::error(
                 sqlstate::FEATURE_NOT_SUPPORTED,
-                "pgveil: COPY of protected columns must be sent alone, as a simple query",
+                "pgveil: COPY of protected columns must be the only statement of its query",
             ),
             fingerprint: sink.map(|_| fingerprint()),
         };

@@ -107,6 +107,7 @@ impl Session {
                 discarding: false,
                 copy_in: None,
                 copy_error: None,
+                copy_in_started: false,
             }),
             veil,
             policy,

@@ -158,6 +158,8 @@ pub(super) struct State {
     pub copy_in: Option<super::copy_in::CopyIn>,
     /// pgveil aborted that copy: its error replaces the database's answer to the CopyFail.
     pub copy_error: Option<crate::pgerror::PgError>,
+    /// An Execute put the database in copy-in mode, where it ignores Sync.
+    pub copy_in_started: bool,
 }
 
 impl State {
