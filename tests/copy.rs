@@ -367,10 +367,18 @@ fn a_large_copy_streams_in_bounded_memory() {
 }
 
 /// tokio-postgres prepares COPY (extended protocol: Parse, Bind, Execute, then the data).
-#[tokio::test(flavor = "multi_thread")]
-async fn tokio_postgres_copy_in_and_out_by_the_extended_protocol() {
-    use futures_util::{SinkExt, StreamExt};
+#[test]
+fn tokio_postgres_copy_in_and_out_by_the_extended_protocol() {
     let _shared = ALONE.read().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(tokio_postgres_copy());
+}
+
+async fn tokio_postgres_copy() {
+    use futures_util::{SinkExt, StreamExt};
     let dir = tempfile::tempdir().unwrap();
     let table = "copy_tokio";
     secrets(["TOKIO-SSN-0001", "TOKIO-SSN-0002"]);
