@@ -284,7 +284,8 @@ fn a_bad_row_aborts_the_copy_with_its_error() {
     let _shared = ALONE.read().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let table = "copy_bad";
-    secrets((101..106).map(|i| format!("SSN-BAD-{i:04}")));
+    secrets((101..107).map(|i| format!("SSN-BAD-{i:04}")));
+    secret("EXTRA-SECRET-0107");
     let proxy = setup(dir.path(), table);
     let out = json(&run_python(
         "copy_client.py",
@@ -304,6 +305,7 @@ fn a_bad_row_aborts_the_copy_with_its_error() {
     );
     assert_eq!(out["left"], 0, "rows of the aborted COPY were kept");
     assert_eq!(out["after"], "SSN-BAD-0105");
+    assert_eq!(out["extra"], "22P04", "{out}");
     // pgveil keeps serving.
     let again = psql_script(proxy.port(), SUPERUSER, "SELECT 1").unwrap();
     assert_eq!(again.trim(), "1");

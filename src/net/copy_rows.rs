@@ -66,7 +66,9 @@ pub enum Unit {
     Header(Bytes),
     /// One row, with its line terminator (text and csv).
     Row(Bytes),
-    /// The end marker (`\.` line, or the binary trailer) and anything after it.
+    /// The end marker (`\.` line, or the binary trailer). Units after it are still cut
+    /// into rows: whether the database reads on is its business, never a reason to pass
+    /// rows unread.
     End(Bytes),
 }
 
@@ -81,7 +83,6 @@ pub struct RowSplitter {
     scan: usize,
     in_quote: bool,
     header_done: bool,
-    ended: bool,
     limit: usize,
 }
 
@@ -95,7 +96,6 @@ impl RowSplitter {
             scan: 0,
             in_quote: false,
             header_done,
-            ended: false,
             limit,
         }
     }
@@ -108,9 +108,6 @@ impl RowSplitter {
     pub fn next_unit(&mut self) -> Result<Option<Unit>, CopyRowError> {
         if self.buf.is_empty() {
             return Ok(None);
-        }
-        if self.ended {
-            return Ok(Some(Unit::End(self.buf.split().freeze())));
         }
         let end = match self.options.format {
             CopyFormat::Binary => self.binary_end()?,
@@ -135,9 +132,6 @@ impl RowSplitter {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        if self.ended {
-            return Ok(Some(Unit::End(self.buf.split().freeze())));
-        }
         if self.options.format == CopyFormat::Binary || self.in_quote {
             return Err(CopyRowError::Malformed("the stream ends inside a row"));
         }
@@ -155,7 +149,6 @@ impl RowSplitter {
             _ => matches!(unit.as_ref(), b"\\." | b"\\.\n" | b"\\.\r\n"),
         };
         if is_end {
-            self.ended = true;
             Unit::End(unit)
         } else {
             Unit::Row(unit)
@@ -331,6 +324,24 @@ impl<'r> Fields<'r> {
             CopyFormat::Text => text_unescape(raw),
             CopyFormat::Csv => csv_unquote(self.options, raw),
         })
+    }
+
+    /// Text format only: a carriage return that is not escaped. PostgreSQL reads it as the
+    /// end of a line (or refuses it), so the row would not be split where pgveil split it.
+    pub fn has_bare_cr(&self) -> bool {
+        if self.options.format != CopyFormat::Text {
+            return false;
+        }
+        let line = &self.row[..self.row.len() - self.terminator.len()];
+        let mut i = 0;
+        while i < line.len() {
+            match line[i] {
+                b'\\' => i += 2,
+                b'\r' => return true,
+                _ => i += 1,
+            }
+        }
+        false
     }
 
     /// The row's line terminator (empty for binary and for a last line without one).
@@ -632,6 +643,10 @@ mod tests {
     fn text_rows_split_across_chunks() {
         let options = CopyOptions::defaults(CopyFormat::Text);
         let got = units(&options, &[b"1\ta\\", b"\nb\n2\t\\N\n\\.", b"\n"]);
+        assert!(Fields::parse(&options, b"1\ta\rb\n").unwrap().has_bare_cr());
+        assert!(!Fields::parse(&options, b"1\ta\\rb\r\n")
+            .unwrap()
+            .has_bare_cr());
         assert_eq!(
             got,
             vec![

@@ -183,7 +183,15 @@ def bad(conn):
     conn.commit()
     cur.execute(f"SELECT ssn FROM {table} WHERE id = 105")
     after = cur.fetchone()[0]
-    print(json.dumps({"error": error, "left": left, "after": after}))
+    # A row with more fields than copied: its extra field must not go up unencrypted.
+    extra = None
+    try:
+        with cur.copy(f"COPY {table} (id, ssn, birth) FROM STDIN") as copy:
+            copy.write(b"106\tSSN-BAD-0106\t2000-01-01\tEXTRA-SECRET-0107\n")
+    except psycopg.Error as e:
+        extra = e.sqlstate
+    conn.rollback()
+    print(json.dumps({"error": error, "left": left, "after": after, "extra": extra}))
 
 
 def large(conn, n):

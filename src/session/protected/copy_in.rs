@@ -80,6 +80,24 @@ impl CopyIn {
     ) -> Result<(), PgError> {
         let options = &self.plan.options;
         let fields = Fields::parse(options, row).map_err(row_error)?;
+        // A row pgveil did not split as the database will would carry values past it
+        // unencrypted (in a field it leaves alone): refused before it leaves.
+        if fields.len() != self.plan.fields.len() {
+            return Err(PgError::error(
+                sqlstate::BAD_COPY_FILE_FORMAT,
+                format!(
+                    "pgveil: a COPY row has {} fields where {} are copied",
+                    fields.len(),
+                    self.plan.fields.len()
+                ),
+            ));
+        }
+        if fields.has_bare_cr() {
+            return Err(PgError::error(
+                sqlstate::BAD_COPY_FILE_FORMAT,
+                "pgveil: literal carriage return found in COPY data (write it as \\r)",
+            ));
+        }
         let mut encrypted: Vec<Option<Vec<u8>>> = vec![None; fields.len()];
         for (index, column) in self.plan.fields.iter().enumerate() {
             let (Some(column), Some(value)) = (column, fields.value(index)) else {
