@@ -223,8 +223,9 @@ fn statement_replacements(
     check_plan(plan, state, veil)?;
     if let Some(sink) = recorded {
         // Rows wait for the log and are withheld when it fails; a write cannot be taken
-        // back, so while the log is failing, writes in scope are refused before they run.
-        if !sink.is_healthy() && plan.kind != StatementKind::Select {
+        // back, nor can the rows of a COPY, which stream before their record is written:
+        // while the log is failing, both are refused before they run.
+        if !sink.is_healthy() && (plan.kind != StatementKind::Select || plan.copy.is_some()) {
             return Err(PgError::error(
                 sqlstate::IO_ERROR,
                 "pgveil: the audit log cannot be written, so statements on protected tables are refused",
