@@ -238,7 +238,7 @@ impl Recording {
             SubjectPositions::None | SubjectPositions::Columns(_) => Subjects::Known(
                 std::mem::take(&mut self.ids)
                     .into_iter()
-                    .map(|(table, ids)| (table, ids.order))
+                    .map(|(table, ids)| (table, ids.into_vec()))
                     .collect(),
             ),
         };
@@ -266,28 +266,48 @@ impl Recording {
 }
 
 /// Distinct ids in order of first appearance. A large result (a COPY of a whole table)
-/// has as many ids as rows, so duplicates are found through a hash index rather than a scan.
+/// has as many ids as rows, so duplicates are found through a hash index rather than a
+/// scan, and the ids are kept back to back in one buffer rather than one allocation each.
 #[derive(Default)]
 struct IdList {
-    order: Vec<String>,
+    text: String,
+    /// Where each id ends in `text`.
+    ends: Vec<usize>,
     /// Hash of an id → the position of the first id with that hash.
     index: HashMap<u64, usize>,
     hasher: RandomState,
 }
 
 impl IdList {
+    fn get(&self, at: usize) -> &str {
+        let start = if at == 0 { 0 } else { self.ends[at - 1] };
+        &self.text[start..self.ends[at]]
+    }
+
+    fn push(&mut self, id: &str) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len());
+    }
+
     fn insert(&mut self, id: String) {
         let hash = self.hasher.hash_one(&id);
         match self.index.get(&hash) {
-            Some(&at) if self.order[at] == id => {}
+            Some(&at) if self.get(at) == id => {}
             // Another id with the same hash: rare, so a scan settles it.
-            Some(_) if self.order.contains(&id) => {}
-            Some(_) => self.order.push(id),
+            Some(_) if (0..self.ends.len()).any(|at| self.get(at) == id) => {}
+            Some(_) => self.push(&id),
             None => {
-                self.index.insert(hash, self.order.len());
-                self.order.push(id);
+                self.index.insert(hash, self.ends.len());
+                self.push(&id);
             }
         }
+    }
+
+    fn into_vec(mut self) -> Vec<String> {
+        self.index = HashMap::new();
+        (0..self.ends.len())
+            .map(|at| self.get(at).to_string())
+            .collect()
     }
 }
 
@@ -343,5 +363,19 @@ mod tests {
             id_text(&[0u8; 16], 2950, 1).as_deref(),
             Some("00000000-0000-0000-0000-000000000000")
         );
+    }
+}
+
+#[cfg(test)]
+mod id_list_tests {
+    use super::IdList;
+
+    #[test]
+    fn distinct_in_order_of_first_appearance() {
+        let mut ids = IdList::default();
+        for id in ["7", "12", "7", "", "12", "3", ""] {
+            ids.insert(id.to_string());
+        }
+        assert_eq!(ids.into_vec(), vec!["7", "12", "", "3"]);
     }
 }
