@@ -1172,4 +1172,25 @@ access = { clinician = "plaintext", billing = "mask:year", researcher = "mask:ye
         );
         assert_eq!(Access::parse("mask:"), None);
     }
+
+    #[test]
+    fn scram_termination_needs_auth_user_and_a_parameterised_auth_query() {
+        let lines = problems("[upstream]\nauth = \"scram\"\n");
+        assert!(
+            lines.iter().any(|l| l.contains("needs auth_user")),
+            "{lines:?}"
+        );
+        let lines = problems(
+            "[upstream]\nauth = \"scram\"\nauth_user = \"a\"\nauth_query = \"SELECT 1, 2\"\n",
+        );
+        assert!(lines.iter().any(|l| l.contains("$1")), "{lines:?}");
+        let config = parse(
+            "[upstream]\nauth = \"scram\"\nauth_user = \"a\"\nauth_dbname = \"postgres\"\nauth_cache_secs = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstream.auth, AuthMode::Scram);
+        assert_eq!(config.upstream.auth_dbname.as_deref(), Some("postgres"));
+        assert!(config.upstream.auth_cache_ttl.is_zero());
+        assert!(config.upstream.auth_query.contains("$1"));
+    }
 }
