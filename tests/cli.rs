@@ -99,6 +99,7 @@ fn check_valid_config_exits_zero() {
     );
     let o = run(&["check", "--config", path_str(&config)]);
     assert!(o.status.success(), "{o:?}");
+    assert!(o.stderr.is_empty(), "{o:?}");
     assert!(
         stdout(&o).contains("valid (1 protected column(s), 1 table rule(s))"),
         "{o:?}"
@@ -360,6 +361,7 @@ fn keys_init_creates_three_files_and_refuses_a_second_run() {
     let keys = dir.path().join("keys");
     let o = run(&["keys", "init", "--dir", path_str(&keys)]);
     assert!(o.status.success(), "{o:?}");
+    assert!(o.stderr.is_empty(), "{o:?}");
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 3, "{out}");
     for (name, mode) in [
@@ -376,6 +378,7 @@ fn keys_init_creates_three_files_and_refuses_a_second_run() {
     let o = run(&["keys", "init", "--dir", path_str(&keys)]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("already exists"), "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(std::fs::read(keys.join("master.key")).unwrap(), before);
 }
 
@@ -452,6 +455,7 @@ fn audit_verify_intact_then_tampered() {
     let (dir, config) = audit_fixture();
     let o = run(&["audit", "verify", "--config", path_str(&config)]);
     assert!(o.status.success(), "{o:?}");
+    assert!(o.stderr.is_empty(), "{o:?}");
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(
@@ -481,6 +485,7 @@ fn audit_verify_intact_then_tampered() {
     let o = run(&["audit", "verify", "--config", path_str(&config)]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("segment-000001.jsonl seq 3"), "{err}");
+    assert_eq!(o.status.code(), Some(1), "a damaged log is an invalid input");
 
     // A missing key file: one line naming it.
     let o = run(&[
@@ -493,6 +498,7 @@ fn audit_verify_intact_then_tampered() {
     ]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("missing.pub"), "{err}");
+    assert_eq!(o.status.code(), Some(2), "an unreadable key: the command could not run");
 }
 
 #[test]
