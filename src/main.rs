@@ -20,6 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
+    #[command(after_help = "Example:\n  pgveil serve --config /etc/pgveil/pgveil.toml")]
     Serve {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -27,7 +28,10 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
     },
-    /// Validate the configuration.
+    /// Validate the configuration (problems on stderr, one a line; exit 1 when invalid).
+    #[command(
+        after_help = "Example:\n  PGUSER=postgres PGDATABASE=app pgveil check --config pgveil.toml --live"
+    )]
     Check {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -37,6 +41,7 @@ enum Command {
         live: bool,
     },
     /// Ask the running proxy to reload its configuration (SIGHUP to [server] pid_file).
+    #[command(after_help = "Example:\n  pgveil reload --config /etc/pgveil/pgveil.toml")]
     Reload {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -47,11 +52,25 @@ enum Command {
     /// Verify, search and report on the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Make the database enforce what it can: envelope constraints on protected columns,
+    /// column privileges for denied roles. Prints the SQL; --execute runs it.
+    #[command(
+        after_help = "Example:\n  PGUSER=postgres PGDATABASE=app pgveil apply --config pgveil.toml --execute"
+    )]
+    Apply {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+        /// Run the SQL upstream (login from PGUSER, PGPASSWORD, PGDATABASE) instead of
+        /// printing it.
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create DIR/master.key, DIR/audit.key and DIR/audit.pub; refuses to overwrite.
+    #[command(after_help = "Example:\n  pgveil keys init --dir /etc/pgveil/keys")]
     Init {
         #[arg(long)]
         dir: PathBuf,
@@ -61,6 +80,7 @@ enum KeysCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Verify the whole audit log (the chain and the signed checkpoints).
+    #[command(after_help = "Example:\n  pgveil audit verify --config /etc/pgveil/pgveil.toml")]
     Verify {
         /// The log is [audit] dir, the public key the .pub file beside signing_key_file.
         /// Default: pgveil.toml, unless --dir and --public-key are given.
@@ -74,6 +94,9 @@ enum AuditCommand {
         public_key: Option<PathBuf>,
     },
     /// List matching audit records.
+    #[command(
+        after_help = "Example:\n  pgveil audit search --config pgveil.toml --user alice --since 2026-01-05T00:00:00Z"
+    )]
     Search {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -84,6 +107,9 @@ enum AuditCommand {
         json: bool,
     },
     /// Accounting of disclosures for one data subject.
+    #[command(
+        after_help = "Example:\n  pgveil audit report --config pgveil.toml --subject public.patients:17"
+    )]
     Report {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -189,7 +215,8 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "pgveil".to_string());
     eprintln!("pgveil: {message} (see {help} --help)");
-    ExitCode::from(pgveil::cli::EXIT_USAGE)
+    // A bad argument is an invalid input.
+    ExitCode::from(pgveil::cli::EXIT_INVALID)
 }
 
 fn main() -> ExitCode {
@@ -205,7 +232,11 @@ fn main() -> ExitCode {
             }
         }
     };
-    match cli.command {
+    pgveil::cli::finish(run(cli.command))
+}
+
+fn run(command: Command) -> Result<(), pgveil::cli::CliError> {
+    match command {
         Command::Serve { config, log_format } => {
             let format = log_format.map(|f| match f {
                 LogFormatArg::Human => pgveil::config::LogFormat::Human,
@@ -215,6 +246,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config, live } => pgveil::cli::check(&config, live),
         Command::Reload { config } => pgveil::cli::reload(&config),
+        Command::Apply { config, execute } => pgveil::cli::apply(&config, execute),
         Command::Keys(KeysCommand::Init { dir }) => pgveil::cli::keys_init(&dir),
         Command::Audit(AuditCommand::Verify {
             config,
