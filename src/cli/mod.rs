@@ -158,7 +158,7 @@ async fn shutdown_signal() {
 /// owner-only, the right length) and TLS material.
 fn referenced_file_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Err(e) = crate::server::load_master_key(config) {
+    if let Err(e) = crate::server::load_key_ring(config) {
         problems.push(format!("[keys] {e}"));
     }
     if let Some(audit) = &config.audit {
