@@ -25,6 +25,7 @@ pub mod context;
 pub mod crypto;
 pub mod logging;
 pub mod metrics;
+pub mod migrate;
 pub mod net;
 pub mod pgerror;
 pub mod policy;

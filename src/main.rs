@@ -44,6 +44,23 @@ enum Command {
     /// Key files.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Encrypt plaintext columns and re-encrypt values under previous keys, online.
+    Migrate {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+        /// Only this table (schema.table; without a schema: public).
+        #[arg(long)]
+        table: Option<String>,
+        /// Only this column (with --table).
+        #[arg(long, requires = "table")]
+        column: Option<String>,
+        /// Rows per batch (each batch is one short transaction).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        batch_size: i64,
+        /// Print what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Verify, search and report on the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -53,6 +70,11 @@ enum Command {
 enum KeysCommand {
     /// Create DIR/master.key, DIR/audit.key and DIR/audit.pub; refuses to overwrite.
     Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Keep DIR/master.key as DIR/master-<key id>.key and write a new DIR/master.key.
+    Rotate {
         #[arg(long)]
         dir: PathBuf,
     },
@@ -216,6 +238,32 @@ fn main() -> ExitCode {
         Command::Check { config, live } => pgveil::cli::check(&config, live),
         Command::Reload { config } => pgveil::cli::reload(&config),
         Command::Keys(KeysCommand::Init { dir }) => pgveil::cli::keys_init(&dir),
+        Command::Keys(KeysCommand::Rotate { dir }) => pgveil::cli::keys_rotate(&dir),
+        Command::Migrate {
+            config,
+            table,
+            column,
+            batch_size,
+            dry_run,
+        } => {
+            let table = match table.as_deref().map(pgveil::schema::TableName::parse) {
+                None => None,
+                Some(Some(t)) => Some(t),
+                Some(None) => {
+                    eprintln!("pgveil: --table: expected schema.table or table");
+                    return ExitCode::from(pgveil::cli::EXIT_USAGE);
+                }
+            };
+            pgveil::cli::migrate(
+                &config,
+                pgveil::migrate::Options {
+                    table,
+                    column,
+                    batch_size,
+                    dry_run,
+                },
+            )
+        }
         Command::Audit(AuditCommand::Verify {
             config,
             dir,

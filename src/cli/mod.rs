@@ -7,7 +7,9 @@
 #![allow(clippy::print_stdout)]
 
 mod audit;
+mod keys;
 pub mod live;
+mod migrate;
 mod pidfile;
 
 use std::path::Path;
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigError, LogFormat};
 
 pub use audit::{audit_report, audit_search, audit_verify, AuditSource};
+pub use keys::keys_rotate;
+pub use migrate::migrate;
 pub use pidfile::reload;
 
 /// Exit code of a bad argument or an unusable input.
