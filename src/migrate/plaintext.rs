@@ -203,9 +203,9 @@ async fn copy_pass(
 ) -> Result<(), MigrateError> {
     let info = job.info;
     let select = format!(
-        "SELECT {pk}::text, {col}::text, xmin::text FROM {t} \
+        "SELECT {pk}::text AS pgveil_key, {col}::text, xmin::text FROM {t} \
          WHERE ($1::text IS NULL OR {pk} > {p1}) AND {shadow} IS NULL AND {col} IS NOT NULL \
-         ORDER BY {pk} LIMIT {n}",
+         ORDER BY {t}.{pk} LIMIT {n}",
         pk = info.pk,
         col = info.quoted_column(),
         t = info.quoted_table,
@@ -285,8 +285,8 @@ async fn verify_shadow(
 ) -> Result<(), MigrateError> {
     let info = job.info;
     let select = format!(
-        "SELECT {pk}::text, {col}::text, {shadow}, xmin::text FROM {t} \
-         WHERE ($1::text IS NULL OR {pk} > {p1}) ORDER BY {pk} LIMIT {n}",
+        "SELECT {pk}::text AS pgveil_key, {col}::text, {shadow}, xmin::text FROM {t} \
+         WHERE ($1::text IS NULL OR {pk} > {p1}) ORDER BY {t}.{pk} LIMIT {n}",
         pk = info.pk,
         col = info.quoted_column(),
         shadow = info.quoted_shadow(),
@@ -390,7 +390,7 @@ async fn swap(
         let rows = tx
             .query(
                 &format!(
-                    "SELECT {pk}::text, {col}::text FROM {t} WHERE {shadow} IS NULL AND {col} IS NOT NULL",
+                    "SELECT {pk}::text AS pgveil_key, {col}::text FROM {t} WHERE {shadow} IS NULL AND {col} IS NOT NULL",
                     pk = info.pk,
                     col = info.quoted_column(),
                     t = info.quoted_table,

@@ -80,8 +80,8 @@ async fn count(client: &Client, job: &Job<'_>) -> Result<u64, MigrateError> {
 fn select_sql(job: &Job<'_>) -> String {
     let info = job.info;
     format!(
-        "SELECT {pk}::text, {col} FROM {t} WHERE ($1::text IS NULL OR {pk} > {p1}) \
-         ORDER BY {pk} LIMIT {n}",
+        "SELECT {pk}::text AS pgveil_key, {col} FROM {t} WHERE ($1::text IS NULL OR {pk} > {p1}) \
+         ORDER BY {t}.{pk} LIMIT {n}",
         pk = info.pk,
         col = info.quoted_column(),
         t = info.quoted_table,
