@@ -10,6 +10,8 @@ have_server() {
 }
 have_server || need_apt+=(postgresql postgresql-contrib)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
+# tests/generated_sql.rs runs statements written by sqlsmith.
+command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 # tests/alerts.rs starts a real Prometheus Alertmanager.
 [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
 # tests/hsm.rs: the master key in a SoftHSM2 token (tokens are made by the test).
