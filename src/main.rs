@@ -49,6 +49,23 @@ enum Command {
     /// Key files.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Encrypt plaintext columns and re-encrypt values under previous keys, online.
+    Migrate {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+        /// Only this table (schema.table; without a schema: public).
+        #[arg(long)]
+        table: Option<String>,
+        /// Only this column (with --table).
+        #[arg(long, requires = "table")]
+        column: Option<String>,
+        /// Rows per batch (each batch is one short transaction).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        batch_size: i64,
+        /// Print what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Verify, search and report on the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -72,6 +89,11 @@ enum KeysCommand {
     /// Create DIR/master.key, DIR/audit.key and DIR/audit.pub; refuses to overwrite.
     #[command(after_help = "Example:\n  pgveil keys init --dir /etc/pgveil/keys")]
     Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Keep DIR/master.key as DIR/master-<key id>.key and write a new DIR/master.key.
+    Rotate {
         #[arg(long)]
         dir: PathBuf,
     },
@@ -248,6 +270,33 @@ fn run(command: Command) -> Result<(), pgveil::cli::CliError> {
         Command::Reload { config } => pgveil::cli::reload(&config),
         Command::Apply { config, execute } => pgveil::cli::apply(&config, execute),
         Command::Keys(KeysCommand::Init { dir }) => pgveil::cli::keys_init(&dir),
+        Command::Keys(KeysCommand::Rotate { dir }) => pgveil::cli::keys_rotate(&dir),
+        Command::Migrate {
+            config,
+            table,
+            column,
+            batch_size,
+            dry_run,
+        } => {
+            let table = match table.as_deref().map(pgveil::schema::TableName::parse) {
+                None => None,
+                Some(Some(t)) => Some(t),
+                Some(None) => {
+                    return Err(pgveil::cli::CliError::Invalid(
+                        "--table: expected schema.table or table".into(),
+                    ))
+                }
+            };
+            pgveil::cli::migrate(
+                &config,
+                pgveil::migrate::Options {
+                    table,
+                    column,
+                    batch_size,
+                    dry_run,
+                },
+            )
+        }
         Command::Audit(AuditCommand::Verify {
             config,
             dir,

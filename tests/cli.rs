@@ -485,7 +485,11 @@ fn audit_verify_intact_then_tampered() {
     let o = run(&["audit", "verify", "--config", path_str(&config)]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("segment-000001.jsonl seq 3"), "{err}");
-    assert_eq!(o.status.code(), Some(1), "a damaged log is an invalid input");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a damaged log is an invalid input"
+    );
 
     // A missing key file: one line naming it.
     let o = run(&[
@@ -498,7 +502,11 @@ fn audit_verify_intact_then_tampered() {
     ]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("missing.pub"), "{err}");
-    assert_eq!(o.status.code(), Some(2), "an unreadable key: the command could not run");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unreadable key: the command could not run"
+    );
 }
 
 #[test]

@@ -70,7 +70,7 @@ pub fn check(config_path: &Path, live: bool) -> Result<(), CliError> {
 /// owner-only, the right length) and TLS material.
 fn referenced_file_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Err(e) = crate::server::load_master_key(config) {
+    if let Err(e) = crate::server::load_key_ring(config) {
         problems.push(format!("[keys] {e}"));
     }
     if let Some(audit) = &config.audit {

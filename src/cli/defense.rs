@@ -17,8 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
 
 use super::live::{LiveError, Locator};
-use crate::config::{Access, ColumnConfig, Config};
-use crate::crypto::envelope::{OVERHEAD, VERSION};
+use crate::config::{ColumnConfig, Config};
+use crate::crypto::constraint::{constraint_name, EnvelopeConstraint};
+use crate::policy::{most_permissive, Access};
 use crate::schema::TableName;
 
 /// A protected table's oid and kind (only plain and partitioned tables take constraints
@@ -194,9 +195,6 @@ const RESERVED: &[&str] = &[
 const PLAINTEXT: &str =
     "holds values without pgveil's envelope (not migrated, or under a key pgveil does not know)";
 
-/// PostgreSQL's identifier length limit (NAMEDATALEN - 1), in bytes.
-const MAX_IDENTIFIER: usize = 63;
-
 /// An identifier as SQL: bare when PostgreSQL would read it back unchanged, else quoted.
 pub fn ident(name: &str) -> String {
     let simple = name
@@ -224,54 +222,6 @@ fn grantee_sql(grantee: &Grantee) -> String {
         Grantee::Public => "PUBLIC".to_string(),
         Grantee::Role(r) => ident(r),
     }
-}
-
-/// The name of a column's envelope constraint, cut (on a character boundary) to the length
-/// PostgreSQL keeps, so the name `apply` looks for is the name the database stores.
-pub fn constraint_name(column: &str) -> String {
-    let mut name = format!("pgveil_envelope_{column}");
-    while name.len() > MAX_IDENTIFIER {
-        name.pop();
-    }
-    name
-}
-
-/// The first bytes of every value pgveil may store in a column: version, key id, mode.
-fn envelope_prefixes(column: &ColumnConfig, key_ids: &[u32]) -> BTreeSet<String> {
-    key_ids
-        .iter()
-        .map(|id| {
-            let mut prefix = vec![VERSION];
-            prefix.extend_from_slice(&id.to_be_bytes());
-            prefix.push(column.column.mode.tag());
-            hex::encode(prefix)
-        })
-        .collect()
-}
-
-/// The constraint's condition: `NULL`, or the envelope's length and one of the prefixes.
-fn envelope_check(column: &str, prefixes: &BTreeSet<String>) -> String {
-    let c = ident(column);
-    let list = prefixes
-        .iter()
-        .map(|p| format!("'\\x{p}'::bytea"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("{c} IS NULL OR (octet_length({c}) >= {OVERHEAD} AND substr({c}, 1, 6) IN ({list}))")
-}
-
-/// Whether a constraint definition as PostgreSQL prints it (`pg_get_constraintdef`) is the
-/// one `apply` writes for these prefixes: the same hex prefixes, the same minimum length.
-fn same_envelope_check(definition: &str, prefixes: &BTreeSet<String>) -> bool {
-    let found: BTreeSet<String> = definition
-        .match_indices("'\\x")
-        .filter_map(|(at, _)| {
-            let rest = &definition[at + 3..];
-            let end = rest.find('\'')?;
-            Some(rest[..end].to_ascii_lowercase())
-        })
-        .collect();
-    found == *prefixes && definition.contains(&format!(">= {OVERHEAD}"))
 }
 
 /// A grantee of a privilege: a role or PUBLIC.
@@ -391,29 +341,27 @@ impl Plan {
 /// cannot take soon fails the run, which changes nothing and can be repeated.
 pub const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '10s';";
 
-/// The key ids pgveil knows: values under any other id cannot be decrypted, so the envelope
-/// constraint accepts these only.
-pub fn known_key_ids(_config: &Config) -> Vec<u32> {
-    vec![crate::veil::CURRENT_KEY_ID]
+/// The key ids pgveil knows (current and previous master keys): values under any other id
+/// cannot be decrypted, so the envelope constraint accepts these only.
+pub fn known_key_ids(config: &Config) -> Result<Vec<u32>, LiveError> {
+    match crate::server::load_key_ring(config) {
+        Ok(Some(ring)) => Ok(ring.key_ids()),
+        Ok(None) => Ok(Vec::new()),
+        Err(e) => Err(LiveError::Keys(format!("[keys] {e}"))),
+    }
 }
 
 /// Whether the policy denies a column to a session with `roles` (the most permissive rule
 /// among the roles the column names; `default_access` when it names none).
 fn denies(column: &ColumnConfig, roles: &[String], default_access: Access) -> bool {
-    let named = roles
-        .iter()
-        .filter_map(|r| column.access.get(r))
-        .map(|a| a.permissiveness())
-        .max();
-    match named {
-        Some(p) => p == Access::Deny.permissiveness(),
-        None => default_access == Access::Deny,
-    }
+    most_permissive(roles.iter().filter_map(|r| column.access.get(r).copied()))
+        .unwrap_or(default_access)
+        == Access::Deny
 }
 
 /// Reads the state of every configured column, its table's grants and the roles.
 pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, LiveError> {
-    let key_ids = known_key_ids(config);
+    let key_ids = known_key_ids(config)?;
     let mut inspection = Inspection {
         columns: Vec::new(),
         tables: Vec::new(),
@@ -448,18 +396,16 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Liv
         let oid: u32 = row.try_get(0)?;
         let state = read_table(client, table, oid).await?;
         for c in protected {
-            let prefixes = envelope_prefixes(c, &key_ids);
-            let check = envelope_check(&c.column.column, &prefixes);
-            let constraint = column_constraint(
-                client,
+            let envelope = EnvelopeConstraint::new(
                 table,
-                oid,
-                &state,
                 &c.column.column,
-                &prefixes,
-                &check,
-            )
-            .await?;
+                &c.column.column,
+                c.column.mode,
+                &key_ids,
+            );
+            let check = envelope.expression();
+            let constraint =
+                column_constraint(client, table, oid, &state, &envelope, &check).await?;
             let denied_readers = if constraint == ConstraintState::Absent {
                 Vec::new()
             } else {
@@ -535,10 +481,10 @@ async fn column_constraint(
     table: &TableName,
     oid: u32,
     state: &TableState,
-    column: &str,
-    prefixes: &BTreeSet<String>,
+    envelope: &EnvelopeConstraint,
     check: &str,
 ) -> Result<ConstraintState, LiveError> {
+    let column = envelope.column.as_str();
     if !state.columns.iter().any(|c| c == column) {
         return Ok(ConstraintState::Absent);
     }
@@ -546,14 +492,14 @@ async fn column_constraint(
         return Ok(ConstraintState::NotBytea);
     }
     let rows = client
-        .query(SQL_CONSTRAINT, &[&oid, &constraint_name(column)])
+        .query(SQL_CONSTRAINT, &[&oid, &envelope.name])
         .await?;
     let existing = match rows.first() {
         Some(row) => Some((row.try_get::<_, bool>(0)?, row.try_get::<_, String>(1)?)),
         None => None,
     };
     let outdated = match &existing {
-        Some((validated, definition)) if same_envelope_check(definition, prefixes) => {
+        Some((validated, definition)) if envelope.matches_definition(definition) => {
             if *validated {
                 return Ok(ConstraintState::InPlace);
             }
@@ -840,34 +786,6 @@ mod tests {
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(ident("9lives"), "\"9lives\"");
         assert_eq!(ident(""), "\"\"");
-    }
-
-    #[test]
-    fn constraint_names_fit_postgres() {
-        assert_eq!(constraint_name("ssn"), "pgveil_envelope_ssn");
-        let long = "é".repeat(40);
-        let name = constraint_name(&long);
-        assert!(name.len() <= MAX_IDENTIFIER);
-        assert!(name.starts_with("pgveil_envelope_é"));
-    }
-
-    #[test]
-    fn a_constraint_is_recognized_as_postgres_prints_it() {
-        let prefixes: BTreeSet<String> = ["010000000144".to_string()].into();
-        let check = envelope_check("ssn", &prefixes);
-        assert_eq!(
-            check,
-            "ssn IS NULL OR (octet_length(ssn) >= 34 AND substr(ssn, 1, 6) IN ('\\x010000000144'::bytea))"
-        );
-        // pg_get_constraintdef's rendering of that check.
-        let printed = "CHECK (((ssn IS NULL) OR ((octet_length(ssn) >= 34) AND (substr(ssn, 1, 6) = '\\x010000000144'::bytea))))";
-        assert!(same_envelope_check(printed, &prefixes));
-        let other: BTreeSet<String> = ["010000000252".to_string()].into();
-        assert!(!same_envelope_check(printed, &other));
-        assert!(!same_envelope_check(
-            "CHECK ((octet_length(ssn) >= 1))",
-            &prefixes
-        ));
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub enum LiveError {
     /// A catalog query failed.
     #[error("catalog query failed: {0}")]
     Query(String),
+    /// The key files the constraint must name cannot be loaded.
+    #[error("{0}")]
+    Keys(String),
 }
 
 impl From<tokio_postgres::Error> for LiveError {

@@ -14,6 +14,7 @@ mod check;
 pub mod defense;
 mod keys;
 pub mod live;
+mod migrate;
 mod pidfile;
 mod reload;
 mod serve;
@@ -26,7 +27,8 @@ use crate::config::{Config, ConfigError};
 pub use apply::apply;
 pub use audit::{audit_report, audit_search, audit_verify, AuditSource};
 pub use check::check;
-pub use keys::keys_init;
+pub use keys::{keys_init, keys_rotate};
+pub use migrate::migrate;
 pub use reload::reload;
 pub use serve::serve;
 
