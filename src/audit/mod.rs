@@ -16,6 +16,7 @@
 //! restart the writer continues the newest segment (appending to it) unless it was closed by
 //! `rotate`.
 
+pub(crate) mod active;
 pub mod cli;
 pub mod record;
 pub mod report;
