@@ -10,6 +10,12 @@ have_server() {
 }
 have_server || need_apt+=(postgresql postgresql-contrib)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
+# tests/alerts.rs starts a real Prometheus Alertmanager.
+[ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
+# Clients of tests/scram.rs (TLS on both legs, auth = "scram"): Java + pgJDBC, node + npm.
+command -v java >/dev/null || need_apt+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -27,5 +33,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -c 'import psycopg' 2>/dev/null || .venv/bin/pip install -q 'psycopg[binary]>=3.1'
 export PGVEIL_PYTHON="$PWD/.venv/bin/python"
+# asyncpg and node-postgres (tests/clients/node, pinned by its package-lock.json).
+.venv/bin/python -c 'import asyncpg' 2>/dev/null || .venv/bin/python -m pip install -q asyncpg
+[ -d tests/clients/node/node_modules/pg ] || npm ci --prefix tests/clients/node --no-audit --no-fund --silent
 
 cargo test --all-targets "$@"

@@ -16,6 +16,14 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use crate::policy::mask::MaskKind;
 use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
 
+mod alerts;
+mod context;
+
+pub use alerts::{
+    AlertRule, AlertRuleKind, AlertmanagerUrl, AlertsConfig, HoursRange, DEFAULT_ALERT_WINDOW,
+};
+pub use context::{ContextConfig, DEFAULT_MAX_TOKEN_LIFETIME};
+
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
 
 #[derive(Debug, Clone)]
@@ -30,6 +38,12 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub tables: Vec<TableConfig>,
     pub columns: Vec<ColumnConfig>,
+    /// `[context]`: who and why.
+    pub context: ContextConfig,
+    /// `[alerts]`: where alerts go.
+    pub alerts: AlertsConfig,
+    /// `[[alert]]` rules.
+    pub alert_rules: Vec<AlertRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +79,11 @@ pub struct UpstreamConfig {
     pub auth: AuthMode,
     pub auth_user: Option<String>,
     pub auth_query: String,
+    /// Where `auth_query` runs; `None`: in the database the client asks for (PgBouncer's
+    /// default).
+    pub auth_dbname: Option<String>,
+    /// How long an `auth_query` answer is reused (`auth_cache_secs`); zero: not at all.
+    pub auth_cache_ttl: Duration,
     pub connect_timeout: Duration,
 }
 
@@ -106,6 +125,11 @@ pub enum AuditScope {
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
     pub default_access: Access,
+    /// Reads of protected columns need a declared purpose of use.
+    pub require_purpose: bool,
+    /// Roles that may raise their access to plaintext in an emergency (break-glass).
+    /// Role names are not checked here: a role that does not exist grants nothing.
+    pub break_glass_roles: Vec<String>,
 }
 
 /// What a role may do with a protected column's values.
@@ -329,9 +353,23 @@ impl Walker<'_> {
             self.finish(s);
             c
         });
+        let context = self.sub_table(&mut top, "context").map(|mut s| {
+            let c = self.context(&mut s);
+            self.finish(s);
+            c
+        });
+        let alerts = self.sub_table(&mut top, "alerts").map(|mut s| {
+            let c = self.alerts(&mut s);
+            self.finish(s);
+            c
+        });
+        let alert_entries = self.array_of_tables(&mut top, "alert", Self::alert_rule);
+        let alert_count = alert_entries.len();
+        let alert_rules: Vec<AlertRule> = alert_entries.into_iter().flatten().collect();
         let tables = self.array_of_tables(&mut top, "table", Self::table);
         let columns = self.array_of_tables(&mut top, "column", Self::column);
         self.finish(top);
+        self.check_alert_rules(&alert_rules, alert_count, audit.is_some());
 
         let mut config = Config {
             base_dir: self.base_dir.to_path_buf(),
@@ -341,9 +379,14 @@ impl Walker<'_> {
             audit,
             policy: policy.unwrap_or(PolicyConfig {
                 default_access: Access::Deny,
+                require_purpose: false,
+                break_glass_roles: Vec::new(),
             }),
             tables: tables.into_iter().flatten().collect(),
             columns: Vec::new(),
+            context: context.unwrap_or_default(),
+            alerts: alerts.unwrap_or_default(),
+            alert_rules,
         };
         config.columns = self.cross_check(&config, columns);
         config
@@ -514,6 +557,22 @@ impl Walker<'_> {
         let auth_query = self
             .opt_str(s, "auth_query")
             .unwrap_or_else(|| "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into());
+        if auth == AuthMode::Scram && !auth_query.contains("$1") {
+            let span = self.span_of(s, "auth_query");
+            self.problem(span, "[upstream] auth_query must take the user name as $1");
+        }
+        if auth == AuthMode::Scram
+            && auth_user
+                .as_deref()
+                .is_some_and(|u| u.is_empty() || u.contains('\0'))
+        {
+            let span = self.span_of(s, "auth_user");
+            self.problem(span, "[upstream] auth_user must be a role name");
+        }
+        let auth_dbname = self.opt_str(s, "auth_dbname");
+        let auth_cache_ttl = self
+            .opt_int(s, "auth_cache_secs", 0, 3600)
+            .map_or(Duration::from_secs(30), |v| Duration::from_secs(v as u64));
         let connect_timeout = self
             .opt_int(s, "connect_timeout_secs", 1, 3600)
             .map_or(Duration::from_secs(10), |v| Duration::from_secs(v as u64));
@@ -525,6 +584,8 @@ impl Walker<'_> {
             auth,
             auth_user,
             auth_query,
+            auth_dbname,
+            auth_cache_ttl,
             connect_timeout,
         }
     }
@@ -588,7 +649,13 @@ impl Walker<'_> {
                 }
             },
         };
-        PolicyConfig { default_access }
+        let require_purpose = self.opt_bool(s, "require_purpose").unwrap_or(false);
+        let break_glass_roles = self.opt_str_list(s, "break_glass_roles");
+        PolicyConfig {
+            default_access,
+            require_purpose,
+            break_glass_roles,
+        }
     }
 
     fn table(&mut self, s: &mut Section<'_>) -> Option<TableConfig> {
@@ -1104,5 +1171,23 @@ access = { clinician = "plaintext", billing = "mask:year", researcher = "mask:ye
             Some(Access::Mask(MaskKind::Zip3))
         );
         assert_eq!(Access::parse("mask:"), None);
+    }
+
+    #[test]
+    fn scram_termination_needs_auth_user_and_a_parameterised_auth_query() {
+        let lines = problems("[upstream]\nauth = \"scram\"\n");
+        assert!(lines.iter().any(|l| l.contains("needs auth_user")), "{lines:?}");
+        let lines = problems(
+            "[upstream]\nauth = \"scram\"\nauth_user = \"a\"\nauth_query = \"SELECT 1, 2\"\n",
+        );
+        assert!(lines.iter().any(|l| l.contains("$1")), "{lines:?}");
+        let config = parse(
+            "[upstream]\nauth = \"scram\"\nauth_user = \"a\"\nauth_dbname = \"postgres\"\nauth_cache_secs = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstream.auth, AuthMode::Scram);
+        assert_eq!(config.upstream.auth_dbname.as_deref(), Some("postgres"));
+        assert!(config.upstream.auth_cache_ttl.is_zero());
+        assert!(config.upstream.auth_query.contains("$1"));
     }
 }

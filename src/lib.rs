@@ -16,9 +16,12 @@
 )]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod alerts;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod crypto;
 pub mod logging;
 pub mod metrics;

@@ -78,7 +78,7 @@ enum AuditCommand {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
         #[command(flatten)]
-        filter: SearchFilterArgs,
+        filter: Box<SearchFilterArgs>,
         /// One stored record (JSON) per line.
         #[arg(long)]
         json: bool,
@@ -126,6 +126,15 @@ struct SearchFilterArgs {
     since: Option<String>,
     #[arg(long)]
     until: Option<String>,
+    /// The end user of the session context (pgveil.end_user).
+    #[arg(long = "end-user")]
+    end_user: Option<String>,
+    /// The declared purpose of use (pgveil.purpose).
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Only statements run under break-glass.
+    #[arg(long = "break-glass")]
+    break_glass: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -236,6 +245,9 @@ fn main() -> ExitCode {
                 outcome: filter.outcome,
                 since: filter.since,
                 until: filter.until,
+                end_user: filter.end_user,
+                purpose: filter.purpose,
+                break_glass: filter.break_glass,
             };
             pgveil::cli::audit_search(&config, &args, json)
         }

@@ -18,10 +18,12 @@ pub enum ErrorKind {
     Database,
     Refused,
     Audit,
+    /// A login pgveil terminated (`auth = "scram"`) failed.
+    Auth,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 7] = [
+    const ALL: [ErrorKind; 8] = [
         ErrorKind::Protocol,
         ErrorKind::Tls,
         ErrorKind::UpstreamConnect,
@@ -29,6 +31,7 @@ impl ErrorKind {
         ErrorKind::Database,
         ErrorKind::Refused,
         ErrorKind::Audit,
+        ErrorKind::Auth,
     ];
 
     fn label(self) -> &'static str {
@@ -40,6 +43,7 @@ impl ErrorKind {
             Self::Database => "database",
             Self::Refused => "refused",
             Self::Audit => "audit",
+            Self::Auth => "auth",
         }
     }
 }
@@ -106,6 +110,7 @@ pub fn get() -> &'static Metrics {
         metrics::describe_counter!("pgveil_queries_total", "Queries and extended-protocol syncs relayed");
         metrics::describe_histogram!("pgveil_query_duration_seconds", "Time from a query (or Sync) to ReadyForQuery");
         metrics::describe_counter!("pgveil_errors_total", "Errors by kind");
+        describe_alerts();
         Metrics {
             connections_open: metrics::gauge!("pgveil_connections_open"),
             connections_total: metrics::counter!("pgveil_connections_total"),
@@ -162,4 +167,36 @@ pub async fn serve(
             let _ = stream.shutdown().await;
         });
     }
+}
+
+/// One alert raised by the `[[alert]]` rule `rule` (its configured name, never a value).
+pub fn alert_raised(rule: &str) {
+    metrics::counter!("pgveil_alerts_total", "rule" => rule.to_string()).increment(1);
+}
+
+/// A durable record the alert rules never saw because their queue was full.
+pub fn alert_evaluation_dropped() {
+    metrics::counter!("pgveil_alert_evaluations_dropped_total").increment(1);
+}
+
+/// A failed attempt to deliver alerts (`target`: `file` or `alertmanager`), and alerts given
+/// up on (`alertmanager_dropped`).
+pub fn alert_delivery_failed(target: &'static str) {
+    metrics::counter!("pgveil_alert_delivery_failures_total", "target" => target).increment(1);
+}
+
+/// Describes the alert metrics (once, with the others).
+fn describe_alerts() {
+    metrics::describe_counter!(
+        "pgveil_alerts_total",
+        "Alerts raised, by [[alert]] rule name"
+    );
+    metrics::describe_counter!(
+        "pgveil_alert_evaluations_dropped_total",
+        "Audit records not evaluated by the alert rules because their queue was full"
+    );
+    metrics::describe_counter!(
+        "pgveil_alert_delivery_failures_total",
+        "Failed alert deliveries, by target"
+    );
 }

@@ -11,11 +11,14 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const IO_ERROR: &str = "58030";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const UNDEFINED_OBJECT: &str = "42704";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

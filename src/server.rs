@@ -11,7 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::alerts::AlertService;
 use crate::audit::{AuditLog, AuditOptions};
+use crate::auth::Terminator;
 use crate::config::Config;
 use crate::crypto::keys::MasterKey;
 use crate::metrics::{self, ErrorKind};
@@ -44,25 +46,38 @@ pub enum ServeError {
     Keys(#[from] crate::crypto::keys::KeyError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
-    #[error("{0}")]
-    Unsupported(&'static str),
+    #[error("alerts: {0}")]
+    Alerts(#[from] crate::alerts::AlertError),
 }
 
-/// Opens the audit log of `[audit]`, if configured.
-pub async fn open_audit(config: &Config) -> Result<Option<Arc<AuditSink>>, ServeError> {
+/// Opens the audit log of `[audit]`, if configured, with the `[[alert]]` rules evaluated
+/// beside its writer.
+pub async fn open_audit(
+    config: &Config,
+) -> Result<(Option<Arc<AuditSink>>, Option<AlertService>), ServeError> {
     let Some(audit) = &config.audit else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let key = crate::crypto::keys::load_signing_key(&audit.signing_key_file)?;
     let mut options = AuditOptions::new(audit.dir.clone(), key);
     options.segment_max_bytes = audit.segment_max_bytes;
     options.checkpoint_every = audit.checkpoint_every;
     options.checkpoint_interval = audit.checkpoint_interval;
+    let alerts = match crate::alerts::start(&config.alert_rules, &config.alerts)? {
+        Some((sink, service)) => {
+            options.observer = Some(Box::new(sink));
+            Some(service)
+        }
+        None => None,
+    };
     let log = tokio::task::spawn_blocking(move || AuditLog::open(options))
         .await
         .map_err(|e| crate::audit::AuditError::Io(e.to_string()))??;
-    Ok(Some(Arc::new(AuditSink::new(log, audit.scope))))
+    Ok((Some(Arc::new(AuditSink::new(log, audit.scope))), alerts))
 }
+
+/// How long shutdown waits for alerts still being delivered.
+const ALERTS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The master key, when columns are configured (a plain relay needs none).
 pub fn load_master_key(
@@ -141,6 +156,8 @@ struct Proxy {
     audit: Option<Arc<AuditSink>>,
     handshake: Handshake,
     connector: Connector,
+    /// `auth = "scram"`: pgveil authenticates clients and logs in for them.
+    terminator: Option<Terminator>,
     max_message_size: usize,
 }
 
@@ -167,27 +184,27 @@ pub async fn serve_with_reload(
     mut reloads: mpsc::UnboundedReceiver<Config>,
 ) -> Result<(), ServeError> {
     let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key)?),
         _ => None,
     };
-    if config.upstream.auth == crate::config::AuthMode::Scram {
-        // Passing the exchange through instead would silently give the operator something
-        // other than what the configuration asks for.
-        return Err(ServeError::Unsupported(
-            "[upstream] auth = \"scram\" (SCRAM termination with auth_query) is not available in this version; use auth = \"passthrough\"",
-        ));
+    if server_tls.as_ref().is_some_and(|t| t.end_point.is_none()) {
+        tracing::warn!("the client-facing certificate's signature algorithm names no hash for tls-server-end-point: SCRAM-SHA-256-PLUS is not offered");
     }
+    let connector = Connector::new(&config.upstream)?;
+    let terminator = (config.upstream.auth == crate::config::AuthMode::Scram)
+        .then(|| Terminator::new(&config.upstream, connector.clone()));
     let master = load_master_key(&config)?;
     let veil =
         Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
-    let audit = open_audit(&config).await?;
+    let (audit, alerts) = open_audit(&config).await?;
     let proxy = Arc::new(Proxy {
         audit: audit.clone(),
         veil: ArcSwap::from_pointee(veil),
         policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(&config))),
         master,
         handshake: Handshake::new(server_tls, config.server.require_tls),
-        connector: Connector::new(&config.upstream)?,
+        connector,
+        terminator,
         max_message_size: config.server.max_message_size,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -265,6 +282,9 @@ pub async fn serve_with_reload(
     if let Some(audit) = audit {
         audit.log.shutdown().await;
     }
+    if let Some(alerts) = alerts {
+        alerts.finish(ALERTS_SHUTDOWN_TIMEOUT).await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }
@@ -277,13 +297,16 @@ impl Proxy {
                 "[server] listen",
             ),
             (
-                running.server.tls_cert != new.server.tls_cert
-                    || running.server.tls_key != new.server.tls_key,
-                "[server] TLS",
+                running.server.require_tls != new.server.require_tls
+                    || (running.server.tls_cert.is_some() && new.server.tls_cert.is_none()),
+                "[server] require_tls, or turning TLS off",
             ),
             (
                 running.upstream_addr() != new.upstream_addr()
-                    || running.upstream.tls != new.upstream.tls,
+                    || running.upstream.tls != new.upstream.tls
+                    || running.upstream.auth != new.upstream.auth
+                    || running.upstream.auth_user != new.upstream.auth_user
+                    || running.upstream.auth_query != new.upstream.auth_query,
                 "[upstream]",
             ),
             (
@@ -294,6 +317,10 @@ impl Proxy {
                 running.audit.as_ref().map(|a| &a.dir) != new.audit.as_ref().map(|a| &a.dir),
                 "[audit]",
             ),
+            (
+                running.alerts != new.alerts || running.alert_rules != new.alert_rules,
+                "[alerts] and [[alert]]",
+            ),
         ];
         for (changed, what) in restart_needed {
             if changed {
@@ -303,6 +330,7 @@ impl Proxy {
                 );
             }
         }
+        self.reload_tls(&new);
         let current = self.veil.load();
         if new.protected_columns() != current.protection.columns() {
             if !new.columns.is_empty() && self.master.is_none() {
@@ -327,6 +355,29 @@ impl Proxy {
         tracing::info!(
             "configuration reloaded: the policy applies to open sessions from their next statement"
         );
+    }
+}
+
+impl Proxy {
+    /// Re-reads the client-facing certificate and key (rotation without a restart). A pair
+    /// that does not load is refused and the one in use stays.
+    fn reload_tls(&self, new: &Config) {
+        let (Some(cert), Some(key)) = (&new.server.tls_cert, &new.server.tls_key) else {
+            return;
+        };
+        match tls::ServerTls::load(cert, key) {
+            Ok(loaded) => {
+                if loaded.end_point.is_none() {
+                    tracing::warn!("the new certificate's signature algorithm names no hash for tls-server-end-point: SCRAM-SHA-256-PLUS is not offered");
+                }
+                self.handshake.set_tls(loaded);
+                tracing::info!("reload: new connections get the TLS certificate and key just read");
+            }
+            Err(e) => {
+                metrics::get().error(ErrorKind::Tls);
+                tracing::error!(error = %e, "reload: the TLS certificate or key does not load; the pair in use stays");
+            }
+        }
     }
 }
 
@@ -372,8 +423,21 @@ async fn handle_client(
         Ok(Accepted::Session {
             mut stream,
             startup,
+            tls_end_point,
         }) => {
-            let upstream = match connect_upstream(&proxy.connector, &startup.raw).await {
+            let connected = match &proxy.terminator {
+                Some(terminator) => {
+                    match terminator
+                        .login(&mut stream, &startup, addr, tls_end_point.as_deref())
+                        .await
+                    {
+                        Some(upstream) => Ok(upstream),
+                        None => return,
+                    }
+                }
+                None => connect_upstream(&proxy.connector, &startup.raw).await,
+            };
+            let upstream = match connected {
                 Ok(upstream) => upstream,
                 Err(e) => {
                     metrics::get().error(ErrorKind::UpstreamConnect);

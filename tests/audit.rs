@@ -14,6 +14,7 @@ const SSN: &str = "078-05-1120";
 const OTHER_SSN: &str = "219-09-9999";
 
 fn setup(dir: &Path, table: &str) -> String {
+    secrets([SSN, OTHER_SSN]);
     pgveil::crypto::keys::init_key_dir(&dir.join("keys")).unwrap();
     cluster().psql(&format!(
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id serial PRIMARY KEY, name text, ssn bytea, birth_date bytea)"

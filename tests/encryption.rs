@@ -140,8 +140,22 @@ fn text_values(ty: &str) -> Vec<Option<String>> {
     .into_iter()
     .map(Some)
     .collect();
+    register_distinctive(&v);
     v.push(None);
     v
+}
+
+/// Registers the distinctive test values with the harness's leak check (a large value by a
+/// distinctive part of it; short or numeric ones would be found by chance in ciphertext).
+fn register_distinctive(values: &[Option<String>]) {
+    for value in values.iter().flatten() {
+        let distinctive = value.len() >= 8 && value.chars().any(|c| c.is_alphabetic());
+        if value.len() > 4096 {
+            secret("Ünïcödé text of a patient record");
+        } else if distinctive {
+            secret(value);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ async fn tap() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
 async fn no_plaintext_value_reaches_the_database() {
     const SECRET: &str = "555-12-3456";
     const SECRET_DATE: &str = "1961-07-14";
+    secrets([SECRET, SECRET_DATE]);
     let dir = tempfile::tempdir().unwrap();
     cluster().psql("DROP TABLE IF EXISTS tap_patients; CREATE TABLE tap_patients (id serial PRIMARY KEY, name text, ssn bytea, birth_date bytea)");
     let (tap_port, seen) = tap().await;

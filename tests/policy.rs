@@ -167,6 +167,8 @@ async fn policy_proxy(t: &str, default_access: &str) -> (tempfile::TempDir, Prox
     ddl.push_str(&format!("); GRANT ALL ON {t} TO PUBLIC;"));
     cluster().psql(&ddl);
     let dir = tempfile::tempdir().unwrap();
+    secrets(ROW1.iter().map(|(_, v)| *v).filter(|v| v.len() >= 6));
+    secrets(["222-22-2222", "444-44-4444"]);
     let proxy = Proxy::start(
         &veil_config(dir.path(), default_access, &columns_toml(t)),
         dir.path(),

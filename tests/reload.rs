@@ -78,6 +78,7 @@ async fn reload_narrows_access_in_a_live_session_and_rejects_invalid_files() {
         "pgveil to listen",
     );
 
+    secret("123-45-6789");
     let client = connect(port).await;
     client
         .execute(

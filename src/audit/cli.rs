@@ -10,7 +10,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 
-use super::record::{format_time, AuditRecord, Outcome, Subjects};
+use super::record::{format_time, AuditRecord, Outcome, RecordContext, Subjects};
 use super::report::{report as build_report, DisclosureReport};
 use super::search::{normalize_table, search_each, SearchFilter};
 use super::verify::verify_dir;
@@ -64,6 +64,9 @@ pub struct SearchArgs {
     pub outcome: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
+    pub end_user: Option<String>,
+    pub purpose: Option<String>,
+    pub break_glass: bool,
 }
 
 /// Parses and checks search arguments; errors are one line.
@@ -84,6 +87,9 @@ pub fn build_filter(args: &SearchArgs) -> Result<SearchFilter, String> {
             .transpose()?,
         since: args.since.as_deref().map(parse_time).transpose()?,
         until: args.until.as_deref().map(parse_time).transpose()?,
+        end_user: args.end_user.clone(),
+        purpose: args.purpose.clone(),
+        break_glass: args.break_glass,
     };
     filter.validate().map_err(|e| e.to_string())?;
     Ok(filter)
@@ -124,6 +130,23 @@ fn subjects_text(s: &Subjects) -> String {
     }
 }
 
+fn optional(value: Option<&String>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| clean(v))
+}
+
+/// `end user U`, `purpose P` and, when it was on, `break-glass "REASON"`, joined by `sep`.
+fn context_text(c: &RecordContext, sep: &str) -> String {
+    let mut s = format!(
+        "end user {}{sep}purpose {}",
+        optional(c.end_user.as_ref()),
+        optional(c.purpose.as_ref())
+    );
+    if let Some(reason) = &c.break_glass {
+        s.push_str(&format!("{sep}break-glass {:?}", clean(reason)));
+    }
+    s
+}
+
 /// One human-readable line for a record (without newline).
 pub fn render_record(r: &AuditRecord) -> String {
     let outcome = match &r.sqlstate {
@@ -131,10 +154,11 @@ pub fn render_record(r: &AuditRecord) -> String {
         None => r.outcome.as_str().to_string(),
     };
     format!(
-        "{} seq {} user {} roles {} {} {} tables {} columns {} rows {} subjects {} query {:?}",
+        "{} seq {} user {} {} roles {} {} {} tables {} columns {} rows {} subjects {} query {:?}",
         format_time(&r.time),
         r.seq,
         clean(&r.user),
+        context_text(&r.context, " "),
         list(r.roles.iter().map(|x| clean(x))),
         r.kind.as_str(),
         outcome,
@@ -200,9 +224,10 @@ pub fn render_report_text(r: &DisclosureReport) -> String {
     for e in &r.disclosures {
         let rec = &e.record;
         s.push_str(&format!(
-            "{}  user {}  roles {}  from {}  application {:?}  {}  columns {}  (seq {})\n",
+            "{}  user {}  {}  roles {}  from {}  application {:?}  {}  columns {}  (seq {})\n",
             format_time(&rec.time),
             clean(&rec.user),
+            context_text(&rec.context, "  "),
             list(rec.roles.iter().map(|x| clean(x))),
             clean(&rec.client),
             rec.application,
@@ -228,9 +253,10 @@ pub fn render_report_text(r: &DisclosureReport) -> String {
                 Subjects::Known(_) => String::new(),
             };
             s.push_str(&format!(
-                "{}  user {}  roles {}  from {}  application {:?}  {}  columns {}  rows {}  subjects unknown: {}  (seq {})\n",
+                "{}  user {}  {}  roles {}  from {}  application {:?}  {}  columns {}  rows {}  subjects unknown: {}  (seq {})\n",
                 format_time(&rec.time),
                 clean(&rec.user),
+                context_text(&rec.context, "  "),
                 list(rec.roles.iter().map(|x| clean(x))),
                 clean(&rec.client),
                 rec.application,

@@ -2,7 +2,8 @@
 //! and the accounting of disclosures.
 //!
 //! - [`record`]: the JSON-lines record and checkpoint formats and the hashed/signed bytes.
-//! - [`writer`]: [`AuditLog`], the durable appender used by proxy sessions.
+//! - [`writer`]: [`AuditLog`], the durable appender used by proxy sessions; it reports each
+//!   durable record to an optional [`RecordObserver`] (the alert rules).
 //! - [`verify`]: [`verify_dir`], checks the chain, the segments and the signed checkpoints.
 //! - [`search`] / [`report`]: `pgveil audit search` and `pgveil audit report`.
 //! - [`cli`]: the functions the command line calls (argument parsing and rendering).
@@ -18,6 +19,7 @@
 
 pub(crate) mod active;
 pub mod cli;
+pub mod observer;
 pub mod record;
 pub mod report;
 pub mod search;
@@ -26,11 +28,14 @@ pub mod verify;
 pub mod writer;
 
 #[cfg(test)]
+mod context_tests;
+#[cfg(test)]
 mod tests;
 
+pub use observer::RecordObserver;
 pub use record::{
-    Access, AuditRecord, Checkpoint, CheckpointReason, ColumnAccess, Outcome, RecordDraft,
-    StatementKind, Subjects, GENESIS,
+    Access, AuditRecord, Checkpoint, CheckpointReason, ColumnAccess, Outcome, RecordContext,
+    RecordDraft, StatementKind, Subjects, GENESIS,
 };
 pub use report::{report, DisclosureReport, ReportEntry};
 pub use search::{search, SearchFilter};

@@ -5,8 +5,12 @@
 //!
 //! One JSON object per line, fields in this order:
 //! `seq, time, session, client, user, roles, application, kind, fingerprint, tables, columns,
-//! rows, outcome, sqlstate, subjects | subjects_unknown, prev, hash`.
-//! Exactly one of `subjects` / `subjects_unknown` is present. `time` is RFC 3339 UTC with
+//! rows, outcome, sqlstate, subjects | subjects_unknown, end_user, purpose, break_glass, prev,
+//! hash`.
+//! Exactly one of `subjects` / `subjects_unknown` is present. `end_user`, `purpose` and
+//! `break_glass` (the session context, [`RecordContext`]) are `null` when not set; records
+//! written before they existed lack them and still parse and verify (the hash covers the
+//! stored bytes, whatever fields they hold). `time` is RFC 3339 UTC with
 //! microseconds (`2026-01-05T10:00:00.000000Z`). The first record of the log has `seq` 1 and
 //! `prev` = 64 zeros ([`GENESIS`]).
 //!
@@ -235,6 +239,22 @@ impl RecordDraft {
     }
 }
 
+/// The session context a statement ran in: who the person is and why they look
+/// (DESIGN.md "Session context"). Written into the record, covered by its hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordContext {
+    pub end_user: Option<String>,
+    pub purpose: Option<String>,
+    /// The break-glass reason while break-glass is on.
+    pub break_glass: Option<String>,
+}
+
+impl RecordContext {
+    pub fn is_empty(&self) -> bool {
+        self.end_user.is_none() && self.purpose.is_none() && self.break_glass.is_none()
+    }
+}
+
 /// A complete record as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
@@ -253,6 +273,8 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     pub sqlstate: Option<String>,
     pub subjects: Subjects,
+    /// `end_user`, `purpose`, `break_glass` (all `None` in records written before them).
+    pub context: RecordContext,
     /// Hex SHA-256 of the previous record ([`GENESIS`] for the first).
     pub prev: String,
     /// Hex SHA-256 of this record (see the module docs).
@@ -314,6 +336,9 @@ struct WireOut<'a> {
     subjects: Option<&'a BTreeMap<String, Vec<String>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subjects_unknown: Option<&'a str>,
+    end_user: Option<&'a str>,
+    purpose: Option<&'a str>,
+    break_glass: Option<&'a str>,
     prev: &'a str,
 }
 
@@ -338,6 +363,12 @@ struct WireIn {
     subjects: Option<BTreeMap<String, Vec<String>>>,
     #[serde(default)]
     subjects_unknown: Option<String>,
+    #[serde(default)]
+    end_user: Option<String>,
+    #[serde(default)]
+    purpose: Option<String>,
+    #[serde(default)]
+    break_glass: Option<String>,
     prev: String,
     hash: String,
 }
@@ -349,8 +380,14 @@ pub struct Sealed {
     pub hash: String,
 }
 
-/// Assigns `seq` and `prev` to a draft and computes its line and hash.
-pub fn seal(draft: &RecordDraft, seq: u64, prev: &str) -> Result<Sealed, String> {
+/// Assigns `seq` and `prev` to a draft and its session context and computes its line and
+/// hash.
+pub fn seal(
+    draft: &RecordDraft,
+    context: &RecordContext,
+    seq: u64,
+    prev: &str,
+) -> Result<Sealed, String> {
     let (subjects, subjects_unknown) = match &draft.subjects {
         Subjects::Known(map) => (Some(map), None),
         Subjects::Unknown(reason) => (None, Some(reason.as_str())),
@@ -372,6 +409,9 @@ pub fn seal(draft: &RecordDraft, seq: u64, prev: &str) -> Result<Sealed, String>
         sqlstate: draft.sqlstate.as_deref(),
         subjects,
         subjects_unknown,
+        end_user: context.end_user.as_deref(),
+        purpose: context.purpose.as_deref(),
+        break_glass: context.break_glass.as_deref(),
         prev,
     };
     let mut body =
@@ -577,6 +617,11 @@ pub fn parse_line(line: &[u8]) -> Result<LogLine, BadLine> {
         outcome: w.outcome,
         sqlstate: w.sqlstate,
         subjects,
+        context: RecordContext {
+            end_user: w.end_user,
+            purpose: w.purpose,
+            break_glass: w.break_glass,
+        },
         prev: w.prev,
         hash: w.hash,
     })))
@@ -586,6 +631,10 @@ pub fn parse_line(line: &[u8]) -> Result<LogLine, BadLine> {
 pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn seal_plain(draft: &RecordDraft, seq: u64, prev: &str) -> Result<Sealed, String> {
+        seal(draft, &RecordContext::default(), seq, prev)
+    }
 
     pub(crate) fn draft(user: &str, id: &str) -> RecordDraft {
         let mut subjects = BTreeMap::new();
@@ -610,7 +659,7 @@ pub(crate) mod tests {
 
     #[test]
     fn line_layout_and_hash() {
-        let s = seal(&draft("alice", "17"), 1, GENESIS).unwrap();
+        let s = seal_plain(&draft("alice", "17"), 1, GENESIS).unwrap();
         assert!(s.line.ends_with('\n'));
         let line = s.line.trim_end_matches('\n');
         assert!(line.starts_with(
@@ -632,6 +681,9 @@ pub(crate) mod tests {
             "\"outcome\"",
             "\"sqlstate\":null",
             "\"subjects\"",
+            "\"end_user\":null",
+            "\"purpose\":null",
+            "\"break_glass\":null",
             "\"prev\"",
             "\"hash\"",
         ];
@@ -664,12 +716,12 @@ pub(crate) mod tests {
     fn subjects_unknown_and_maintenance() {
         let mut d = draft("bob", "1");
         d.subjects = Subjects::Unknown("no subject column in result".into());
-        let s = seal(&d, 2, GENESIS).unwrap();
+        let s = seal_plain(&d, 2, GENESIS).unwrap();
         assert!(s
             .line
-            .contains("\"subjects_unknown\":\"no subject column in result\",\"prev\""));
+            .contains("\"subjects_unknown\":\"no subject column in result\",\"end_user\""));
         assert!(!s.line.contains("\"subjects\":"));
-        let m = seal(&RecordDraft::maintenance("repair x"), 3, &s.hash).unwrap();
+        let m = seal_plain(&RecordDraft::maintenance("repair x"), 3, &s.hash).unwrap();
         match parse_line(m.line.trim_end().as_bytes()).unwrap() {
             LogLine::Record(r) => assert!(r.is_maintenance()),
             LogLine::Checkpoint(_) => panic!(),
@@ -677,8 +729,50 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn context_fields_are_stored_and_hashed() {
+        let context = RecordContext {
+            end_user: Some("dr.alice".into()),
+            purpose: Some("treatment".into()),
+            break_glass: Some("code \"blue\"".into()),
+        };
+        let with = seal(&draft("app", "17"), &context, 1, GENESIS).unwrap();
+        let without = seal_plain(&draft("app", "17"), 1, GENESIS).unwrap();
+        assert_ne!(with.hash, without.hash);
+        assert!(with.line.contains(
+            "\"end_user\":\"dr.alice\",\"purpose\":\"treatment\",\"break_glass\":\"code \\\"blue\\\"\",\"prev\""
+        ));
+        match parse_line(with.line.trim_end().as_bytes()).unwrap() {
+            LogLine::Record(r) => assert_eq!(r.context, context),
+            LogLine::Checkpoint(_) => panic!(),
+        }
+        // Editing the context breaks the hash.
+        let edited = with.line.replace("dr.alice", "dr.bob");
+        let (computed, stored) = split_hash(edited.trim_end().as_bytes()).unwrap();
+        assert_ne!(computed, stored);
+    }
+
+    #[test]
+    fn records_without_context_fields_still_parse() {
+        // A line as written before the context fields existed.
+        let line = seal_plain(&draft("app", "17"), 1, GENESIS).unwrap().line;
+        let body = line.trim_end().replace(
+            ",\"end_user\":null,\"purpose\":null,\"break_glass\":null",
+            "",
+        );
+        let body = &body[..body.len() - 75];
+        let hash = hex::encode(Sha256::digest(format!("{body}}}").as_bytes()));
+        let old = format!("{body},\"hash\":\"{hash}\"}}");
+        let (computed, stored) = split_hash(old.as_bytes()).unwrap();
+        assert_eq!(computed, stored);
+        match parse_line(old.as_bytes()).unwrap() {
+            LogLine::Record(r) => assert!(r.context.is_empty()),
+            LogLine::Checkpoint(_) => panic!(),
+        }
+    }
+
+    #[test]
     fn rejects_extra_or_duplicate_fields() {
-        let s = seal(&draft("alice", "17"), 1, GENESIS).unwrap();
+        let s = seal_plain(&draft("alice", "17"), 1, GENESIS).unwrap();
         let line = s.line.trim_end();
         let extra = line.replacen("{\"seq\":1,", "{\"seq\":1,\"x\":1,", 1);
         assert!(parse_line(extra.as_bytes()).is_err());

@@ -28,6 +28,12 @@ pub struct SearchFilter {
     pub outcome: Option<Outcome>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// The session context's end user, exactly.
+    pub end_user: Option<String>,
+    /// The declared purpose of use, exactly.
+    pub purpose: Option<String>,
+    /// Only records of statements run under break-glass.
+    pub break_glass: bool,
 }
 
 /// `schema.table` for `table` or `schema.table`.
@@ -100,6 +106,18 @@ impl SearchFilter {
             return false;
         }
         if self.outcome.is_some_and(|o| o != r.outcome) {
+            return false;
+        }
+        if self
+            .end_user
+            .as_ref()
+            .is_some_and(|u| r.context.end_user.as_ref() != Some(u))
+            || self
+                .purpose
+                .as_ref()
+                .is_some_and(|p| r.context.purpose.as_ref() != Some(p))
+            || (self.break_glass && r.context.break_glass.is_none())
+        {
             return false;
         }
         if self.since.is_some_and(|s| r.time < s) || self.until.is_some_and(|u| r.time > u) {

@@ -366,7 +366,7 @@ fn tampering_is_detected() {
                 if r.seq == first2 {
                     dr.user = "mallory".into();
                 }
-                let sealed = seal(&dr, r.seq, &prev).unwrap();
+                let sealed = seal(&dr, &r.context, r.seq, &prev).unwrap();
                 prev = sealed.hash.clone();
                 *line = sealed.line.trim_end().to_string();
             } else if k >= 2 && first_cp_after.is_none() {
@@ -848,7 +848,7 @@ fn search_filters() {
     cli::search(p, &filter, false, &mut out).unwrap();
     let out = String::from_utf8(out).unwrap();
     let first = out.lines().next().unwrap();
-    assert!(first.starts_with("2026-02-01T09:02:00.000000Z seq 2 user carol roles carol,billing select ok tables public.patients columns public.patients.ssn(masked),public.patients.birth_date(masked) rows 1 subjects public.patients:[17]"), "{first}");
+    assert!(first.starts_with("2026-02-01T09:02:00.000000Z seq 2 user carol end user - purpose - roles carol,billing select ok tables public.patients columns public.patients.ssn(masked),public.patients.birth_date(masked) rows 1 subjects public.patients:[17]"), "{first}");
 }
 
 #[test]
@@ -883,7 +883,7 @@ fn report_accounting_of_disclosures() {
     );
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("Accounting of disclosures for public.patients id 17 (whole log): 3 disclosure(s), newest first\n"), "{text}");
-    assert!(text.contains("user carol  roles carol,billing  from 10.0.0.5:51234  application \"psql\"  select  columns public.patients.ssn (masked),public.patients.birth_date (masked)"), "{text}");
+    assert!(text.contains("user carol  end user -  purpose -  roles carol,billing  from 10.0.0.5:51234  application \"psql\"  select  columns public.patients.ssn (masked),public.patients.birth_date (masked)"), "{text}");
     assert!(
         text.contains(
             "1 statement(s) read protected columns of public.patients without recorded subjects"
@@ -964,7 +964,7 @@ fn records_contain_only_what_the_caller_gave() {
         assert!(allowed.contains(&s), "unexpected value {s:?} in record");
     }
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 17);
+    assert_eq!(keys.len(), 20);
 }
 
 #[test]

@@ -45,8 +45,9 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
+use super::observer::RecordObserver;
 use super::record::{
-    parse_line, seal, Checkpoint, CheckpointReason, LogLine, RecordDraft, GENESIS,
+    parse_line, seal, Checkpoint, CheckpointReason, LogLine, RecordContext, RecordDraft, GENESIS,
 };
 use super::segment::{list_segments, segment_name, segment_path};
 use super::AuditError;
@@ -62,6 +63,8 @@ pub struct AuditOptions {
     /// A periodic checkpoint after this long when records were written since the last one.
     /// Default 10 s.
     pub checkpoint_interval: Duration,
+    /// Told about each statement record once it is durable (alerts). Default none.
+    pub observer: Option<Box<dyn RecordObserver>>,
 }
 
 impl AuditOptions {
@@ -77,6 +80,7 @@ impl AuditOptions {
             segment_max_bytes: Self::DEFAULT_SEGMENT_MAX_BYTES,
             checkpoint_every: Self::DEFAULT_CHECKPOINT_EVERY,
             checkpoint_interval: Self::DEFAULT_CHECKPOINT_INTERVAL,
+            observer: None,
         }
     }
 }
@@ -110,8 +114,11 @@ struct Counters {
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
+/// A statement's draft and the session context it ran in.
+type Entry = Box<(RecordDraft, RecordContext)>;
+
 enum Msg {
-    Append(Box<RecordDraft>, Reply),
+    Append(Entry, Reply),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -168,6 +175,7 @@ impl AuditLog {
             pending_events: Vec::new(),
             counters: counters.clone(),
             lock: Some(lock),
+            observer: opts.observer,
         };
         writer.recover()?;
         counters.last_seq.store(writer.last_seq, Ordering::Relaxed);
@@ -181,12 +189,24 @@ impl AuditLog {
         })
     }
 
-    /// Appends a record; resolves with its seq once it is durable (written and fsynced).
+    /// Appends a record without session context; resolves with its seq once it is durable
+    /// (written and fsynced).
     pub async fn append(&self, draft: RecordDraft) -> Result<u64, AuditError> {
+        self.append_in_context(draft, RecordContext::default())
+            .await
+    }
+
+    /// Appends a record with the session context it ran in (`end_user`, `purpose`,
+    /// `break_glass`); resolves with its seq once it is durable.
+    pub async fn append_in_context(
+        &self,
+        draft: RecordDraft,
+        context: RecordContext,
+    ) -> Result<u64, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
-            .send(Msg::Append(Box::new(draft), reply))
+            .send(Msg::Append(Box::new((draft, context)), reply))
             .map_err(|_| AuditError::Closed)?;
         answer.await.map_err(|_| AuditError::Closed)?
     }
@@ -353,6 +373,7 @@ struct Writer {
     counters: Arc<Counters>,
     /// Held (flock) while the writer runs, so two processes never append to one log.
     lock: Option<File>,
+    observer: Option<Box<dyn RecordObserver>>,
 }
 
 /// Whether a line is a `rotate` checkpoint.
@@ -429,6 +450,7 @@ impl Writer {
             );
             let sealed = seal(
                 &RecordDraft::maintenance(&description),
+                &RecordContext::default(),
                 self.last_seq + 1,
                 &self.last_hash,
             )
@@ -551,22 +573,22 @@ impl Writer {
     /// fsync. Returns the seq of each draft. On failure nothing of it stays in the chain.
     fn commit(
         &mut self,
-        drafts: &[Box<RecordDraft>],
+        drafts: &[Entry],
         checkpoint: Option<CheckpointReason>,
     ) -> Result<Vec<u64>, String> {
         let file = self.open_current()?;
         let mut buf = String::new();
         let mut seq = self.last_seq;
         let mut head = self.last_hash.clone();
-        let events: Vec<RecordDraft> = self
+        let events: Vec<(RecordDraft, RecordContext)> = self
             .pending_events
             .iter()
-            .map(|e| RecordDraft::maintenance(e))
+            .map(|e| (RecordDraft::maintenance(e), RecordContext::default()))
             .collect();
         let mut seqs = Vec::with_capacity(drafts.len());
-        for (i, draft) in events.iter().chain(drafts.iter().map(|d| &**d)).enumerate() {
+        for (i, (draft, context)) in events.iter().chain(drafts.iter().map(|d| &**d)).enumerate() {
             seq += 1;
-            let sealed = seal(draft, seq, &head)?;
+            let sealed = seal(draft, context, seq, &head)?;
             buf.push_str(&sealed.line);
             head = sealed.hash;
             if i >= events.len() {
@@ -650,7 +672,7 @@ impl Writer {
         self.durable_len >= self.max_bytes
     }
 
-    fn write_batch(&mut self, batch: Vec<(Box<RecordDraft>, Reply)>) {
+    fn write_batch(&mut self, batch: Vec<(Entry, Reply)>) {
         let (drafts, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let result = if self.needs_rotation() {
             self.rotate().and_then(|()| self.commit(&drafts, None))
@@ -660,8 +682,14 @@ impl Writer {
         match result {
             Ok(seqs) => {
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                for (reply, seq) in replies.into_iter().zip(seqs) {
-                    let _ = reply.send(Ok(seq));
+                for (reply, seq) in replies.into_iter().zip(&seqs) {
+                    let _ = reply.send(Ok(*seq));
+                }
+                // After the answers: the observer never delays a release.
+                if let Some(observer) = &self.observer {
+                    for (entry, seq) in drafts.iter().zip(seqs) {
+                        observer.durable(seq, &entry.0, &entry.1);
+                    }
                 }
             }
             Err(e) => {

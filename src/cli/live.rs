@@ -10,11 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use toml_edit::{ImDocument, Item};
 
-use crate::config::{Config, UpstreamConfig, UpstreamTls};
+use crate::config::{Config, UpstreamConfig};
+use crate::net::pgclient;
 use crate::schema::TableName;
 
 /// The relation `schema.name` (tables, partitioned tables, views, materialized views,
@@ -82,69 +82,22 @@ impl Login {
 /// Connects upstream; the error is one line naming the address.
 pub async fn connect(upstream: &UpstreamConfig, login: &Login) -> Result<Client, String> {
     let addr = format!("{}:{}", upstream.host, upstream.port);
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&upstream.host)
-        .port(upstream.port)
-        .user(&login.user)
-        .dbname(&login.database)
-        .application_name("pgveil check")
-        .connect_timeout(upstream.connect_timeout);
-    if let Some(password) = &login.password {
-        pg.password(password);
-    }
-    let failed = |e: tokio_postgres::Error| {
+    let pg_login = pgclient::Login {
+        user: &login.user,
+        password: login.password.as_deref(),
+        database: &login.database,
+        application: "pgveil check",
+    };
+    pgclient::connect(upstream, &pg_login).await.map_err(|e| {
         format!(
-            "cannot connect to the database at {addr} as {}: {}",
-            login.user,
-            pg_error_text(&e)
+            "cannot connect to the database at {addr} as {}: {e}",
+            login.user
         )
-    };
-    let client = match upstream.tls {
-        UpstreamTls::Disable => {
-            pg.ssl_mode(SslMode::Disable);
-            let (client, connection) = pg.connect(NoTls).await.map_err(failed)?;
-            tokio::spawn(connection);
-            client
-        }
-        mode => {
-            let ca = match mode {
-                UpstreamTls::VerifyFull => upstream.ca_file.as_deref(),
-                _ => None,
-            };
-            let tls = crate::net::tls::upstream_config(ca).map_err(|e| e.to_string())?;
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-            pg.ssl_mode(match mode {
-                UpstreamTls::Prefer => SslMode::Prefer,
-                _ => SslMode::Require,
-            });
-            let (client, connection) = pg.connect(tls).await.map_err(failed)?;
-            tokio::spawn(connection);
-            client
-        }
-    };
-    Ok(client)
+    })
 }
 
-/// One line for a client error: the server's message (with its SQLSTATE) for a database
-/// error, otherwise the error and its cause (tokio-postgres prints only "db error").
 fn pg_error_text(e: &tokio_postgres::Error) -> String {
-    use std::error::Error as _;
-    if let Some(db) = e.as_db_error() {
-        return super::one_line(&format!(
-            "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
-            db.code().code()
-        ));
-    }
-    let mut text = e.to_string();
-    if let Some(source) = e.source() {
-        let source = source.to_string();
-        if !text.contains(&source) {
-            text = format!("{text}: {source}");
-        }
-    }
-    super::one_line(&text)
+    pgclient::error_text(e)
 }
 
 fn query_failed(e: tokio_postgres::Error) -> String {

@@ -166,6 +166,24 @@ fn referenced_file_problems(config: &Config) -> Vec<String> {
             problems.push(format!("[audit] {e}"));
         }
     }
+    if let Some(path) = &config.context.token_public_key_file {
+        if let Err(e) = crate::context::load_token_key(path) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(file) = &config.alerts.file {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            problems.push(format!(
+                "[alerts] file {}: directory {} does not exist",
+                file.display(),
+                dir.display()
+            ));
+        }
+    }
     if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
         if let Err(e) = crate::net::tls::server_config(cert, key) {
             problems.push(format!("[server] {e}"));

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::{rustls, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 
 use super::startup::{read_startup, StartupError, StartupMessage, StartupPacket};
 use super::stream::MaybeTls;
+use super::tls::ServerTls;
 use crate::pgerror::{sqlstate, PgError};
 
 /// The first byte of a TLS ClientHello: a client using `sslnegotiation=direct`.
@@ -58,22 +60,31 @@ pub enum Accepted {
     Session {
         stream: MaybeTls,
         startup: StartupMessage,
+        /// `tls-server-end-point` data of the certificate this client was served, when it
+        /// uses TLS: what `SCRAM-SHA-256-PLUS` binds to.
+        tls_end_point: Option<Arc<[u8]>>,
     },
     /// A cancel request: forward it, then close.
     Cancel { pid: u32, secret: bytes::Bytes },
 }
 
 pub struct Handshake {
-    pub tls: Option<TlsAcceptor>,
+    /// Replaced as a whole on reload; each connection keeps the one it started with.
+    tls: ArcSwapOption<ServerTls>,
     pub require_tls: bool,
 }
 
 impl Handshake {
-    pub fn new(tls: Option<Arc<rustls::ServerConfig>>, require_tls: bool) -> Self {
+    pub fn new(tls: Option<ServerTls>, require_tls: bool) -> Self {
         Self {
-            tls: tls.map(TlsAcceptor::from),
+            tls: ArcSwapOption::from(tls.map(Arc::new)),
             require_tls,
         }
+    }
+
+    /// New connections are served `tls` from now on (certificate rotation).
+    pub fn set_tls(&self, tls: ServerTls) {
+        self.tls.store(Some(Arc::new(tls)));
     }
 
     /// Runs the startup phase. On error, the caller sends `client_error()` on the stream it
@@ -82,12 +93,15 @@ impl Handshake {
         &self,
         tcp: TcpStream,
     ) -> Result<Accepted, (Option<MaybeTls>, HandshakeError)> {
+        let tls = self.tls.load_full();
         let mut first = [0u8; 1];
         let direct_tls =
             matches!(tcp.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE_RECORD);
         let mut stream = MaybeTls::Plain(tcp);
         if direct_tls {
-            stream = self.start_tls(stream).await.map_err(|e| (None, e))?;
+            stream = start_tls(tls.as_deref(), stream)
+                .await
+                .map_err(|e| (None, e))?;
         }
         loop {
             let packet = match read_startup(&mut stream).await {
@@ -99,11 +113,13 @@ impl Handshake {
                     return Err((Some(stream), HandshakeError::RepeatedSslRequest));
                 }
                 StartupPacket::SslRequest => {
-                    if self.tls.is_some() {
+                    if tls.is_some() {
                         if let Err(e) = stream.write_all(b"S").await {
                             return Err((None, e.into()));
                         }
-                        stream = self.start_tls(stream).await.map_err(|e| (None, e))?;
+                        stream = start_tls(tls.as_deref(), stream)
+                            .await
+                            .map_err(|e| (None, e))?;
                     } else if let Err(e) = stream.write_all(b"N").await {
                         return Err((None, e.into()));
                     }
@@ -120,17 +136,26 @@ impl Handshake {
                     if self.require_tls && !stream.is_tls() {
                         return Err((Some(stream), HandshakeError::TlsRequired));
                     }
-                    return Ok(Accepted::Session { stream, startup });
+                    let tls_end_point = match (&tls, stream.is_tls()) {
+                        (Some(tls), true) => tls.end_point.clone(),
+                        _ => None,
+                    };
+                    return Ok(Accepted::Session {
+                        stream,
+                        startup,
+                        tls_end_point,
+                    });
                 }
             }
         }
     }
+}
 
-    async fn start_tls(&self, stream: MaybeTls) -> Result<MaybeTls, HandshakeError> {
-        let (Some(acceptor), MaybeTls::Plain(tcp)) = (&self.tls, stream) else {
-            return Err(HandshakeError::RepeatedSslRequest);
-        };
-        let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-        Ok(MaybeTls::ServerTls(Box::new(tls)))
-    }
+async fn start_tls(tls: Option<&ServerTls>, stream: MaybeTls) -> Result<MaybeTls, HandshakeError> {
+    let (Some(tls), MaybeTls::Plain(tcp)) = (tls, stream) else {
+        return Err(HandshakeError::RepeatedSslRequest);
+    };
+    let acceptor = TlsAcceptor::from(tls.config.clone());
+    let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
+    Ok(MaybeTls::ServerTls(Box::new(tls)))
 }

@@ -21,6 +21,19 @@ impl MaybeTls {
         !matches!(self, Self::Plain(_))
     }
 
+    /// The database's certificate, on a connection pgveil opened with TLS.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Self::ClientTls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|cert| cert.as_ref()),
+            _ => None,
+        }
+    }
+
     /// Plain TCP splits without a lock; TLS needs tokio's locked split.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {

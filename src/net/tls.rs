@@ -50,7 +50,74 @@ fn certs(path: &Path) -> Result<Vec<pki_types::CertificateDer<'static>>, TlsErro
 
 /// The server side: what clients see when they send SSLRequest.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    ServerTls::load(cert, key).map(|tls| tls.config)
+}
+
+/// The client-facing TLS configuration with what SCRAM channel binding needs of it.
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// `tls-server-end-point` data for pgveil's own certificate; `None` when its signature
+    /// algorithm names no hash RFC 5929 can use (then `SCRAM-SHA-256-PLUS` is not offered).
+    pub end_point: Option<Arc<[u8]>>,
+}
+
+impl ServerTls {
+    /// Reads and checks the pair: a key that does not match the certificate is refused.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let (config, leaf) = load_server_config(cert, key)?;
+        Ok(Self {
+            config,
+            end_point: end_point_hash(&leaf).map(Arc::from),
+        })
+    }
+}
+
+/// RFC 5929 `tls-server-end-point`: the certificate hashed with the hash of its signature
+/// algorithm, MD5 and SHA-1 replaced by SHA-256. `None` for algorithms that name no hash
+/// (Ed25519, RSA-PSS), for which PostgreSQL and libpq refuse channel binding too.
+pub fn end_point_hash(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    use x509_cert::der::{oid::ObjectIdentifier, Decode};
+    const SHA256: [&str; 7] = [
+        "1.2.840.113549.1.1.4",   // md5WithRSAEncryption
+        "1.2.840.113549.1.1.5",   // sha1WithRSAEncryption
+        "1.2.840.10045.4.1",      // ecdsa-with-SHA1
+        "1.2.840.10040.4.3",      // dsa-with-sha1
+        "1.2.840.113549.1.1.11",  // sha256WithRSAEncryption
+        "1.2.840.10045.4.3.2",    // ecdsa-with-SHA256
+        "2.16.840.1.101.3.4.3.2", // dsa-with-sha256
+    ];
+    const SHA384: [&str; 2] = ["1.2.840.113549.1.1.12", "1.2.840.10045.4.3.3"];
+    const SHA512: [&str; 2] = ["1.2.840.113549.1.1.13", "1.2.840.10045.4.3.4"];
+    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
+    let oid = cert.signature_algorithm.oid;
+    let named = |list: &[&str]| {
+        list.iter()
+            .any(|text| ObjectIdentifier::new(text).is_ok_and(|known| known == oid))
+    };
+    if named(&SHA256) {
+        Some(sha2::Sha256::digest(cert_der).to_vec())
+    } else if named(&SHA384) {
+        Some(sha2::Sha384::digest(cert_der).to_vec())
+    } else if named(&SHA512) {
+        Some(sha2::Sha512::digest(cert_der).to_vec())
+    } else {
+        None
+    }
+}
+
+fn load_server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<
+    (
+        Arc<rustls::ServerConfig>,
+        pki_types::CertificateDer<'static>,
+    ),
+    TlsError,
+> {
     let chain = certs(cert)?;
+    let leaf = chain[0].clone();
     let pem = read_pem(key)?;
     let key_der = rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|source| TlsError::Read {
@@ -66,7 +133,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_no_client_auth()
         .with_single_cert(chain, key_der)?;
     config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), leaf))
 }
 
 /// The client side towards the database. `ca_file` given: the chain and host name are

@@ -5,7 +5,7 @@
 //! after the record is durable.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -19,8 +19,11 @@ use crate::sql::{ColumnRef, Protection, StatementPlan, SubjectSource};
 pub struct AuditSink {
     pub log: AuditLog,
     pub scope: AuditScope,
-    /// False after an append failed, until one succeeds again.
+    /// False after an append failed, until one that started after the failure succeeds.
     pub healthy: AtomicBool,
+    /// Counts failed appends: an append that was already under way when another failed
+    /// must not mark the log healthy again when it completes late.
+    failures: AtomicU64,
 }
 
 impl AuditSink {
@@ -29,6 +32,7 @@ impl AuditSink {
             log,
             scope,
             healthy: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -335,8 +339,23 @@ fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
 impl AuditSink {
     /// Appends a record; the outcome also marks the log's health for later statements.
     pub async fn append(&self, draft: RecordDraft) -> Result<u64, audit::AuditError> {
+        let failures_before = self.failures.load(Ordering::SeqCst);
         let result = self.log.append(draft).await;
-        self.healthy.store(result.is_ok(), Ordering::Relaxed);
+        match &result {
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                self.healthy.store(false, Ordering::SeqCst);
+            }
+            Ok(_) => {
+                if self.failures.load(Ordering::SeqCst) == failures_before {
+                    self.healthy.store(true, Ordering::SeqCst);
+                    // A failure that landed between the check and the store wins.
+                    if self.failures.load(Ordering::SeqCst) != failures_before {
+                        self.healthy.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
         result
     }
 }

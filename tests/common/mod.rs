@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use pgveil::config::Config;
 
+mod leak;
+#[allow(unused_imports)]
+pub use leak::{secret, secrets, Tap};
+
 pub const SUPERUSER: &str = "postgres";
 pub const PASSWORD: &str = "veil-test-secret";
 
@@ -68,6 +72,19 @@ pub struct Cluster {
 
 static CLUSTERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// Started clusters' ports and log files: pgveil's connections to them are tapped.
+static CLUSTER_LOGS: Mutex<Vec<(u16, PathBuf)>> = Mutex::new(Vec::new());
+
+/// The log of the cluster listening on `port`, when the harness started it.
+fn cluster_log(port: u16) -> Option<PathBuf> {
+    CLUSTER_LOGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(p, _)| *p == port)
+        .map(|(_, log)| log.clone())
+}
+
 extern "C" fn stop_clusters() {
     let dirs = CLUSTERS.lock().map(|d| d.clone()).unwrap_or_default();
     for dir in dirs {
@@ -124,6 +141,19 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
 
+        // Every statement is logged, with the client's address and port, so the leak check
+        // can attribute each log entry to the connection that sent it.
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nlog_statement = 'all'\nlog_line_prefix = '%m [%p] %r '\n",
+        )
+        .unwrap();
+        drop(conf);
+
         let (ca_pem, cert_pem, key_pem) = make_certs("localhost");
         std::fs::write(data.join("server.crt"), cert_pem).unwrap();
         std::fs::write(data.join("server.key"), key_pem).unwrap();
@@ -166,6 +196,10 @@ impl Cluster {
             }
             clusters.push(dir.clone());
         }
+        CLUSTER_LOGS
+            .lock()
+            .unwrap()
+            .push((port, dir.join("server.log")));
         Cluster { port, dir, ca_pem }
     }
 
@@ -228,13 +262,20 @@ pub struct Proxy {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Between pgveil and a harness cluster: checked for plaintext when the proxy stops.
+    tap: Option<Tap>,
 }
 
 impl Proxy {
     /// Starts pgveil with `config_toml` (the `[server] listen` is replaced by port 0).
     pub fn start(config_toml: &str, base_dir: &Path) -> Proxy {
-        let config = Config::parse(config_toml, "test.toml", base_dir)
+        let mut config = Config::parse(config_toml, "test.toml", base_dir)
             .unwrap_or_else(|e| panic!("bad test config: {e}"));
+        let tap = cluster_log(config.upstream.port).map(|log| {
+            let tap = Tap::start(&config.upstream.host, config.upstream.port, log);
+            config.upstream.port = tap.port;
+            tap
+        });
         let std_listener = StdListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -258,6 +299,7 @@ impl Proxy {
             addr,
             stop: Some(stop_tx),
             thread: Some(thread),
+            tap,
         }
     }
 
@@ -268,6 +310,20 @@ impl Proxy {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Takes the tap out of the proxy, so dropping the proxy checks nothing (for tests of
+    /// the leak check itself).
+    pub fn take_tap(&mut self) -> Option<Tap> {
+        self.tap.take()
+    }
+
+    /// Fails the test when a registered plaintext reached the database through this proxy
+    /// so far (also checked when the proxy is dropped).
+    pub fn assert_no_leaks(&self) {
+        if let Some(tap) = &self.tap {
+            tap.assert_no_leaks();
+        }
     }
 
     /// Signals shutdown and waits for `serve` to return.
@@ -288,6 +344,9 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop_and_join();
+        if !std::thread::panicking() {
+            self.assert_no_leaks();
+        }
     }
 }
 
@@ -775,4 +834,50 @@ impl Raw {
 /// The tags of a message list, as a string (`"12TDCZ"`).
 pub fn tags(msgs: &[Msg]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// A second cluster for TLS on both legs and `auth = "scram"`: logins over TLS only.
+
+/// `pg_hba.conf` of [`tls_cluster`]: the superuser (for the harness) as usual; every other
+/// login over TLS only, by password (`md5` lets SCRAM verifiers use SCRAM and md5 ones md5);
+/// `veil_cert` by client certificate, `veil_trust` and `veil_nopass` by trust.
+pub const TLS_HBA: &str = "\
+host      all postgres    127.0.0.1/32 scram-sha-256
+hostssl   all veil_cert   127.0.0.1/32 cert
+hostssl   all veil_trust  127.0.0.1/32 trust
+hostssl   all veil_nopass 127.0.0.1/32 trust
+hostssl   all all         127.0.0.1/32 md5
+hostnossl all all         127.0.0.1/32 reject
+";
+
+/// The cluster for TLS-on-both-legs tests (ssl on, the lines of [`TLS_HBA`]), shared by the
+/// tests of one binary; the plain [`cluster`] stays as it is.
+pub fn tls_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start_with_hba(TLS_HBA))
+}
+
+impl Cluster {
+    /// [`Cluster::start`], then `pg_hba.conf` replaced by `hba` and reloaded, with the test
+    /// CA as `ssl_ca_file` (which `cert` lines need).
+    pub fn start_with_hba(hba: &str) -> Cluster {
+        let cluster = Cluster::start();
+        let data = cluster.dir.join("data");
+        std::fs::write(data.join("root.crt"), &cluster.ca_pem).unwrap();
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        cluster.psql("ALTER SYSTEM SET ssl_ca_file = 'root.crt'");
+        cluster.psql("SELECT pg_reload_conf()");
+        wait_for(
+            || {
+                cluster
+                    .psql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NULL AND auth_method = 'cert'")
+                    .trim()
+                    == "1"
+            },
+            "pg_hba.conf to load",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        cluster
+    }
 }
