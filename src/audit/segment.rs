@@ -3,23 +3,26 @@
 //!
 //! # Preallocated segments
 //!
-//! A segment file is created at its full size (`segment_max_bytes`), zero-filled and
-//! fsynced before its first record is written, as PostgreSQL does with its WAL segments: an
-//! append then overwrites blocks that already exist, so the `fdatasync` after a batch flushes
-//! data only, never the file size or block allocation (on ext4 that avoids a journal commit
-//! per batch). The next segment is prepared under [`PREPARED_NAME`], a name no reader looks
-//! at, and renamed into place when it is needed.
+//! The segment being written has zeros ahead of its content, written and fsynced before any
+//! record goes there, as PostgreSQL does with its WAL segments: an append then overwrites
+//! blocks that already exist, so the `fdatasync` after a batch flushes data only, never the
+//! file size or a block allocation (on ext4 that saves a journal commit per batch). A new
+//! segment is prepared in the background under [`PREPARED_NAME`], a name no reader looks at,
+//! and renamed into place when it is needed; while it fills, more zeros are added ahead of
+//! the content in the background (see `active`). A segment that is closed (by `rotate`, or
+//! at shutdown) is cut back to its content, so only a log that was not shut down cleanly
+//! has a zero tail on disk.
 //!
 //! A segment's *content* is its bytes up to the first NUL byte. JSON lines never contain a
 //! NUL byte, so the zero-filled tail is where the content ends; a segment whose first byte is
 //! NUL (or that is empty) holds no content. Everything after the content must be NUL:
 //! non-zero bytes there are either a write torn by a crash (the writer syncs at most
 //! [`MAX_UNSYNCED_WRITE`] bytes at a time, so a torn write leaves non-zero bytes only within
-//! that distance of the last durable line) or bytes hidden after the end, which `verify`
+//! that distance of the end of the content) or bytes hidden after the end, which `verify`
 //! reports.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -36,11 +39,11 @@ pub(crate) const PREPARED_NAME: &str = "segment-next.prep";
 /// durable line.
 pub(crate) const MAX_UNSYNCED_WRITE: u64 = 1 << 20;
 
-/// Zeros are written in pieces of this size while a segment is prepared.
-const ZERO_CHUNK: usize = 1 << 20;
-/// ... and flushed every this many bytes, so the disk is never handed one burst of the
-/// whole segment while the writer waits for a small fdatasync.
-const ZERO_SYNC_EVERY: u64 = 4 << 20;
+/// Zeros are written in pieces of this size ...
+const ZERO_CHUNK: usize = 256 * 1024;
+/// ... and flushed every this many bytes: zeros written into the segment being appended to
+/// are flushed by the writer's own `fdatasync` too, so few may be pending at any time.
+const ZERO_SYNC_EVERY: u64 = 256 * 1024;
 
 /// `segment-000001.jsonl`.
 pub(crate) fn segment_name(n: u64) -> String {
@@ -73,13 +76,6 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditErro
     }
     out.sort_by_key(|(n, _)| *n);
     Ok(out)
-}
-
-/// Whether a segment holds any content (its first byte exists and is not NUL).
-pub(crate) fn has_content(path: &Path) -> std::io::Result<bool> {
-    let mut first = [0u8; 1];
-    let n = File::open(path)?.read(&mut first)?;
-    Ok(n == 1 && first[0] != 0)
 }
 
 /// Writes zeros over `[from, to)` of `file`, syncing the data every few MiB.
@@ -168,8 +164,6 @@ pub(crate) struct Line {
     pub terminated: bool,
     /// 1-based line number within the segment.
     pub number: u64,
-    /// Offset of the line's first byte in the segment.
-    pub offset: u64,
 }
 
 /// Reads the lines of a segment's content with one line of lookahead, stopping at the first
@@ -199,7 +193,6 @@ impl LineReader {
         if self.end.is_some() {
             return Ok(None);
         }
-        let start = self.offset;
         let mut bytes = Vec::new();
         loop {
             let available = self.reader.fill_buf()?;
@@ -217,7 +210,6 @@ impl LineReader {
                         bytes,
                         terminated: true,
                         number: self.count,
-                        offset: start,
                     }));
                 }
                 Some(i) => {
@@ -243,7 +235,6 @@ impl LineReader {
             bytes,
             terminated: false,
             number: self.count,
-            offset: start,
         }))
     }
 
@@ -260,6 +251,11 @@ impl LineReader {
             self.peeked = Some(line);
         }
         Ok(self.peeked.as_ref().and_then(|l| l.as_ref()))
+    }
+
+    /// Where the content ended, once the reader got there.
+    pub fn content_end(&self) -> Option<u64> {
+        self.end
     }
 
     /// After the last line: the first and last non-zero byte after the end of the content,
@@ -315,7 +311,7 @@ mod tests {
             lines.push((
                 String::from_utf8(l.bytes).unwrap(),
                 l.terminated,
-                l.offset,
+                l.number,
             ));
         }
         (lines, r.stray_after_end().unwrap())
@@ -329,12 +325,11 @@ mod tests {
         let (lines, stray) = read_all(&path);
         assert_eq!(
             lines,
-            vec![("a".into(), true, 0), ("bc".into(), true, 2)]
+            vec![("a".into(), true, 1), ("bc".into(), true, 2)]
         );
         assert_eq!(stray, None);
         let e = extent(&File::open(&path).unwrap()).unwrap();
         assert_eq!((e.size, e.end, e.stray), (300_005, 5, None));
-        assert!(has_content(&path).unwrap());
     }
 
     #[test]
@@ -347,7 +342,7 @@ mod tests {
         let (lines, stray) = read_all(&path);
         assert_eq!(
             lines,
-            vec![("a".into(), true, 0), ("bro".into(), false, 2)]
+            vec![("a".into(), true, 1), ("bro".into(), false, 2)]
         );
         let first = 5 + 100_000;
         assert_eq!(stray, Some((first, first + 6)));
@@ -358,10 +353,10 @@ mod tests {
     #[test]
     fn empty_and_all_zero_segments_have_no_content() {
         let (_d, path) = file_with(b"");
-        assert!(!has_content(&path).unwrap());
+        let e = extent(&File::open(&path).unwrap()).unwrap();
+        assert_eq!((e.size, e.end, e.stray), (0, 0, None));
         assert_eq!(read_all(&path), (vec![], None));
         let (_d, path) = file_with(&[0u8; 4096]);
-        assert!(!has_content(&path).unwrap());
         assert_eq!(read_all(&path), (vec![], None));
         let e = extent(&File::open(&path).unwrap()).unwrap();
         assert_eq!((e.size, e.end, e.stray), (4096, 0, None));
@@ -373,7 +368,7 @@ mod tests {
         let (lines, stray) = read_all(&path);
         assert_eq!(
             lines,
-            vec![("x".into(), true, 0), ("y".into(), false, 2)]
+            vec![("x".into(), true, 1), ("y".into(), false, 2)]
         );
         assert_eq!(stray, None);
     }
@@ -383,7 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = prepare(dir.path(), 3 * ZERO_CHUNK as u64 + 17).unwrap();
         let e = extent(&f).unwrap();
-        assert_eq!((e.size, e.end, e.stray), (3 << 20 | 17, 0, None));
+        assert_eq!((e.size, e.end, e.stray), (3 * ZERO_CHUNK as u64 + 17, 0, None));
         // Preparing again replaces the leftover.
         std::fs::write(dir.path().join(PREPARED_NAME), b"junk").unwrap();
         let f = prepare(dir.path(), 100).unwrap();
