@@ -411,7 +411,10 @@ async fn kill_9_during_reads_loses_no_released_read_and_verifies() {
     let tap = tap_to(cluster().port);
     let port = free_port();
     let config = setup(dir.path(), table)
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
         .replace(
             &format!("port = {}\n", cluster().port),
             &format!("port = {}\n", tap.port),
@@ -452,7 +455,10 @@ async fn kill_9_during_reads_loses_no_released_read_and_verifies() {
     let bytes = std::fs::read(&segment).unwrap();
     let content = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     assert!(content < bytes.len(), "no zero tail after a crash");
-    assert!(bytes[content..].iter().all(|&b| b == 0), "bytes after the content");
+    assert!(
+        bytes[content..].iter().all(|&b| b == 0),
+        "bytes after the content"
+    );
 
     // Before any restart the log verifies, or shows a torn final line (a write cut by the
     // kill) and nothing else.
@@ -466,7 +472,10 @@ async fn kill_9_during_reads_loses_no_released_read_and_verifies() {
         .iter()
         .filter(|r| r["kind"] == "select" && r["outcome"] == "ok")
         .count() as u64;
-    assert!(reads >= released, "{reads} records for {released} released reads");
+    assert!(
+        reads >= released,
+        "{reads} records for {released} released reads"
+    );
 
     // A restart repairs what the kill left; after a clean stop the log verifies and ends
     // with its content (no zero tail).
@@ -488,7 +497,10 @@ async fn kill_9_during_reads_loses_no_released_read_and_verifies() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("audit log intact"), "{out}");
     let bytes = std::fs::read(&segment).unwrap();
-    assert!(!bytes.contains(&0), "a cleanly stopped segment is cut to its content");
+    assert!(
+        !bytes.contains(&0),
+        "a cleanly stopped segment is cut to its content"
+    );
     let after = records(dir.path());
     let seqs: Vec<u64> = after.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");

@@ -99,7 +99,12 @@ impl Active {
     }
 
     /// Opens segment `number` for writing.
-    pub fn open(dir: &Path, number: u64, durable_len: u64, max_bytes: u64) -> std::io::Result<Self> {
+    pub fn open(
+        dir: &Path,
+        number: u64,
+        durable_len: u64,
+        max_bytes: u64,
+    ) -> std::io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -122,9 +127,7 @@ impl Active {
                 m.len()
             )),
             Ok(_) => Check::Ok,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Check::Lost("was removed".into())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Check::Lost("was removed".into()),
             Err(e) => Check::Failed(format!("cannot stat {}: {e}", self.path.display())),
         }
     }
@@ -217,8 +220,7 @@ impl Active {
                 self.dirty_until = self.dirty_until.max(written_end);
                 // Best effort now; otherwise the next write pads over them.
                 let zeros = vec![0u8; (self.dirty_until - start) as usize];
-                if self.file.write_all_at(&zeros, start).is_ok() && self.file.sync_data().is_ok()
-                {
+                if self.file.write_all_at(&zeros, start).is_ok() && self.file.sync_data().is_ok() {
                     self.dirty_until = start;
                 }
                 Err((e, fsyncs))
@@ -287,7 +289,9 @@ impl Successor {
             .spawn(move || prepare(&dir, size))
         {
             Ok(handle) => self.state = State::Running(handle),
-            Err(e) => tracing::warn!(error = %e, "cannot start the audit segment preparer; preparing when needed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the audit segment preparer; preparing when needed")
+            }
         }
     }
 
@@ -310,7 +314,10 @@ impl Successor {
                     tracing::warn!(error = %why, "background preparation of the next audit segment failed; trying again now");
                 }
                 prepare(&self.dir, chunk_for(self.max_bytes)).map_err(|e| {
-                    format!("cannot prepare the next segment in {}: {e}", self.dir.display())
+                    format!(
+                        "cannot prepare the next segment in {}: {e}",
+                        self.dir.display()
+                    )
                 })?
             }
         };
@@ -403,7 +410,10 @@ mod tests {
         active.join_extension();
         assert_eq!(active.size, 2 * PREALLOC_CHUNK);
         let e = extent(active.file()).unwrap();
-        assert_eq!((e.size, e.end, e.stray), (2 * PREALLOC_CHUNK, written, None));
+        assert_eq!(
+            (e.size, e.end, e.stray),
+            (2 * PREALLOC_CHUNK, written, None)
+        );
         // A batch larger than MAX_UNSYNCED_WRITE is synced piecewise.
         let big = vec![b'y'; MAX_UNSYNCED_WRITE as usize + 10];
         assert_eq!(active.write_durably(&big).unwrap(), 2);

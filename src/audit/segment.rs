@@ -308,11 +308,7 @@ mod tests {
         let mut r = LineReader::open(path).unwrap();
         let mut lines = Vec::new();
         while let Some(l) = r.next_line().unwrap() {
-            lines.push((
-                String::from_utf8(l.bytes).unwrap(),
-                l.terminated,
-                l.number,
-            ));
+            lines.push((String::from_utf8(l.bytes).unwrap(), l.terminated, l.number));
         }
         (lines, r.stray_after_end().unwrap())
     }
@@ -323,10 +319,7 @@ mod tests {
         content.extend(vec![0u8; 300_000]);
         let (_d, path) = file_with(&content);
         let (lines, stray) = read_all(&path);
-        assert_eq!(
-            lines,
-            vec![("a".into(), true, 1), ("bc".into(), true, 2)]
-        );
+        assert_eq!(lines, vec![("a".into(), true, 1), ("bc".into(), true, 2)]);
         assert_eq!(stray, None);
         let e = extent(&File::open(&path).unwrap()).unwrap();
         assert_eq!((e.size, e.end, e.stray), (300_005, 5, None));
@@ -340,10 +333,7 @@ mod tests {
         content.extend(vec![0u8; 10]);
         let (_d, path) = file_with(&content);
         let (lines, stray) = read_all(&path);
-        assert_eq!(
-            lines,
-            vec![("a".into(), true, 1), ("bro".into(), false, 2)]
-        );
+        assert_eq!(lines, vec![("a".into(), true, 1), ("bro".into(), false, 2)]);
         let first = 5 + 100_000;
         assert_eq!(stray, Some((first, first + 6)));
         let e = extent(&File::open(&path).unwrap()).unwrap();
@@ -366,10 +356,7 @@ mod tests {
     fn legacy_segments_without_a_zero_tail_read_as_before() {
         let (_d, path) = file_with(b"x\ny");
         let (lines, stray) = read_all(&path);
-        assert_eq!(
-            lines,
-            vec![("x".into(), true, 1), ("y".into(), false, 2)]
-        );
+        assert_eq!(lines, vec![("x".into(), true, 1), ("y".into(), false, 2)]);
         assert_eq!(stray, None);
     }
 
@@ -378,7 +365,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = prepare(dir.path(), 3 * ZERO_CHUNK as u64 + 17).unwrap();
         let e = extent(&f).unwrap();
-        assert_eq!((e.size, e.end, e.stray), (3 * ZERO_CHUNK as u64 + 17, 0, None));
+        assert_eq!(
+            (e.size, e.end, e.stray),
+            (3 * ZERO_CHUNK as u64 + 17, 0, None)
+        );
         // Preparing again replaces the leftover.
         std::fs::write(dir.path().join(PREPARED_NAME), b"junk").unwrap();
         let f = prepare(dir.path(), 100).unwrap();

@@ -1,20 +1,21 @@
 //! [`AuditLog`]: durable, hash-chained appends with group commit.
 //!
 //! A dedicated writer thread (blocking I/O) owns the segment files. Each batch it takes every
-//! draft waiting in the queue, assigns `seq`/`prev`/`hash`, and for the whole batch does:
-//! check the directory's identity (device, inode) against the one seen at open, open the
-//! current segment by path, `pwrite` all lines at the last durable length, `fdatasync`,
-//! close. Only then are the callers answered. Reopening by path for every batch means a
-//! directory that was deleted or renamed away is noticed (the open fails), instead of an old
-//! descriptor silently writing into an unlinked file.
+//! draft waiting in the queue (those that arrived while the previous batch was being synced:
+//! group commit), assigns `seq`/`prev`/`hash`, and for the whole batch does: check the
+//! directory's identity (device, inode) against the one seen at open and that the segment's
+//! path still names the open file (two `stat` calls, see `active`), `pwrite` all lines at the
+//! last durable length over preallocated zeros, one data-only `fdatasync`. Only then are the
+//! callers answered. The directory check means a directory that was deleted or renamed away
+//! is noticed, instead of the open descriptor silently writing into an unlinked file.
 //!
 //! On a failed write or fsync every record of the batch gets [`AuditError::Unavailable`], the
-//! file is truncated back to the last durable length (now if possible, otherwise at the next
-//! batch before anything is written), and the chain state is not advanced: the next batch
-//! tries again and continues from the last durable record. If the current segment vanished or
-//! shrank while the directory is still in place (someone removed or truncated it), the writer
-//! moves on to a fresh segment and the first record there is a chained maintenance record
-//! saying so; `verify` will still report the damaged segment.
+//! bytes written are zeroed again (now if possible, otherwise by the next batch's write), and
+//! the chain state is not advanced: the next batch tries again and continues from the last
+//! durable record. If the current segment vanished or shrank while the directory is still in
+//! place (someone removed or truncated it), the writer moves on to a fresh segment and the
+//! first record there is a chained maintenance record saying so; `verify` will still report
+//! the damaged segment.
 //!
 //! Use from a session:
 //!
@@ -27,13 +28,10 @@
 //! log.shutdown().await;                                              // at exit
 //! ```
 //!
-//! Restart: the writer continues the newest segment, reading the last seq and hash from its
-//! tail (or the previous segment's, if the newest is empty). A torn final line (not
-//! newline-terminated, or the last line unparseable) is removed at open and a chained
-//! maintenance record states how many bytes were removed at which offset of which segment.
-//! The repair record is written over the torn bytes and the file then cut to its end, in one
-//! write and one fsync, so a crash during repair leaves either the old state or a repeated
-//! repair, never an unrecorded truncation.
+//! Restart (`recover`): the writer continues the newest segment, reading the last seq and
+//! hash from the end of its content, and removes a torn tail left by a crash with a chained
+//! maintenance record. Shutdown writes a `shutdown` checkpoint and cuts the open segment to
+//! its content.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt as _;
@@ -45,9 +43,9 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
+use super::active::{sync_dir, Active, Check, Successor};
 use super::observer::RecordObserver;
 use super::record::{seal, Checkpoint, CheckpointReason, RecordContext, RecordDraft, GENESIS};
-use super::active::{sync_dir, Active, Check, Successor};
 use super::segment::{segment_name, segment_path};
 use super::AuditError;
 
