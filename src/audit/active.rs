@@ -181,10 +181,15 @@ impl Active {
     pub fn write_durably(&mut self, bytes: &[u8]) -> Result<u64, (String, u64)> {
         let start = self.durable_len;
         let end = start + bytes.len() as u64;
-        let mut out = bytes.to_vec();
-        if self.dirty_until > end {
-            out.resize((self.dirty_until - start) as usize, 0);
-        }
+        let padded;
+        let out: &[u8] = if self.dirty_until > end {
+            let mut v = bytes.to_vec();
+            v.resize((self.dirty_until - start) as usize, 0);
+            padded = v;
+            &padded
+        } else {
+            bytes
+        };
         let written_end = start + out.len() as u64;
         if written_end > self.size {
             // Never write where the background thread may be writing zeros.

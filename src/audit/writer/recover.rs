@@ -11,7 +11,7 @@
 //! repaired again at the next start, never an unrecorded removal. Non-zero bytes farther
 //! away are not a torn write: the writer refuses to start (`pgveil audit verify` says where).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -128,6 +128,20 @@ fn scan_tail(path: &Path) -> Result<Tail, AuditError> {
     })
 }
 
+/// Cuts a closed segment's zero tail (best effort: a segment keeping it is still valid).
+fn cut_to_content(path: &Path, len: u64) {
+    let cut = OpenOptions::new().write(true).open(path).and_then(|f| {
+        if f.metadata()?.len() > len {
+            f.set_len(len)?;
+            f.sync_all()?;
+        }
+        Ok(())
+    });
+    if let Err(e) = cut {
+        tracing::warn!(error = %e, segment = %path.display(), "cannot cut the closed audit segment to its content");
+    }
+}
+
 /// Whether a line is a `rotate` checkpoint.
 fn is_rotate(line: &Option<LogLine>) -> bool {
     matches!(line, Some(LogLine::Checkpoint(c)) if c.reason == CheckpointReason::Rotate)
@@ -195,32 +209,42 @@ impl Writer {
                 }
             }
         }
-        let mut active = self.open_segment(t_num, tail.good_len)?;
+        let mut repaired = None;
         if tail.is_torn() {
+            let mut active = self.open_segment(t_num, tail.good_len)?;
             self.repair(&mut active, &tail)?;
+            repaired = Some(active);
             last_is_rotate = false;
+        }
+        if last_is_rotate {
+            // Closed. A crash after the rotate checkpoint may have left the zero tail.
+            cut_to_content(&self.path(t_num), tail.end);
         }
         if newest > t_num {
             // Pristine successor(s): the rotation was interrupted before its checkpoint was
             // durable, or before the closed segment was cut to its content.
-            self.current = t_num;
-            self.active = Some(active);
             if !last_is_rotate {
+                self.current = t_num;
+                self.active = match repaired {
+                    Some(active) => Some(active),
+                    None => Some(self.open_segment(t_num, tail.end)?),
+                };
                 self.commit(&[], Some(CheckpointReason::Rotate))
                     .map_err(AuditError::Unavailable)?;
-            }
-            if let Some(closed) = self.active.take() {
-                closed.close();
+                if let Some(closed) = self.active.take() {
+                    closed.close();
+                }
             }
             self.current = newest;
             self.active = Some(self.open_segment(newest, 0)?);
         } else if last_is_rotate {
-            // A crash after the rotate checkpoint may have left the zero tail.
-            active.close();
             self.current = t_num + 1;
         } else {
             self.current = t_num;
-            self.active = Some(active);
+            self.active = match repaired {
+                Some(active) => Some(active),
+                None => Some(self.open_segment(t_num, tail.end)?),
+            };
         }
         self.sync_names()
     }
