@@ -304,7 +304,10 @@ mod tests {
         (dir, path)
     }
 
-    fn read_all(path: &Path) -> (Vec<(String, bool, u64)>, Option<(u64, u64)>) {
+    /// (text, terminated, line number) of each line, and the stray bytes after the content.
+    type Read = (Vec<(String, bool, u64)>, Option<(u64, u64)>);
+
+    fn read_all(path: &Path) -> Read {
         let mut r = LineReader::open(path).unwrap();
         let mut lines = Vec::new();
         while let Some(l) = r.next_line().unwrap() {
