@@ -508,8 +508,9 @@ async fn column_constraint(
         Some(_) => true,
         None => false,
     };
+    // Child tables too: the constraint is inherited by them.
     let probe = format!(
-        "SELECT EXISTS (SELECT 1 FROM ONLY {} WHERE NOT ({check}))",
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE NOT ({check}))",
         table_sql(table)
     );
     let plaintext: bool = client.query_one(probe.as_str(), &[]).await?.try_get(0)?;
