@@ -165,7 +165,8 @@ def main():
         print(f"\npgveil peak RSS (VmHWM): {hwm / 1024:.1f} MiB (goal < 100 MiB); "
               f"largest sampled VmRSS {sampled / 1024:.1f} MiB; pgveil CPU {cpu:.1f} s")
         if audit_dir:
-            records = sum(1 for p in Path(audit_dir).glob("*.jsonl") for line in p.read_text().splitlines()
+            records = sum(1 for p in Path(audit_dir).glob("*.jsonl")
+                          for line in p.read_text().split("\0")[0].splitlines()
                           if '"seq"' in line and '"checkpoint"' not in line)
             print(f"audit records written: {records}")
     finally:

@@ -76,7 +76,10 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
         .collect();
     segments.sort();
     for segment in segments {
-        for line in std::fs::read_to_string(segment).unwrap().lines() {
+        let text = std::fs::read_to_string(segment).unwrap();
+        // A segment is preallocated: its content ends at the zero-filled tail.
+        let content = text.split('\0').next().unwrap_or_default();
+        for line in content.lines() {
             let value: serde_json::Value = serde_json::from_str(line).unwrap();
             if value.get("seq").is_some() && value.get("checkpoint").is_none() {
                 out.push(value);
