@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "adversarial/cursors.rs"]
+mod cursors;
 
 use std::path::Path;
 
@@ -71,7 +73,10 @@ fn columns(s: &Schema) -> String {
         "ssn",
         "text",
         "deterministic",
-        &format!("domain = \"adv_ssn_{}\"\naccess = {{ {MASKED} = \"deny\", {DENIED} = \"deny\" }}", s.patients),
+        &format!(
+            "domain = \"adv_ssn_{}\"\naccess = {{ {MASKED} = \"deny\", {DENIED} = \"deny\" }}",
+            s.patients
+        ),
     );
     toml
 }
@@ -182,7 +187,9 @@ async fn encodings_that_hide_ascii_bytes_are_refused_everywhere() {
     // In the startup packet (libpq sends PGCLIENTENCODING as client_encoding).
     for encoding in REFUSED_ENCODINGS {
         let refused = psql_with_encoding(proxy.port(), CLINICIAN, Some(encoding));
-        let error = refused.err().unwrap_or_else(|| panic!("{encoding} accepted at startup"));
+        let error = refused
+            .err()
+            .unwrap_or_else(|| panic!("{encoding} accepted at startup"));
         assert!(error.contains("client encoding"), "{encoding}: {error}");
     }
     psql_with_encoding(proxy.port(), CLINICIAN, Some("LATIN1")).unwrap();
@@ -253,8 +260,16 @@ async fn an_encoding_selected_by_dynamic_sql_stops_the_analysis() {
     );
     raw.send(&query_bytes(&text)).await;
     let answer = raw.until_ready().await;
-    let error = answer.iter().find(|m| m.tag == b'E').expect("the attack was not refused");
-    assert_eq!(error.field(b'C').as_deref(), Some("0A000"), "{:?}", error.field(b'M'));
+    let error = answer
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the attack was not refused");
+    assert_eq!(
+        error.field(b'C').as_deref(),
+        Some("0A000"),
+        "{:?}",
+        error.field(b'M')
+    );
     // Statements that cannot touch protected data still work.
     let plain = raw.simple("SELECT 1").await;
     assert!(!plain.iter().any(|m| m.tag == b'E'), "{}", tags(&plain));
@@ -325,7 +340,10 @@ async fn a_temporary_table_dropped_earlier_in_the_same_query_does_not_hide_the_r
     let answer = client.simple_query(&attack).await;
     if answer.is_ok() {
         let back = client
-            .simple_query(&format!("SELECT ssn FROM {} WHERE name = 'Eve'", s.patients))
+            .simple_query(&format!(
+                "SELECT ssn FROM {} WHERE name = 'Eve'",
+                s.patients
+            ))
             .await
             .unwrap();
         assert_eq!(values(&back), vec![Some("333-44-5551".to_string())]);
@@ -339,13 +357,19 @@ async fn another_sessions_temporary_view_changes_nothing_here() {
     let (_dir, s, proxy) = start("tview");
     let first = as_role(&proxy, CLINICIAN).await;
     first
-        .simple_query(&format!("CREATE TEMP VIEW e AS SELECT * FROM {}", s.patients))
+        .simple_query(&format!(
+            "CREATE TEMP VIEW e AS SELECT * FROM {}",
+            s.patients
+        ))
         .await
         .unwrap_or_default();
     let second = as_role(&proxy, CLINICIAN).await;
     insert_patient(&second, &s, "Nell", "555-66-7771").await;
     let rows = second
-        .simple_query(&format!("SELECT name FROM {} WHERE name = 'Nell'", s.patients))
+        .simple_query(&format!(
+            "SELECT name FROM {} WHERE name = 'Nell'",
+            s.patients
+        ))
         .await
         .unwrap();
     assert_eq!(values(&rows), vec![Some("Nell".to_string())]);
@@ -470,7 +494,6 @@ fn audited_rows(dir: &Path, after: usize) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 9 class 4: FETCH and DECLARE are not audited with rows"]
 async fn rows_fetched_from_a_cursor_are_audited() {
     let (dir, s, proxy) = start("cursor");
     secrets(["444-55-6661", "444-55-6662"]);
@@ -478,26 +501,43 @@ async fn rows_fetched_from_a_cursor_are_audited() {
     insert_patient(&client, &s, "Quin", "444-55-6661").await;
     insert_patient(&client, &s, "Rae", "444-55-6662").await;
     let before = audit_records(dir.path()).len();
-    let answer = client
+    let messages = client
         .simple_query(&format!(
-            "BEGIN; DECLARE c CURSOR FOR SELECT id, ssn FROM {}; FETCH ALL FROM c",
+            "BEGIN; DECLARE c CURSOR FOR SELECT id, ssn FROM {} ORDER BY id; FETCH ALL FROM c",
             s.patients
         ))
-        .await;
-    if let Ok(messages) = answer {
-        let released = values(&messages)
-            .into_iter()
-            .flatten()
-            .filter(|v| v.starts_with("444-55-666"))
-            .count();
-        client.simple_query("COMMIT").await.unwrap();
-        wait_for(
-            || audited_rows(dir.path(), before) as usize >= released,
-            "an audit record of the fetched rows",
-        );
-    } else {
-        client.simple_query("ROLLBACK").await.unwrap();
-    }
+        .await
+        .unwrap();
+    assert_eq!(
+        values(&messages),
+        ["1", "444-55-6661", "2", "444-55-6662"].map(|v| Some(v.to_string()))
+    );
+    client.simple_query("COMMIT").await.unwrap();
+    wait_for(
+        || audited_rows(dir.path(), before) >= 2,
+        "an audit record of the fetched rows",
+    );
+    let fetch = fetch_records(dir.path(), before);
+    assert_eq!(fetch.len(), 1, "{fetch:#?}");
+    assert_eq!(fetch[0]["rows"], 2);
+    assert_eq!(
+        fetch[0]["subjects"][format!("public.{}", s.patients)],
+        serde_json::json!(["1", "2"])
+    );
+}
+
+/// Records of FETCH statements that returned rows, after `after` records.
+fn fetch_records(dir: &Path, after: usize) -> Vec<serde_json::Value> {
+    audit_records(dir)
+        .into_iter()
+        .skip(after)
+        .filter(|r| r["outcome"] == "ok")
+        .filter(|r| {
+            r["fingerprint"]
+                .as_str()
+                .is_some_and(|f| f.trim_start().to_ascii_lowercase().starts_with("fetch"))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -524,12 +564,17 @@ async fn a_protocol_portal_fetched_by_sql_is_audited_or_refused() {
         .filter(|v| v.starts_with(b"454-55-666"))
         .collect();
     raw.simple("COMMIT").await;
-    if !released.is_empty() {
-        wait_for(
-            || audited_rows(dir.path(), before) as usize >= released.len(),
-            "an audit record of the rows fetched from the portal",
-        );
-    }
+    assert_eq!(released.len(), 1, "{}", tags(&fetched));
+    wait_for(
+        || fetch_records(dir.path(), before).len() == 1,
+        "an audit record of the rows fetched from the portal",
+    );
+    let record = &fetch_records(dir.path(), before)[0];
+    assert_eq!(record["rows"], 1);
+    assert_eq!(
+        record["subjects"][format!("public.{}", s.patients)],
+        serde_json::json!(["1"])
+    );
     // Nothing decrypted may leave as ciphertext either.
     for m in fetched.iter().filter(|m| m.tag == b'D') {
         for value in m.values().into_iter().flatten() {

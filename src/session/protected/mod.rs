@@ -12,6 +12,8 @@
 
 mod audit;
 mod backend;
+mod cursors;
+mod fetch;
 mod frontend;
 mod gate;
 mod refusal;
@@ -85,6 +87,7 @@ impl Session {
                 expect: VecDeque::new(),
                 statements: HashMap::new(),
                 portals: HashMap::new(),
+                cursors: cursors::Cursors::default(),
                 time,
                 timezone: facts.timezone,
                 datestyle: facts.datestyle,
