@@ -375,3 +375,31 @@ async fn a_pipelined_declare_and_fetch_are_attributed() {
     assert_eq!(records[0]["rows"], 2);
     assert_eq!(subjects(&records[0], &s), serde_json::json!(["1", "2"]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psycopg_named_cursors_are_decrypted_and_audited() {
+    let (dir, s, proxy) = start("curpsy");
+    two_patients(&proxy, &s).await;
+    let before = audit_records(dir.path()).len();
+    let out = run_python(
+        "named_cursor.py",
+        proxy.port(),
+        CLINICIAN,
+        &[&s.patients, "000"],
+    );
+    assert_eq!(
+        out,
+        format!(
+            "columns id,name,ssn\nmany 1 Ann {SSN1}\nall 1 Ann {SSN1}\nall 2 Bob {SSN2}\n\
+             binary Ann {SSN1}\nbinary Bob {SSN2}\n"
+        )
+    );
+    let records = wait_fetches(dir.path(), before, 3);
+    let rows: u64 = records.iter().map(|r| r["rows"].as_u64().unwrap()).sum();
+    assert!(rows >= 5, "{records:#?}");
+    for record in &records {
+        assert!(subjects(record, &s)
+            .as_array()
+            .is_some_and(|ids| !ids.is_empty()));
+    }
+}

@@ -122,7 +122,14 @@ fn describe(target: Target, state: &mut State) {
         }
         TargetKind::Portal => {
             let portal = state.portals.get(&target.name).cloned();
-            let cursor = portal.as_ref().and_then(|p| p.prepared.fetched(state));
+            // A portal runs a FETCH of a cursor, or is itself a cursor SQL DECLAREd (drivers
+            // describe their server-side cursors by name).
+            let cursor = match &portal {
+                Some(portal) => portal.prepared.fetched(state),
+                None => std::str::from_utf8(&target.name)
+                    .ok()
+                    .and_then(|name| state.cursors.lookup(name, &state.portals)),
+            };
             Expect::DescribePortal(portal, cursor)
         }
     };
