@@ -403,3 +403,20 @@ async fn psycopg_named_cursors_are_decrypted_and_audited() {
             .is_some_and(|ids| !ids.is_empty()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_of_a_statement_prepared_behind_pgveils_back_are_withheld() {
+    let (_dir, s, proxy) = start("curprep");
+    two_patients(&proxy, &s).await;
+    let (head, tail) = s.patients.split_at(4);
+    let client = as_role(&proxy, CLINICIAN).await;
+    // The table's name never appears whole, so the text passes unanalysed.
+    client
+        .simple_query(&format!(
+            "DO $$BEGIN EXECUTE 'PREPARE adv_hidden AS SELECT ssn FROM ' || '{head}' || '{tail}'; END$$"
+        ))
+        .await
+        .unwrap();
+    let released = client.simple_query("EXECUTE adv_hidden").await;
+    assert_eq!(error_code(released), "0A000");
+}

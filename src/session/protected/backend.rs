@@ -9,7 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::audit::recording;
-use super::cursors::{fetch_columns, fetch_row_types, fetch_rows, CursorSource, Fetch};
+use super::cursors::{
+    fetch_columns, fetch_row_types, fetch_rows, unattributed, CursorSource, Fetch,
+};
 use super::state::{lock, plan_at, Expect, Portal, Prepared, RowInfo, State};
 use super::values::{decrypt_row, denied_read, RowPlan};
 use super::Session;
@@ -341,6 +343,15 @@ impl<'a> Backend<'a> {
                 }
                 let cursor = fetch.as_ref().map(|f| f.source.as_ref());
                 let columns = match self.columns(&fields, plan, cursor, state) {
+                    // A statement pgveil let pass unanalysed (it names no protected table)
+                    // whose rows carry a protected column came by a way pgveil did not see
+                    // (EXECUTE of a statement prepared in a function, say): not released.
+                    Ok(columns) if analysis.is_none() && fetch.is_none() => {
+                        if columns.iter().any(Option::is_some) {
+                            return self.raise(unattributed());
+                        }
+                        columns
+                    }
                     Ok(columns) => columns,
                     Err(error) => return self.raise(error),
                 };

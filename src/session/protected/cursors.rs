@@ -243,3 +243,11 @@ fn cursor_mismatch() -> PgError {
         "pgveil: the rows of this cursor do not match the statement that opened it, so they are withheld",
     )
 }
+
+/// Rows that carry a protected column by a way pgveil did not see.
+pub(super) fn unattributed() -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "pgveil: this statement returns protected columns pgveil did not see it select, so its rows are withheld",
+    )
+}
