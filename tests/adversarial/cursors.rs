@@ -420,3 +420,32 @@ async fn rows_of_a_statement_prepared_behind_pgveils_back_are_withheld() {
     let released = client.simple_query("EXECUTE adv_hidden").await;
     assert_eq!(error_code(released), "0A000");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn executing_a_cursors_portal_by_protocol_is_refused() {
+    let (_dir, s, proxy) = start("curexec");
+    two_patients(&proxy, &s).await;
+    let mut raw = Raw::connect(proxy.port()).await;
+    raw.simple(&format!(
+        "BEGIN; DECLARE xc CURSOR FOR SELECT ssn FROM {}",
+        s.patients
+    ))
+    .await;
+    for name in ["xc", "not_a_cursor"] {
+        let answer = raw.batch(&[Raw::execute(name, 0), Raw::sync()]).await;
+        assert!(
+            !answer.iter().any(|m| m.tag == b'D'),
+            "{name}: {}",
+            tags(&answer)
+        );
+        let error = answer.iter().find(|m| m.tag == b'E').expect("executed");
+        assert_eq!(error.field(b'C').as_deref(), Some("0A000"), "{name}");
+        raw.simple("ROLLBACK").await;
+        raw.simple(&format!(
+            "BEGIN; DECLARE xc CURSOR FOR SELECT ssn FROM {}",
+            s.patients
+        ))
+        .await;
+    }
+    raw.simple("ROLLBACK").await;
+}

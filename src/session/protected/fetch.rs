@@ -220,3 +220,23 @@ pub(super) fn execute_cursor(
     }
     Ok(None)
 }
+
+/// An Execute of a portal pgveil did not bind: a cursor opened by SQL `DECLARE` or by a
+/// function, which the database lets the extended protocol run like a FETCH. It passes only
+/// when pgveil knows the cursor returns nothing protected; the rows of one with a plan are
+/// read by FETCH, whose rows pgveil can lay out.
+pub(super) fn execute_unbound(
+    name: &[u8],
+    session: &Session,
+    state: &State,
+) -> Result<(), PgError> {
+    let name = String::from_utf8_lossy(name);
+    let fetch = admit_fetch(&name, String::new, session, state)?;
+    match fetch.source.plan() {
+        None => Ok(()),
+        Some(_) => Err(PgError::error(
+            crate::pgerror::sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgveil: a cursor over a protected table is read with FETCH, not by executing its portal",
+        )),
+    }
+}

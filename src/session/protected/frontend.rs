@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::audit::{refusal_recording, QueryAudit};
-use super::fetch::{execute_cursor, prepared_cursor};
+use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
@@ -85,6 +85,12 @@ fn follow_policy(session: &Session, state: &mut State) {
 /// An Execute: a cursor statement takes effect, a FETCH passes the gate with its cursor.
 fn execute_message(name: &[u8], session: &Session, state: &mut State) -> Action {
     let portal = state.portals.get(name).cloned();
+    if portal.is_none() {
+        if let Err(error) = execute_unbound(name, session, state) {
+            let recording = refusal_recording(session, state, None, String::new);
+            return injected_error(&error, state, recording);
+        }
+    }
     let fetch = match portal.as_ref() {
         Some(portal) => match execute_cursor(&portal.prepared, session, state) {
             Ok(fetch) => fetch,

@@ -8,7 +8,9 @@
 //! answered with ([`state`]), so it knows which statement or portal a RowDescription,
 //! ParameterDescription or DataRow belongs to, and rewrites those: logical types shown,
 //! values decrypted, masked and re-encoded in the format the client asked for. Statements in
-//! the audit log's scope are recorded ([`audit`]).
+//! the audit log's scope are recorded ([`audit`]). A FETCH returns the rows of the statement
+//! that opened its cursor or portal: [`cursors`] keeps that plan per name, and the gate admits
+//! the FETCH with it ([`fetch`]), by either protocol.
 
 mod audit;
 mod backend;
