@@ -26,6 +26,7 @@
 
 mod analysis;
 mod catalog;
+mod cursor;
 mod encoding;
 mod fast;
 mod fingerprint;
@@ -38,6 +39,7 @@ use std::ops::Range;
 
 pub use analysis::analyze;
 pub use catalog::{Catalog, ColumnInfo, ColumnRef, Protection, StaticCatalog, TableInfo};
+pub use cursor::{cursor_statements, mentions_cursor, CursorOp, CursorStatement};
 pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;

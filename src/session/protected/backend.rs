@@ -9,6 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::audit::recording;
+use super::cursors::{
+    fetch_columns, fetch_row_types, fetch_rows, unattributed, CursorSource, Fetch,
+};
 use super::state::{lock, plan_at, Expect, Portal, Prepared, RowInfo, State};
 use super::values::{decrypt_row, denied_read, RowPlan};
 use super::Session;
@@ -112,6 +115,15 @@ impl<'a> Backend<'a> {
                 None => ready,
             };
         }
+        match message.1 {
+            BackendMessage::ErrorResponse(_) => state.cursors.error(),
+            BackendMessage::CommandComplete(complete)
+                if complete.tag().is_some_and(|t| t.starts_with(b"ROLLBACK")) =>
+            {
+                state.cursors.rolled_back()
+            }
+            _ => {}
+        }
         if self.suppress {
             return Action::Drop;
         }
@@ -129,8 +141,8 @@ impl<'a> Backend<'a> {
             ),
             Some(Expect::Injected(_)) => self.injected_response(&mut state, message),
             Some(Expect::DescribeStatement { .. }) => self.describe_statement(&mut state, message),
-            Some(Expect::DescribePortal(_)) => self.describe_portal(&mut state, message),
-            Some(Expect::Execute(_)) => self.execute_response(&mut state, message),
+            Some(Expect::DescribePortal(..)) => self.describe_portal(&mut state, message),
+            Some(Expect::Execute(..)) => self.execute_response(&mut state, message),
             Some(Expect::Query { .. }) => self.query_response(&mut state, message),
             Some(Expect::Sync(_) | Expect::Function(_)) => Action::Forward,
         }
@@ -155,10 +167,15 @@ impl<'a> Backend<'a> {
     /// A Describe of a statement: pgveil's own after a Parse (`internal`, never shown) or
     /// the client's.
     fn describe_statement(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
-        let Some(Expect::DescribeStatement { prepared, internal }) = state.expect.front() else {
+        let Some(Expect::DescribeStatement {
+            prepared,
+            internal,
+            cursor,
+        }) = state.expect.front()
+        else {
             return Action::Forward;
         };
-        let (prepared, internal) = (prepared.clone(), *internal);
+        let (prepared, internal, cursor) = (prepared.clone(), *internal, cursor.clone());
         match message {
             BackendMessage::ParameterDescription(_) if internal => Action::Drop,
             BackendMessage::ParameterDescription(description) => {
@@ -167,7 +184,12 @@ impl<'a> Backend<'a> {
             BackendMessage::RowDescription(_) | BackendMessage::NoData => {
                 state.expect.pop_front();
                 let fields = fields_of(&message);
-                let columns = result_columns(&fields, &state.database, prepared.plan());
+                let columns = match self.columns(&fields, prepared.plan(), cursor.as_deref(), state)
+                {
+                    Ok(columns) => columns,
+                    Err(error) => return self.raise(error),
+                };
+                let strip = cursor.as_ref().map_or(prepared.injected, |c| c.injected);
                 let types = fields.iter().map(|f| f.type_oid).collect();
                 let _ = prepared.row.set(RowInfo {
                     columns: columns.clone(),
@@ -176,7 +198,7 @@ impl<'a> Backend<'a> {
                 match message {
                     _ if internal => Action::Drop,
                     BackendMessage::RowDescription(_) => {
-                        self.describe_rows(&fields, &columns, &[], prepared.injected, state)
+                        self.describe_rows(&fields, &columns, &[], strip, state)
                     }
                     _ => Action::Forward,
                 }
@@ -186,10 +208,10 @@ impl<'a> Backend<'a> {
     }
 
     fn describe_portal(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
-        let Some(Expect::DescribePortal(portal)) = state.expect.front() else {
+        let Some(Expect::DescribePortal(portal, cursor)) = state.expect.front() else {
             return Action::Forward;
         };
-        let portal = portal.clone();
+        let (portal, cursor) = (portal.clone(), cursor.clone());
         match message {
             BackendMessage::NoData => {
                 state.expect.pop_front();
@@ -199,13 +221,19 @@ impl<'a> Backend<'a> {
                 state.expect.pop_front();
                 let fields = fields_of(&message);
                 let prepared = portal.as_ref().map(|p| &p.prepared);
-                let columns =
-                    result_columns(&fields, &state.database, prepared.and_then(|p| p.plan()));
+                let plan = prepared.and_then(|p| p.plan());
+                let columns = match self.columns(&fields, plan, cursor.as_deref(), state) {
+                    Ok(columns) => columns,
+                    Err(error) => return self.raise(error),
+                };
                 let formats = portal
                     .as_ref()
                     .map(|p| p.result_formats.clone())
                     .unwrap_or_default();
-                let strip = prepared.map_or(0, |p| p.injected);
+                let strip = match &cursor {
+                    Some(cursor) => cursor.injected,
+                    None => prepared.map_or(0, |p| p.injected),
+                };
                 self.describe_rows(&fields, &columns, &formats, strip, state)
             }
             _ => Action::Forward,
@@ -213,20 +241,28 @@ impl<'a> Backend<'a> {
     }
 
     fn execute_response(&mut self, state: &mut State, (frame, message): Message<'_>) -> Action {
-        let Some(Expect::Execute(portal)) = state.expect.front() else {
+        let Some(Expect::Execute(portal, fetch)) = state.expect.front() else {
             return Action::Forward;
         };
-        let portal = portal.clone();
+        let (portal, fetch) = (portal.clone(), fetch.clone());
         let is_row = matches!(message, BackendMessage::DataRow(_));
         if self.recording.is_none() && (is_row || message.ends_statement()) {
-            if let Some(portal) = portal.as_deref() {
-                self.begin_execute(portal, state);
+            match (portal.as_deref(), fetch.as_deref()) {
+                (Some(portal), Some(fetch)) => self.begin_fetch(fetch, portal, state),
+                (Some(portal), None) => self.begin_execute(portal, state),
+                _ => {}
             }
         }
         let (action, ends) = match message {
             BackendMessage::DataRow(row) => {
                 if self.rows.is_none() {
-                    match portal_rows(portal.as_deref()) {
+                    let rows = match (fetch.as_deref(), portal.as_deref()) {
+                        (Some(fetch), Some(portal)) => {
+                            Ok(fetch_rows(&fetch.source, &portal.result_formats))
+                        }
+                        _ => portal_rows(portal.as_deref()),
+                    };
+                    match rows {
                         Ok(rows) => self.rows = Some(rows),
                         Err(error) => return self.raise(error),
                     }
@@ -251,33 +287,51 @@ impl<'a> Backend<'a> {
             analysis,
             statement,
             audit,
+            fetches,
             ..
         }) = state.expect.front_mut()
         else {
             return Action::Forward;
         };
         let (analysis, index, audit) = (analysis.clone(), *statement, audit.clone());
+        let fetch = fetches
+            .iter()
+            .find(|(at, _)| *at == index)
+            .map(|(_, fetch)| fetch.clone());
         if matches!(
             message,
             BackendMessage::CommandComplete(_) | BackendMessage::EmptyQueryResponse
         ) {
             *statement += 1;
         }
-        let plan = plan_at(analysis.as_ref(), index);
-        let recorded = audit
-            .as_ref()
-            .and_then(|a| a.statements.get(index).cloned().flatten());
+        // A FETCH returns the rows of its cursor's statement, and is recorded with its plan.
+        let plan = match &fetch {
+            Some(fetch) => fetch.source.plan(),
+            None => plan_at(analysis.as_ref(), index),
+        };
+        let recorded = match &fetch {
+            Some(fetch) => fetch
+                .fingerprint
+                .clone()
+                .map(|f| (f, fetch.source.injected)),
+            None => audit
+                .as_ref()
+                .and_then(|a| a.statements.get(index).cloned().flatten()),
+        };
         let starts = matches!(
             message,
             BackendMessage::RowDescription(_) | BackendMessage::DataRow(_)
         ) || message.ends_statement();
         if self.recording.is_none() && starts {
-            if let (Some((fingerprint, _)), Some(audit)) = (&recorded, &audit) {
-                let refused = audit.refused == Some(index);
+            if let Some((fingerprint, _)) = &recorded {
+                let refused = audit.as_ref().is_some_and(|a| a.refused == Some(index));
                 self.begin_recording(plan, fingerprint.clone(), refused, None, state);
             }
         }
-        let injected = recorded.map_or(0, |(_, injected)| injected);
+        let injected = match &fetch {
+            Some(fetch) => fetch.source.injected,
+            None => recorded.map_or(0, |(_, injected)| injected),
+        };
         let (action, ends) = match message {
             BackendMessage::RowDescription(_) => {
                 let fields = fields_of(&message);
@@ -287,7 +341,20 @@ impl<'a> Backend<'a> {
                         injected,
                     );
                 }
-                let columns = result_columns(&fields, &state.database, plan);
+                let cursor = fetch.as_ref().map(|f| f.source.as_ref());
+                let columns = match self.columns(&fields, plan, cursor, state) {
+                    // A statement pgveil let pass unanalysed (it names no protected table)
+                    // whose rows carry a protected column came by a way pgveil did not see
+                    // (EXECUTE of a statement prepared in a function, say): not released.
+                    Ok(columns) if analysis.is_none() && fetch.is_none() => {
+                        if columns.iter().any(Option::is_some) {
+                            return self.raise(unattributed());
+                        }
+                        columns
+                    }
+                    Ok(columns) => columns,
+                    Err(error) => return self.raise(error),
+                };
                 let action = self.describe_rows(&fields, &columns, &[], injected, state);
                 (action, false)
             }
@@ -362,6 +429,32 @@ impl<'a> Backend<'a> {
         );
     }
 
+    /// Starts the record of an Execute of a FETCH, with the plan of its cursor.
+    fn begin_fetch(&mut self, fetch: &Fetch, portal: &Portal, state: &State) {
+        let Some(fingerprint) = &fetch.fingerprint else {
+            return;
+        };
+        let described = portal.prepared.row.get().map(|row| row.types.as_slice());
+        let row_types = fetch_row_types(&fetch.source, described, &portal.result_formats);
+        let plan = fetch.source.plan();
+        self.begin_recording(plan, fingerprint.clone(), false, row_types, state);
+    }
+
+    /// The protected column behind each result column: for a FETCH from its cursor's plan,
+    /// otherwise from the database's report and the statement's plan.
+    fn columns(
+        &self,
+        fields: &[Field],
+        plan: Option<&StatementPlan>,
+        cursor: Option<&CursorSource>,
+        state: &State,
+    ) -> Result<Vec<Option<ColumnRef>>, PgError> {
+        match cursor {
+            Some(cursor) => fetch_columns(fields, &state.database, cursor),
+            None => Ok(result_columns(fields, &state.database, plan)),
+        }
+    }
+
     /// Routes a frame of a recorded statement into its held response; at the statement's
     /// end, the response leaves with its record.
     fn record(&mut self, action: Action, (frame, message): Message<'_>, ends: bool) -> Action {
@@ -412,6 +505,7 @@ impl<'a> Backend<'a> {
         let metrics = metrics::get();
         let raised = std::mem::take(&mut self.suppress);
         self.rows = None;
+        let mut answered = false;
         // Whatever precedes the message that ends this cycle was skipped by the server after
         // an error.
         while let Some(expect) = state.expect.pop_front() {
@@ -419,6 +513,7 @@ impl<'a> Backend<'a> {
                 match expect {
                     Expect::Sync(sent) | Expect::Query { sent, .. } | Expect::Function(sent) => {
                         metrics.query_seconds.record(sent.elapsed().as_secs_f64());
+                        answered = true;
                     }
                     Expect::Refresh(collector) => {
                         self.refreshed.push(collector);
@@ -430,6 +525,13 @@ impl<'a> Backend<'a> {
             }
         }
         state.status = status;
+        if raised {
+            // pgveil's own error: the transaction must not keep what it opened.
+            state.cursors.error();
+        }
+        if answered {
+            state.cursors.ready(status);
+        }
         if state.status == b'I' {
             state.portals.clear();
         }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::audit::{refusal_recording, QueryAudit};
+use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
@@ -52,11 +53,7 @@ pub(super) fn message(
             describe(target, state);
             Action::Forward
         }
-        FrontendMessage::Execute(execute) => {
-            let portal = state.portals.get(&execute.portal).cloned();
-            state.expect.push_back(Expect::Execute(portal));
-            Action::Forward
-        }
+        FrontendMessage::Execute(execute) => execute_message(&execute.portal, session, state),
         FrontendMessage::Close(target) => {
             if target.kind == TargetKind::Statement {
                 state.statements.remove(&target.name);
@@ -68,6 +65,7 @@ pub(super) fn message(
         }
         FrontendMessage::Sync => sync(frame, state),
         FrontendMessage::FunctionCall => {
+            state.cursors.cycle_sent();
             state.expect.push_back(Expect::Function(Instant::now()));
             Action::Forward
         }
@@ -84,23 +82,69 @@ fn follow_policy(session: &Session, state: &mut State) {
     }
 }
 
+/// An Execute: a cursor statement takes effect, a FETCH passes the gate with its cursor.
+fn execute_message(name: &[u8], session: &Session, state: &mut State) -> Action {
+    let portal = state.portals.get(name).cloned();
+    if portal.is_none() {
+        if let Err(error) = execute_unbound(name, session, state) {
+            let recording = refusal_recording(session, state, None, String::new);
+            return injected_error(&error, state, recording);
+        }
+    }
+    let fetch = match portal.as_ref() {
+        Some(portal) => match execute_cursor(&portal.prepared, session, state) {
+            Ok(fetch) => fetch,
+            Err(error) => {
+                let prepared = &portal.prepared;
+                let recording = refusal_recording(session, state, None, || {
+                    prepared
+                        .cursor
+                        .as_ref()
+                        .map(|c| c.fingerprint.clone())
+                        .unwrap_or_default()
+                });
+                return injected_error(&error, state, recording);
+            }
+        },
+        None => None,
+    };
+    state.expect.push_back(Expect::Execute(portal, fetch));
+    Action::Forward
+}
+
 fn describe(target: Target, state: &mut State) {
     let expect = match target.kind {
-        TargetKind::Statement => Expect::DescribeStatement {
-            prepared: state
+        TargetKind::Statement => {
+            let prepared = state
                 .statements
                 .get(&target.name)
                 .cloned()
-                .unwrap_or_else(Prepared::plain),
-            internal: false,
-        },
-        TargetKind::Portal => Expect::DescribePortal(state.portals.get(&target.name).cloned()),
+                .unwrap_or_else(Prepared::plain);
+            Expect::DescribeStatement {
+                cursor: prepared.fetched(state),
+                prepared,
+                internal: false,
+            }
+        }
+        TargetKind::Portal => {
+            let portal = state.portals.get(&target.name).cloned();
+            // A portal runs a FETCH of a cursor, or is itself a cursor SQL DECLAREd (drivers
+            // describe their server-side cursors by name).
+            let cursor = match &portal {
+                Some(portal) => portal.prepared.fetched(state),
+                None => std::str::from_utf8(&target.name)
+                    .ok()
+                    .and_then(|name| state.cursors.lookup(name, &state.portals)),
+            };
+            Expect::DescribePortal(portal, cursor)
+        }
     };
     state.expect.push_back(expect);
 }
 
 /// A Sync, followed by pgveil's own query when the batch changed what it must know.
 fn sync(frame: &[u8], state: &mut State) -> Action {
+    state.cursors.cycle_sent();
     state.expect.push_back(Expect::Sync(Instant::now()));
     let follow_path = state.search_path_follow();
     match state.refresh_at_sync.take().or(follow_path) {
@@ -149,16 +193,21 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
     // Text that is not UTF-8 cannot be read for what it changes.
     let text = std::str::from_utf8(raw).ok();
     let refresh = text.and_then(|text| refresh_needed(text).or(state.search_path_follow()));
-    let (action, analysis, audit) = match admission {
-        Admission::Forward { fingerprint } => (
+    let (action, analysis, audit, fetches) = match admission {
+        Admission::Forward {
+            fingerprint,
+            fetches,
+        } => (
             Action::Forward,
             None,
             fingerprint.map(|f| QueryAudit::single(f, false)),
+            fetches,
         ),
         Admission::Refuse { error, fingerprint } => (
             Action::Replace(raising_query(&error)),
             None,
             fingerprint.map(|f| QueryAudit::single(f, true)),
+            Vec::new(),
         ),
         Admission::Analysed(admitted) => {
             let rewritten = text.and_then(|text| admitted.rewrite(text));
@@ -177,7 +226,7 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
                 Some(text) => Action::Replace(encode_query(text.as_bytes())),
                 None => Action::Forward,
             };
-            (action, Some(admitted.analysis), audit)
+            (action, Some(admitted.analysis), audit, admitted.fetches)
         }
     };
     state.expect.push_back(Expect::Query {
@@ -185,7 +234,9 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
         sent,
         statement: 0,
         audit,
+        fetches,
     });
+    state.cursors.cycle_sent();
     match refresh {
         Some(wanted) => {
             state
@@ -209,14 +260,12 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         refresh_at_sync(state, wanted);
     }
     let admitted = match admit(&parse.query, Protocol::Extended, session, state) {
-        Admission::Forward { fingerprint } => {
-            let prepared = match fingerprint {
-                Some(fingerprint) => Arc::new(Prepared {
-                    fingerprint: Some(fingerprint),
-                    ..Prepared::unprotected()
-                }),
-                None => Prepared::plain(),
-            };
+        Admission::Forward { fingerprint, .. } => {
+            let prepared = Arc::new(Prepared {
+                fingerprint,
+                cursor: prepared_cursor(&parse.query, state),
+                ..Prepared::unprotected()
+            });
             state.insert_statement(parse.name, prepared);
             return Action::Forward;
         }
@@ -262,6 +311,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         fingerprint: statement.fingerprint.clone(),
         injected: statement.injected,
         refused: None,
+        cursor: prepared_cursor(&parse.query, state),
     });
     state.insert_statement(parse.name.clone(), prepared.clone());
     // pgveil describes the statement itself, so it knows which result columns to decrypt
@@ -269,6 +319,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     state.expect.push_back(Expect::DescribeStatement {
         prepared,
         internal: true,
+        cursor: None,
     });
     Action::Replace(join(&[
         &rewritten.encode(),
@@ -328,7 +379,8 @@ fn bind_message(
         return Ok(injected_error(error, state, recording));
     }
     let portal_name = Bytes::copy_from_slice(header.portal);
-    if prepared.analysis.is_none() {
+    // A FETCH needs its result formats, to re-encode the rows of its cursor.
+    if prepared.analysis.is_none() && prepared.cursor.is_none() {
         state.portals.insert(
             portal_name,
             Arc::new(Portal {
@@ -370,10 +422,12 @@ fn bind_message(
             }
         }
     }
-    if prepared.injected > 0 && bind.result_formats.len() > 1 {
+    let injected = prepared
+        .fetched(state)
+        .map_or(prepared.injected, |cursor| cursor.injected);
+    if injected > 0 && bind.result_formats.len() > 1 {
         // The appended subject columns are read as text; the client never sees them.
-        bind.result_formats
-            .extend(std::iter::repeat_n(0, prepared.injected));
+        bind.result_formats.extend(std::iter::repeat_n(0, injected));
         changed = true;
     }
     let result_formats = bind.result_formats.clone();

@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::cursors::Fetch;
 use super::refusal::{cannot_analyse, through_view};
 use super::state::State;
 use super::values::{bytea_literal, encrypt_text};
@@ -30,8 +31,12 @@ pub(super) enum Protocol {
 
 /// What the gate decided for one text.
 pub(super) enum Admission {
-    /// It goes up as sent. `fingerprint` is set when the audit log records every statement.
-    Forward { fingerprint: Option<String> },
+    /// It goes up as sent. `fingerprint` is set when the audit log records every statement;
+    /// `fetches`: its FETCH statements (by index) and the cursors they read.
+    Forward {
+        fingerprint: Option<String>,
+        fetches: Vec<(usize, Arc<Fetch>)>,
+    },
     /// None of it may run; `fingerprint` is set when the session is audited.
     Refuse {
         error: PgError,
@@ -48,6 +53,8 @@ pub(super) struct Admitted {
     pub statements: Vec<AdmittedStatement>,
     /// The statement that must raise `error` instead of running; those after it never run.
     pub refused: Option<(usize, PgError)>,
+    /// Its FETCH statements (by index) and the cursors they read.
+    pub fetches: Vec<(usize, Arc<Fetch>)>,
 }
 
 pub(super) struct AdmittedStatement {
@@ -81,8 +88,45 @@ impl Admitted {
     }
 }
 
-/// Admits one query text.
-pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &State) -> Admission {
+/// Admits one query text: what it says, then what its statements do with cursors by name
+/// (a simple Query's DECLARE, FETCH and CLOSE take effect here, in order).
+pub(super) fn admit(
+    raw: &[u8],
+    protocol: Protocol,
+    session: &Session,
+    state: &mut State,
+) -> Admission {
+    let admission = admit_text(raw, protocol, session, state);
+    super::fetch::admit_cursors(admission, raw, protocol, session, state)
+}
+
+/// A FETCH of cursor or portal `name`: its rows are the rows of the statement that opened
+/// it, so that statement's plan is checked against the session's policy now, and the FETCH
+/// is recorded with that plan; a cursor pgveil does not know is refused.
+pub(super) fn admit_fetch(
+    name: &str,
+    fingerprint: impl FnOnce() -> String,
+    session: &Session,
+    state: &State,
+) -> Result<Fetch, PgError> {
+    let source = state
+        .cursors
+        .lookup(name, &state.portals)
+        .ok_or_else(|| super::refusal::unknown_cursor(name))?;
+    if let Some(plan) = source.plan() {
+        check_plan(plan, state, &session.veil)?;
+    }
+    let recorded = session
+        .sink()
+        .is_some_and(|s| s.in_scope(source.plan(), &session.veil.protection));
+    Ok(Fetch {
+        fingerprint: recorded.then(fingerprint),
+        source,
+    })
+}
+
+/// The text's own admission.
+fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) -> Admission {
     let veil = &session.veil;
     let sink = session.sink();
     let audit_all = sink.is_some_and(|s| s.scope == AuditScope::All);
@@ -101,6 +145,7 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
         } else {
             Admission::Forward {
                 fingerprint: audit_all.then(|| sql::fingerprint(&lossy)),
+                fetches: Vec::new(),
             }
         };
     };
@@ -117,11 +162,17 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
     if !sql::may_touch_protected(text, &veil.protection) {
         return Admission::Forward {
             fingerprint: audit_all.then(fingerprint),
+            fetches: Vec::new(),
         };
     }
     let analysis = analyze(text, state, veil);
     let plans = match analysis.as_ref() {
-        Ok(plans) if plans.is_empty() => return Admission::Forward { fingerprint: None },
+        Ok(plans) if plans.is_empty() => {
+            return Admission::Forward {
+                fingerprint: None,
+                fetches: Vec::new(),
+            }
+        }
         Ok(plans) if protocol == Protocol::Simple || plans.len() == 1 => plans,
         _ => {
             return Admission::Refuse {
@@ -135,6 +186,7 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
         analysis: analysis.clone(),
         statements,
         refused,
+        fetches: Vec::new(),
     })
 }
 
@@ -232,7 +284,7 @@ fn statement_replacements(
 }
 
 /// Refusals of the analysis and of the session's policy.
-fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), PgError> {
+pub(super) fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), PgError> {
     if let Some(refusal) = &plan.refusal {
         return Err(PgError::error(refusal.sqlstate, refusal.message.clone()));
     }

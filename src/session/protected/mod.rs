@@ -8,10 +8,14 @@
 //! answered with ([`state`]), so it knows which statement or portal a RowDescription,
 //! ParameterDescription or DataRow belongs to, and rewrites those: logical types shown,
 //! values decrypted, masked and re-encoded in the format the client asked for. Statements in
-//! the audit log's scope are recorded ([`audit`]).
+//! the audit log's scope are recorded ([`audit`]). A FETCH returns the rows of the statement
+//! that opened its cursor or portal: [`cursors`] keeps that plan per name, and the gate admits
+//! the FETCH with it ([`fetch`]), by either protocol.
 
 mod audit;
 mod backend;
+mod cursors;
+mod fetch;
 mod frontend;
 mod gate;
 mod refusal;
@@ -85,6 +89,7 @@ impl Session {
                 expect: VecDeque::new(),
                 statements: HashMap::new(),
                 portals: HashMap::new(),
+                cursors: cursors::Cursors::default(),
                 time,
                 timezone: facts.timezone,
                 datestyle: facts.datestyle,

@@ -30,6 +30,16 @@ pub(super) fn cannot_analyse() -> PgError {
     )
 }
 
+/// A FETCH of a cursor pgveil did not see opened (inside a function, by dynamic SQL): it
+/// cannot tell which columns its rows carry, so they are not released.
+pub(super) fn unknown_cursor(name: &str) -> PgError {
+    let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("pgveil: cursor \"{name}\" was not opened through pgveil, so the columns of its rows are unknown and FETCH is refused"),
+    )
+}
+
 /// A statement that makes the database raise `error`, so it arrives in protocol order and
 /// aborts the transaction as PostgreSQL's own errors do.
 pub(super) fn raise_sql(error: &PgError) -> String {

@@ -11,7 +11,6 @@ use crate::sql::fast::may_touch_protected;
 use crate::sql::StatementKind;
 
 use super::scopes::*;
-use super::subjects::*;
 use super::values::*;
 use super::{unsupported, Analyzer, Halt, Outcome};
 
@@ -69,19 +68,18 @@ impl Analyzer<'_> {
                 self.record_output(outputs)
             }
             Statement::Declare { stmts } => {
-                for d in stmts {
-                    if let Some(q) = &d.for_query {
-                        let outputs = self.query(q, true)?;
-                        self.record_output(outputs)?;
-                    }
+                // The cursor's rows come later, from FETCH, which the session attributes to
+                // this plan: its output (and an appended subject column) is the query's.
+                match stmts.as_slice() {
+                    [d] => match &d.for_query {
+                        Some(q) => {
+                            let outputs = self.query(q, true)?;
+                            self.record_output(outputs)
+                        }
+                        None => Ok(()),
+                    },
+                    _ => unsupported("DECLARE of several names"),
                 }
-                // Rows come later, from FETCH.
-                self.top_level = Some(TopLevel {
-                    insert_at: None,
-                    blocker: Some("cursor: rows are returned by FETCH".into()),
-                    aliases: Vec::new(),
-                });
-                Ok(())
             }
             Statement::Explain { statement, .. } => {
                 // EXPLAIN ANALYZE executes the statement: analyse it fully, but EXPLAIN
