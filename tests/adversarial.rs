@@ -71,7 +71,10 @@ fn columns(s: &Schema) -> String {
         "ssn",
         "text",
         "deterministic",
-        &format!("domain = \"adv_ssn_{}\"\naccess = {{ {MASKED} = \"deny\", {DENIED} = \"deny\" }}", s.patients),
+        &format!(
+            "domain = \"adv_ssn_{}\"\naccess = {{ {MASKED} = \"deny\", {DENIED} = \"deny\" }}",
+            s.patients
+        ),
     );
     toml
 }
@@ -182,7 +185,9 @@ async fn encodings_that_hide_ascii_bytes_are_refused_everywhere() {
     // In the startup packet (libpq sends PGCLIENTENCODING as client_encoding).
     for encoding in REFUSED_ENCODINGS {
         let refused = psql_with_encoding(proxy.port(), CLINICIAN, Some(encoding));
-        let error = refused.err().unwrap_or_else(|| panic!("{encoding} accepted at startup"));
+        let error = refused
+            .err()
+            .unwrap_or_else(|| panic!("{encoding} accepted at startup"));
         assert!(error.contains("client encoding"), "{encoding}: {error}");
     }
     psql_with_encoding(proxy.port(), CLINICIAN, Some("LATIN1")).unwrap();
@@ -253,8 +258,16 @@ async fn an_encoding_selected_by_dynamic_sql_stops_the_analysis() {
     );
     raw.send(&query_bytes(&text)).await;
     let answer = raw.until_ready().await;
-    let error = answer.iter().find(|m| m.tag == b'E').expect("the attack was not refused");
-    assert_eq!(error.field(b'C').as_deref(), Some("0A000"), "{:?}", error.field(b'M'));
+    let error = answer
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the attack was not refused");
+    assert_eq!(
+        error.field(b'C').as_deref(),
+        Some("0A000"),
+        "{:?}",
+        error.field(b'M')
+    );
     // Statements that cannot touch protected data still work.
     let plain = raw.simple("SELECT 1").await;
     assert!(!plain.iter().any(|m| m.tag == b'E'), "{}", tags(&plain));
@@ -264,15 +277,35 @@ async fn an_encoding_selected_by_dynamic_sql_stops_the_analysis() {
 // ---------------------------------------------------------------------------------------
 // 2. Sources of unknown width: set-returning functions into protected columns.
 
+/// `n` copies of a list, one after the other.
+trait ConcatN {
+    fn concat_n(&self, n: usize) -> Self;
+}
+
+impl<T: Clone> ConcatN for Vec<T> {
+    fn concat_n(&self, n: usize) -> Self {
+        (0..n).flat_map(|_| self.iter().cloned()).collect()
+    }
+}
+
+/// What a client reads back from `patients.ssn`, in id order.
+async fn ssns(client: &tokio_postgres::Client, s: &Schema) -> Vec<Option<String>> {
+    let rows = client
+        .simple_query(&format!("SELECT ssn FROM {} ORDER BY id", s.patients))
+        .await
+        .unwrap();
+    values(&rows)
+}
+
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 9 class 2: UNNEST sends plaintext upstream"]
-async fn unnest_into_a_protected_column_is_encrypted_or_refused() {
+async fn unnest_into_a_protected_column_is_encrypted_element_by_element() {
     let (_dir, s, proxy) = start("unnest");
     secrets(["111-22-3331", "111-22-3332"]);
-    let client = as_role(&proxy, CLINICIAN).await;
+    let clinician = as_role(&proxy, CLINICIAN).await;
+    let masked = as_role(&proxy, MASKED).await;
     let names = vec!["Ann".to_string(), "Bob".to_string()];
-    let ssns = vec!["111-22-3331".to_string(), "111-22-3332".to_string()];
-    for sql in [
+    let ssn_values = vec!["111-22-3331".to_string(), "111-22-3332".to_string()];
+    let forms = [
         format!(
             "INSERT INTO {} (name, ssn) SELECT * FROM UNNEST($1::text[], $2::text[])",
             s.patients
@@ -285,20 +318,193 @@ async fn unnest_into_a_protected_column_is_encrypted_or_refused() {
             "INSERT INTO {} (name, ssn) SELECT a, b FROM UNNEST($1::text[], $2::text[]) AS u(a, b)",
             s.patients
         ),
-    ] {
-        let answer = client.execute(&sql, &[&names, &ssns]).await;
-        if let Err(e) = &answer {
-            assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{sql}: {e}");
+    ];
+    // Every form, by a role that reads plaintext and by one that reads a mask.
+    for client in [&clinician, &masked] {
+        for sql in &forms {
+            let inserted = client.execute(sql, &[&names, &ssn_values]).await.unwrap();
+            assert_eq!(inserted, 2, "{sql}");
         }
     }
+    let expected: Vec<Option<String>> = ssn_values.iter().cloned().map(Some).collect();
+    assert_eq!(ssns(&clinician, &s).await, expected.concat_n(6));
+    assert_eq!(
+        ssns(&masked, &s).await,
+        vec![
+            Some("*******3331".to_string()),
+            Some("*******3332".to_string())
+        ]
+        .concat_n(6)
+    );
+    // A role denied the column can still write it, and what it wrote is ciphertext.
+    let denied = as_role(&proxy, DENIED).await;
+    denied
+        .execute(&forms[0], &[&names, &ssn_values])
+        .await
+        .unwrap();
     // bytea arrays cannot be proven to be pgveil's ciphertext.
-    let bytes: Vec<Vec<u8>> = ssns.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let bytes: Vec<Vec<u8>> = ssn_values.iter().map(|s| s.as_bytes().to_vec()).collect();
+    for sql in [
+        format!(
+            "INSERT INTO {} (name, ssn) SELECT * FROM UNNEST($1::text[], $2::bytea[])",
+            s.patients
+        ),
+        format!(
+            "INSERT INTO {} (name, ssn) SELECT * FROM UNNEST($1::text[]) AS a, UNNEST($2::bytea[]) AS b",
+            s.patients
+        ),
+    ] {
+        let answer = clinician.execute(&sql, &[&names, &bytes]).await;
+        let error = answer.expect_err(&sql);
+        assert_eq!(error.code().map(|c| c.code()), Some("0A000"), "{sql}: {error}");
+    }
+    // Other set-returning functions into a protected column: refused before anything goes up.
+    for sql in [
+        format!(
+            "INSERT INTO {} (name, ssn) SELECT * FROM json_to_record($1::json) AS x(a text, b text)",
+            s.patients
+        ),
+        format!(
+            "INSERT INTO {} (ssn) SELECT unnest($1::text[])",
+            s.patients
+        ),
+        format!(
+            "INSERT INTO {} (ssn) SELECT * FROM pg_catalog.unnest($1::text[])",
+            s.patients
+        ),
+    ] {
+        let answer = clinician.execute(&sql, &[&ssn_values]).await;
+        let error = answer.expect_err(&sql);
+        assert_eq!(error.code().map(|c| c.code()), Some("0A000"), "{sql}: {error}");
+    }
+    assert_only_ciphertext(&s.patients, "ssn");
+}
+
+/// A one-dimensional text array in PostgreSQL's text form.
+fn text_array(items: &[Option<&str>]) -> Vec<u8> {
+    let inner: Vec<String> = items
+        .iter()
+        .map(|i| match i {
+            None => "NULL".to_string(),
+            Some(v) => format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")),
+        })
+        .collect();
+    format!("{{{}}}", inner.join(",")).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn array_parameters_in_text_form_with_nulls_pipelined() {
+    let (_dir, s, proxy) = start("unnestraw");
+    secrets(["121-22-3331", "121-22-3332", "121-22-3333"]);
+    let mut raw = Raw::connect(proxy.port()).await;
     let sql = format!(
-        "INSERT INTO {} (name, ssn) SELECT * FROM UNNEST($1::text[], $2::bytea[])",
+        "INSERT INTO {} (name, ssn) SELECT * FROM UNNEST($1::text[], $2::text[]) RETURNING ssn",
         s.patients
     );
-    let answer = client.execute(&sql, &[&names, &bytes]).await;
-    assert!(answer.is_err(), "{sql} was accepted");
+    let names = text_array(&[Some("Ann"), Some("Bob"), Some("Cy")]);
+    let first = text_array(&[Some("121-22-3331"), None, Some("121-22-3332")]);
+    let second = text_array(&[Some("121-22-3333"), None, None]);
+    // Two statements in one pipeline, one Sync: the ParameterDescription shows text[].
+    let answer = raw
+        .batch(&[
+            Raw::parse("ins", &sql, &[]),
+            Raw::describe(b'S', "ins"),
+            Raw::bind("", "ins", &[Some(&names), Some(&first)], &[0, 0], 0),
+            Raw::execute("", 0),
+            Raw::bind("", "ins", &[Some(&names), Some(&second)], &[0, 0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert!(!answer.iter().any(|m| m.tag == b'E'), "{}", tags(&answer));
+    let described = answer.iter().find(|m| m.tag == b't').unwrap();
+    assert_eq!(described.param_types(), vec![1009, 1009]);
+    let returned: Vec<Option<Vec<u8>>> = answer
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .flat_map(|m| m.values())
+        .collect();
+    let expected: Vec<Option<Vec<u8>>> = [
+        Some("121-22-3331"),
+        None,
+        Some("121-22-3332"),
+        Some("121-22-3333"),
+        None,
+        None,
+    ]
+    .iter()
+    .map(|v| v.map(|v| v.as_bytes().to_vec()))
+    .collect();
+    assert_eq!(returned, expected);
+    // A malformed array is a value error, and nothing of it goes up.
+    let bad = b"{\"121-22-3331\",{x}}".to_vec();
+    let answer = raw
+        .batch(&[
+            Raw::bind("", "ins", &[Some(&names), Some(&bad)], &[0, 0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    let error = answer.iter().find(|m| m.tag == b'E').expect("accepted");
+    assert_eq!(error.field(b'C').as_deref(), Some("22P02"));
+    assert_only_ciphertext(&s.patients, "ssn");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orm_bulk_inserts_are_encrypted() {
+    let (_dir, s, proxy) = start("orm");
+    secrets(["131-22-3331", "131-22-3332", "131-22-3333", "131-22-3334"]);
+    let clinician = as_role(&proxy, CLINICIAN).await;
+    // Django 5.2 bulk_create on PostgreSQL: literal arrays (simple protocol here).
+    let django = format!(
+        "INSERT INTO {0} (name, ssn) SELECT * FROM UNNEST((ARRAY['Ann', 'Bob'])::varchar[], (ARRAY['131-22-3331', NULL])::text[]) RETURNING {0}.id, {0}.ssn",
+        s.patients
+    );
+    let rows = clinician.simple_query(&django).await.unwrap();
+    assert_eq!(values(&rows)[1], Some("131-22-3331".to_string()));
+    assert_eq!(values(&rows)[3], None);
+    // ... and the same text by the extended protocol.
+    let rows = clinician.query(&django, &[]).await.unwrap();
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(1).as_deref(),
+        Some("131-22-3331")
+    );
+    // SQLAlchemy 2 insertmanyvalues.
+    let sqlalchemy = format!(
+        "INSERT INTO {0} (name, ssn) SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ($1::VARCHAR, $2::VARCHAR, 0), ($3::VARCHAR, $4::VARCHAR, 1)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING {0}.id, {0}.ssn",
+        s.patients
+    );
+    let rows = clinician
+        .query(&sqlalchemy, &[&"Cy", &"131-22-3332", &"Di", &"131-22-3333"])
+        .await
+        .unwrap();
+    let back: Vec<Option<String>> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(
+        back,
+        vec![
+            Some("131-22-3332".to_string()),
+            Some("131-22-3333".to_string())
+        ]
+    );
+    // Its literal form (simple protocol), read back by a masked role.
+    let literal = format!(
+        "INSERT INTO {0} (name, ssn) SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ('Ed'::VARCHAR, '131-22-3334'::VARCHAR, 0)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING {0}.id",
+        s.patients
+    );
+    clinician.simple_query(&literal).await.unwrap();
+    let masked = as_role(&proxy, MASKED).await;
+    let shown = ssns(&masked, &s).await;
+    assert_eq!(
+        shown.last().cloned().flatten().as_deref(),
+        Some("*******3334")
+    );
+    // The VALUES column also used elsewhere: refused.
+    let both = format!(
+        "INSERT INTO {0} (name, ssn) SELECT p1, p1 FROM (VALUES ('131-22-3334')) AS v(p1)",
+        s.patients
+    );
+    let error = clinician.simple_query(&both).await.unwrap_err();
+    assert_eq!(error.code().map(|c| c.code()), Some("0A000"));
     assert_only_ciphertext(&s.patients, "ssn");
 }
 
@@ -325,7 +531,10 @@ async fn a_temporary_table_dropped_earlier_in_the_same_query_does_not_hide_the_r
     let answer = client.simple_query(&attack).await;
     if answer.is_ok() {
         let back = client
-            .simple_query(&format!("SELECT ssn FROM {} WHERE name = 'Eve'", s.patients))
+            .simple_query(&format!(
+                "SELECT ssn FROM {} WHERE name = 'Eve'",
+                s.patients
+            ))
             .await
             .unwrap();
         assert_eq!(values(&back), vec![Some("333-44-5551".to_string())]);
@@ -339,13 +548,19 @@ async fn another_sessions_temporary_view_changes_nothing_here() {
     let (_dir, s, proxy) = start("tview");
     let first = as_role(&proxy, CLINICIAN).await;
     first
-        .simple_query(&format!("CREATE TEMP VIEW e AS SELECT * FROM {}", s.patients))
+        .simple_query(&format!(
+            "CREATE TEMP VIEW e AS SELECT * FROM {}",
+            s.patients
+        ))
         .await
         .unwrap_or_default();
     let second = as_role(&proxy, CLINICIAN).await;
     insert_patient(&second, &s, "Nell", "555-66-7771").await;
     let rows = second
-        .simple_query(&format!("SELECT name FROM {} WHERE name = 'Nell'", s.patients))
+        .simple_query(&format!(
+            "SELECT name FROM {} WHERE name = 'Nell'",
+            s.patients
+        ))
         .await
         .unwrap();
     assert_eq!(values(&rows), vec![Some("Nell".to_string())]);

@@ -1169,3 +1169,5 @@ fn parse_errors_do_not_echo_values() {
         vec![t("TRUE", SSN, "true")]
     );
 }
+
+mod arrays;

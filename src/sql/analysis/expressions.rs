@@ -167,6 +167,13 @@ impl Analyzer<'_> {
         if let Some(c) = v.protected() {
             return self.refuse(&format!("a cast to {ty}"), c);
         }
+        if let Value::Pending(pending) = v {
+            if has_format {
+                self.plain_use(&Value::Pending(pending), "cast")?;
+                return Ok(Value::Other);
+            }
+            return self.pending_cast(pending, inner, kind, ty);
+        }
         if has_format || matches!(inner, Expr::Nested(_)) {
             self.plain_use(&v, "cast")?;
             return Ok(Value::Other);

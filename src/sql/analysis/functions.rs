@@ -123,9 +123,7 @@ impl Analyzer<'_> {
         for ids in &idents {
             match self.lookup_column(ids)? {
                 Some(v) => {
-                    if let Some(c) = v.protected() {
-                        return self.refuse(what, c);
-                    }
+                    self.plain_use(&v, what)?;
                 }
                 None => {
                     self.no_whole_row(ids, what)?;

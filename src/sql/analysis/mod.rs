@@ -7,6 +7,7 @@
 //! protected column, and so on. Whatever is not understood is refused when it involves a
 //! protected column (fail closed).
 
+mod arrays;
 mod comparisons;
 mod dml;
 mod expressions;
@@ -65,11 +66,17 @@ struct Analyzer<'a> {
     /// Byte offset where the statement's last token ends (for RETURNING injection).
     statement_end: usize,
     scopes: Vec<Vec<Source>>,
-    ctes: Vec<(String, Vec<SourceColumn>)>,
+    /// CTE name → its columns (`None`: unknown, it reads a relation of unknown columns).
+    ctes: Vec<(String, Option<Vec<SourceColumn>>)>,
     tables: Vec<TableName>,
     literals: Vec<LiteralBinding>,
     params: Vec<(u32, ColumnRef)>,
+    array_params: Vec<(u32, ColumnRef)>,
     plain_params: HashSet<u32>,
+    /// Pending values (VALUES / UNNEST columns) used plainly, and those bound to a column.
+    plain_pending: HashSet<u32>,
+    bound_pending: std::collections::HashMap<u32, ColumnRef>,
+    next_pending: u32,
     reads: Vec<ColumnRef>,
     conditions: Vec<ColumnRef>,
     writes: Vec<ColumnRef>,
@@ -173,7 +180,11 @@ fn analyze_one(
         tables: Vec::new(),
         literals: Vec::new(),
         params: Vec::new(),
+        array_params: Vec::new(),
         plain_params: HashSet::new(),
+        plain_pending: HashSet::new(),
+        bound_pending: std::collections::HashMap::new(),
+        next_pending: 0,
         reads: Vec::new(),
         conditions: Vec::new(),
         writes: Vec::new(),
@@ -194,6 +205,7 @@ fn analyze_one(
             plan.tables = analyzer.tables;
             plan.literals = analyzer.literals;
             plan.params = analyzer.params;
+            plan.array_params = analyzer.array_params;
             plan.reads = analyzer.reads;
             plan.conditions = analyzer.conditions;
             plan.writes = analyzer.writes;

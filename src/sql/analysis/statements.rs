@@ -156,7 +156,10 @@ impl Analyzer<'_> {
             }
             Statement::CreateView(v) => {
                 self.query(&v.query, false)?;
-                if !self.literals.is_empty() || !self.params.is_empty() {
+                if !self.literals.is_empty()
+                    || !self.params.is_empty()
+                    || !self.array_params.is_empty()
+                {
                     return Err(Halt::Refuse(
                         "pgveil: CREATE VIEW comparing an encrypted column with a literal is not supported"
                             .into(),
@@ -184,6 +187,7 @@ impl Analyzer<'_> {
     pub(super) fn clear_bindings(&mut self) {
         self.literals.clear();
         self.params.clear();
+        self.array_params.clear();
         self.rewrites.clear();
         self.reads.clear();
         self.conditions.clear();
