@@ -512,40 +512,70 @@ async fn orm_bulk_inserts_are_encrypted() {
 // 3. Name resolution: temporary objects, and another session's objects.
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 9 class 3: catalog of objects created or dropped earlier in the same Query"]
 async fn a_temporary_table_dropped_earlier_in_the_same_query_does_not_hide_the_real_one() {
     let (_dir, s, proxy) = start("temp");
-    secret("333-44-5551");
+    secrets(["333-44-5551", "333-44-5552"]);
     let client = as_role(&proxy, CLINICIAN).await;
+    // A search path change and DDL that depends on it, in one Query: refused as well.
+    let together = format!(
+        "SET search_path = pg_temp, public; CREATE TEMP TABLE {} (id int, name text, ssn text, diagnosis text)",
+        s.patients
+    );
+    let error = client.simple_query(&together).await.unwrap_err();
+    assert_eq!(error.code().map(|c| c.code()), Some("0A000"), "{error}");
+    client
+        .simple_query("SET search_path = pg_temp, public")
+        .await
+        .unwrap();
     client
         .simple_query(&format!(
-            "SET search_path = pg_temp, public; CREATE TEMP TABLE {} (id int, name text, ssn text, diagnosis text)",
+            "CREATE TEMP TABLE {} (id int, name text, ssn text, diagnosis text)",
             s.patients
         ))
         .await
         .unwrap();
-    let attack = format!(
-        "DROP TABLE pg_temp.{0}; INSERT INTO {0} (name, ssn) VALUES ('Eve', '333-44-5551')",
-        s.patients
-    );
-    let answer = client.simple_query(&attack).await;
-    if answer.is_ok() {
-        let back = client
-            .simple_query(&format!(
-                "SELECT ssn FROM {} WHERE name = 'Eve'",
-                s.patients
-            ))
-            .await
-            .unwrap();
-        assert_eq!(values(&back), vec![Some("333-44-5551".to_string())]);
+    for attack in [
+        format!(
+            "DROP TABLE pg_temp.{0}; INSERT INTO {0} (name, ssn) VALUES ('Eve', '333-44-5551')",
+            s.patients
+        ),
+        format!(
+            "BEGIN; ALTER TABLE pg_temp.{0} RENAME TO gone; INSERT INTO {0} (name, ssn) VALUES ('Eve', '333-44-5551'); COMMIT",
+            s.patients
+        ),
+    ] {
+        let error = client.simple_query(&attack).await.unwrap_err();
+        assert_eq!(error.code().map(|c| c.code()), Some("0A000"), "{attack}: {error}");
+        assert!(db_error(&error).1.contains("separately"), "{error:?}");
+        client.simple_query("ROLLBACK").await.unwrap();
     }
+    // Sent separately, each statement resolves as the database does.
+    client
+        .simple_query(&format!("DROP TABLE pg_temp.{}", s.patients))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "INSERT INTO {} (name, ssn) VALUES ('Eve', '333-44-5552')",
+            s.patients
+        ))
+        .await
+        .unwrap();
+    let back = client
+        .simple_query(&format!(
+            "SELECT ssn FROM {} WHERE name = 'Eve'",
+            s.patients
+        ))
+        .await
+        .unwrap();
+    assert_eq!(values(&back), vec![Some("333-44-5552".to_string())]);
     assert_only_ciphertext(&s.patients, "ssn");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 9 class 3: view names matched as substrings in a shared catalog"]
 async fn another_sessions_temporary_view_changes_nothing_here() {
     let (_dir, s, proxy) = start("tview");
+    secret("555-66-7771");
     let first = as_role(&proxy, CLINICIAN).await;
     first
         .simple_query(&format!(
@@ -553,21 +583,69 @@ async fn another_sessions_temporary_view_changes_nothing_here() {
             s.patients
         ))
         .await
-        .unwrap_or_default();
-    let second = as_role(&proxy, CLINICIAN).await;
-    insert_patient(&second, &s, "Nell", "555-66-7771").await;
-    let rows = second
-        .simple_query(&format!(
-            "SELECT name FROM {} WHERE name = 'Nell'",
+        .unwrap();
+    // In its own session the view is refused (pgveil cannot see through it) ...
+    let error = first.simple_query("SELECT * FROM e").await.unwrap_err();
+    assert_eq!(error.code().map(|c| c.code()), Some("0A000"), "{error}");
+    let error = first.query("SELECT ssn FROM e", &[]).await.unwrap_err();
+    assert_eq!(error.code().map(|c| c.code()), Some("0A000"), "{error}");
+    // ... and nowhere else, whatever the letters of the statement.
+    for role in [CLINICIAN, MASKED, DENIED] {
+        let second = as_role(&proxy, role).await;
+        if role == CLINICIAN {
+            insert_patient(&second, &s, "Nell", "555-66-7771").await;
+        }
+        let rows = second
+            .simple_query(&format!(
+                "SELECT name FROM {} e WHERE e.name = 'Nell'",
+                s.patients
+            ))
+            .await
+            .unwrap();
+        assert_eq!(values(&rows), vec![Some("Nell".to_string())], "{role}");
+        let rows = second
+            .query(
+                &format!("SELECT name AS e FROM {} WHERE name = $1", s.patients),
+                &[&"Nell"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{role}");
+        second
+            .simple_query("SELECT 'select everything here' AS e")
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_that_merely_contain_a_protected_name_are_not_refused() {
+    let (_dir, s, proxy) = start("words");
+    let plain = format!("{}_plain", s.patients);
+    cluster().psql(&format!(
+        "DROP TABLE IF EXISTS {plain}; CREATE TABLE {plain} (id int, ssn text); GRANT ALL ON {plain} TO {CLINICIAN}"
+    ));
+    let client = as_role(&proxy, CLINICIAN).await;
+    for sql in [
+        format!("BEGIN; LOCK TABLE {plain}; COMMIT"),
+        format!(
+            "DROP SEQUENCE IF EXISTS {0}_id_seq2; CREATE SEQUENCE {0}_id_seq2",
             s.patients
-        ))
+        ),
+        format!("SELECT 'SELECT * FROM {}' AS q", s.patients),
+        format!("NOTIFY adv_words, 'INSERT INTO {}'", s.patients),
+        format!("INSERT INTO {plain} (id, ssn) VALUES (1, 'not-protected')"),
+    ] {
+        client
+            .simple_query(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let rows = client
+        .query(&format!("SELECT ssn FROM {plain} WHERE id = $1"), &[&1i32])
         .await
         .unwrap();
-    assert_eq!(values(&rows), vec![Some("Nell".to_string())]);
-    second
-        .simple_query("SELECT 'select everything here' AS e")
-        .await
-        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "not-protected");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1171,3 +1171,4 @@ fn parse_errors_do_not_echo_values() {
 }
 
 mod arrays;
+mod catalog_per_session;

@@ -1,14 +1,14 @@
 //! The one admission step every statement passes, whether it came as a simple Query or as
 //! an extended-protocol Parse: text that is not UTF-8 passes only if it cannot touch
-//! protected data; a view over a protected table is refused; text that cannot touch
-//! protected data passes unchanged (the fast path); anything else is analysed, checked
+//! protected data; text that cannot name a protected table or a view over one passes
+//! unchanged (the fast path); anything else is analysed, checked
 //! against the session's policy, and rewritten (literals encrypted, subject columns appended
 //! for the audit log) or refused.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::refusal::{cannot_analyse, through_view};
+use super::refusal::cannot_analyse;
 use super::state::State;
 use super::values::{bytea_literal, encrypt_text};
 use super::Session;
@@ -93,7 +93,7 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
         // Not UTF-8, or in an encoding pgveil cannot read: it cannot be analysed, so it may
         // pass only if it cannot touch protected data.
         let lossy = String::from_utf8_lossy(raw);
-        return if sql::may_touch_protected(&lossy, &veil.protection) {
+        return if state.database.may_touch_protected(&lossy, &veil.protection) {
             Admission::Refuse {
                 error: cannot_analyse(),
                 fingerprint: sink.map(|_| sql::fingerprint(&lossy)),
@@ -105,16 +105,14 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
         };
     };
     let fingerprint = || state.database.fingerprint(text);
-    let refused = sql::encoding_refusal(text)
-        .map(|r| PgError::error(r.sqlstate, r.message))
-        .or_else(|| state.database.protected_view_in(text).map(through_view));
+    let refused = sql::encoding_refusal(text).map(|r| PgError::error(r.sqlstate, r.message));
     if let Some(error) = refused {
         return Admission::Refuse {
             error,
             fingerprint: sink.map(|_| fingerprint()),
         };
     }
-    if !sql::may_touch_protected(text, &veil.protection) {
+    if !state.database.may_touch_protected(text, &veil.protection) {
         return Admission::Forward {
             fingerprint: audit_all.then(fingerprint),
         };

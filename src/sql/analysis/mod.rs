@@ -13,6 +13,7 @@ mod dml;
 mod expressions;
 mod functions;
 mod queries;
+mod same_query;
 mod scopes;
 mod spans;
 mod statements;
@@ -96,6 +97,7 @@ pub fn analyze(
 ) -> Result<Vec<StatementPlan>, AnalyzeError> {
     let tokens = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
     let mut plans = Vec::new();
+    let mut earlier = same_query::EarlierDdl::default();
     let mut seg_start = 0;
     for i in 0..=tokens.spanned.len() {
         let boundary = match tokens.token(i) {
@@ -120,6 +122,7 @@ pub fn analyze(
             protection,
             catalog,
             search_path,
+            &mut earlier,
         )?);
     }
     Ok(plans)
@@ -135,9 +138,10 @@ fn analyze_one(
     protection: &Protection,
     catalog: &dyn Catalog,
     search_path: &[String],
+    earlier: &mut same_query::EarlierDdl,
 ) -> Result<StatementPlan, AnalyzeError> {
     let text = &sql[range.clone()];
-    let touches = may_touch_protected(text, protection);
+    let touches = may_touch_protected(text, protection) || catalog.mentions_protected_view(text);
     // `U&"…"` identifiers are not understood by the parser (it reads `U & "…"`), so a
     // protected table or column could hide behind one: fail closed.
     if touches && has_unicode_identifier(tokens, first, last) {
@@ -153,6 +157,13 @@ fn analyze_one(
         Ok(_) => Err("unexpected text after the statement".to_string()),
         Err(e) => Err(e.to_string()),
     };
+    if parsed.is_err() {
+        let first_word = match tokens.token(first) {
+            Some(Token::Word(w)) => w.value.as_str(),
+            _ => "",
+        };
+        earlier.note_unparsed(first_word);
+    }
     let stmt = match parsed {
         Ok(statement) => statement,
         // Anonymous code blocks cannot be analysed: refuse them by name.
@@ -196,6 +207,15 @@ fn analyze_one(
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
+    let conflict = touches && earlier.conflicts(&stmt);
+    earlier.note(&stmt);
+    if conflict {
+        plan.refusal = Some(Refusal {
+            sqlstate: NOT_SUPPORTED,
+            message: same_query::SEND_SEPARATELY.into(),
+        });
+        return Ok(plan);
+    }
     let outcome = analyzer
         .statement(&stmt, first, last)
         .and_then(|()| analyzer.finish());

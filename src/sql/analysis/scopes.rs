@@ -261,6 +261,10 @@ impl Analyzer<'_> {
 
     pub(super) fn catalog_source(&self, schema: Option<&str>, name: &str) -> Outcome<Source> {
         match self.catalog.resolve(schema, name, self.search_path) {
+            Some(info) if self.catalog.is_protected_view(&info.name) => Err(Halt::Refuse(format!(
+                "pgveil: {} is a view over a protected table; query the table itself",
+                info.name
+            ))),
             Some(info) => {
                 let reference = self.next_reference.get();
                 self.next_reference.set(reference.wrapping_add(1));

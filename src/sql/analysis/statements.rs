@@ -231,7 +231,17 @@ impl Analyzer<'_> {
                 }
             }
         }
-        if !may_touch_protected(text, self.protection) {
+        // Strings are values, except the bodies of routines, which are code.
+        let code_in_strings = matches!(
+            statement,
+            Statement::CreateFunction(_) | Statement::CreateProcedure { .. }
+        );
+        let mentions = if code_in_strings {
+            may_touch_protected(text, self.protection)
+        } else {
+            self.names_protected_table(first, last)
+        };
+        if !mentions {
             return Ok(());
         }
         let ddl = matches!(
@@ -293,6 +303,18 @@ impl Analyzer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// True when an identifier among tokens `first..=last` (not a string, not a comment)
+    /// is a protected table's name.
+    fn names_protected_table(&self, first: usize, last: usize) -> bool {
+        // Case folded even when quoted: a false match only costs a refusal.
+        (first..=last).any(|i| match self.tokens.token(i) {
+            Some(Token::Word(w)) => self
+                .protection
+                .is_protected_name(&w.value.to_ascii_lowercase()),
+            _ => false,
+        })
     }
 
     /// Records the top-level output: reads and result columns.
