@@ -1172,3 +1172,4 @@ fn parse_errors_do_not_echo_values() {
 
 mod arrays;
 mod catalog_per_session;
+mod whole_rows;

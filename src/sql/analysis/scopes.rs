@@ -354,6 +354,8 @@ impl Analyzer<'_> {
                                 "column {col} (ambiguous with a relation of unknown columns)"
                             ))));
                         }
+                        // Or it names a relation in scope: then it is that whole row.
+                        self.no_whole_row(idents, "a whole-row reference")?;
                         return Ok(Some(Value::plain()));
                     }
                     [] => {}
