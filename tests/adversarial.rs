@@ -469,6 +469,14 @@ async fn orm_bulk_inserts_are_encrypted() {
         rows[0].get::<_, Option<String>>(1).as_deref(),
         Some("131-22-3331")
     );
+    // Arrays in text form (psycopg's client-side binding), NULL elements kept.
+    secret("131-22-3335");
+    let text_form = format!(
+        "INSERT INTO {0} (name, ssn) SELECT * FROM UNNEST('{{Fay,Gus}}'::text[], '{{\"131-22-3335\",NULL}}'::text[]) RETURNING {0}.ssn",
+        s.patients
+    );
+    let rows = clinician.simple_query(&text_form).await.unwrap();
+    assert_eq!(values(&rows), vec![Some("131-22-3335".to_string()), None]);
     // SQLAlchemy 2 insertmanyvalues.
     let sqlalchemy = format!(
         "INSERT INTO {0} (name, ssn) SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ($1::VARCHAR, $2::VARCHAR, 0), ($3::VARCHAR, $4::VARCHAR, 1)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING {0}.id, {0}.ssn",

@@ -82,6 +82,9 @@ pub struct LiteralBinding {
     /// Only casts to text-like types, the column's logical type or a type of the same family
     /// (integers/numeric/float; date/timestamps) are accepted.
     pub cast: Option<String>,
+    /// The literal is a one-dimensional array in text form (`'{a,NULL}'::text[]`) unnested
+    /// into the column: each element is encrypted and the literal replaced by a `bytea[]`.
+    pub array: bool,
 }
 
 /// Why a statement is refused before it reaches the database.

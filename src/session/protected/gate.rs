@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::refusal::cannot_analyse;
 use super::state::State;
-use super::values::{bytea_literal, encrypt_text};
+use super::values::{bytea_literal, encrypt_text, encrypt_text_array};
 use super::Session;
 use crate::audit::AuditSink;
 use crate::config::AuditScope;
@@ -220,11 +220,19 @@ fn statement_replacements(
         let Some(value) = &literal.value else {
             continue;
         };
-        let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
-        out.push((
-            literal.byte_range.clone(),
-            bytea_literal(&ciphertext, state.standard_strings),
-        ));
+        let replacement = if literal.array {
+            encrypt_text_array(
+                veil,
+                literal.column,
+                value.as_bytes(),
+                &state.time,
+                state.standard_strings,
+            )?
+        } else {
+            let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
+            bytea_literal(&ciphertext, state.standard_strings)
+        };
+        out.push((literal.byte_range.clone(), replacement));
     }
     Ok(out)
 }

@@ -108,6 +108,30 @@ pub(super) fn encrypt_array_param(
     pgtype::array::bytea_array_binary(&encrypted).map_err(|e| value_error(&e, &name))
 }
 
+/// A text-form array literal unnested into `column` (`'{a,NULL}'::text[]`), as a `bytea[]`
+/// expression of its elements' ciphertexts (NULL elements kept).
+pub(super) fn encrypt_text_array(
+    veil: &Veil,
+    column: ColumnRef,
+    text: &[u8],
+    time: &SessionTime,
+    standard_strings: bool,
+) -> Result<String, PgError> {
+    let name = cipher_and_spec(veil, column)?.1.qualified_name();
+    let elements = pgtype::array::text_array_elements(text).map_err(|e| value_error(&e, &name))?;
+    if elements.is_empty() {
+        return Ok("'{}'::bytea[]".to_string());
+    }
+    let mut parts = Vec::with_capacity(elements.len());
+    for element in elements {
+        parts.push(match element {
+            None => "NULL".to_string(),
+            Some(e) => bytea_literal(&encrypt_text(veil, column, &e, time)?, standard_strings),
+        });
+    }
+    Ok(format!("ARRAY[{}]::bytea[]", parts.join(", ")))
+}
+
 fn cipher_and_spec(
     veil: &Veil,
     column: ColumnRef,

@@ -2,7 +2,8 @@
 //! pending values: each argument becomes one column of pending values, so that an INSERT
 //! that writes the column into a protected one encrypts the array element by element
 //! (array parameters in the session, array literals' elements here), and every other use
-//! keeps them plain. What cannot be taken apart element by element is a computed value,
+//! keeps them plain (text-form array literals, `'{a,b}'::text[]`, are taken apart in the
+//! session). What cannot be taken apart element by element is a computed value,
 //! refused when it would be written into a protected column.
 
 use std::ops::Range;
@@ -130,6 +131,17 @@ impl Analyzer<'_> {
         match v {
             Value::Parameter(p) if p.cast.as_ref().is_none_or(|(_, t)| t.ends_with("[]")) => {
                 Ok(self.pending(Vec::new(), vec![p], Vec::new()))
+            }
+            // `'{a,b}'::text[]`: its elements are encrypted in the session.
+            Value::Literal(l) if l.cast.as_deref().is_some_and(|t| t.ends_with("[]")) => {
+                let value = self.pending(Vec::new(), Vec::new(), Vec::new());
+                Ok(match value {
+                    Value::Pending(mut pending) => {
+                        pending.array_literals.push(l);
+                        Value::Pending(pending)
+                    }
+                    other => other,
+                })
             }
             other => {
                 self.plain_use(&other, "UNNEST")?;

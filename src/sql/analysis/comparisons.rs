@@ -105,6 +105,20 @@ impl Analyzer<'_> {
             }
             self.array_params.push((p.number, c));
         }
+        for l in &pending.array_literals {
+            let cast = l.cast.as_deref().unwrap_or("");
+            let element = cast.strip_suffix("[]").unwrap_or("");
+            if element.is_empty() || !cast_accepted(ty, element) {
+                return self.refuse(&format!("a cast to {cast}"), c);
+            }
+            self.literals.push(LiteralBinding {
+                byte_range: l.range.clone(),
+                column: c,
+                value: Some(l.value.clone()),
+                cast: l.cast.clone(),
+                array: true,
+            });
+        }
         Ok(())
     }
 
@@ -139,6 +153,7 @@ impl Analyzer<'_> {
                     column: c,
                     value: Some(l.value.clone()),
                     cast: l.cast.clone(),
+                    array: false,
                 });
                 Ok(true)
             }

@@ -274,6 +274,7 @@ impl Analyzer<'_> {
             id: self.next_pending,
             items,
             arrays,
+            array_literals: Vec::new(),
             casts,
         }))
     }

@@ -63,6 +63,8 @@ pub(super) struct Pending {
     pub(super) items: Vec<Value>,
     /// Array parameters whose elements land in the column.
     pub(super) arrays: Vec<Parameter>,
+    /// Array literals in text form (`'{a,b}'::text[]`) whose elements land in the column.
+    pub(super) array_literals: Vec<Literal>,
     /// Casts on the way (`p1::varchar`, `ARRAY[…]::varchar[]`): each type must be accepted
     /// for the column, and each is rewritten to bytea when the values are encrypted.
     pub(super) casts: Vec<PendingCast>,

@@ -73,8 +73,10 @@ fn arrays_that_cannot_be_taken_apart_are_refused_into_protected_columns() {
         // bytea arrays: not pgveil's ciphertext.
         "INSERT INTO patients (name, ssn) SELECT * FROM UNNEST($1::text[], $2::bytea[])",
         "INSERT INTO patients (name, ssn) SELECT * FROM UNNEST($1::text[], ARRAY['x']::bytea[])",
-        // text form, functions, subqueries, unknown relations, other set-returning functions
-        "INSERT INTO patients (ssn) SELECT * FROM UNNEST('{a,b}'::text[])",
+        // text form cast to bytea[], functions, subqueries, unknown relations, other
+        // set-returning functions
+        "INSERT INTO patients (ssn) SELECT * FROM UNNEST('{a,b}'::bytea[])",
+        "INSERT INTO patients (ssn) SELECT * FROM UNNEST('{a,b}')",
         "INSERT INTO patients (ssn) SELECT * FROM UNNEST(string_to_array($1, ','))",
         "INSERT INTO patients (ssn) SELECT * FROM UNNEST(ARRAY[lower('x')])",
         "INSERT INTO patients (ssn) SELECT * FROM UNNEST(ARRAY[ARRAY['x']])",
@@ -136,4 +138,16 @@ fn values_in_a_derived_table_bind_through_to_their_target() {
     refused("INSERT INTO patients (ssn) SELECT p FROM (VALUES ('1')) AS v(p) WHERE p = '1'");
     refused("INSERT INTO patients (ssn) SELECT p::int FROM (VALUES ('1')) AS v(p)");
     refused("INSERT INTO patients (ssn) SELECT lower(p) FROM (VALUES ('1')) AS v(p)");
+}
+
+#[test]
+fn text_form_array_literals_are_bound_whole() {
+    let sql = "INSERT INTO patients (name, ssn) SELECT * FROM UNNEST('{Ann,Bob}'::text[], '{\"1\",NULL}'::varchar[])";
+    let p = ok(sql);
+    assert_eq!(p.literals.len(), 1);
+    let l = &p.literals[0];
+    assert!(l.array);
+    assert_eq!(&sql[l.byte_range.clone()], "'{\"1\",NULL}'::varchar[]");
+    assert_eq!(l.value.as_deref(), Some("{\"1\",NULL}"));
+    assert_eq!(name(l.column), SSN);
 }
