@@ -237,7 +237,7 @@ impl Analyzer<'_> {
             Statement::CreateFunction(_) | Statement::CreateProcedure { .. }
         );
         let mentions = if code_in_strings {
-            may_touch_protected(text, self.protection)
+            may_touch_protected(text, self.protection) || self.catalog.mentions_protected_view(text)
         } else {
             self.names_protected_table(first, last)
         };

@@ -44,6 +44,12 @@ fn views_are_told_by_resolved_name_not_by_letters() {
     ] {
         assert_eq!(refusal_in(sql, &["public"]), None, "{sql}");
     }
+    // A routine body is code: a view named in it counts.
+    assert!(refusal_in(
+        "CREATE FUNCTION f() RETURNS SETOF record LANGUAGE sql AS $$ SELECT * FROM e $$",
+        &["public"]
+    )
+    .is_some());
     // Another session's temporary view is not in this session's path.
     assert_eq!(
         refusal_in("SELECT * FROM v_secret", &["pg_temp_5", "public"]),
