@@ -380,6 +380,15 @@ async fn unnest_into_a_protected_column_is_encrypted_element_by_element() {
     assert_only_ciphertext(&s.patients, "ssn");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn psycopg_arrays_are_encrypted_however_bound() {
+    let (_dir, s, proxy) = start("unnestpy");
+    secrets(["141-22-3331", "141-22-3332"]);
+    let out = run_python("unnest.py", proxy.port(), CLINICIAN, &[&s.patients]);
+    assert!(out.contains("unnest ok"), "{out}");
+    assert_only_ciphertext(&s.patients, "ssn");
+}
+
 /// A one-dimensional text array in PostgreSQL's text form.
 fn text_array(items: &[Option<&str>]) -> Vec<u8> {
     let inner: Vec<String> = items
