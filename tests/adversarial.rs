@@ -23,6 +23,10 @@ struct Schema {
 }
 
 fn schema(tag: &str) -> Schema {
+    // Concurrent GRANTs on the same schema's sequences fail with "tuple concurrently
+    // updated": tests of this file set up one at a time.
+    static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let patients = format!("adv_{tag}_patients");
     let visits = format!("adv_{tag}_visits");
     cluster().psql(&format!(
