@@ -84,6 +84,9 @@ pub struct LiteralBinding {
     /// Only casts to text-like types, the column's logical type or a type of the same family
     /// (integers/numeric/float; date/timestamps) are accepted.
     pub cast: Option<String>,
+    /// The literal is a one-dimensional array in text form (`'{a,NULL}'::text[]`) unnested
+    /// into the column: each element is encrypted and the literal replaced by a `bytea[]`.
+    pub array: bool,
 }
 
 /// Why a statement is refused before it reaches the database.
@@ -131,6 +134,9 @@ pub struct StatementPlan {
     pub literals: Vec<LiteralBinding>,
     /// Parameters (`$n`) bound to protected columns (deduplicated).
     pub params: Vec<(u32, ColumnRef)>,
+    /// Array parameters (`UNNEST($n::text[])`) whose elements are bound to a protected
+    /// column: each non-NULL element is encrypted for it and the parameter declared `bytea[]`.
+    pub array_params: Vec<(u32, ColumnRef)>,
     /// Protected columns whose values the statement returns.
     pub reads: Vec<ColumnRef>,
     /// Protected columns used in conditions, grouping, DISTINCT, count, joins.
@@ -156,6 +162,7 @@ impl StatementPlan {
             tables: Vec::new(),
             literals: Vec::new(),
             params: Vec::new(),
+            array_params: Vec::new(),
             reads: Vec::new(),
             conditions: Vec::new(),
             writes: Vec::new(),
@@ -168,7 +175,10 @@ impl StatementPlan {
 
     /// True when the session must change the statement text or its parameters.
     pub fn needs_rewrite(&self) -> bool {
-        !self.literals.is_empty() || !self.params.is_empty() || !self.rewrites.is_empty()
+        !self.literals.is_empty()
+            || !self.params.is_empty()
+            || !self.array_params.is_empty()
+            || !self.rewrites.is_empty()
     }
 }
 

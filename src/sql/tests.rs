@@ -1169,3 +1169,7 @@ fn parse_errors_do_not_echo_values() {
         vec![t("TRUE", SSN, "true")]
     );
 }
+
+mod arrays;
+mod catalog_per_session;
+mod whole_rows;

@@ -711,12 +711,17 @@ fn parameter_description(
             continue;
         };
         let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
+        let array = prepared.param_arrays.get(index).copied().unwrap_or(false);
         *slot = if declared != 0 {
             declared
         } else {
-            veil.protection
-                .column(*column)
-                .map_or(*slot, |c| c.logical_type.oid())
+            veil.protection.column(*column).map_or(*slot, |c| {
+                if array {
+                    c.logical_type.array_oid()
+                } else {
+                    c.logical_type.oid()
+                }
+            })
         };
     }
     Action::Replace(ParameterDescription::encode(&types))

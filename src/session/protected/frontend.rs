@@ -12,7 +12,7 @@ use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
-use super::values::encrypt_param;
+use super::values::{encrypt_array_param, encrypt_param};
 use super::Session;
 use crate::metrics;
 use crate::net::frontend::{
@@ -289,7 +289,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         state.insert_statement(parse.name, Prepared::plain());
         return Action::Forward;
     };
-    let (param_columns, param_types) = parameters(plan, &parse.param_types);
+    let (param_columns, param_arrays, param_types) = parameters(plan, &parse.param_types);
     let query = match std::str::from_utf8(&parse.query)
         .ok()
         .and_then(|text| admitted.rewrite(text))
@@ -306,6 +306,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     let prepared = Arc::new(Prepared {
         analysis: Some(admitted.analysis.clone()),
         param_columns,
+        param_arrays,
         client_param_types: parse.param_types,
         row: OnceLock::new(),
         fingerprint: statement.fingerprint.clone(),
@@ -340,16 +341,25 @@ fn refresh_at_sync(state: &mut State, wanted: Wanted) {
     state.refresh_at_sync = Some(merged);
 }
 
-/// The protected column each parameter is bound for, and the parameter types declared
-/// upstream: those bound for protected columns are declared bytea, as they carry ciphertext.
-fn parameters(plan: &StatementPlan, declared: &[u32]) -> (Vec<Option<ColumnRef>>, Vec<u32>) {
+/// The protected column each parameter is bound for, which of them are arrays of values
+/// for it, and the parameter types declared upstream: those bound for protected columns are
+/// declared bytea (or bytea[]), as they carry ciphertext.
+fn parameters(
+    plan: &StatementPlan,
+    declared: &[u32],
+) -> (Vec<Option<ColumnRef>>, Vec<bool>, Vec<u32>) {
     let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
-    for &(n, column) in &plan.params {
+    let mut param_arrays: Vec<bool> = Vec::new();
+    let bound = plan.params.iter().map(|&(n, c)| (n, c, false));
+    let arrays = plan.array_params.iter().map(|&(n, c)| (n, c, true));
+    for (n, column, array) in bound.chain(arrays) {
         let index = n.saturating_sub(1) as usize;
         if param_columns.len() <= index {
             param_columns.resize(index + 1, None);
+            param_arrays.resize(index + 1, false);
         }
         param_columns[index] = Some(column);
+        param_arrays[index] = array;
     }
     let mut param_types = declared.to_vec();
     for (index, column) in param_columns.iter().enumerate() {
@@ -357,10 +367,14 @@ fn parameters(plan: &StatementPlan, declared: &[u32]) -> (Vec<Option<ColumnRef>>
             if param_types.len() <= index {
                 param_types.resize(index + 1, 0);
             }
-            param_types[index] = LogicalType::Bytea.oid();
+            param_types[index] = if param_arrays[index] {
+                crate::pgtype::oid::BYTEA_ARRAY
+            } else {
+                LogicalType::Bytea.oid()
+            };
         }
     }
-    (param_columns, param_types)
+    (param_columns, param_arrays, param_types)
 }
 
 fn bind_message(
@@ -400,14 +414,13 @@ fn bind_message(
                 continue;
             };
             let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
-            match encrypt_param(
-                veil,
-                *column,
-                value,
-                bind.param_format(index),
-                declared,
-                &state.time,
-            ) {
+            let format = bind.param_format(index);
+            let encrypted = if prepared.param_arrays.get(index).copied().unwrap_or(false) {
+                encrypt_array_param(veil, *column, value, format, &state.time)
+            } else {
+                encrypt_param(veil, *column, value, format, declared, &state.time)
+            };
+            match encrypted {
                 Ok(ciphertext) => {
                     bind.params[index] = Some(Bytes::from(ciphertext));
                     bind.param_formats[index] = 1;

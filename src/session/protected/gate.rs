@@ -1,7 +1,7 @@
 //! The one admission step every statement passes, whether it came as a simple Query or as
 //! an extended-protocol Parse: text that is not UTF-8 passes only if it cannot touch
-//! protected data; a view over a protected table is refused; text that cannot touch
-//! protected data passes unchanged (the fast path); anything else is analysed, checked
+//! protected data; text that cannot name a protected table or a view over one passes
+//! unchanged (the fast path); anything else is analysed, checked
 //! against the session's policy, and rewritten (literals encrypted, subject columns appended
 //! for the audit log) or refused.
 
@@ -9,9 +9,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::cursors::Fetch;
-use super::refusal::{cannot_analyse, through_view};
+use super::refusal::cannot_analyse;
 use super::state::State;
-use super::values::{bytea_literal, encrypt_text};
+use super::values::{bytea_literal, encrypt_text, encrypt_text_array};
 use super::Session;
 use crate::audit::AuditSink;
 use crate::config::AuditScope;
@@ -137,7 +137,7 @@ fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) 
         // Not UTF-8, or in an encoding pgveil cannot read: it cannot be analysed, so it may
         // pass only if it cannot touch protected data.
         let lossy = String::from_utf8_lossy(raw);
-        return if sql::may_touch_protected(&lossy, &veil.protection) {
+        return if state.database.may_touch_protected(&lossy, &veil.protection) {
             Admission::Refuse {
                 error: cannot_analyse(),
                 fingerprint: sink.map(|_| sql::fingerprint(&lossy)),
@@ -150,16 +150,14 @@ fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) 
         };
     };
     let fingerprint = || state.database.fingerprint(text);
-    let refused = sql::encoding_refusal(text)
-        .map(|r| PgError::error(r.sqlstate, r.message))
-        .or_else(|| state.database.protected_view_in(text).map(through_view));
+    let refused = sql::encoding_refusal(text).map(|r| PgError::error(r.sqlstate, r.message));
     if let Some(error) = refused {
         return Admission::Refuse {
             error,
             fingerprint: sink.map(|_| fingerprint()),
         };
     }
-    if !sql::may_touch_protected(text, &veil.protection) {
+    if !state.database.may_touch_protected(text, &veil.protection) {
         return Admission::Forward {
             fingerprint: audit_all.then(fingerprint),
             fetches: Vec::new(),
@@ -274,11 +272,19 @@ fn statement_replacements(
         let Some(value) = &literal.value else {
             continue;
         };
-        let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
-        out.push((
-            literal.byte_range.clone(),
-            bytea_literal(&ciphertext, state.standard_strings),
-        ));
+        let replacement = if literal.array {
+            encrypt_text_array(
+                veil,
+                literal.column,
+                value.as_bytes(),
+                &state.time,
+                state.standard_strings,
+            )?
+        } else {
+            let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
+            bytea_literal(&ciphertext, state.standard_strings)
+        };
+        out.push((literal.byte_range.clone(), replacement));
     }
     Ok(out)
 }

@@ -14,15 +14,6 @@ use crate::session::recording::Recording;
 use crate::session::relay::Action;
 use crate::sql::StatementPlan;
 
-/// pgveil cannot see through a view to the protected columns under it, so it cannot
-/// encrypt what the statement compares with them or decrypt what it returns.
-pub(super) fn through_view(view: &str) -> PgError {
-    PgError::error(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!("pgveil: {view} is a view over a protected table; query the table itself"),
-    )
-}
-
 pub(super) fn cannot_analyse() -> PgError {
     PgError::error(
         sqlstate::FEATURE_NOT_SUPPORTED,

@@ -23,6 +23,9 @@ pub(super) struct Prepared {
     pub analysis: Option<Arc<Analysis>>,
     /// Parameter position (0-based) → the protected column it is bound for.
     pub param_columns: Vec<Option<ColumnRef>>,
+    /// Parameter position (0-based) → true when it is an array whose elements are bound for
+    /// its column (`UNNEST($1::text[])`): encrypted element by element, declared `bytea[]`.
+    pub param_arrays: Vec<bool>,
     /// The types the client declared (0: unspecified).
     pub client_param_types: Vec<u32>,
     /// Result columns, from the statement's RowDescription.
@@ -66,6 +69,7 @@ impl Prepared {
         Self {
             analysis: None,
             param_columns: Vec::new(),
+            param_arrays: Vec::new(),
             client_param_types: Vec::new(),
             row: OnceLock::new(),
             fingerprint: None,

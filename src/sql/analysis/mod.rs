@@ -7,11 +7,13 @@
 //! protected column, and so on. Whatever is not understood is refused when it involves a
 //! protected column (fail closed).
 
+mod arrays;
 mod comparisons;
 mod dml;
 mod expressions;
 mod functions;
 mod queries;
+mod same_query;
 mod scopes;
 mod spans;
 mod statements;
@@ -65,11 +67,17 @@ struct Analyzer<'a> {
     /// Byte offset where the statement's last token ends (for RETURNING injection).
     statement_end: usize,
     scopes: Vec<Vec<Source>>,
-    ctes: Vec<(String, Vec<SourceColumn>)>,
+    /// CTE name → its columns (`None`: unknown, it reads a relation of unknown columns).
+    ctes: Vec<(String, Option<Vec<SourceColumn>>)>,
     tables: Vec<TableName>,
     literals: Vec<LiteralBinding>,
     params: Vec<(u32, ColumnRef)>,
+    array_params: Vec<(u32, ColumnRef)>,
     plain_params: HashSet<u32>,
+    /// Pending values (VALUES / UNNEST columns) used plainly, and those bound to a column.
+    plain_pending: HashSet<u32>,
+    bound_pending: std::collections::HashMap<u32, ColumnRef>,
+    next_pending: u32,
     reads: Vec<ColumnRef>,
     conditions: Vec<ColumnRef>,
     writes: Vec<ColumnRef>,
@@ -89,6 +97,7 @@ pub fn analyze(
 ) -> Result<Vec<StatementPlan>, AnalyzeError> {
     let tokens = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
     let mut plans = Vec::new();
+    let mut earlier = same_query::EarlierDdl::default();
     let mut seg_start = 0;
     for i in 0..=tokens.spanned.len() {
         let boundary = match tokens.token(i) {
@@ -113,6 +122,7 @@ pub fn analyze(
             protection,
             catalog,
             search_path,
+            &mut earlier,
         )?);
     }
     Ok(plans)
@@ -128,9 +138,10 @@ fn analyze_one(
     protection: &Protection,
     catalog: &dyn Catalog,
     search_path: &[String],
+    earlier: &mut same_query::EarlierDdl,
 ) -> Result<StatementPlan, AnalyzeError> {
     let text = &sql[range.clone()];
-    let touches = may_touch_protected(text, protection);
+    let touches = may_touch_protected(text, protection) || catalog.mentions_protected_view(text);
     // `U&"…"` identifiers are not understood by the parser (it reads `U & "…"`), so a
     // protected table or column could hide behind one: fail closed.
     if touches && has_unicode_identifier(tokens, first, last) {
@@ -146,6 +157,13 @@ fn analyze_one(
         Ok(_) => Err("unexpected text after the statement".to_string()),
         Err(e) => Err(e.to_string()),
     };
+    if parsed.is_err() {
+        let first_word = match tokens.token(first) {
+            Some(Token::Word(w)) => w.value.as_str(),
+            _ => "",
+        };
+        earlier.note_unparsed(first_word);
+    }
     let stmt = match parsed {
         Ok(statement) => statement,
         // Anonymous code blocks cannot be analysed: refuse them by name.
@@ -173,7 +191,11 @@ fn analyze_one(
         tables: Vec::new(),
         literals: Vec::new(),
         params: Vec::new(),
+        array_params: Vec::new(),
         plain_params: HashSet::new(),
+        plain_pending: HashSet::new(),
+        bound_pending: std::collections::HashMap::new(),
+        next_pending: 0,
         reads: Vec::new(),
         conditions: Vec::new(),
         writes: Vec::new(),
@@ -185,6 +207,15 @@ fn analyze_one(
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
+    let conflict = touches && earlier.conflicts(&stmt);
+    earlier.note(&stmt);
+    if conflict {
+        plan.refusal = Some(Refusal {
+            sqlstate: NOT_SUPPORTED,
+            message: same_query::SEND_SEPARATELY.into(),
+        });
+        return Ok(plan);
+    }
     let outcome = analyzer
         .statement(&stmt, first, last)
         .and_then(|()| analyzer.finish());
@@ -194,6 +225,7 @@ fn analyze_one(
             plan.tables = analyzer.tables;
             plan.literals = analyzer.literals;
             plan.params = analyzer.params;
+            plan.array_params = analyzer.array_params;
             plan.reads = analyzer.reads;
             plan.conditions = analyzer.conditions;
             plan.writes = analyzer.writes;

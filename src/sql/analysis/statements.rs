@@ -154,7 +154,10 @@ impl Analyzer<'_> {
             }
             Statement::CreateView(v) => {
                 self.query(&v.query, false)?;
-                if !self.literals.is_empty() || !self.params.is_empty() {
+                if !self.literals.is_empty()
+                    || !self.params.is_empty()
+                    || !self.array_params.is_empty()
+                {
                     return Err(Halt::Refuse(
                         "pgveil: CREATE VIEW comparing an encrypted column with a literal is not supported"
                             .into(),
@@ -182,6 +185,7 @@ impl Analyzer<'_> {
     pub(super) fn clear_bindings(&mut self) {
         self.literals.clear();
         self.params.clear();
+        self.array_params.clear();
         self.rewrites.clear();
         self.reads.clear();
         self.conditions.clear();
@@ -225,7 +229,17 @@ impl Analyzer<'_> {
                 }
             }
         }
-        if !may_touch_protected(text, self.protection) {
+        // Strings are values, except the bodies of routines, which are code.
+        let code_in_strings = matches!(
+            statement,
+            Statement::CreateFunction(_) | Statement::CreateProcedure { .. }
+        );
+        let mentions = if code_in_strings {
+            may_touch_protected(text, self.protection) || self.catalog.mentions_protected_view(text)
+        } else {
+            self.names_protected_table(first, last)
+        };
+        if !mentions {
             return Ok(());
         }
         let ddl = matches!(
@@ -287,6 +301,18 @@ impl Analyzer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// True when an identifier among tokens `first..=last` (not a string, not a comment)
+    /// is a protected table's name.
+    fn names_protected_table(&self, first: usize, last: usize) -> bool {
+        // Case folded even when quoted: a false match only costs a refusal.
+        (first..=last).any(|i| match self.tokens.token(i) {
+            Some(Token::Word(w)) => self
+                .protection
+                .is_protected_name(&w.value.to_ascii_lowercase()),
+            _ => false,
+        })
     }
 
     /// Records the top-level output: reads and result columns.
