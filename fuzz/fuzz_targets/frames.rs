@@ -91,12 +91,13 @@ fn relay_is_transparent(data: &[u8]) {
 /// Runs an Outbox's writes into memory (writing to a Vec never waits).
 fn written(out: &mut Outbox) -> Vec<u8> {
     let mut sink = Vec::new();
-    let mut flush = pin!(out.flush_to(&mut sink));
-    match flush.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(result) => assert!(result.is_ok()),
-        Poll::Pending => panic!("writing to memory waited"),
+    {
+        let mut flush = pin!(out.flush_to(&mut sink));
+        match flush.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => assert!(result.is_ok()),
+            Poll::Pending => panic!("writing to memory waited"),
+        }
     }
-    drop(flush);
     sink
 }
 
