@@ -166,7 +166,9 @@ fn check_plan(sql: &str, plan: &StatementPlan, f: &Fixture) {
     }
 }
 
-/// What the fast path forwards untouched must not involve a protected column.
+/// What the fast path forwards untouched must not involve a protected column. (A refusal
+/// alone may be over-cautious, e.g. a table function called with an argument named like a
+/// protected column, so it is not asserted: no data is found.)
 fn assert_nothing_protected(plan: &StatementPlan, f: &Fixture) {
     assert!(
         plan.literals.is_empty()
@@ -175,8 +177,7 @@ fn assert_nothing_protected(plan: &StatementPlan, f: &Fixture) {
             && plan.conditions.is_empty()
             && plan.writes.is_empty()
             && plan.rewrites.is_empty()
-            && plan.subject.sources.is_empty()
-            && plan.refusal.is_none(),
+            && plan.subject.sources.is_empty(),
         "the fast path passes a statement the analysis finds protected data in: {plan:?}"
     );
     for table in &plan.tables {
