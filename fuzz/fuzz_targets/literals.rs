@@ -122,10 +122,28 @@ fn settings(value: &[u8]) {
             LogicalType::Date,
         ] {
             if let Ok(c) = canonical_from_text(ty, stamp.as_bytes(), &tz) {
-                round_trips(ty, &c, &tz);
+                if ty != LogicalType::Timestamptz || readable_offset(ty, &c, &tz) {
+                    round_trips(ty, &c, &tz);
+                }
             }
         }
     }
+}
+
+/// PostgreSQL accepts `SET TIME ZONE 55` and prints `…+55`, but reads back offsets of at
+/// most 15 hours (MAX_TZDISP_HOUR); pgveil does the same, so such a round trip is undefined.
+fn readable_offset(ty: LogicalType, c: &[u8], tz: &SessionTime) -> bool {
+    let Ok(printed) = to_wire(ty, c, WireFormat::Text, tz) else {
+        return true;
+    };
+    let printed = String::from_utf8_lossy(&printed);
+    let offset = printed
+        .trim_end_matches(" BC")
+        .rsplit(['+', '-'])
+        .next()
+        .unwrap_or("");
+    let hours = offset.split(':').next().and_then(|h| h.parse::<u32>().ok());
+    hours.is_none_or(|h| h <= 15)
 }
 
 /// What holds for every accepted value: printed in text it reads back the same, in binary
