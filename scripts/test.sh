@@ -14,6 +14,8 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 # tests/alerts.rs starts a real Prometheus Alertmanager.
 [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
+# tests/hsm.rs: the master key in a SoftHSM2 token (tokens are made by the test).
+[ -f /usr/lib/softhsm/libsofthsm2.so ] || need_apt+=(softhsm2)
 # Clients of tests/scram.rs (TLS on both legs, auth = "scram"): Java + pgJDBC, node + npm.
 command -v java >/dev/null || need_apt+=(default-jdk-headless)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
