@@ -198,8 +198,12 @@ impl<'a> BindHeader<'a> {
         let mut params = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let len = read_i32(&mut rest).ok_or(err)?;
-            if len < 0 {
+            // Only -1 is NULL; PostgreSQL refuses other negative lengths, and a rewritten
+            // Bind must not turn such a message into a valid NULL.
+            if len == -1 {
                 params.push(None);
+            } else if len < 0 {
+                return Err(err);
             } else {
                 let len = len as usize;
                 if rest.len() < len {
@@ -449,5 +453,14 @@ mod tests {
         assert_eq!(header.bind().unwrap(), bind);
         let truncated = &frame[5..frame.len() - 1];
         assert!(BindHeader::decode(truncated).unwrap().bind().is_err());
+    }
+
+    #[test]
+    fn bind_lengths_below_minus_one_are_malformed() {
+        // Found by fuzz/frames: a length of -2 was read as NULL and re-encoded as -1.
+        let body = b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0";
+        assert_eq!(Bind::decode(body), Err(Malformed("Bind")));
+        let null = b"\0\0\0\0\0\x01\xff\xff\xff\xff\0\0";
+        assert_eq!(Bind::decode(null).unwrap().params, vec![None]);
     }
 }
