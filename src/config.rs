@@ -1176,7 +1176,10 @@ access = { clinician = "plaintext", billing = "mask:year", researcher = "mask:ye
     #[test]
     fn scram_termination_needs_auth_user_and_a_parameterised_auth_query() {
         let lines = problems("[upstream]\nauth = \"scram\"\n");
-        assert!(lines.iter().any(|l| l.contains("needs auth_user")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("needs auth_user")),
+            "{lines:?}"
+        );
         let lines = problems(
             "[upstream]\nauth = \"scram\"\nauth_user = \"a\"\nauth_query = \"SELECT 1, 2\"\n",
         );

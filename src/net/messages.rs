@@ -199,6 +199,37 @@ impl Bind {
     }
 }
 
+/// Bind's result format codes, reading past its parameters without copying them.
+pub fn bind_result_formats(body: &[u8]) -> Result<Vec<i16>, Malformed> {
+    let err = Malformed("Bind");
+    let mut rest = body;
+    for _ in 0..2 {
+        read_cstr(&mut rest).ok_or(err)?;
+    }
+    let skip = |rest: &mut &[u8], n: usize| -> Result<(), Malformed> {
+        *rest = rest.get(n..).ok_or(err)?;
+        Ok(())
+    };
+    let formats = read_i16(&mut rest).ok_or(err)?;
+    skip(&mut rest, 2 * usize::try_from(formats).map_err(|_| err)?)?;
+    let count = read_i16(&mut rest).ok_or(err)?;
+    for _ in 0..usize::try_from(count).map_err(|_| err)? {
+        let len = read_i32(&mut rest).ok_or(err)?;
+        if len > 0 {
+            skip(&mut rest, len as usize)?;
+        }
+    }
+    let n = usize::try_from(read_i16(&mut rest).ok_or(err)?).map_err(|_| err)?;
+    let codes = (0..n)
+        .map(|_| read_i16(&mut rest).ok_or(err))
+        .collect::<Result<Vec<_>, _>>()?;
+    if rest.is_empty() {
+        Ok(codes)
+    } else {
+        Err(err)
+    }
+}
+
 /// The format code for result column `index` given Bind's result format codes.
 pub fn result_format(codes: &[i16], index: usize) -> i16 {
     match codes.len() {
@@ -395,8 +426,11 @@ mod tests {
             ],
             result_formats: vec![0, 1],
         };
-        let decoded = Bind::decode(&bind.encode()[5..]).unwrap();
+        let encoded = bind.encode();
+        let decoded = Bind::decode(&encoded[5..]).unwrap();
         assert_eq!(decoded, bind);
+        assert_eq!(bind_result_formats(&encoded[5..]).unwrap(), vec![0, 1]);
+        assert!(bind_result_formats(&encoded[5..encoded.len() - 1]).is_err());
         bind.expand_param_formats();
         assert_eq!(bind.param_formats, vec![1, 1, 1]);
         assert_eq!(result_format(&[1], 5), 1);

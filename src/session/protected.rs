@@ -96,7 +96,22 @@ impl Prepared {
 
 struct Portal {
     prepared: Arc<Prepared>,
+    /// As the client sent them in Bind (also for statements pgveil did not analyse, once a
+    /// Describe showed they return protected columns).
     result_formats: Vec<i16>,
+    /// What a Describe of this portal showed the client (columns and their formats, as the
+    /// database reported them for this portal): its Execute is decoded the same way.
+    described: OnceLock<RowPlan>,
+}
+
+impl Portal {
+    fn new(prepared: Arc<Prepared>, result_formats: Vec<i16>) -> Arc<Self> {
+        Arc::new(Self {
+            prepared,
+            result_formats,
+            described: OnceLock::new(),
+        })
+    }
 }
 
 /// What the database will answer a client message with, in order.
@@ -1038,13 +1053,21 @@ fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
         return Ok(injected_error(error, &mut state, recording));
     }
     if prepared.analysis.is_none() {
-        state.portals.insert(
-            portal_name,
-            Arc::new(Portal {
-                prepared,
-                result_formats: Vec::new(),
-            }),
-        );
+        // A statement pgveil did not analyse can still return protected columns (a client
+        // Describe showed them, by table OID): then its rows are decrypted in the formats
+        // this Bind asks for.
+        let shows_protected = prepared
+            .row
+            .get()
+            .is_some_and(|row| row.columns.iter().any(Option::is_some));
+        let result_formats = if shows_protected {
+            msg::bind_result_formats(body).map_err(|e| SessionError::Malformed(e.0))?
+        } else {
+            Vec::new()
+        };
+        state
+            .portals
+            .insert(portal_name, Portal::new(prepared, result_formats));
         state.expect.push_back(Expect::Bind);
         return Ok(Action::Forward);
     }
@@ -1087,13 +1110,9 @@ fn bind_message(body: &[u8], shared: &Shared) -> Result<Action, SessionError> {
         changed = true;
     }
     let result_formats = bind.result_formats.clone();
-    state.portals.insert(
-        portal_name,
-        Arc::new(Portal {
-            prepared,
-            result_formats,
-        }),
-    );
+    state
+        .portals
+        .insert(portal_name, Portal::new(prepared, result_formats));
     state.expect.push_back(Expect::Bind);
     Ok(if changed {
         Action::Replace(bind.encode())
@@ -1324,7 +1343,10 @@ impl Backend<'_> {
                         if internal {
                             Action::Drop
                         } else if tag == b'T' {
+                            // Formats belong to a portal, not to a statement: the rows of
+                            // each Execute are decoded from its own portal (`portal_rows`).
                             self.describe_rows(&fields, &columns, &[], prepared.injected, &state)
+                                .0
                         } else {
                             Action::Forward
                         }
@@ -1349,7 +1371,11 @@ impl Backend<'_> {
                     .map(|p| p.result_formats.clone())
                     .unwrap_or_default();
                 let strip = prepared.map_or(0, |p| p.injected);
-                self.describe_rows(&fields, &columns, &formats, strip, &state)
+                let (action, plan) = self.describe_rows(&fields, &columns, &formats, strip, &state);
+                if let (Some(portal), Some(plan)) = (portal, plan) {
+                    let _ = portal.described.set(plan);
+                }
+                action
             }
             Expect::Execute(portal) => {
                 let portal = portal.clone();
@@ -1374,7 +1400,10 @@ impl Backend<'_> {
                         self.rows = None;
                         (Action::Forward, true)
                     }
-                    b'E' => (Action::Forward, true),
+                    b'E' => {
+                        self.rows = None;
+                        (Action::Forward, true)
+                    }
                     _ => (Action::Forward, false),
                 };
                 self.record(action, frame, ends)
@@ -1421,10 +1450,11 @@ impl Backend<'_> {
                             &state.catalog,
                             plan_at(analysis.as_ref(), index),
                         );
-                        (
-                            self.describe_rows(&fields, &columns, &[], injected, &state),
-                            false,
-                        )
+                        let (action, rows) =
+                            self.describe_rows(&fields, &columns, &[], injected, &state);
+                        // A simple query's rows follow its RowDescription directly.
+                        self.rows = rows;
+                        (action, false)
                     }
                     b'D' => {
                         if let Some(recording) = self.recording.as_mut() {
@@ -1628,6 +1658,9 @@ impl Backend<'_> {
 
     /// Rewrites a RowDescription: logical types for protected columns, pgveil's own subject
     /// columns removed, and (the backstop) a result that carries a denied column refused.
+    /// Returns how rows described so would be decoded (`None` when refused); the caller
+    /// decides whom that belongs to, as a Describe is answered before its rows and
+    /// possibly long before (asyncpg: Parse, Describe, Flush, later Bind, Execute).
     fn describe_rows(
         &mut self,
         fields: &[Field],
@@ -1635,11 +1668,10 @@ impl Backend<'_> {
         formats: &[i16],
         strip: usize,
         state: &State,
-    ) -> Action {
+    ) -> (Action, Option<RowPlan>) {
         let strip = strip.min(fields.len());
         if strip == 0 && columns.iter().all(Option::is_none) {
-            self.rows = Some(RowPlan::default());
-            return Action::Forward;
+            return (Action::Forward, Some(RowPlan::default()));
         }
         let veil = &self.shared.veil;
         let mut fields = fields[..fields.len() - strip].to_vec();
@@ -1654,13 +1686,14 @@ impl Backend<'_> {
             };
             let Some(column) = *column else { continue };
             if state.access.get(column.0) == Some(&Access::Deny) {
-                return self.raise(PgError::error(
+                let refused = self.raise(PgError::error(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     format!(
                         "pgveil: permission denied to read protected column {}",
                         spec.qualified_name()
                     ),
                 ));
+                return (refused, None);
             }
             field.type_oid = spec.logical_type.oid();
             field.type_size = spec.logical_type.type_size();
@@ -1672,8 +1705,10 @@ impl Backend<'_> {
             };
             plan.columns.push(Some((column, format)));
         }
-        self.rows = Some(plan);
-        Action::Replace(msg::encode_row_description(&fields))
+        (
+            Action::Replace(msg::encode_row_description(&fields)),
+            Some(plan),
+        )
     }
 
     fn data_row(&mut self, frame: &[u8], state: &State) -> Action {
@@ -1748,6 +1783,9 @@ fn portal_rows(portal: Option<&Portal>) -> Result<RowPlan, PgError> {
     let Some(portal) = portal else {
         return Ok(RowPlan::default());
     };
+    if let Some(described) = portal.described.get() {
+        return Ok(described.clone());
+    }
     match portal.prepared.row.get() {
         Some(info) => Ok(RowPlan {
             columns: info
