@@ -10,6 +10,8 @@ have_server() {
 }
 have_server || need_apt+=(postgresql postgresql-contrib)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
+# tests/generated_sql.rs runs statements written by sqlsmith.
+command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 # tests/alerts.rs starts a real Prometheus Alertmanager.
 [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
 # Clients of tests/scram.rs (TLS on both legs, auth = "scram"): Java + pgJDBC, node + npm.

@@ -47,20 +47,48 @@ fn registered() -> Vec<Vec<u8>> {
     SECRETS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// The forms in which a registered value would show: itself and its lower-case hex.
-fn needles() -> Vec<(String, Vec<u8>)> {
-    registered()
-        .into_iter()
-        .flat_map(|value| {
-            let shown = String::from_utf8_lossy(&value).into_owned();
-            let hex = hex::encode(&value).into_bytes();
-            [(shown.clone(), value), (format!("{shown} (as hex)"), hex)]
-        })
-        .collect()
+/// The forms in which a registered value would show (itself and its lower-case hex), in one
+/// automaton: a test registers hundreds of values and a tap sees megabytes, so one pass over
+/// the bytes rather than one per value.
+struct Needles {
+    names: Vec<String>,
+    longest: usize,
+    automaton: Option<aho_corasick::AhoCorasick>,
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+impl Needles {
+    fn registered() -> Needles {
+        let mut names = Vec::new();
+        let mut patterns = Vec::new();
+        for value in registered() {
+            let shown = String::from_utf8_lossy(&value).into_owned();
+            patterns.push(hex::encode(&value).into_bytes());
+            names.push(format!("{shown} (as hex)"));
+            patterns.push(value);
+            names.push(shown);
+        }
+        let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        let automaton = aho_corasick::AhoCorasick::new(&patterns).ok();
+        Needles {
+            names,
+            longest,
+            automaton,
+        }
+    }
+
+    /// The names of the registered values found in `hay`.
+    fn found_in(&self, hay: &[u8]) -> Vec<&str> {
+        let Some(automaton) = &self.automaton else {
+            return Vec::new();
+        };
+        let mut ids: Vec<usize> = automaton
+            .find_overlapping_iter(hay)
+            .map(|m| m.pattern().as_usize())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|id| self.names[id].as_str()).collect()
+    }
 }
 
 #[derive(Default)]
@@ -107,19 +135,15 @@ impl Tap {
 
     /// Panics when a registered value reached PostgreSQL through this tap or its log.
     pub fn assert_no_leaks(&self) {
-        let needles = needles();
+        let needles = Needles::registered();
         let seen = lock(&self.seen);
         let mut found = seen.found.clone();
-        for (name, needle) in &needles {
-            if contains(&seen.bytes, needle) {
-                found.push(format!("sent upstream: {name}"));
-            }
+        for name in needles.found_in(&seen.bytes) {
+            found.push(format!("sent upstream: {name}"));
         }
         for entry in log_entries(&self.log, &seen.upstream_ports) {
-            for (name, needle) in &needles {
-                if contains(entry.as_bytes(), needle) {
-                    found.push(format!("in the database log: {name}: {entry}"));
-                }
+            for name in needles.found_in(entry.as_bytes()) {
+                found.push(format!("in the database log: {name}: {entry}"));
             }
         }
         assert!(
@@ -167,15 +191,13 @@ fn record(seen: &Mutex<Seen>, bytes: &[u8]) {
     if seen.bytes.len() > KEEP_BYTES {
         // Scan what is about to be dropped, keeping an overlap for values split across
         // the cut.
-        let needles = needles();
-        let longest = needles.iter().map(|(_, n)| n.len()).max().unwrap_or(0);
-        let cut = seen.bytes.len() - longest.min(seen.bytes.len());
-        let mut found = Vec::new();
-        for (name, needle) in &needles {
-            if contains(&seen.bytes, needle) {
-                found.push(format!("sent upstream: {name}"));
-            }
-        }
+        let needles = Needles::registered();
+        let cut = seen.bytes.len() - needles.longest.min(seen.bytes.len());
+        let found: Vec<String> = needles
+            .found_in(&seen.bytes)
+            .into_iter()
+            .map(|name| format!("sent upstream: {name}"))
+            .collect();
         seen.found.extend(found);
         seen.bytes.drain(..cut);
     }
