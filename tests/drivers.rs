@@ -348,3 +348,25 @@ fn django_orm() {
     assert_ok(&out, "django", 5 * 28 + 28 + 6);
     check_table("drv_django", 28);
 }
+
+#[test]
+fn pgjdbc_prepare_thresholds_and_binary_transfer() {
+    let setup = setup();
+    let jar = Path::new("/usr/share/java/postgresql.jar");
+    assert!(
+        jar.exists(),
+        "pgJDBC missing: apt-get install libpostgresql-jdbc-java"
+    );
+    let port = setup.proxy.port().to_string();
+    let out = run_client(
+        "pgJDBC",
+        Command::new("java")
+            .arg("-cp")
+            .arg(jar)
+            .arg(root().join("tests/clients/java/Matrix.java"))
+            .args(["127.0.0.1", &port, SUPERUSER, PASSWORD, "drv_jdbc"]),
+    );
+    setup.proxy.assert_no_leaks();
+    assert_ok(&out, "jdbc", 4 * 6 * 28 * 3);
+    check_table("drv_jdbc", 4 * 28);
+}
