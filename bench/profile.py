@@ -37,7 +37,7 @@ GROUPS = [
     ("crypto (AES-GCM-SIV, HMAC/SHA-256, HKDF, RNG)",
      r"aes|gcm|siv|polyval|ghash|hmac|sha2|sha256|hkdf|ed25519|curve25519|pgveil::crypto::(envelope|keys)|"
      r"rand::|rand_core|chacha|getrandom|zeroize|subtle::"),
-    ("value codec (canonical encoding, text/binary, dates)", r"pgveil::crypto::value|chrono|rust_decimal|uuid::"),
+    ("value codec (canonical encoding, text/binary, dates)", r"pgveil::pgtype|chrono|rust_decimal|uuid::"),
     ("SQL analysis (fast scan, parser, plan, rewrite, plan cache)",
      r"sqlparser|pgveil::sql|pgveil::veil|fingerprint|may_touch_protected|contains_ignore_ascii_case"),
     ("audit (records, JSON, hash chain)", r"pgveil::audit|serde_json|serde::"),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::policy::mask::MaskKind;
+use crate::policy::Access;
 use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
 
 mod alerts;
@@ -132,46 +133,6 @@ pub struct PolicyConfig {
     pub break_glass_roles: Vec<String>,
 }
 
-/// What a role may do with a protected column's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Access {
-    Deny,
-    Mask(MaskKind),
-    Plaintext,
-}
-
-impl Access {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "plaintext" => Some(Self::Plaintext),
-            "deny" => Some(Self::Deny),
-            _ => text
-                .strip_prefix("mask:")
-                .and_then(MaskKind::parse)
-                .map(Self::Mask),
-        }
-    }
-
-    /// Ordering for "the most permissive of a session's rules wins".
-    pub fn permissiveness(self) -> u8 {
-        match self {
-            Self::Deny => 0,
-            Self::Mask(_) => 1,
-            Self::Plaintext => 2,
-        }
-    }
-}
-
-impl fmt::Display for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Deny => f.write_str("deny"),
-            Self::Plaintext => f.write_str("plaintext"),
-            Self::Mask(kind) => write!(f, "mask:{}", kind.name()),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct TableConfig {
     pub name: TableName,
@@ -259,6 +220,17 @@ impl Config {
 
     pub fn protected_columns(&self) -> Vec<ProtectedColumn> {
         self.columns.iter().map(|c| c.column.clone()).collect()
+    }
+
+    /// Who may see what, as a reload hands it to open sessions.
+    pub fn access_policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy::new(
+            self.columns
+                .iter()
+                .map(|c| (c.column.qualified_name(), c.access.clone()))
+                .collect(),
+            self.policy.default_access,
+        )
     }
 
     pub fn subjects(&self) -> HashMap<TableName, String> {
@@ -1160,17 +1132,6 @@ access = { clinician = "plaintext", billing = "mask:year", researcher = "mask:ye
         let lines = problems(text);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("mixes type int4"), "{lines:?}");
-    }
-
-    #[test]
-    fn access_precedence() {
-        assert!(Access::Plaintext.permissiveness() > Access::Mask(MaskKind::Year).permissiveness());
-        assert!(Access::Mask(MaskKind::Null).permissiveness() > Access::Deny.permissiveness());
-        assert_eq!(
-            Access::parse("mask:zip3"),
-            Some(Access::Mask(MaskKind::Zip3))
-        );
-        assert_eq!(Access::parse("mask:"), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! pgveil: a transparent encrypting proxy for PostgreSQL.
 //!
 //! The path of one query: `net` (framing, startup, TLS) → `session` (one connection's
-//! state) → `sql` (analysis into a plan) → `crypto` (keys, envelope, typed values) and
-//! `policy` (roles, masks) → `audit` (records, chain, verify/search/report).
+//! state) → `sql` (analysis into a plan) → `pgtype` (typed values, canonical encoding),
+//! `crypto` (keys, envelope) and `policy` (roles, masks) → `audit` (records, chain,
+//! verify/search/report).
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![deny(
     clippy::unwrap_used,
@@ -27,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod pgerror;
+pub mod pgtype;
 pub mod policy;
 pub mod schema;
 pub mod server;

@@ -6,6 +6,18 @@ use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::Message;
 
 pub mod sqlstate {
+    // Data exceptions for values that do not parse or convert (raised by `pgtype`), named as
+    // in PostgreSQL's errcodes.txt.
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+    pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
+    pub const INVALID_BINARY_REPRESENTATION: &str = "22P03";
+    pub const UNTRANSLATABLE_CHARACTER: &str = "22P05";
+    pub const INVALID_DATETIME_FORMAT: &str = "22007";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const DATATYPE_MISMATCH: &str = "42804";
+    pub const STATEMENT_TOO_COMPLEX: &str = "54001";
+
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
@@ -14,10 +26,10 @@ pub mod sqlstate {
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const IO_ERROR: &str = "58030";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-    pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const UNDEFINED_OBJECT: &str = "42704";
 }
 

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::pgtype::oid;
+
 /// The type an application sees for a protected column (stored as `bytea`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogicalType {
@@ -84,20 +86,20 @@ impl LogicalType {
     /// The type OID shown to clients in RowDescription and ParameterDescription.
     pub fn oid(self) -> u32 {
         match self {
-            Self::Text => 25,
-            Self::Varchar => 1043,
-            Self::Int2 => 21,
-            Self::Int4 => 23,
-            Self::Int8 => 20,
-            Self::Numeric => 1700,
-            Self::Float8 => 701,
-            Self::Bool => 16,
-            Self::Date => 1082,
-            Self::Timestamp => 1114,
-            Self::Timestamptz => 1184,
-            Self::Uuid => 2950,
-            Self::Bytea => 17,
-            Self::Jsonb => 3802,
+            Self::Text => oid::TEXT,
+            Self::Varchar => oid::VARCHAR,
+            Self::Int2 => oid::INT2,
+            Self::Int4 => oid::INT4,
+            Self::Int8 => oid::INT8,
+            Self::Numeric => oid::NUMERIC,
+            Self::Float8 => oid::FLOAT8,
+            Self::Bool => oid::BOOL,
+            Self::Date => oid::DATE,
+            Self::Timestamp => oid::TIMESTAMP,
+            Self::Timestamptz => oid::TIMESTAMPTZ,
+            Self::Uuid => oid::UUID,
+            Self::Bytea => oid::BYTEA,
+            Self::Jsonb => oid::JSONB,
         }
     }
 

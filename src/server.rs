@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::alerts::AlertService;
+use crate::audit::AuditSink;
 use crate::audit::{AuditLog, AuditOptions};
 use crate::auth::Terminator;
 use crate::config::Config;
@@ -22,9 +23,9 @@ use crate::net::stream::MaybeTls;
 use crate::net::tls::{self, TlsError};
 use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
-use crate::session::recording::AuditSink;
+use crate::policy::Policy;
 use crate::session::{self, SessionConfig};
-use crate::veil::{Policy, Veil};
+use crate::veil::Veil;
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
@@ -200,7 +201,7 @@ pub async fn serve_with_reload(
     let proxy = Arc::new(Proxy {
         audit: audit.clone(),
         veil: ArcSwap::from_pointee(veil),
-        policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(&config))),
+        policy: Arc::new(ArcSwap::from_pointee(config.access_policy())),
         master,
         handshake: Handshake::new(server_tls, config.server.require_tls),
         connector,
@@ -351,7 +352,7 @@ impl Proxy {
                 }
             }
         }
-        self.policy.store(Arc::new(Policy::from_config(&new)));
+        self.policy.store(Arc::new(new.access_policy()));
         tracing::info!(
             "configuration reloaded: the policy applies to open sessions from their next statement"
         );

@@ -1,16 +1,15 @@
 //! What every session shares: the protected columns with their ciphers and access rules,
-//! the cache of analysed statements, and each database's catalog.
+//! the cache of analysed statements, and what pgveil knows of each database (its relations).
 //!
 //! A `Veil` is immutable apart from its caches; a configuration reload builds a new one and
 //! swaps it in, so a session sees one consistent policy per statement.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Access, Config};
+use crate::config::Config;
 use crate::crypto::envelope::ColumnCipher;
 use crate::crypto::keys::MasterKey;
-use crate::policy::mask::MaskKind;
 use crate::schema::TableName;
 use crate::sql::{self, AnalyzeError, ColumnRef, Protection, StatementPlan, StaticCatalog};
 
@@ -22,65 +21,11 @@ const PLAN_CACHE_LIMIT: usize = 10_000;
 pub struct Veil {
     pub protection: Protection,
     ciphers: Vec<ColumnCipher>,
-    catalogs: Mutex<HashMap<String, Arc<DbCatalog>>>,
-}
-
-/// Who may see what: the part of the configuration that a reload changes in open sessions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    /// `schema.table.column` → role → access.
-    rules: HashMap<String, BTreeMap<String, Access>>,
-    default_access: Access,
-}
-
-impl Policy {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            rules: config
-                .columns
-                .iter()
-                .map(|c| (c.column.qualified_name(), c.access.clone()))
-                .collect(),
-            default_access: config.policy.default_access,
-        }
-    }
-
-    /// The access a session with `roles` has to each column of `protection`: the most
-    /// permissive rule among the roles the column names; `default_access` when it names none
-    /// of them. (The login's own role is rarely named: counting it as `default_access` would
-    /// let a permissive default override every mask and deny.)
-    pub fn access_for(&self, protection: &Protection, roles: &[String]) -> Vec<Access> {
-        protection
-            .columns()
-            .iter()
-            .map(|column| {
-                let rules = self.rules.get(&column.qualified_name());
-                roles
-                    .iter()
-                    .filter_map(|role| rules.and_then(|r| r.get(role)).copied())
-                    .max_by_key(|a| (a.permissiveness(), mask_rank(*a)))
-                    .unwrap_or(self.default_access)
-            })
-            .collect()
-    }
-}
-
-/// Between two masks of one column, the one that shows more wins (`null` < `redact` < the
-/// others, which keep part of the value), so the choice never depends on the order in which
-/// the database lists a session's roles. Two partial masks never meet on one type except
-/// `last4` and `zip3` on text: `last4` wins.
-fn mask_rank(access: Access) -> u8 {
-    match access {
-        Access::Mask(MaskKind::Null) => 0,
-        Access::Mask(MaskKind::Redact) => 1,
-        Access::Mask(MaskKind::Zip3) => 2,
-        Access::Mask(_) => 3,
-        Access::Deny | Access::Plaintext => 0,
-    }
+    databases: Mutex<HashMap<String, Arc<Database>>>,
 }
 
 /// One database's relations, and where protected columns sit in them.
-pub struct DbCatalog {
+pub struct Database {
     pub tables: StaticCatalog,
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
@@ -98,7 +43,7 @@ type PlanCache = HashMap<Vec<String>, HashMap<String, Arc<Analysis>>>;
 /// The analysis of one query string, shared by every session that sends it.
 pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;
 
-impl DbCatalog {
+impl Database {
     pub fn new(
         tables: StaticCatalog,
         views: &[(TableName, TableName)],
@@ -227,7 +172,7 @@ impl Veil {
         Some(Self {
             protection: Protection::new(columns, config.subjects()),
             ciphers,
-            catalogs: Mutex::new(HashMap::new()),
+            databases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -239,61 +184,13 @@ impl Veil {
         self.ciphers.get(column.0)
     }
 
-    pub fn catalog(&self, database: &str) -> Option<Arc<DbCatalog>> {
-        lock(&self.catalogs).get(database).cloned()
+    pub fn database(&self, name: &str) -> Option<Arc<Database>> {
+        lock(&self.databases).get(name).cloned()
     }
 
-    pub fn install_catalog(&self, database: &str, catalog: DbCatalog) -> Arc<DbCatalog> {
-        let catalog = Arc::new(catalog);
-        lock(&self.catalogs).insert(database.to_string(), catalog.clone());
-        catalog
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(default: &str) -> (Policy, Protection) {
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nhost = \"127.0.0.1\"\nport = 5432\n[keys]\nmaster_key_file = \"master.key\"\n\
-[policy]\ndefault_access = \"{default}\"\n\
-[[column]]\ntable = \"p\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"deterministic\"\n\
-access = {{ clinician = \"plaintext\", billing = \"mask:redact\", research = \"mask:last4\", audit = \"deny\" }}\n"
-        );
-        let config = Config::parse(&toml, "t.toml", std::path::Path::new(".")).unwrap();
-        (
-            Policy::from_config(&config),
-            Protection::new(config.protected_columns(), config.subjects()),
-        )
-    }
-
-    fn access(default: &str, roles: &[&str]) -> String {
-        let (policy, protection) = policy(default);
-        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        policy.access_for(&protection, &roles)[0].to_string()
-    }
-
-    #[test]
-    fn default_access_only_when_no_session_role_is_named() {
-        assert_eq!(access("plaintext", &["bob", "billing"]), "mask:redact");
-        assert_eq!(access("plaintext", &["bob", "audit"]), "deny");
-        assert_eq!(access("plaintext", &["bob"]), "plaintext");
-        assert_eq!(access("deny", &["bob"]), "deny");
-        assert_eq!(access("mask:null", &["bob", "clerk"]), "mask:null");
-    }
-
-    #[test]
-    fn most_permissive_wins_in_any_role_order() {
-        for roles in [
-            ["billing", "research", "audit"],
-            ["audit", "research", "billing"],
-        ] {
-            assert_eq!(access("deny", &roles), "mask:last4");
-        }
-        assert_eq!(
-            access("deny", &["audit", "clinician", "billing"]),
-            "plaintext"
-        );
+    pub fn install_database(&self, name: &str, database: Database) -> Arc<Database> {
+        let database = Arc::new(database);
+        lock(&self.databases).insert(name.to_string(), database.clone());
+        database
     }
 }

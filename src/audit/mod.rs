@@ -23,6 +23,7 @@ pub mod record;
 pub mod report;
 pub mod search;
 pub(crate) mod segment;
+pub mod sink;
 pub mod verify;
 pub mod writer;
 
@@ -38,6 +39,7 @@ pub use record::{
 };
 pub use report::{report, DisclosureReport, ReportEntry};
 pub use search::{search, SearchFilter};
+pub use sink::AuditSink;
 pub use verify::{verify_dir, VerifyFailure, VerifySummary};
 pub use writer::{AuditLog, AuditOptions, AuditStats};
 
@@ -65,6 +67,6 @@ pub enum AuditError {
 impl AuditError {
     /// The SQLSTATE a session reports when an append fails (`58030`, io_error).
     pub fn sqlstate(&self) -> &'static str {
-        "58030"
+        crate::pgerror::sqlstate::IO_ERROR
     }
 }

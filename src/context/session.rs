@@ -4,7 +4,8 @@
 
 use super::{ContextError, TokenClaims};
 use crate::audit::RecordContext;
-use crate::config::{Access, PolicyConfig};
+use crate::config::PolicyConfig;
+use crate::policy::Access;
 
 /// The `pgveil.*` settings a session can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -134,7 +134,7 @@ impl ColumnCipher {
         self.mode
     }
 
-    /// Encrypts a canonical plaintext (see `crypto::value`). Deterministic mode: equal
+    /// Encrypts a canonical plaintext (see `pgtype`). Deterministic mode: equal
     /// plaintexts give equal outputs.
     pub fn encrypt(&self, canonical_plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];

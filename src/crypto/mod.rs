@@ -1,4 +1,4 @@
-//! Keys, the ciphertext envelope, and the canonical encoding of typed values.
+//! Keys, the ciphertext envelope and the ciphers: everything that touches key material.
 //!
 //! Format: every stored value carries a version byte, the id of the key that encrypted it and
 //! its mode, so keys can be rotated and formats evolved without guessing. AES-256-GCM-SIV is
@@ -12,15 +12,11 @@
 //! data binds header, scope and logical type, so a ciphertext copied into another column fails
 //! to decrypt instead of being misread.
 //!
-//! Values: the plaintext is a canonical encoding of the typed value (`value`), so equality of
-//! ciphertexts is equality of values whatever text or binary form the client used.
+//! The plaintext is the canonical encoding of the typed value ([`crate::pgtype`]), so equality
+//! of ciphertexts is equality of values whatever text or binary form the client used.
 
 pub mod envelope;
 pub mod keys;
-pub mod value;
 
 pub use envelope::{key_id_of, ColumnCipher, CryptoError};
 pub use keys::{init_key_dir, load_signing_key, load_verifying_key, KeyError, MasterKey};
-pub use value::{
-    canonical_from_binary, canonical_from_text, to_wire, SessionTime, ValueError, WireFormat,
-};

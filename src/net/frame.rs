@@ -1,27 +1,13 @@
 //! Message framing: `tag (1) | length (4, includes itself) | body`.
 //!
-//! Frames are split off the read buffer as `Bytes` without copying, so frames that pgveil
-//! does not need to change are forwarded as the very bytes that arrived.
+//! Frames are found in the read buffer without copying, so frames that pgveil does not need
+//! to change are forwarded as the very bytes that arrived. The typed messages built on this
+//! are in [`super::frontend`] (from the client) and [`super::backend`] (from the database).
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Smallest legal length field: the length word itself.
 const MIN_LENGTH: usize = 4;
-
-/// A complete protocol message, raw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub tag: u8,
-    /// The whole message, tag and length included.
-    pub bytes: Bytes,
-}
-
-impl Frame {
-    /// The message body after tag and length.
-    pub fn body(&self) -> &[u8] {
-        &self.bytes[5..]
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -55,18 +41,44 @@ pub fn frame_len(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameError> 
     Ok((buf.len() >= total).then_some(total))
 }
 
-/// Splits the next complete frame off the front of `buf`.
-pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, FrameError> {
-    match frame_len(buf, limit)? {
-        Some(total) => {
-            let bytes = buf.split_to(total).freeze();
-            Ok(Some(Frame {
-                tag: bytes[0],
-                bytes,
-            }))
-        }
-        None => Ok(None),
-    }
+/// The whole length of the frame that starts `buf` (tag included), once its length field
+/// has arrived; unchecked (see [`frame_len`]).
+pub fn announced_len(buf: &[u8]) -> Option<usize> {
+    let length = buf.get(1..5)?;
+    Some(u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize + 1)
+}
+
+/// The message type of a complete frame.
+pub fn tag(frame: &[u8]) -> u8 {
+    frame.first().copied().unwrap_or(0)
+}
+
+/// The body of a complete frame, after tag and length.
+pub fn body(frame: &[u8]) -> &[u8] {
+    frame.get(5..).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+#[error("malformed {0} message")]
+pub struct Malformed(pub &'static str);
+
+/// Starts a frame with a placeholder length, patched by [`finish`].
+pub(super) fn begin(tag: u8, capacity: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(capacity + 5);
+    out.put_u8(tag);
+    out.put_u32(0);
+    out
+}
+
+pub(super) fn finish(mut out: BytesMut) -> Bytes {
+    let len = (out.len() - 1) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out.freeze()
+}
+
+pub(super) fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+    out.put_slice(s);
+    out.put_u8(0);
 }
 
 /// Reads a NUL-terminated string from the front of `body`, advancing it.
@@ -90,13 +102,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_complete_frames_only() {
-        let mut buf = BytesMut::from(&b"Q\0\0\0\x0bSELECT\0Z\0\0"[..]);
-        let frame = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
-        assert_eq!(frame.tag, b'Q');
-        assert_eq!(frame.body(), b"SELECT\0");
-        assert_eq!(next_frame(&mut buf, 1 << 20).unwrap(), None);
-        assert_eq!(&buf[..], b"Z\0\0");
+    fn complete_frames_only() {
+        let buf = b"Q\0\0\0\x0bSELECT\0Z\0\0";
+        assert_eq!(frame_len(buf, 1 << 20).unwrap(), Some(12));
+        assert_eq!(announced_len(buf), Some(12));
+        assert_eq!(tag(&buf[..12]), b'Q');
+        assert_eq!(body(&buf[..12]), b"SELECT\0");
+        assert_eq!(frame_len(&buf[12..], 1 << 20).unwrap(), None);
+        assert_eq!(announced_len(&buf[12..]), None);
     }
 
     #[test]

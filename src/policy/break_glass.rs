@@ -2,7 +2,7 @@
 //! session may read at all, masked or in plaintext, is shown in plaintext; a denied column
 //! stays denied. Applied after the policy resolved the session's access.
 
-use crate::config::Access;
+use crate::policy::Access;
 
 /// The access under break-glass.
 pub fn raise(access: Access) -> Access {

@@ -5,7 +5,7 @@
 //! backpressure. The two halves share only a small, briefly locked state: the queue of
 //! requests awaiting their ReadyForQuery, and the transaction status.
 
-pub mod catalog;
+pub mod introspect;
 pub mod protected;
 pub mod recording;
 pub mod relay;
@@ -16,19 +16,16 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{self, ErrorKind};
-use crate::net::frame::{read_cstr, FrameError};
+use crate::net::backend::BackendMessage;
+use crate::net::frame::FrameError;
+use crate::net::frontend::FrontendTag;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use relay::{drain_frames, new_buffer, Action, Outbox};
-
-/// Message types a frontend may send once started; anything else is refused rather than
-/// forwarded, since pgveil cannot know what it would do.
-pub(crate) const FRONTEND_TAGS: &[u8] = b"QPBEDCSHFXdcfp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -66,7 +63,7 @@ pub struct SessionConfig {
 }
 
 #[derive(Default)]
-struct Shared {
+struct PlainState {
     /// When each request that will end in ReadyForQuery (Query, Sync, FunctionCall) was sent.
     awaiting_ready: VecDeque<Instant>,
     /// Transaction status from the last ReadyForQuery; 0 before the first one.
@@ -74,13 +71,13 @@ struct Shared {
     client_terminated: bool,
 }
 
-impl Shared {
+impl PlainState {
     fn idle(&self) -> bool {
         self.awaiting_ready.is_empty() && self.status == b'I'
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+fn lock(shared: &Mutex<PlainState>) -> std::sync::MutexGuard<'_, PlainState> {
     // A poisoned lock only means the other half panicked; the state is still usable.
     shared
         .lock()
@@ -96,7 +93,7 @@ pub async fn run(
 ) {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
-    let shared = Mutex::new(Shared::default());
+    let shared = Mutex::new(PlainState::default());
     let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
     let upstream_bound = client_to_server(&mut client_read, &mut server_write, &shared, &config);
     let client_bound = server_to_client(
@@ -143,7 +140,7 @@ pub(crate) async fn drive(
 async fn client_to_server(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
-    shared: &Mutex<Shared>,
+    shared: &Mutex<PlainState>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
@@ -157,21 +154,15 @@ async fn client_to_server(
         metrics.bytes_from_client.increment(n as u64);
         let mut terminated = false;
         drain_frames(&mut buf, config.max_message_size, &mut out, |frame| {
-            match frame[0] {
-                b'Q' | b'S' | b'F' => {
-                    lock(shared).awaiting_ready.push_back(Instant::now());
-                    metrics.queries.increment(1);
-                }
-                b'X' => {
-                    terminated = true;
-                    lock(shared).client_terminated = true;
-                }
-                tag if !FRONTEND_TAGS.contains(&tag) => {
-                    return Err(SessionError::UnknownMessage(tag))
-                }
-                _ => {}
+            let tag = FrontendTag::of(frame).map_err(SessionError::UnknownMessage)?;
+            if tag.awaits_ready() {
+                lock(shared).awaiting_ready.push_back(Instant::now());
+                metrics.queries.increment(1);
+            } else if tag == FrontendTag::Terminate {
+                terminated = true;
+                lock(shared).client_terminated = true;
             }
-            Ok(Action::Forward)
+            Ok::<_, SessionError>(Action::Forward)
         })?;
         out.flush_to(writer.as_mut()).await?;
         if terminated {
@@ -275,7 +266,7 @@ async fn send_error(writer: &mut WriteHalf, error: &PgError) -> std::io::Result<
 async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
-    shared: &Mutex<Shared>,
+    shared: &Mutex<PlainState>,
     fatal: mpsc::Receiver<PgError>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
@@ -299,108 +290,26 @@ async fn server_to_client(
             return Ok(());
         }
         drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
-            Ok::<_, SessionError>(match frame[0] {
-                b'Z' => {
+            Ok::<_, SessionError>(match BackendMessage::decode(frame) {
+                BackendMessage::ReadyForQuery(status) => {
                     let mut state = lock(shared);
                     if let Some(sent) = state.awaiting_ready.pop_front() {
                         metrics.query_seconds.record(sent.elapsed().as_secs_f64());
                     }
-                    state.status = frame.get(5).copied().unwrap_or(b'I');
+                    state.status = status;
                     Action::Forward
                 }
-                b'E' => {
+                BackendMessage::ErrorResponse(error) => {
                     metrics.error(ErrorKind::Database);
-                    upstream_said_fatal |= is_fatal(&frame[5..]);
+                    upstream_said_fatal |= error.is_fatal();
                     Action::Forward
                 }
-                b'R' => match without_channel_binding(frame) {
-                    Some(replacement) => Action::Replace(replacement),
-                    None => Action::Forward,
-                },
+                BackendMessage::Authentication(request) => request
+                    .without_channel_binding()
+                    .map_or(Action::Forward, Action::Replace),
                 _ => Action::Forward,
             })
         })?;
         out.flush_to(writer.as_mut()).await?;
-    }
-}
-
-pub(crate) fn is_fatal(body: &[u8]) -> bool {
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let mut tail = tail;
-        let Some(value) = read_cstr(&mut tail) else {
-            break;
-        };
-        if field == b'V' || field == b'S' {
-            return value == b"FATAL" || value == b"PANIC";
-        }
-        rest = tail;
-    }
-    false
-}
-
-/// AuthenticationSASL lists the mechanisms the database offers. pgveil terminates the
-/// client's TLS, so channel binding to the database's certificate can never succeed:
-/// `SCRAM-SHA-256-PLUS` is taken off the list.
-pub(crate) fn without_channel_binding(frame: &[u8]) -> Option<Bytes> {
-    const SASL: [u8; 4] = 10u32.to_be_bytes();
-    if frame.len() < 9 || frame[5..9] != SASL {
-        return None;
-    }
-    let mut rest = &frame[9..];
-    let mut kept = Vec::new();
-    let mut removed = false;
-    while let Some(mechanism) = read_cstr(&mut rest) {
-        if mechanism.is_empty() {
-            break;
-        }
-        if mechanism == b"SCRAM-SHA-256-PLUS" {
-            removed = true;
-        } else {
-            kept.push(mechanism);
-        }
-    }
-    if !removed {
-        return None;
-    }
-    let body_len: usize = 4 + 4 + kept.iter().map(|m| m.len() + 1).sum::<usize>() + 1;
-    let mut out = BytesMut::with_capacity(body_len + 1);
-    out.put_u8(b'R');
-    out.put_u32(body_len as u32);
-    out.put_slice(&SASL);
-    for mechanism in kept {
-        out.put_slice(mechanism);
-        out.put_u8(0);
-    }
-    out.put_u8(0);
-    Some(out.freeze())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channel_binding_is_removed_from_sasl_offers() {
-        let mut frame = vec![b'R'];
-        let body = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
-        frame.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        frame.extend_from_slice(body);
-        let out = without_channel_binding(&frame).unwrap();
-        assert_eq!(&out[5..], b"\0\0\0\x0aSCRAM-SHA-256\0\0");
-        assert_eq!(
-            u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize + 1,
-            out.len()
-        );
-        assert!(without_channel_binding(&out).is_none());
-    }
-
-    #[test]
-    fn fatal_errors_are_recognised() {
-        assert!(is_fatal(b"SFATAL\0VFATAL\0C28P01\0\0"));
-        assert!(!is_fatal(b"SERROR\0VERROR\0C42601\0\0"));
     }
 }

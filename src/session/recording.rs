@@ -5,41 +5,16 @@
 //! after the record is durable.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 use super::relay::{Action, Audited};
-use crate::audit::{self, AuditLog, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
-use crate::config::{Access, AuditScope};
-use crate::net::frame::read_cstr;
+use crate::audit::{self, ColumnAccess, Outcome, RecordDraft, StatementKind, Subjects};
+use crate::net::backend::{BackendMessage, DataRow};
+use crate::pgtype::{self, oid, SessionTime, WireFormat};
+use crate::policy::AccessMap;
+use crate::schema::LogicalType;
 use crate::sql::{ColumnRef, Protection, StatementPlan, SubjectSource};
-
-/// The audit log as the sessions share it.
-pub struct AuditSink {
-    pub log: AuditLog,
-    pub scope: AuditScope,
-    /// False after an append failed, until one that started after the failure succeeds.
-    pub healthy: AtomicBool,
-    /// Counts failed appends: an append that was already under way when another failed
-    /// must not mark the log healthy again when it completes late.
-    failures: AtomicU64,
-}
-
-impl AuditSink {
-    pub fn new(log: AuditLog, scope: AuditScope) -> Self {
-        Self {
-            log,
-            scope,
-            healthy: AtomicBool::new(true),
-            failures: AtomicU64::new(0),
-        }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-}
 
 /// Who is talking, for every record of a session.
 pub struct Identity {
@@ -50,19 +25,9 @@ pub struct Identity {
     pub application: String,
 }
 
-/// Whether a statement is recorded.
-pub fn in_scope(sink: &AuditSink, plan: Option<&StatementPlan>, protection: &Protection) -> bool {
-    match sink.scope {
-        AuditScope::All => true,
-        AuditScope::Protected => {
-            plan.is_some_and(|p| p.tables.iter().any(|t| protection.is_protected_table(t)))
-        }
-    }
-}
-
 /// How the subject ids of a statement's rows are found.
 #[derive(Debug, Clone)]
-pub enum SubjectPlan {
+pub enum SubjectPositions {
     /// Nothing protected of a subject table is returned.
     None,
     /// Output positions holding each table's subject id (injected columns included).
@@ -70,7 +35,7 @@ pub enum SubjectPlan {
     Unknown(String),
 }
 
-impl SubjectPlan {
+impl SubjectPositions {
     fn from_sources(sources: &[SubjectSource], injected_at: usize) -> Self {
         let mut columns = Vec::new();
         let mut next_injected = injected_at;
@@ -117,7 +82,7 @@ pub struct Recording {
     columns: Vec<ColumnAccess>,
     /// The plan's subject sources, resolved to positions once the row layout is known.
     sources: Vec<SubjectSource>,
-    subjects: SubjectPlan,
+    subjects: SubjectPositions,
     ids: BTreeMap<String, Vec<String>>,
     /// Type OID and format of each output column, for reading subject ids.
     row_types: Vec<(u32, i16)>,
@@ -131,7 +96,7 @@ impl Recording {
         plan: Option<&StatementPlan>,
         fingerprint: String,
         protection: &Protection,
-        access: &[Access],
+        access: &AccessMap,
     ) -> Self {
         let mut columns: Vec<ColumnAccess> = Vec::new();
         let mut push = |column: ColumnRef, how: audit::Access| {
@@ -144,12 +109,7 @@ impl Recording {
         };
         if let Some(plan) = plan {
             for &column in &plan.reads {
-                let how = match access.get(column.0) {
-                    Some(Access::Plaintext) => audit::Access::Plaintext,
-                    Some(Access::Mask(_)) => audit::Access::Masked,
-                    _ => audit::Access::Denied,
-                };
-                push(column, how);
+                push(column, access.get(column).audited());
             }
             for &column in &plan.writes {
                 push(column, audit::Access::Write);
@@ -164,8 +124,8 @@ impl Recording {
             SubjectSource::Unknown { reason, .. } => Some(reason.clone()),
             _ => None,
         }) {
-            Some(reason) => SubjectPlan::Unknown(reason),
-            None => SubjectPlan::None,
+            Some(reason) => SubjectPositions::Unknown(reason),
+            None => SubjectPositions::None,
         };
         Self {
             kind: plan.map_or_else(|| kind_of_text(&fingerprint), |p| p.kind),
@@ -203,28 +163,32 @@ impl Recording {
     /// The row layout: each output column's type OID and format, the last `injected` of
     /// them being subject columns pgveil appended.
     pub fn set_row_types(&mut self, types: Vec<(u32, i16)>, injected: usize) {
-        if !matches!(self.subjects, SubjectPlan::Unknown(_)) && !self.sources.is_empty() {
+        if !matches!(self.subjects, SubjectPositions::Unknown(_)) && !self.sources.is_empty() {
             self.subjects =
-                SubjectPlan::from_sources(&self.sources, types.len().saturating_sub(injected));
+                SubjectPositions::from_sources(&self.sources, types.len().saturating_sub(injected));
         }
         self.row_types = types;
     }
 
-    /// Counts a row and reads its subject ids (`body` as the database sent it).
-    pub fn observe_row(&mut self, body: &[u8]) {
+    /// Counts a row and reads its subject ids (the row as the database sent it).
+    pub fn observe_row(&mut self, row: &DataRow<'_>) {
         self.rows += 1;
-        let SubjectPlan::Columns(columns) = &self.subjects else {
+        let SubjectPositions::Columns(columns) = &self.subjects else {
             return;
         };
-        let Ok(values) = crate::net::messages::data_row_values(body) else {
+        let Ok(values) = row.values() else {
             return;
         };
         for (table, position) in columns {
-            let Some(Some(range)) = values.get(*position) else {
+            let Some(Some(value)) = values.get(*position) else {
                 continue;
             };
-            let (type_oid, format) = self.row_types.get(*position).copied().unwrap_or((25, 0));
-            if let Some(id) = id_text(&body[range.clone()], type_oid, format) {
+            let (type_oid, format) = self
+                .row_types
+                .get(*position)
+                .copied()
+                .unwrap_or((oid::TEXT, 0));
+            if let Some(id) = id_text(value, type_oid, format) {
                 let ids = self.ids.entry(table.clone()).or_default();
                 if !ids.contains(&id) {
                     ids.push(id);
@@ -235,10 +199,11 @@ impl Recording {
 
     /// Finishes the record: `complete` is the CommandComplete, ErrorResponse or other frame
     /// that ended the statement (already held).
-    pub fn finish(mut self, identity: &Identity, end: &[u8]) -> Box<Audited> {
-        let (outcome, sqlstate) = match end.first() {
-            Some(b'E') => {
-                let code = crate::pgerror::sqlstate_of(&end[5..])
+    pub fn finish(mut self, identity: &Identity, end: &BackendMessage<'_>) -> Box<Audited> {
+        let (outcome, sqlstate) = match end {
+            BackendMessage::ErrorResponse(error) => {
+                let code = error
+                    .sqlstate()
                     .map(|c| String::from_utf8_lossy(c).into_owned());
                 (
                     if self.refused {
@@ -251,16 +216,16 @@ impl Recording {
             }
             _ => (Outcome::Ok, None),
         };
-        if end.first() == Some(&b'C') {
-            if let Some(affected) = command_rows(&end[5..]) {
+        if let BackendMessage::CommandComplete(complete) = end {
+            if let Some(affected) = complete.rows() {
                 if self.rows == 0 {
                     self.rows = affected;
                 }
             }
         }
         let subjects = match &self.subjects {
-            SubjectPlan::Unknown(reason) => Subjects::Unknown(reason.clone()),
-            SubjectPlan::None | SubjectPlan::Columns(_) => {
+            SubjectPositions::Unknown(reason) => Subjects::Unknown(reason.clone()),
+            SubjectPositions::None | SubjectPositions::Columns(_) => {
                 Subjects::Known(std::mem::take(&mut self.ids))
             }
         };
@@ -303,73 +268,32 @@ fn kind_of_text(fingerprint: &str) -> StatementKind {
     }
 }
 
-/// The row count at the end of a CommandComplete tag (`SELECT 3`, `INSERT 0 1`).
-fn command_rows(body: &[u8]) -> Option<u64> {
-    let mut rest = body;
-    let tag = read_cstr(&mut rest)?;
-    let last = tag.rsplit(|&b| b == b' ').next()?;
-    std::str::from_utf8(last).ok()?.parse().ok()
-}
-
 /// A subject id as text, from the text or binary form of common id types.
 fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
     if format == 0 {
         return String::from_utf8(value.to_vec()).ok();
     }
-    match (type_oid, value.len()) {
-        (21, 2) => Some(i16::from_be_bytes([value[0], value[1]]).to_string()),
-        (23, 4) => Some(i32::from_be_bytes([value[0], value[1], value[2], value[3]]).to_string()),
-        (20, 8) => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
-        (2950, 16) => {
-            let h = hex::encode(value);
-            Some(format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            ))
-        }
-        (25 | 1043 | 1042, _) => String::from_utf8(value.to_vec()).ok(),
-        _ => Some(format!("\\x{}", hex::encode(value))),
-    }
-}
-
-impl AuditSink {
-    /// Appends a record; the outcome also marks the log's health for later statements.
-    pub async fn append(&self, draft: RecordDraft) -> Result<u64, audit::AuditError> {
-        let failures_before = self.failures.load(Ordering::SeqCst);
-        let result = self.log.append(draft).await;
-        match &result {
-            Err(_) => {
-                self.failures.fetch_add(1, Ordering::SeqCst);
-                self.healthy.store(false, Ordering::SeqCst);
+    let printed = LogicalType::ALL
+        .into_iter()
+        .find(|t| t.oid() == type_oid)
+        .and_then(|ty| match ty {
+            LogicalType::Int2 | LogicalType::Int4 | LogicalType::Int8 | LogicalType::Uuid => {
+                pgtype::to_wire(ty, value, WireFormat::Text, &SessionTime::utc()).ok()
             }
-            Ok(_) => {
-                if self.failures.load(Ordering::SeqCst) == failures_before {
-                    self.healthy.store(true, Ordering::SeqCst);
-                    // A failure that landed between the check and the store wins.
-                    if self.failures.load(Ordering::SeqCst) != failures_before {
-                        self.healthy.store(false, Ordering::SeqCst);
-                    }
-                }
-            }
-        }
-        result
+            LogicalType::Text | LogicalType::Varchar => Some(value.to_vec()),
+            _ => None,
+        });
+    match printed {
+        Some(text) => String::from_utf8(text).ok(),
+        // bpchar is sent as its characters too.
+        None if type_oid == oid::BPCHAR => String::from_utf8(value.to_vec()).ok(),
+        None => Some(format!("\\x{}", hex::encode(value))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn command_tags_give_row_counts() {
-        assert_eq!(command_rows(b"SELECT 3\0"), Some(3));
-        assert_eq!(command_rows(b"INSERT 0 12\0"), Some(12));
-        assert_eq!(command_rows(b"BEGIN\0"), None);
-    }
 
     #[test]
     fn ids_from_binary_and_text() {

@@ -6,10 +6,10 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::audit::AuditSink;
 use crate::audit::RecordDraft;
-use crate::net::frame::{frame_len, FrameError};
+use crate::net::frame::{announced_len, frame_len, FrameError};
 use crate::pgerror::{sqlstate, PgError};
-use crate::session::recording::AuditSink;
 
 /// What to do with one complete frame.
 pub enum Action {
@@ -191,11 +191,9 @@ fn reserve_for_next(buf: &mut BytesMut) {
         *buf = BytesMut::with_capacity(READ_CHUNK);
         return;
     }
-    let wanted = if buf.len() >= 5 {
-        let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        (length + 1).saturating_sub(buf.len()).max(READ_CHUNK / 4)
-    } else {
-        READ_CHUNK / 4
+    let wanted = match announced_len(buf) {
+        Some(total) => total.saturating_sub(buf.len()).max(READ_CHUNK / 4),
+        None => READ_CHUNK / 4,
     };
     if buf.capacity() - buf.len() < wanted {
         buf.reserve(wanted.max(READ_CHUNK));
@@ -226,7 +224,7 @@ mod tests {
         let mut buf = BytesMut::from(&input[..]);
         let mut out = Outbox::default();
         drain_frames::<FrameError>(&mut buf, 1 << 20, &mut out, |f| {
-            Ok(if f[0] == b'D' {
+            Ok(if crate::net::frame::tag(f) == b'D' {
                 Action::Replace(Bytes::from_static(b"X"))
             } else {
                 Action::Forward

@@ -2,22 +2,21 @@
 //! (catalog, search path, the login's roles) on the same connection before the client gets
 //! its first ReadyForQuery.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::catalog::{Collector, Wanted};
-use super::protected::{self, Engine, SessionFacts, Shared};
+use super::introspect::{Collector, Facts, Wanted};
+use super::protected::{self, Engine, Session, SessionFacts};
 use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
-use super::{without_channel_binding, SessionConfig, SessionError};
-use crate::net::frame::read_cstr;
+use super::{SessionConfig, SessionError};
+use crate::net::backend::BackendMessage;
 use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
-use crate::veil::DbCatalog;
-
-/// Authentication request codes that the client must answer.
-const NEEDS_ANSWER: [u32; 7] = [3, 5, 7, 8, 9, 10, 11];
+use crate::veil::Database;
 
 struct Established {
     ready: Bytes,
@@ -44,7 +43,6 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let veil = engine.veil.clone();
-    let database = login.database.clone();
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
     let established = match establish(
@@ -65,7 +63,7 @@ pub async fn run(
     // A cached catalog that lacks a configured column is re-read: the table may have been
     // created since, around pgveil (migrations run directly against the database).
     let cached = veil
-        .catalog(&database)
+        .database(&login.database)
         .filter(|c| c.by_attribute.len() >= veil.protection.columns().len());
     let wanted = Wanted {
         catalog: cached.is_none(),
@@ -84,15 +82,49 @@ pub async fn run(
             return;
         }
     };
-    let catalog = match (facts.catalog, cached) {
-        (Some(tables), _) => veil.install_catalog(
-            &database,
-            DbCatalog::new(tables, &facts.views, &veil.protection),
+    let Some((facts, identity)) =
+        session_facts(facts, cached, &login, &established, &engine, &config)
+    else {
+        return;
+    };
+    let session = Session::new(engine, facts, identity);
+    if client_write.write_all(&established.ready).await.is_err()
+        || client_write.flush().await.is_err()
+    {
+        return;
+    }
+    protected::relay(
+        (client_read, client_write),
+        (server_read, server_write),
+        established.leftover,
+        session,
+        config,
+        shutdown,
+    )
+    .await;
+}
+
+/// What the session starts with, from what pgveil's own query found, and who is talking
+/// (when the session is audited). `None` when neither the query nor the cache knows the
+/// database's relations.
+fn session_facts(
+    learned: Facts,
+    cached: Option<Arc<Database>>,
+    login: &Login,
+    established: &Established,
+    engine: &Engine,
+    config: &SessionConfig,
+) -> Option<(SessionFacts, Option<Identity>)> {
+    let veil = &engine.veil;
+    let known = match (learned.catalog, cached) {
+        (Some(tables), _) => veil.install_database(
+            &login.database,
+            Database::new(tables, &learned.views, &veil.protection),
         ),
         (None, Some(cached)) => cached,
-        (None, None) => return,
+        (None, None) => return None,
     };
-    let roles = facts.roles.unwrap_or_default();
+    let roles = learned.roles.unwrap_or_default();
     let identity = engine.audit.as_ref().map(|_| Identity {
         session: match established.backend_pid {
             Some(pid) => pid.to_string(),
@@ -104,28 +136,14 @@ pub async fn run(
         application: login.application.clone(),
     });
     let facts = SessionFacts {
-        database,
-        catalog,
-        search_path: facts.search_path.unwrap_or_default(),
+        database_name: login.database.clone(),
+        database: known,
+        search_path: learned.search_path.unwrap_or_default(),
         roles,
         timezone: established.timezone.clone(),
         datestyle: established.datestyle.clone(),
     };
-    let shared = Shared::new(engine, facts, identity);
-    if client_write.write_all(&established.ready).await.is_err()
-        || client_write.flush().await.is_err()
-    {
-        return;
-    }
-    protected::relay(
-        (client_read, client_write),
-        (server_read, server_write),
-        established.leftover,
-        shared,
-        config,
-        shutdown,
-    )
-    .await;
+    Some((facts, identity))
 }
 
 /// Relays the authentication exchange; holds back the first ReadyForQuery.
@@ -150,37 +168,41 @@ async fn establish(
         let mut needs_answer = false;
         let mut failed = false;
         drain_frames(&mut from_server, usize::MAX >> 1, &mut out, |frame| {
-            Ok::<_, SessionError>(match frame[0] {
-                b'R' => {
-                    let code = frame
-                        .get(5..9)
-                        .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-                    needs_answer = NEEDS_ANSWER.contains(&code);
-                    without_channel_binding(frame).map_or(Action::Forward, Action::Replace)
+            Ok::<_, SessionError>(match BackendMessage::decode(frame) {
+                BackendMessage::Authentication(request) => {
+                    needs_answer = request.needs_answer();
+                    request
+                        .without_channel_binding()
+                        .map_or(Action::Forward, Action::Replace)
                 }
-                b'S' => {
-                    let mut body = &frame[5..];
-                    if let (Some(name), Some(value)) = (read_cstr(&mut body), read_cstr(&mut body))
-                    {
-                        match name {
-                            b"TimeZone" => timezone = String::from_utf8_lossy(value).into_owned(),
-                            b"DateStyle" => datestyle = String::from_utf8_lossy(value).into_owned(),
-                            _ => {}
+                BackendMessage::ParameterStatus(parameter) => {
+                    let value = || String::from_utf8_lossy(parameter.value).into_owned();
+                    match parameter.name {
+                        b"TimeZone" => timezone = value(),
+                        b"DateStyle" => datestyle = value(),
+                        // Asked for in the startup packet, by PGCLIENTENCODING or as the
+                        // role's or database's default: the server says which it is.
+                        b"client_encoding" if crate::sql::is_refused_encoding(&value()) => {
+                            failed = true;
+                            let refusal = PgError::fatal(
+                                sqlstate::FEATURE_NOT_SUPPORTED,
+                                format!("pgveil: client encoding {} is not supported (its multibyte characters can contain ASCII bytes); use UTF8", value()),
+                            );
+                            return Ok(Action::Replace(refusal.encode()));
                         }
+                        _ => {}
                     }
                     Action::Forward
                 }
-                b'K' => {
-                    backend_pid = frame
-                        .get(5..9)
-                        .map(|p| u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
+                BackendMessage::BackendKeyData(pid) => {
+                    backend_pid = pid;
                     Action::Forward
                 }
-                b'Z' => {
+                BackendMessage::ReadyForQuery(_) => {
                     ready = Some(Bytes::copy_from_slice(frame));
                     Action::Drop
                 }
-                b'E' => {
+                BackendMessage::ErrorResponse(_) => {
                     failed = true;
                     Action::Forward
                 }
@@ -218,7 +240,7 @@ async fn learn(
     server_read: &mut ReadHalf,
     server_write: &mut WriteHalf,
     wanted: Wanted,
-) -> Result<Option<super::catalog::Facts>, SessionError> {
+) -> Result<Option<Facts>, SessionError> {
     server_write.write_all(&wanted.query()).await?;
     server_write.flush().await?;
     let mut collector = Collector::new(wanted);
@@ -230,7 +252,7 @@ async fn learn(
         }
         let mut done = false;
         drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
-            done |= collector.feed(frame);
+            done |= collector.feed(&BackendMessage::decode(frame));
             Ok::<_, SessionError>(Action::Drop)
         })?;
         if done {

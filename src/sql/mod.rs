@@ -24,8 +24,9 @@
 //!    `result_columns` maps output positions to protected columns when RowDescription
 //!    carries no table OID.
 
-mod analyze;
+mod analysis;
 mod catalog;
+mod encoding;
 mod fast;
 mod fingerprint;
 mod tokens;
@@ -35,8 +36,9 @@ mod tests;
 
 use std::ops::Range;
 
-pub use analyze::analyze;
+pub use analysis::analyze;
 pub use catalog::{Catalog, ColumnInfo, ColumnRef, Protection, StaticCatalog, TableInfo};
+pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
 

@@ -7,7 +7,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 pub(crate) struct Tokens {
-    pub toks: Vec<TokenWithSpan>,
+    pub spanned: Vec<TokenWithSpan>,
     /// Byte range of each token in the query string.
     pub ranges: Vec<Range<usize>>,
 }
@@ -42,7 +42,7 @@ impl Cursor<'_> {
 impl Tokens {
     pub fn new(sql: &str) -> Result<Self, String> {
         let dialect = PostgreSqlDialect {};
-        let toks = Tokenizer::new(&dialect, sql)
+        let spanned = Tokenizer::new(&dialect, sql)
             .with_unescape(true)
             .tokenize_with_location()
             .map_err(|e| e.to_string())?;
@@ -53,30 +53,30 @@ impl Tokens {
             col: 1,
             byte: 0,
         };
-        let mut ranges = Vec::with_capacity(toks.len());
-        for t in &toks {
+        let mut ranges = Vec::with_capacity(spanned.len());
+        for t in &spanned {
             let start = cur
                 .seek(t.span.start)
                 .ok_or("token position out of range")?;
             let end = cur.seek(t.span.end).ok_or("token position out of range")?;
             ranges.push(start..end);
         }
-        Ok(Self { toks, ranges })
+        Ok(Self { spanned, ranges })
     }
 
     /// Index of the token starting at `loc`.
     pub fn index_at(&self, loc: Location) -> Option<usize> {
         let key = (loc.line, loc.column);
         let i = self
-            .toks
+            .spanned
             .partition_point(|t| (t.span.start.line, t.span.start.column) < key);
-        let t = self.toks.get(i)?;
+        let t = self.spanned.get(i)?;
         ((t.span.start.line, t.span.start.column) == key).then_some(i)
     }
 
     pub fn is_trivia(&self, i: usize) -> bool {
         matches!(
-            self.toks.get(i).map(|t| &t.token),
+            self.spanned.get(i).map(|t| &t.token),
             Some(Token::Whitespace(_)) | Some(Token::EOF)
         )
     }
@@ -88,11 +88,11 @@ impl Tokens {
 
     /// The nearest non-whitespace token after `i`.
     pub fn next_solid(&self, i: usize) -> Option<usize> {
-        (i + 1..self.toks.len()).find(|&j| !self.is_trivia(j))
+        (i + 1..self.spanned.len()).find(|&j| !self.is_trivia(j))
     }
 
     pub fn token(&self, i: usize) -> Option<&Token> {
-        self.toks.get(i).map(|t| &t.token)
+        self.spanned.get(i).map(|t| &t.token)
     }
 
     pub fn is_keyword(&self, i: usize, kw: &str) -> bool {

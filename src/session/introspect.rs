@@ -4,7 +4,8 @@
 //! They run on the client's own connection, under its own login, so they see exactly what
 //! the client's statements will see and need no credentials of pgveil's.
 
-use crate::net::messages::{data_row_values, encode_query};
+use crate::net::backend::BackendMessage;
+use crate::net::frontend::encode_query;
 use crate::schema::TableName;
 use crate::sql::{ColumnInfo, StaticCatalog, TableInfo};
 
@@ -91,24 +92,21 @@ impl Collector {
         }
     }
 
-    /// Feeds one backend frame; true once ReadyForQuery has arrived.
-    pub fn feed(&mut self, frame: &[u8]) -> bool {
-        match frame[0] {
-            b'D' => {
-                let body = &frame[5..];
-                match data_row_values(body) {
-                    Ok(values) => self.current.push(
-                        values
-                            .into_iter()
-                            .map(|v| v.map(|r| String::from_utf8_lossy(&body[r]).into_owned()))
-                            .collect(),
-                    ),
-                    Err(_) => self.failed = true,
-                }
-            }
-            b'C' => self.sets.push(std::mem::take(&mut self.current)),
-            b'E' => self.failed = true,
-            b'Z' => return true,
+    /// Feeds one backend message; true once ReadyForQuery has arrived.
+    pub fn feed(&mut self, message: &BackendMessage<'_>) -> bool {
+        match message {
+            BackendMessage::DataRow(row) => match row.values() {
+                Ok(values) => self.current.push(
+                    values
+                        .into_iter()
+                        .map(|v| v.map(|v| String::from_utf8_lossy(v).into_owned()))
+                        .collect(),
+                ),
+                Err(_) => self.failed = true,
+            },
+            BackendMessage::CommandComplete(_) => self.sets.push(std::mem::take(&mut self.current)),
+            BackendMessage::ErrorResponse(_) => self.failed = true,
+            BackendMessage::ReadyForQuery(_) => return true,
             _ => {}
         }
         false
@@ -196,7 +194,7 @@ fn build_catalog(rows: Vec<Vec<Option<String>>>) -> StaticCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::messages::encode_data_row;
+    use crate::net::backend::DataRow;
 
     #[test]
     fn collects_catalog_search_path_and_roles() {
@@ -209,7 +207,7 @@ mod tests {
         assert!(query.windows(12).any(|w| w == b"session_user"));
         let mut collector = Collector::new(wanted);
         let row = |values: &[&str]| {
-            encode_data_row(
+            DataRow::encode(
                 values
                     .iter()
                     .map(|v| Some(v.as_bytes()))
@@ -229,9 +227,9 @@ mod tests {
             row(&["clinician"]),
             bytes::Bytes::from_static(b"C\0\0\0\x0dSELECT 2\0"),
         ] {
-            assert!(!collector.feed(&frame));
+            assert!(!collector.feed(&BackendMessage::decode(&frame)));
         }
-        assert!(collector.feed(b"Z\0\0\0\x05I"));
+        assert!(collector.feed(&BackendMessage::decode(b"Z\0\0\0\x05I")));
         let facts = collector.finish().unwrap();
         let catalog = facts.catalog.unwrap();
         let table = catalog.tables().next().unwrap();
@@ -255,8 +253,8 @@ mod tests {
             search_path: true,
             roles: false,
         });
-        collector.feed(b"E\0\0\0\x05\0");
-        collector.feed(b"Z\0\0\0\x05E");
+        collector.feed(&BackendMessage::decode(b"E\0\0\0\x05\0"));
+        collector.feed(&BackendMessage::decode(b"Z\0\0\0\x05E"));
         assert!(collector.finish().is_none());
     }
 }

@@ -1,0 +1,686 @@
+//! The server half: each frame of a response is matched with the client message it answers
+//! (the front of the [`Expect`] queue), and rewritten where it carries protected columns:
+//! logical types shown in RowDescription and ParameterDescription, values decrypted and
+//! masked in DataRow, pgveil's own subject columns removed. Statements in the audit log's
+//! scope have their response held until their record is written.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::audit::recording;
+use super::state::{lock, plan_at, Expect, Portal, Prepared, RowInfo, State};
+use super::values::{decrypt_row, denied_read, RowPlan};
+use super::Session;
+use crate::metrics::{self, ErrorKind};
+use crate::net::backend::{BackendMessage, DataRow, Field, ParameterDescription, RowDescription};
+use crate::net::frontend::result_format;
+use crate::pgerror::{sqlstate, PgError};
+use crate::session::introspect::Collector;
+use crate::session::recording::{Identity, Recording};
+use crate::session::relay::Action;
+use crate::sql::{self, ColumnRef, StatementPlan};
+use crate::veil::{Database, Veil};
+
+pub(super) struct Backend<'a> {
+    session: &'a Session,
+    rows: Option<RowPlan>,
+    /// After an error pgveil raised mid-response: drop everything up to ReadyForQuery.
+    suppress: bool,
+    pub upstream_said_fatal: bool,
+    refreshed: Vec<Collector>,
+    /// The client's ReadyForQuery, held until pgveil's own query that follows it has been
+    /// answered, so the client's next statement is analysed with what that query learned.
+    held_ready: Option<Bytes>,
+    /// The statement in flight whose response waits for its audit record.
+    recording: Option<Recording>,
+}
+
+/// One frame and its decoded message.
+type Message<'f> = (&'f [u8], BackendMessage<'f>);
+
+impl<'a> Backend<'a> {
+    pub fn new(session: &'a Session) -> Self {
+        Self {
+            session,
+            rows: None,
+            suppress: false,
+            upstream_said_fatal: false,
+            refreshed: Vec::new(),
+            held_ready: None,
+            recording: None,
+        }
+    }
+
+    pub fn frame(&mut self, frame: &[u8]) -> Action {
+        let message = BackendMessage::decode(frame);
+        // Asynchronous messages can arrive at any point.
+        match message {
+            BackendMessage::NoticeResponse | BackendMessage::NotificationResponse => {
+                return Action::Forward
+            }
+            BackendMessage::ParameterStatus(parameter) => {
+                self.parameter_status(parameter.name, parameter.value);
+                return Action::Forward;
+            }
+            BackendMessage::Authentication(request) => {
+                return request
+                    .without_channel_binding()
+                    .map_or(Action::Forward, Action::Replace)
+            }
+            BackendMessage::ErrorResponse(error) => {
+                self.upstream_said_fatal |= error.is_fatal();
+                if let Some(cleaned) = crate::pgerror::without_raise_context(frame) {
+                    metrics::get().error(ErrorKind::Refused);
+                    return self.statement_error(cleaned, (frame, message));
+                }
+                metrics::get().error(ErrorKind::Database);
+            }
+            _ => {}
+        }
+        self.statement_frame((frame, message))
+    }
+
+    /// pgveil's own raised error, cleaned: it still ends the statement it stands for.
+    fn statement_error(&mut self, cleaned: Bytes, original: Message<'_>) -> Action {
+        match self.statement_frame(original) {
+            Action::Forward | Action::Replace(_) => Action::Replace(cleaned),
+            Action::Audited(mut audited) => {
+                if let Some(last) = audited.frames.last_mut() {
+                    *last = cleaned;
+                }
+                Action::Audited(audited)
+            }
+            Action::Drop => Action::Drop,
+        }
+    }
+
+    /// A frame that belongs to the response of a client message: handed to the method for
+    /// the response expected first.
+    fn statement_frame(&mut self, message: Message<'_>) -> Action {
+        let session = self.session;
+        let mut state = lock(&session.state);
+        if let BackendMessage::ReadyForQuery(status) = message.1 {
+            let ready = self.ready_for_query(message.0, status, &mut state);
+            return match self.recording.take() {
+                // A response that never completed (the connection state moved on): its record
+                // still goes first.
+                Some(mut recording) => {
+                    recording.hold(ready, message.0);
+                    Action::Audited(recording.finish(self.identity(), &message.1))
+                }
+                None => ready,
+            };
+        }
+        if self.suppress {
+            return Action::Drop;
+        }
+        match state.expect.front() {
+            None => Action::Forward,
+            Some(Expect::Refresh(_)) => refresh(&mut state, &message.1),
+            Some(Expect::Parse(_)) => parse_response(&mut state, &message.1),
+            Some(Expect::Bind) => complete(
+                &mut state,
+                matches!(message.1, BackendMessage::BindComplete),
+            ),
+            Some(Expect::Close) => complete(
+                &mut state,
+                matches!(message.1, BackendMessage::CloseComplete),
+            ),
+            Some(Expect::Injected(_)) => self.injected_response(&mut state, message),
+            Some(Expect::DescribeStatement { .. }) => self.describe_statement(&mut state, message),
+            Some(Expect::DescribePortal(_)) => self.describe_portal(&mut state, message),
+            Some(Expect::Execute(_)) => self.execute_response(&mut state, message),
+            Some(Expect::Query { .. }) => self.query_response(&mut state, message),
+            Some(Expect::Sync(_) | Expect::Function(_)) => Action::Forward,
+        }
+    }
+
+    /// The response to a refused Parse or Bind replaced by a raising statement.
+    fn injected_response(&mut self, state: &mut State, (frame, message): Message<'_>) -> Action {
+        match message {
+            BackendMessage::ParseComplete | BackendMessage::BindComplete => Action::Drop,
+            BackendMessage::ErrorResponse(_) => {
+                if let Some(Expect::Injected(recording)) = state.expect.front_mut() {
+                    if let Some(recording) = recording.take() {
+                        self.recording = Some(*recording);
+                    }
+                }
+                self.record(Action::Forward, (frame, message), true)
+            }
+            _ => Action::Forward,
+        }
+    }
+
+    /// A Describe of a statement: pgveil's own after a Parse (`internal`, never shown) or
+    /// the client's.
+    fn describe_statement(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
+        let Some(Expect::DescribeStatement { prepared, internal }) = state.expect.front() else {
+            return Action::Forward;
+        };
+        let (prepared, internal) = (prepared.clone(), *internal);
+        match message {
+            BackendMessage::ParameterDescription(_) if internal => Action::Drop,
+            BackendMessage::ParameterDescription(description) => {
+                parameter_description(&description, &prepared, &self.session.veil)
+            }
+            BackendMessage::RowDescription(_) | BackendMessage::NoData => {
+                state.expect.pop_front();
+                let fields = fields_of(&message);
+                let columns = result_columns(&fields, &state.database, prepared.plan());
+                let types = fields.iter().map(|f| f.type_oid).collect();
+                let _ = prepared.row.set(RowInfo {
+                    columns: columns.clone(),
+                    types,
+                });
+                match message {
+                    _ if internal => Action::Drop,
+                    // Formats belong to a portal, not to a statement: the rows of each
+                    // Execute are decoded from its own portal (`portal_rows`).
+                    BackendMessage::RowDescription(_) => {
+                        self.describe_rows(&fields, &columns, &[], prepared.injected, state)
+                            .0
+                    }
+                    _ => Action::Forward,
+                }
+            }
+            _ => Action::Forward,
+        }
+    }
+
+    fn describe_portal(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
+        let Some(Expect::DescribePortal(portal)) = state.expect.front() else {
+            return Action::Forward;
+        };
+        let portal = portal.clone();
+        match message {
+            BackendMessage::NoData => {
+                state.expect.pop_front();
+                Action::Forward
+            }
+            BackendMessage::RowDescription(_) => {
+                state.expect.pop_front();
+                let fields = fields_of(&message);
+                let prepared = portal.as_ref().map(|p| &p.prepared);
+                let columns =
+                    result_columns(&fields, &state.database, prepared.and_then(|p| p.plan()));
+                let formats = portal
+                    .as_ref()
+                    .map(|p| p.result_formats.clone())
+                    .unwrap_or_default();
+                let strip = prepared.map_or(0, |p| p.injected);
+                let (action, plan) = self.describe_rows(&fields, &columns, &formats, strip, state);
+                if let (Some(portal), Some(plan)) = (portal, plan) {
+                    let _ = portal.described.set(plan);
+                }
+                action
+            }
+            _ => Action::Forward,
+        }
+    }
+
+    fn execute_response(&mut self, state: &mut State, (frame, message): Message<'_>) -> Action {
+        let Some(Expect::Execute(portal)) = state.expect.front() else {
+            return Action::Forward;
+        };
+        let portal = portal.clone();
+        let is_row = matches!(message, BackendMessage::DataRow(_));
+        if self.recording.is_none() && (is_row || message.ends_statement()) {
+            if let Some(portal) = portal.as_deref() {
+                self.begin_execute(portal, state);
+            }
+        }
+        let (action, ends) = match message {
+            BackendMessage::DataRow(row) => {
+                if self.rows.is_none() {
+                    match portal_rows(portal.as_deref()) {
+                        Ok(rows) => self.rows = Some(rows),
+                        Err(error) => return self.raise(error),
+                    }
+                }
+                (self.data_row(&row, state), false)
+            }
+            BackendMessage::CommandComplete(_)
+            | BackendMessage::PortalSuspended
+            | BackendMessage::EmptyQueryResponse => {
+                state.expect.pop_front();
+                self.rows = None;
+                (Action::Forward, true)
+            }
+            BackendMessage::ErrorResponse(_) => {
+                self.rows = None;
+                (Action::Forward, true)
+            }
+            _ => (Action::Forward, false),
+        };
+        self.record(action, (frame, message), ends)
+    }
+
+    fn query_response(&mut self, state: &mut State, (frame, message): Message<'_>) -> Action {
+        let Some(Expect::Query {
+            analysis,
+            statement,
+            audit,
+            ..
+        }) = state.expect.front_mut()
+        else {
+            return Action::Forward;
+        };
+        let (analysis, index, audit) = (analysis.clone(), *statement, audit.clone());
+        if matches!(
+            message,
+            BackendMessage::CommandComplete(_) | BackendMessage::EmptyQueryResponse
+        ) {
+            *statement += 1;
+        }
+        let plan = plan_at(analysis.as_ref(), index);
+        let recorded = audit
+            .as_ref()
+            .and_then(|a| a.statements.get(index).cloned().flatten());
+        let starts = matches!(
+            message,
+            BackendMessage::RowDescription(_) | BackendMessage::DataRow(_)
+        ) || message.ends_statement();
+        if self.recording.is_none() && starts {
+            if let (Some((fingerprint, _)), Some(audit)) = (&recorded, &audit) {
+                let refused = audit.refused == Some(index);
+                self.begin_recording(plan, fingerprint.clone(), refused, None, state);
+            }
+        }
+        let injected = recorded.map_or(0, |(_, injected)| injected);
+        let (action, ends) = match message {
+            BackendMessage::RowDescription(_) => {
+                let fields = fields_of(&message);
+                if let Some(recording) = self.recording.as_mut() {
+                    recording.set_row_types(
+                        fields.iter().map(|f| (f.type_oid, f.format)).collect(),
+                        injected,
+                    );
+                }
+                let columns = result_columns(&fields, &state.database, plan);
+                let (action, rows) = self.describe_rows(&fields, &columns, &[], injected, state);
+                // A simple query's rows follow its RowDescription directly.
+                self.rows = rows;
+                (action, false)
+            }
+            BackendMessage::DataRow(row) => (self.data_row(&row, state), false),
+            BackendMessage::CommandComplete(_)
+            | BackendMessage::EmptyQueryResponse
+            | BackendMessage::ErrorResponse(_) => {
+                self.rows = None;
+                (Action::Forward, true)
+            }
+            _ => (Action::Forward, false),
+        };
+        self.record(action, (frame, message), ends)
+    }
+
+    fn identity(&self) -> &Identity {
+        // Only called while recording, which needs an audit sink and so an identity.
+        static NOBODY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+        self.session
+            .audit
+            .as_ref()
+            .map(|(_, identity)| identity)
+            .unwrap_or_else(|| {
+                NOBODY.get_or_init(|| Identity {
+                    session: String::new(),
+                    client: String::new(),
+                    user: String::new(),
+                    roles: Vec::new(),
+                    application: String::new(),
+                })
+            })
+    }
+
+    /// Starts the record of the statement whose response is arriving: a simple query's
+    /// statement or an Execute. `row_types` is the row layout when already known.
+    fn begin_recording(
+        &mut self,
+        plan: Option<&StatementPlan>,
+        fingerprint: String,
+        refused: bool,
+        row_types: Option<(Vec<(u32, i16)>, usize)>,
+        state: &State,
+    ) {
+        let mut recording = recording(self.session, state, plan, fingerprint, refused);
+        if let Some((types, injected)) = row_types {
+            recording.set_row_types(types, injected);
+        }
+        self.recording = Some(recording);
+    }
+
+    /// Starts the record of an Execute of a statement in scope.
+    fn begin_execute(&mut self, portal: &Portal, state: &State) {
+        let prepared = &portal.prepared;
+        let Some(fingerprint) = &prepared.fingerprint else {
+            return;
+        };
+        let row_types = prepared.row.get().map(|info| {
+            let types = info
+                .types
+                .iter()
+                .enumerate()
+                .map(|(i, oid)| (*oid, result_format(&portal.result_formats, i)))
+                .collect();
+            (types, prepared.injected)
+        });
+        self.begin_recording(
+            prepared.plan(),
+            fingerprint.clone(),
+            false,
+            row_types,
+            state,
+        );
+    }
+
+    /// Routes a frame of a recorded statement into its held response; at the statement's
+    /// end, the response leaves with its record.
+    fn record(&mut self, action: Action, (frame, message): Message<'_>, ends: bool) -> Action {
+        let Some(recording) = self.recording.as_mut() else {
+            return action;
+        };
+        if !recording.discloses() {
+            // Nothing protected is released (a write without RETURNING, a refusal): the
+            // response need not wait for the record, which is written in the background.
+            // While the log is failing, writes are refused before they run.
+            if ends {
+                if let (Some(recording), Some(sink)) = (self.recording.take(), self.session.sink())
+                {
+                    let draft = recording.finish(self.identity(), &message).draft;
+                    let sink = Arc::clone(sink);
+                    tokio::spawn(async move {
+                        if let Err(e) = sink.append(draft).await {
+                            tracing::error!(error = %e, "audit record of a write not written");
+                        }
+                    });
+                }
+            }
+            return action;
+        }
+        recording.hold(action, frame);
+        if !ends {
+            return Action::Drop;
+        }
+        match self.recording.take() {
+            Some(recording) => Action::Audited(recording.finish(self.identity(), &message)),
+            None => Action::Drop,
+        }
+    }
+
+    fn parameter_status(&mut self, name: &[u8], value: &[u8]) {
+        let value = || String::from_utf8_lossy(value).into_owned();
+        let mut state = lock(&self.session.state);
+        match name {
+            b"TimeZone" => state.set_time(Some(value()), None),
+            b"DateStyle" => state.set_time(None, Some(value())),
+            b"standard_conforming_strings" => state.standard_strings = value() == "on",
+            b"client_encoding" => state.encoding_readable = !sql::is_refused_encoding(&value()),
+            _ => {}
+        }
+    }
+
+    fn ready_for_query(&mut self, frame: &[u8], status: u8, state: &mut State) -> Action {
+        let metrics = metrics::get();
+        let raised = std::mem::take(&mut self.suppress);
+        self.rows = None;
+        // Whatever precedes the message that ends this cycle was skipped by the server after
+        // an error.
+        while let Some(expect) = state.expect.pop_front() {
+            if expect.ends_cycle() {
+                match expect {
+                    Expect::Sync(sent) | Expect::Query { sent, .. } | Expect::Function(sent) => {
+                        metrics.query_seconds.record(sent.elapsed().as_secs_f64());
+                    }
+                    Expect::Refresh(collector) => {
+                        self.refreshed.push(collector);
+                        return self.held_ready.take().map_or(Action::Drop, Action::Replace);
+                    }
+                    _ => {}
+                }
+                break;
+            }
+        }
+        state.status = status;
+        if state.status == b'I' {
+            state.portals.clear();
+        }
+        let mut ready = None;
+        if raised && state.status == b'T' {
+            // The error came from pgveil, so the database's transaction is still open; the
+            // client must see it aborted, and the database must abort it.
+            state.status = b'E';
+            state.abort_before_next = true;
+            ready = Some(Bytes::from_static(b"Z\0\0\0\x05E"));
+        }
+        if matches!(state.expect.front(), Some(Expect::Refresh(_))) {
+            self.held_ready = Some(ready.unwrap_or_else(|| Bytes::copy_from_slice(frame)));
+            return Action::Drop;
+        }
+        ready.map_or(Action::Forward, Action::Replace)
+    }
+
+    /// Installs what pgveil's own queries found.
+    pub fn apply_refreshes(&mut self) {
+        for collector in self.refreshed.drain(..) {
+            let Some(facts) = collector.finish() else {
+                continue;
+            };
+            let session = self.session;
+            let mut state = lock(&session.state);
+            if let Some(catalog) = facts.catalog {
+                state.database = session.veil.install_database(
+                    &session.database_name,
+                    Database::new(catalog, &facts.views, &session.veil.protection),
+                );
+            }
+            if let Some(path) = facts.search_path {
+                state.search_path = path;
+                state.search_path_in_txn = state.status != b'I';
+            }
+        }
+    }
+
+    /// Replaces what the database sends with pgveil's error, and drops the rest of the
+    /// response up to ReadyForQuery.
+    fn raise(&mut self, error: PgError) -> Action {
+        metrics::get().error(if error.code == sqlstate::INSUFFICIENT_PRIVILEGE {
+            ErrorKind::Refused
+        } else {
+            ErrorKind::Database
+        });
+        self.suppress = true;
+        self.rows = None;
+        let frame = error.encode();
+        match self.recording.take() {
+            Some(mut recording) => {
+                recording.hold(Action::Forward, &frame);
+                Action::Audited(recording.finish(self.identity(), &BackendMessage::decode(&frame)))
+            }
+            None => Action::Replace(frame),
+        }
+    }
+
+    /// Rewrites a RowDescription: logical types for protected columns, pgveil's own subject
+    /// columns removed, and (the backstop) a result that carries a denied column refused.
+    /// Returns how rows described so would be decoded (`None` when refused); the caller
+    /// decides whom that belongs to, as a Describe is answered before its rows and
+    /// possibly long before (asyncpg: Parse, Describe, Flush, later Bind, Execute).
+    fn describe_rows(
+        &mut self,
+        fields: &[Field],
+        columns: &[Option<ColumnRef>],
+        formats: &[i16],
+        strip: usize,
+        state: &State,
+    ) -> (Action, Option<RowPlan>) {
+        let strip = strip.min(fields.len());
+        if strip == 0 && columns.iter().all(Option::is_none) {
+            return (Action::Forward, Some(RowPlan::default()));
+        }
+        let veil = &self.session.veil;
+        let mut fields = fields[..fields.len() - strip].to_vec();
+        let mut plan = RowPlan {
+            columns: Vec::with_capacity(fields.len()),
+            strip,
+        };
+        for (index, (field, column)) in fields.iter_mut().zip(columns).enumerate() {
+            let Some((column, spec)) = column.and_then(|c| Some((c, veil.protection.column(c)?)))
+            else {
+                plan.columns.push(None);
+                continue;
+            };
+            if state.access.is_denied(column) {
+                return (self.raise(denied_read(spec)), None);
+            }
+            field.type_oid = spec.logical_type.oid();
+            field.type_size = spec.logical_type.type_size();
+            field.type_modifier = -1;
+            let format = if formats.is_empty() {
+                field.format
+            } else {
+                result_format(formats, index)
+            };
+            plan.columns.push(Some((column, format)));
+        }
+        (Action::Replace(RowDescription::encode(&fields)), Some(plan))
+    }
+
+    /// A row: counted and read for subject ids when recorded, then decrypted and masked.
+    fn data_row(&mut self, row: &DataRow<'_>, state: &State) -> Action {
+        if let Some(recording) = self.recording.as_mut() {
+            recording.observe_row(row);
+        }
+        let Some(rows) = &self.rows else {
+            return Action::Forward;
+        };
+        if rows.is_plain() {
+            return Action::Forward;
+        }
+        match decrypt_row(row, rows, &self.session.veil, state) {
+            Ok(row) => Action::Replace(row),
+            Err(error) => self.raise(error),
+        }
+    }
+}
+
+/// pgveil's own query: its answer is collected, never shown.
+fn refresh(state: &mut State, message: &BackendMessage<'_>) -> Action {
+    if let Some(Expect::Refresh(collector)) = state.expect.front_mut() {
+        collector.feed(message);
+    }
+    Action::Drop
+}
+
+/// A Parse's answer; a failed Parse puts back the statement it replaced.
+fn parse_response(state: &mut State, message: &BackendMessage<'_>) -> Action {
+    match message {
+        BackendMessage::ParseComplete => {
+            state.expect.pop_front();
+        }
+        BackendMessage::ErrorResponse(_) => {
+            if let Some(Expect::Parse(undo)) = state.expect.front_mut() {
+                if let Some(undo) = undo.take() {
+                    let (name, previous) = *undo;
+                    state.statements.insert(name, previous);
+                }
+            }
+        }
+        _ => {}
+    }
+    Action::Forward
+}
+
+/// A Bind or Close: done once its completion arrives.
+fn complete(state: &mut State, completed: bool) -> Action {
+    if completed {
+        state.expect.pop_front();
+    }
+    Action::Forward
+}
+
+fn fields_of(message: &BackendMessage<'_>) -> Vec<Field> {
+    match message {
+        BackendMessage::RowDescription(description) => description.fields().unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn parameter_description(
+    description: &ParameterDescription<'_>,
+    prepared: &Prepared,
+    veil: &Veil,
+) -> Action {
+    if prepared.param_columns.iter().all(Option::is_none) {
+        return Action::Forward;
+    }
+    let Ok(mut types) = description.types() else {
+        return Action::Forward;
+    };
+    for (index, column) in prepared.param_columns.iter().enumerate() {
+        let (Some(column), Some(slot)) = (column, types.get_mut(index)) else {
+            continue;
+        };
+        let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
+        *slot = if declared != 0 {
+            declared
+        } else {
+            veil.protection
+                .column(*column)
+                .map_or(*slot, |c| c.logical_type.oid())
+        };
+    }
+    Action::Replace(ParameterDescription::encode(&types))
+}
+
+/// Which result columns are protected: from the table OID and column number the database
+/// reports, or where it reports none (an expression, a set operation), from the analysis.
+fn result_columns(
+    fields: &[Field],
+    database: &Database,
+    plan: Option<&StatementPlan>,
+) -> Vec<Option<ColumnRef>> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(index, field)| {
+            let from_plan = || plan.and_then(|p| p.result_columns.get(index).copied().flatten());
+            if field.table_oid != 0 {
+                // A table dropped and recreated around pgveil has an OID the catalog does not
+                // know yet; the analysis (by name) still knows the column is protected.
+                database
+                    .by_attribute
+                    .get(&(field.table_oid, field.column))
+                    .copied()
+                    .or_else(from_plan)
+            } else {
+                from_plan()
+            }
+        })
+        .collect()
+}
+
+fn portal_rows(portal: Option<&Portal>) -> Result<RowPlan, PgError> {
+    let Some(portal) = portal else {
+        return Ok(RowPlan::default());
+    };
+    if let Some(described) = portal.described.get() {
+        return Ok(described.clone());
+    }
+    match portal.prepared.row.get() {
+        Some(info) => Ok(RowPlan {
+            columns: info
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.map(|c| (c, result_format(&portal.result_formats, i))))
+                .collect(),
+            strip: portal.prepared.injected,
+        }),
+        None if portal.prepared.analysis.is_none() => Ok(RowPlan::default()),
+        None => Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "pgveil: the result columns of this statement are unknown, so its rows are withheld",
+        )),
+    }
+}

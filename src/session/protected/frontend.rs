@@ -1,0 +1,411 @@
+//! The client half: what goes up for each client message, and what the session then
+//! expects back. Query texts pass the gate ([`super::gate`]); Bind carries its parameters
+//! encrypted for the protected columns they are bound for.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::audit::{refusal_recording, QueryAudit};
+use super::gate::{admit, Admission, Protocol};
+use super::refusal::{injected_error, join, raising_query, refuse_parse};
+use super::state::{Expect, Portal, Prepared, State};
+use super::values::encrypt_param;
+use super::Session;
+use crate::metrics;
+use crate::net::frontend::{
+    encode_query, BindHeader, FrontendMessage, FrontendTag, Parse, Target, TargetKind,
+};
+use crate::schema::LogicalType;
+use crate::session::introspect::{Collector, Wanted};
+use crate::session::relay::Action;
+use crate::session::SessionError;
+use crate::sql::{ColumnRef, StatementPlan};
+
+/// Decides what goes upstream for one client message, and what to expect back.
+pub(super) fn message(
+    tag: FrontendTag,
+    frame: &[u8],
+    session: &Session,
+    state: &mut State,
+) -> Result<Action, SessionError> {
+    follow_policy(session, state);
+    if state.discarding {
+        if tag != FrontendTag::Sync {
+            return Ok(Action::Drop);
+        }
+        state.discarding = false;
+    }
+    let metrics = metrics::get();
+    if tag.awaits_ready() {
+        metrics.queries.increment(1);
+    }
+    let message = tag
+        .decode(frame)
+        .map_err(|e| SessionError::Malformed(e.0))?;
+    Ok(match message {
+        FrontendMessage::Query(text) => simple_query(frame, text, session, state),
+        FrontendMessage::Parse(parse) => parse_message(parse, session, state),
+        FrontendMessage::Bind(bind) => bind_message(&bind, session, state)?,
+        FrontendMessage::Describe(target) => {
+            describe(target, state);
+            Action::Forward
+        }
+        FrontendMessage::Execute(execute) => {
+            let portal = state.portals.get(&execute.portal).cloned();
+            state.expect.push_back(Expect::Execute(portal));
+            Action::Forward
+        }
+        FrontendMessage::Close(target) => {
+            if target.kind == TargetKind::Statement {
+                state.statements.remove(&target.name);
+            } else {
+                state.portals.remove(&target.name);
+            }
+            state.expect.push_back(Expect::Close);
+            Action::Forward
+        }
+        FrontendMessage::Sync => sync(frame, state),
+        FrontendMessage::FunctionCall => {
+            state.expect.push_back(Expect::Function(Instant::now()));
+            Action::Forward
+        }
+        FrontendMessage::Terminate | FrontendMessage::Passive => Action::Forward,
+    })
+}
+
+/// Applies a reloaded policy to this session from its next statement on.
+fn follow_policy(session: &Session, state: &mut State) {
+    let current = session.policy.load();
+    if !Arc::ptr_eq(&current, &state.policy) {
+        state.access = current.access_for(&session.veil.protection, &state.roles);
+        state.policy = Arc::clone(&current);
+    }
+}
+
+fn describe(target: Target, state: &mut State) {
+    let expect = match target.kind {
+        TargetKind::Statement => Expect::DescribeStatement {
+            prepared: state
+                .statements
+                .get(&target.name)
+                .cloned()
+                .unwrap_or_else(Prepared::plain),
+            internal: false,
+        },
+        TargetKind::Portal => Expect::DescribePortal(state.portals.get(&target.name).cloned()),
+    };
+    state.expect.push_back(expect);
+}
+
+/// A Sync, followed by pgveil's own query when the batch changed what it must know.
+fn sync(frame: &[u8], state: &mut State) -> Action {
+    state.expect.push_back(Expect::Sync(Instant::now()));
+    let follow_path = state.search_path_follow();
+    match state.refresh_at_sync.take().or(follow_path) {
+        Some(wanted) => {
+            state
+                .expect
+                .push_back(Expect::Refresh(Collector::new(wanted)));
+            Action::Replace(join(&[frame, &wanted.query()]))
+        }
+        None => Action::Forward,
+    }
+}
+
+/// What pgveil's own bookkeeping must refresh after a statement went through.
+fn refresh_needed(text: &str) -> Option<Wanted> {
+    let catalog = ["create", "alter", "drop"]
+        .iter()
+        .any(|k| contains_keyword(text, k));
+    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user".
+    let search_path = ["search_path", "reset", "discard", "authorization"]
+        .iter()
+        .any(|k| contains_keyword(text, k))
+        || (contains_keyword(text, "set") && contains_keyword(text, "role"));
+    (catalog || search_path).then_some(Wanted {
+        catalog,
+        search_path: search_path || catalog,
+        roles: false,
+    })
+}
+
+/// Whether `word` occurs in `text` (ASCII case ignored) as a whole word; no allocation, as
+/// it runs on every statement.
+fn contains_keyword(text: &str, word: &str) -> bool {
+    let (text, word) = (text.as_bytes(), word.as_bytes());
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    text.windows(word.len()).enumerate().any(|(at, window)| {
+        window.eq_ignore_ascii_case(word)
+            && (at == 0 || !is_ident(text[at - 1]))
+            && text.get(at + word.len()).is_none_or(|&b| !is_ident(b))
+    })
+}
+
+fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) -> Action {
+    let sent = Instant::now();
+    let admission = admit(raw, Protocol::Simple, session, state);
+    // Text that is not UTF-8 cannot be read for what it changes.
+    let text = std::str::from_utf8(raw).ok();
+    let refresh = text.and_then(|text| refresh_needed(text).or(state.search_path_follow()));
+    let (action, analysis, audit) = match admission {
+        Admission::Forward { fingerprint } => (
+            Action::Forward,
+            None,
+            fingerprint.map(|f| QueryAudit::single(f, false)),
+        ),
+        Admission::Refuse { error, fingerprint } => (
+            Action::Replace(raising_query(&error)),
+            None,
+            fingerprint.map(|f| QueryAudit::single(f, true)),
+        ),
+        Admission::Analysed(admitted) => {
+            let rewritten = text.and_then(|text| admitted.rewrite(text));
+            let statements: Vec<_> = admitted
+                .statements
+                .iter()
+                .map(|s| s.fingerprint.clone().map(|f| (f, s.injected)))
+                .collect();
+            let audit = statements.iter().any(Option::is_some).then(|| {
+                Arc::new(QueryAudit {
+                    statements,
+                    refused: admitted.refused.as_ref().map(|(index, _)| *index),
+                })
+            });
+            let action = match rewritten {
+                Some(text) => Action::Replace(encode_query(text.as_bytes())),
+                None => Action::Forward,
+            };
+            (action, Some(admitted.analysis), audit)
+        }
+    };
+    state.expect.push_back(Expect::Query {
+        analysis,
+        sent,
+        statement: 0,
+        audit,
+    });
+    match refresh {
+        Some(wanted) => {
+            state
+                .expect
+                .push_back(Expect::Refresh(Collector::new(wanted)));
+            let first: Bytes = match &action {
+                Action::Replace(bytes) => bytes.clone(),
+                _ => Bytes::copy_from_slice(frame),
+            };
+            Action::Replace(join(&[&first, &wanted.query()]))
+        }
+        None => action,
+    }
+}
+
+fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
+    if let Some(wanted) = std::str::from_utf8(&parse.query)
+        .ok()
+        .and_then(refresh_needed)
+    {
+        refresh_at_sync(state, wanted);
+    }
+    let admitted = match admit(&parse.query, Protocol::Extended, session, state) {
+        Admission::Forward { fingerprint } => {
+            let prepared = match fingerprint {
+                Some(fingerprint) => Arc::new(Prepared {
+                    fingerprint: Some(fingerprint),
+                    ..Prepared::unprotected()
+                }),
+                None => Prepared::plain(),
+            };
+            state.insert_statement(parse.name, prepared);
+            return Action::Forward;
+        }
+        Admission::Refuse { error, fingerprint } => {
+            return refuse_parse(session, state, parse.name, None, fingerprint, error);
+        }
+        Admission::Analysed(admitted) => admitted,
+    };
+    if let Some((index, error)) = admitted.refused.clone() {
+        let fingerprint = admitted.statements[index].fingerprint.clone();
+        return refuse_parse(
+            session,
+            state,
+            parse.name,
+            admitted.plan(index),
+            fingerprint,
+            error,
+        );
+    }
+    let Some(plan) = admitted.plan(0) else {
+        state.insert_statement(parse.name, Prepared::plain());
+        return Action::Forward;
+    };
+    let (param_columns, param_types) = parameters(plan, &parse.param_types);
+    let query = match std::str::from_utf8(&parse.query)
+        .ok()
+        .and_then(|text| admitted.rewrite(text))
+    {
+        Some(text) => Bytes::from(text),
+        None => parse.query.clone(),
+    };
+    let rewritten = Parse {
+        name: parse.name.clone(),
+        query,
+        param_types,
+    };
+    let statement = &admitted.statements[0];
+    let prepared = Arc::new(Prepared {
+        analysis: Some(admitted.analysis.clone()),
+        param_columns,
+        client_param_types: parse.param_types,
+        row: OnceLock::new(),
+        fingerprint: statement.fingerprint.clone(),
+        injected: statement.injected,
+        refused: None,
+    });
+    state.insert_statement(parse.name.clone(), prepared.clone());
+    // pgveil describes the statement itself, so it knows which result columns to decrypt
+    // even when the client never asks.
+    state.expect.push_back(Expect::DescribeStatement {
+        prepared,
+        internal: true,
+    });
+    Action::Replace(join(&[
+        &rewritten.encode(),
+        &Target::describe_statement(&parse.name),
+    ]))
+}
+
+/// A DDL or search_path change in the batch: pgveil's own query follows its Sync.
+fn refresh_at_sync(state: &mut State, wanted: Wanted) {
+    let merged = match state.refresh_at_sync {
+        Some(w) => Wanted {
+            catalog: w.catalog || wanted.catalog,
+            search_path: true,
+            roles: false,
+        },
+        None => wanted,
+    };
+    state.refresh_at_sync = Some(merged);
+}
+
+/// The protected column each parameter is bound for, and the parameter types declared
+/// upstream: those bound for protected columns are declared bytea, as they carry ciphertext.
+fn parameters(plan: &StatementPlan, declared: &[u32]) -> (Vec<Option<ColumnRef>>, Vec<u32>) {
+    let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
+    for &(n, column) in &plan.params {
+        let index = n.saturating_sub(1) as usize;
+        if param_columns.len() <= index {
+            param_columns.resize(index + 1, None);
+        }
+        param_columns[index] = Some(column);
+    }
+    let mut param_types = declared.to_vec();
+    for (index, column) in param_columns.iter().enumerate() {
+        if column.is_some() {
+            if param_types.len() <= index {
+                param_types.resize(index + 1, 0);
+            }
+            param_types[index] = LogicalType::Bytea.oid();
+        }
+    }
+    (param_columns, param_types)
+}
+
+fn bind_message(
+    header: &BindHeader<'_>,
+    session: &Session,
+    state: &mut State,
+) -> Result<Action, SessionError> {
+    let veil = &session.veil;
+    let prepared = state
+        .statements
+        .get(header.statement)
+        .cloned()
+        .unwrap_or_else(Prepared::plain);
+    if let Some(error) = &prepared.refused {
+        let recording = refusal_recording(session, state, None, String::new);
+        return Ok(injected_error(error, state, recording));
+    }
+    let portal_name = Bytes::copy_from_slice(header.portal);
+    if prepared.analysis.is_none() {
+        // A statement pgveil did not analyse can still return protected columns (a client
+        // Describe showed them, by table OID): then its rows are decrypted in the formats
+        // this Bind asks for.
+        let shows_protected = prepared
+            .row
+            .get()
+            .is_some_and(|row| row.columns.iter().any(Option::is_some));
+        let result_formats = if shows_protected {
+            header
+                .result_formats()
+                .map_err(|e| SessionError::Malformed(e.0))?
+        } else {
+            Vec::new()
+        };
+        state
+            .portals
+            .insert(portal_name, Portal::new(prepared, result_formats));
+        state.expect.push_back(Expect::Bind);
+        return Ok(Action::Forward);
+    }
+    let mut bind = header.bind().map_err(|e| SessionError::Malformed(e.0))?;
+    let mut changed = false;
+    if prepared.param_columns.iter().any(Option::is_some) {
+        bind.expand_param_formats();
+        for (index, column) in prepared.param_columns.iter().enumerate() {
+            let (Some(column), Some(Some(value))) = (column, bind.params.get(index)) else {
+                continue;
+            };
+            let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
+            match encrypt_param(
+                veil,
+                *column,
+                value,
+                bind.param_format(index),
+                declared,
+                &state.time,
+            ) {
+                Ok(ciphertext) => {
+                    bind.params[index] = Some(Bytes::from(ciphertext));
+                    bind.param_formats[index] = 1;
+                    changed = true;
+                }
+                Err(error) => {
+                    let recording = refusal_recording(session, state, prepared.plan(), || {
+                        prepared.fingerprint.clone().unwrap_or_default()
+                    });
+                    return Ok(injected_error(&error, state, recording));
+                }
+            }
+        }
+    }
+    if prepared.injected > 0 && bind.result_formats.len() > 1 {
+        // The appended subject columns are read as text; the client never sees them.
+        bind.result_formats
+            .extend(std::iter::repeat_n(0, prepared.injected));
+        changed = true;
+    }
+    let result_formats = bind.result_formats.clone();
+    state
+        .portals
+        .insert(portal_name, Portal::new(prepared, result_formats));
+    state.expect.push_back(Expect::Bind);
+    Ok(if changed {
+        Action::Replace(bind.encode())
+    } else {
+        Action::Forward
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_detection() {
+        assert!(refresh_needed("CREATE TABLE x (a int)").unwrap().catalog);
+        assert!(refresh_needed("set search_path = app").unwrap().search_path);
+        assert!(refresh_needed("SELECT created_at FROM t").is_none());
+    }
+}

@@ -1,0 +1,219 @@
+//! The relay for sessions that may touch protected columns.
+//!
+//! The client half ([`frontend`]) rewrites what goes up: every query text passes one
+//! admission step ([`gate`]) whether it came as a simple Query or as a Parse; literals and
+//! parameters bound for protected columns are encrypted ([`values`]); statements that must
+//! not run are replaced by one that makes the database raise pgveil's error ([`refusal`]).
+//! The server half ([`backend`]) keeps an ordered queue of what each client message will be
+//! answered with ([`state`]), so it knows which statement or portal a RowDescription,
+//! ParameterDescription or DataRow belongs to, and rewrites those: logical types shown,
+//! values decrypted, masked and re-encoded in the format the client asked for. Statements in
+//! the audit log's scope are recorded ([`audit`]).
+
+mod audit;
+mod backend;
+mod frontend;
+mod gate;
+mod refusal;
+mod state;
+mod values;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::recording::Identity;
+use super::relay::{drain_frames, new_buffer, Action, Outbox};
+use super::{drive, ServerWait, SessionConfig, SessionError};
+use crate::audit::AuditSink;
+use crate::metrics;
+use crate::net::frontend::FrontendTag;
+use crate::net::stream::{ReadHalf, WriteHalf};
+use crate::pgerror::PgError;
+use crate::pgtype::SessionTime;
+use crate::policy::Policy;
+use crate::veil::{Database, Veil};
+use backend::Backend;
+use refusal::{abort_first, take_pending_abort};
+use state::{lock, State};
+
+/// One protected session: its state, shared by the two halves, and what it was started with.
+pub struct Session {
+    state: Mutex<State>,
+    veil: Arc<Veil>,
+    /// The live policy; a reload swaps it and the session picks it up at its next message.
+    policy: Arc<ArcSwap<Policy>>,
+    database_name: String,
+    audit: Option<(Arc<AuditSink>, Identity)>,
+}
+
+/// What pgveil learned about a session as it started.
+pub struct SessionFacts {
+    pub database_name: String,
+    pub database: Arc<Database>,
+    pub search_path: Vec<String>,
+    /// The login and every role it belongs to.
+    pub roles: Vec<String>,
+    pub timezone: String,
+    pub datestyle: String,
+}
+
+/// What all sessions share: columns and keys, the live policy, the audit log.
+#[derive(Clone)]
+pub struct Engine {
+    pub veil: Arc<Veil>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub audit: Option<Arc<AuditSink>>,
+}
+
+impl Session {
+    pub fn new(engine: Engine, facts: SessionFacts, identity: Option<Identity>) -> Self {
+        let Engine {
+            veil,
+            policy,
+            audit,
+        } = engine;
+        let current = policy.load_full();
+        let access = current.access_for(&veil.protection, &facts.roles);
+        let time =
+            SessionTime::from_timezone_or_utc(&facts.timezone).with_datestyle(&facts.datestyle);
+        Self {
+            state: Mutex::new(State {
+                expect: VecDeque::new(),
+                statements: HashMap::new(),
+                portals: HashMap::new(),
+                time,
+                timezone: facts.timezone,
+                datestyle: facts.datestyle,
+                standard_strings: true,
+                encoding_readable: true,
+                search_path: facts.search_path,
+                database: facts.database,
+                access,
+                roles: facts.roles,
+                policy: current,
+                status: b'I',
+                client_terminated: false,
+                refresh_at_sync: None,
+                abort_before_next: false,
+                search_path_in_txn: false,
+                discarding: false,
+            }),
+            veil,
+            policy,
+            database_name: facts.database_name,
+            audit: audit.zip(identity),
+        }
+    }
+
+    fn sink(&self) -> Option<&Arc<AuditSink>> {
+        self.audit.as_ref().map(|(sink, _)| sink)
+    }
+}
+
+/// Relays an established session.
+pub async fn relay(
+    mut client: (ReadHalf, WriteHalf),
+    mut server: (ReadHalf, WriteHalf),
+    leftover: bytes::BytesMut,
+    session: Session,
+    config: SessionConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
+    let upstream_bound =
+        client_to_server(&mut client.0, &mut server.1, leftover, &session, &config);
+    let client_bound = server_to_client(
+        &mut server.0,
+        &mut client.1,
+        &session,
+        fatal_rx,
+        shutdown,
+        &config,
+    );
+    drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+}
+
+async fn client_to_server(
+    reader: &mut ReadHalf,
+    writer: &mut WriteHalf,
+    leftover: bytes::BytesMut,
+    session: &Session,
+    config: &SessionConfig,
+) -> Result<(), SessionError> {
+    let metrics = metrics::get();
+    let mut buf = new_buffer();
+    buf.extend_from_slice(&leftover);
+    let mut out = Outbox::default();
+    let mut first = !buf.is_empty();
+    loop {
+        let n = if first {
+            first = false;
+            buf.len()
+        } else {
+            reader.read_buf(&mut buf).await?
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        metrics.bytes_from_client.increment(n as u64);
+        let mut terminated = false;
+        drain_frames(&mut buf, config.max_message_size, &mut out, |frame| {
+            let tag = FrontendTag::of(frame).map_err(SessionError::UnknownMessage)?;
+            let mut state = lock(&session.state);
+            if tag == FrontendTag::Terminate {
+                terminated = true;
+                state.client_terminated = true;
+                return Ok::<_, SessionError>(Action::Forward);
+            }
+            let abort_at = take_pending_abort(&mut state);
+            let action = frontend::message(tag, frame, session, &mut state)?;
+            Ok(match abort_at {
+                Some(at) => abort_first(frame, action, at, &mut state),
+                None => action,
+            })
+        })?;
+        out.flush_to(writer.as_mut()).await?;
+        if terminated {
+            return Ok(());
+        }
+    }
+}
+
+async fn server_to_client(
+    reader: &mut ReadHalf,
+    writer: &mut WriteHalf,
+    session: &Session,
+    fatal: mpsc::Receiver<PgError>,
+    shutdown: watch::Receiver<bool>,
+    config: &SessionConfig,
+) -> Result<(), SessionError> {
+    let mut buf = new_buffer();
+    let mut out = Outbox::default();
+    let mut backend = Backend::new(session);
+    let sink = session.sink().map(Arc::as_ref);
+    let mut wait = ServerWait::new(fatal, shutdown, config.client_addr);
+    loop {
+        let idle = || {
+            let state = lock(&session.state);
+            state.expect.is_empty() && state.status == b'I'
+        };
+        let expected_close =
+            || backend.upstream_said_fatal || lock(&session.state).client_terminated;
+        if wait
+            .read(reader, writer, &mut buf, idle, expected_close)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
+            Ok::<_, SessionError>(backend.frame(frame))
+        })?;
+        backend.apply_refreshes();
+        out.flush_audited(writer.as_mut(), sink).await?;
+    }
+}

@@ -1,0 +1,216 @@
+//! What a protected session knows between messages: its prepared statements and portals,
+//! the queue of responses it awaits, its settings, and its access to each protected column.
+//! Both halves of the relay share it behind one lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::audit::QueryAudit;
+use super::values::RowPlan;
+use crate::pgtype::SessionTime;
+use crate::policy::{AccessMap, Policy};
+use crate::session::introspect::{Collector, Wanted};
+use crate::session::recording::Recording;
+use crate::sql::{ColumnRef, StatementPlan};
+use crate::veil::{Analysis, Database};
+
+/// A statement prepared with Parse.
+pub(super) struct Prepared {
+    /// The analysis, when the statement mentions a protected table.
+    pub analysis: Option<Arc<Analysis>>,
+    /// Parameter position (0-based) → the protected column it is bound for.
+    pub param_columns: Vec<Option<ColumnRef>>,
+    /// The types the client declared (0: unspecified).
+    pub client_param_types: Vec<u32>,
+    /// Result columns, from the statement's RowDescription.
+    pub row: OnceLock<RowInfo>,
+    /// For the audit log, when the statement is in scope.
+    pub fingerprint: Option<String>,
+    /// Subject columns pgveil appended to the statement's output.
+    pub injected: usize,
+    /// Set when pgveil refused the Parse: a later Bind to it gets the same error instead of
+    /// carrying its parameters upstream.
+    pub refused: Option<crate::pgerror::PgError>,
+}
+
+/// A statement's result columns: the protected column behind each (if any) and its type.
+#[derive(Clone, Default)]
+pub(super) struct RowInfo {
+    pub columns: Vec<Option<ColumnRef>>,
+    pub types: Vec<u32>,
+}
+
+impl Prepared {
+    pub fn plan(&self) -> Option<&StatementPlan> {
+        plan_at(self.analysis.as_ref(), 0)
+    }
+
+    pub fn plain() -> Arc<Self> {
+        Arc::new(Self::unprotected())
+    }
+
+    pub fn unprotected() -> Self {
+        Self {
+            analysis: None,
+            param_columns: Vec::new(),
+            client_param_types: Vec::new(),
+            row: OnceLock::new(),
+            fingerprint: None,
+            injected: 0,
+            refused: None,
+        }
+    }
+
+    pub fn refused(error: &crate::pgerror::PgError) -> Arc<Self> {
+        Arc::new(Self {
+            refused: Some(error.clone()),
+            ..Self::unprotected()
+        })
+    }
+}
+
+/// The plan of statement `index` of an analysis.
+pub(super) fn plan_at(analysis: Option<&Arc<Analysis>>, index: usize) -> Option<&StatementPlan> {
+    analysis
+        .and_then(|a| a.as_ref().as_ref().ok())
+        .and_then(|plans| plans.get(index))
+}
+
+pub(super) struct Portal {
+    pub prepared: Arc<Prepared>,
+    /// As the client sent them in Bind (also for statements pgveil did not analyse, once a
+    /// Describe showed they return protected columns).
+    pub result_formats: Vec<i16>,
+    /// What a Describe of this portal showed the client (columns and their formats, as the
+    /// database reported them for this portal): its Execute is decoded the same way.
+    pub described: OnceLock<RowPlan>,
+}
+
+impl Portal {
+    pub fn new(prepared: Arc<Prepared>, result_formats: Vec<i16>) -> Arc<Self> {
+        Arc::new(Self {
+            prepared,
+            result_formats,
+            described: OnceLock::new(),
+        })
+    }
+}
+
+/// What the database will answer a client message with, in order.
+pub(super) enum Expect {
+    /// With the statement a named Parse replaced, to put back if the Parse fails.
+    Parse(Option<Box<(Bytes, Arc<Prepared>)>>),
+    Bind,
+    Close,
+    Sync(Instant),
+    Query {
+        analysis: Option<Arc<Analysis>>,
+        sent: Instant,
+        statement: usize,
+        audit: Option<Arc<QueryAudit>>,
+    },
+    Function(Instant),
+    DescribeStatement {
+        prepared: Arc<Prepared>,
+        internal: bool,
+    },
+    DescribePortal(Option<Arc<Portal>>),
+    Execute(Option<Arc<Portal>>),
+    /// A refused Parse or Bind, replaced by Parse/Bind/Execute of a raising statement:
+    /// its ParseComplete and BindComplete are dropped, its error forwarded.
+    Injected(Option<Box<Recording>>),
+    /// pgveil's own query; nothing of it reaches the client.
+    Refresh(Collector),
+}
+
+impl Expect {
+    /// Ends with ReadyForQuery.
+    pub fn ends_cycle(&self) -> bool {
+        matches!(
+            self,
+            Expect::Sync(_) | Expect::Query { .. } | Expect::Function(_) | Expect::Refresh(_)
+        )
+    }
+}
+
+pub(super) struct State {
+    pub expect: VecDeque<Expect>,
+    pub statements: HashMap<Bytes, Arc<Prepared>>,
+    pub portals: HashMap<Bytes, Arc<Portal>>,
+    pub time: SessionTime,
+    pub timezone: String,
+    pub datestyle: String,
+    pub standard_strings: bool,
+    /// False once the server reports a client encoding pgveil cannot analyse (selected in a
+    /// way no statement showed, e.g. dynamic SQL): from then on the session is treated as
+    /// sending text that cannot be analysed.
+    pub encoding_readable: bool,
+    pub search_path: Vec<String>,
+    pub database: Arc<Database>,
+    pub access: AccessMap,
+    /// The login's roles (memberships read at session start; `SET ROLE` changes nothing).
+    pub roles: Vec<String>,
+    /// The policy `access` was computed from.
+    pub policy: Arc<Policy>,
+    pub status: u8,
+    pub client_terminated: bool,
+    /// A DDL or search_path change went up in the current extended batch.
+    pub refresh_at_sync: Option<Wanted>,
+    /// pgveil raised an error inside a transaction block that the database does not know
+    /// about: abort that transaction before the client's next message reaches it.
+    pub abort_before_next: bool,
+    /// The search_path changed inside the current transaction block, where ROLLBACK, ROLLBACK
+    /// TO SAVEPOINT or the end of a SET LOCAL undo it: re-read it after every statement until
+    /// the block ends.
+    pub search_path_in_txn: bool,
+    /// After pgveil refused an extended-protocol message, everything up to Sync is dropped
+    /// here, as the database would skip it: none of it (parameters included) goes upstream.
+    pub discarding: bool,
+}
+
+impl State {
+    /// Records a statement the client parses, and expects its ParseComplete. A name pgveil
+    /// already knows is replaced too: the database may have dropped it behind pgveil's back
+    /// (`DEALLOCATE`, `DISCARD ALL` in SQL), and then this Parse succeeds and its Binds must
+    /// be treated as this statement's. When it still exists the Parse fails (42P05) and the
+    /// old one is put back (and Binds of the same batch are skipped by the database).
+    pub fn insert_statement(&mut self, name: Bytes, prepared: Arc<Prepared>) {
+        let previous = self.statements.insert(name.clone(), prepared);
+        let undo = previous
+            .filter(|_| !name.is_empty())
+            .map(|p| Box::new((name, p)));
+        self.expect.push_back(Expect::Parse(undo));
+    }
+
+    /// The refresh that follows a statement while a search_path set in the transaction
+    /// block may be undone by it.
+    pub fn search_path_follow(&self) -> Option<Wanted> {
+        self.search_path_in_txn.then_some(Wanted {
+            catalog: false,
+            search_path: true,
+            roles: false,
+        })
+    }
+
+    /// A TimeZone or DateStyle the database reported.
+    pub fn set_time(&mut self, timezone: Option<String>, datestyle: Option<String>) {
+        if let Some(timezone) = timezone {
+            self.timezone = timezone;
+        }
+        if let Some(datestyle) = datestyle {
+            self.datestyle = datestyle;
+        }
+        self.time =
+            SessionTime::from_timezone_or_utc(&self.timezone).with_datestyle(&self.datestyle);
+    }
+}
+
+pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A poisoned lock only means the other half panicked; the state is still usable.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

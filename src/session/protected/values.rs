@@ -1,0 +1,227 @@
+//! Values to and from protected columns: literals and parameters encrypted on the way up,
+//! stored values decrypted, masked and re-encoded on the way back, in the format the client
+//! asked for.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+use super::state::State;
+use crate::crypto::envelope::ColumnCipher;
+use crate::metrics::{self, ErrorKind};
+use crate::net::backend::DataRow;
+use crate::pgerror::{sqlstate, PgError};
+use crate::pgtype::{self, SessionTime, WireFormat};
+use crate::policy::{mask, Access};
+use crate::schema::ProtectedColumn;
+use crate::sql::ColumnRef;
+use crate::veil::Veil;
+
+/// How to treat each column of the rows being relayed.
+#[derive(Clone, Default)]
+pub(super) struct RowPlan {
+    /// Per shown column: the protected column behind it and the format it is sent in.
+    pub columns: Vec<Option<(ColumnRef, i16)>>,
+    /// Trailing subject columns pgveil appended, removed before the client sees the row.
+    pub strip: usize,
+}
+
+impl RowPlan {
+    pub fn is_plain(&self) -> bool {
+        self.strip == 0 && self.columns.iter().all(Option::is_none)
+    }
+}
+
+/// The ciphertext of a literal written as text.
+pub(super) fn encrypt_text(
+    veil: &Veil,
+    column: ColumnRef,
+    text: &[u8],
+    time: &SessionTime,
+) -> Result<Vec<u8>, PgError> {
+    let (cipher, spec) = cipher_and_spec(veil, column)?;
+    let canonical = pgtype::canonical_from_text(spec.logical_type, text, time)
+        .map_err(|e| value_error(&e, &spec.qualified_name()))?;
+    Ok(cipher.encrypt(&canonical))
+}
+
+/// The ciphertext of a bound parameter, sent in `format` as `declared_type` (0: unspecified).
+pub(super) fn encrypt_param(
+    veil: &Veil,
+    column: ColumnRef,
+    value: &[u8],
+    format: i16,
+    declared_type: u32,
+    time: &SessionTime,
+) -> Result<Vec<u8>, PgError> {
+    let (cipher, spec) = cipher_and_spec(veil, column)?;
+    let canonical = if format == 1 {
+        let source = if declared_type == 0 {
+            spec.logical_type.oid()
+        } else {
+            declared_type
+        };
+        pgtype::canonical_from_binary(spec.logical_type, source, value, time)
+    } else {
+        pgtype::canonical_from_text(spec.logical_type, value, time)
+    }
+    .map_err(|e| value_error(&e, &spec.qualified_name()))?;
+    Ok(cipher.encrypt(&canonical))
+}
+
+fn cipher_and_spec(
+    veil: &Veil,
+    column: ColumnRef,
+) -> Result<(&ColumnCipher, &ProtectedColumn), PgError> {
+    match (veil.cipher(column), veil.protection.column(column)) {
+        (Some(cipher), Some(spec)) => Ok((cipher, spec)),
+        _ => Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "pgveil: protected column without a key",
+        )),
+    }
+}
+
+fn value_error(e: &pgtype::ValueError, column: &str) -> PgError {
+    // The message names the type and the column, never the value.
+    PgError::error(
+        e.sqlstate(),
+        format!("{} (for protected column {column})", e.message()),
+    )
+}
+
+/// A bytea literal of `ciphertext`, as the session's standard_conforming_strings reads it.
+pub(super) fn bytea_literal(ciphertext: &[u8], standard_strings: bool) -> String {
+    let hex = hex::encode(ciphertext);
+    if standard_strings {
+        format!("'\\x{hex}'::bytea")
+    } else {
+        format!("E'\\\\x{hex}'::bytea")
+    }
+}
+
+/// The error for a read of a column the session is denied.
+pub(super) fn denied_read(column: &ProtectedColumn) -> PgError {
+    PgError::error(
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        format!(
+            "pgveil: permission denied to read protected column {}",
+            column.qualified_name()
+        ),
+    )
+}
+
+/// Decrypts, masks and re-encodes the protected values of one DataRow, and drops pgveil's
+/// own trailing subject columns.
+pub(super) fn decrypt_row(
+    row: &DataRow<'_>,
+    rows: &RowPlan,
+    veil: &Veil,
+    state: &State,
+) -> Result<Bytes, PgError> {
+    let values = row.values().map_err(|_| {
+        PgError::error(
+            sqlstate::PROTOCOL_VIOLATION,
+            "pgveil: malformed DataRow from the database",
+        )
+    })?;
+    let shown = values.len().saturating_sub(rows.strip);
+    let mut out: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(shown);
+    for (index, stored) in values.into_iter().take(shown).enumerate() {
+        let plan = rows.columns.get(index).copied().flatten();
+        let value = match (plan, stored) {
+            (Some((column, format)), Some(stored)) => {
+                reveal(stored, column, format, veil, state)?.map(Cow::Owned)
+            }
+            (_, Some(stored)) => Some(Cow::Borrowed(stored)),
+            (_, None) => None,
+        };
+        out.push(value);
+    }
+    Ok(DataRow::encode(
+        out.iter()
+            .map(|v| v.as_deref())
+            .collect::<Vec<_>>()
+            .into_iter(),
+    ))
+}
+
+/// One stored value as the session may see it; `None` is SQL NULL (a `mask:null`).
+fn reveal(
+    stored: &[u8],
+    column: ColumnRef,
+    format: i16,
+    veil: &Veil,
+    state: &State,
+) -> Result<Option<Vec<u8>>, PgError> {
+    let (cipher, spec) = cipher_and_spec(veil, column)?;
+    let name = spec.qualified_name();
+    let corrupt = || {
+        metrics::get().error(ErrorKind::Database);
+        PgError::error(
+            sqlstate::DATA_CORRUPTED,
+            format!("pgveil: a value of protected column {name} cannot be decrypted (tampered with, or copied from another column)"),
+        )
+    };
+    let ciphertext = if format == 0 {
+        decode_bytea_text(stored).ok_or_else(corrupt)?
+    } else {
+        stored.to_vec()
+    };
+    let canonical = cipher.decrypt(&ciphertext).map_err(|_| corrupt())?;
+    let wire = WireFormat::from_code(format).unwrap_or(WireFormat::Text);
+    let shown = match state.access.get(column) {
+        Access::Plaintext => Some(canonical),
+        Access::Mask(kind) => {
+            mask::apply(kind, spec.logical_type, &canonical).map_err(|_| corrupt())?
+        }
+        Access::Deny => return Err(denied_read(spec)),
+    };
+    match shown {
+        None => Ok(None),
+        Some(canonical) => pgtype::to_wire(spec.logical_type, &canonical, wire, &state.time)
+            .map(Some)
+            .map_err(|e| value_error(&e, &name)),
+    }
+}
+
+/// bytea's text output (`\x` hex, or the old escape format).
+fn decode_bytea_text(text: &[u8]) -> Option<Vec<u8>> {
+    if let Some(hex) = text.strip_prefix(b"\\x") {
+        return hex::decode(hex).ok();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\\' {
+            if text.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+            } else {
+                let digits = text.get(i + 1..i + 4)?;
+                let value = u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok()?;
+                out.push(value);
+                i += 4;
+            }
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytea_text_forms_decode() {
+        assert_eq!(decode_bytea_text(b"\\x00ff").unwrap(), vec![0, 255]);
+        assert_eq!(
+            decode_bytea_text(b"a\\\\b\\001").unwrap(),
+            b"a\\b\x01".to_vec()
+        );
+        assert!(decode_bytea_text(b"\\xzz").is_none());
+    }
+}

@@ -1,0 +1,234 @@
+//! Binding values to protected columns: plain uses, comparisons, writes, accepted casts,
+//! and the statement-wide consistency checks on parameters and literal ranges.
+
+use sqlparser::ast::Expr;
+
+use crate::schema::{EncryptionMode, LogicalType};
+use crate::sql::catalog::ColumnRef;
+use crate::sql::LiteralBinding;
+
+use super::values::*;
+use super::{column_name, dedup, unsupported, Analyzer, Halt, Outcome};
+
+/// Is a cast of a literal or parameter to `cast` acceptable for a column of type `ty`?
+pub(super) fn cast_accepted(ty: LogicalType, cast: &str) -> bool {
+    let base = cast.split('(').next().unwrap_or(cast).trim();
+    if matches!(
+        base,
+        "text" | "varchar" | "character varying" | "unknown" | "name"
+    ) || base.starts_with("char")
+        || base == "bpchar"
+    {
+        return true;
+    }
+    let Some(target) = LogicalType::from_name(base).or(match base {
+        "int" => Some(LogicalType::Int4),
+        "float" | "real" | "float4" => Some(LogicalType::Float8),
+        "json" => Some(LogicalType::Jsonb),
+        _ if base.starts_with("decimal") || base.starts_with("numeric") => {
+            Some(LogicalType::Numeric)
+        }
+        _ => None,
+    }) else {
+        return false;
+    };
+    use LogicalType::*;
+    let family = |t: LogicalType| match t {
+        Int2 | Int4 | Int8 | Numeric | Float8 => 1,
+        Date | Timestamp | Timestamptz => 2,
+        Text | Varchar => 3,
+        Bool => 4,
+        Uuid => 5,
+        Bytea => 6,
+        Jsonb => 7,
+    };
+    family(target) == family(ty)
+}
+
+impl Analyzer<'_> {
+    /// Records a plain (non-encrypted) use of a value; refuses a protected column.
+    pub(super) fn plain_use(&mut self, v: &Value, op: &str) -> Outcome<()> {
+        match v {
+            Value::Column {
+                protected: Some(c), ..
+            } => self.refuse(op, *c),
+            Value::Parameter(p) => {
+                self.plain_params.insert(p.number);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn require_deterministic(&mut self, c: ColumnRef, op: &str) -> Outcome<()> {
+        if self.column(c)?.mode != EncryptionMode::Deterministic {
+            return Err(Halt::Refuse(format!(
+                "pgveil: {op} is not supported on randomized encrypted column {}",
+                column_name(self.protection, c)
+            )));
+        }
+        self.conditions.push(c);
+        Ok(())
+    }
+
+    pub(super) fn condition(&mut self, e: &Expr) -> Outcome<()> {
+        let v = self.expression(e)?;
+        self.plain_use(&v, "use as a boolean")
+    }
+
+    /// Binds a literal or parameter to a protected column.
+    pub(super) fn bind(&mut self, c: ColumnRef, v: &Value) -> Outcome<bool> {
+        let ty = self.column(c)?.logical_type;
+        match v {
+            Value::Literal(l) => {
+                if let Some(cast) = &l.cast {
+                    if !cast_accepted(ty, cast) {
+                        return self.refuse(&format!("a cast to {cast}"), c);
+                    }
+                }
+                self.literals.push(LiteralBinding {
+                    byte_range: l.range.clone(),
+                    column: c,
+                    value: Some(l.value.clone()),
+                    cast: l.cast.clone(),
+                });
+                Ok(true)
+            }
+            Value::Parameter(p) => {
+                if let Some((range, cast)) = &p.cast {
+                    if !cast_accepted(ty, cast) {
+                        return self.refuse(&format!("a cast to {cast}"), c);
+                    }
+                    self.rewrites
+                        .push((range.clone(), format!("${}::bytea", p.number)));
+                }
+                self.params.push((p.number, c));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub(super) fn compare(&mut self, l: &Value, r: &Value, op: &str) -> Outcome<()> {
+        match (l.protected(), r.protected()) {
+            (Some(a), Some(b)) => {
+                let (ca, cb) = (self.column(a)?, self.column(b)?);
+                if ca.key_scope() != cb.key_scope() || ca.logical_type != cb.logical_type {
+                    return Err(Halt::Refuse(format!(
+                        "pgveil: comparing encrypted columns {} and {} ({op}) is not supported: they use different keys",
+                        ca.qualified_name(),
+                        cb.qualified_name()
+                    )));
+                }
+                self.require_deterministic(a, op)?;
+                self.require_deterministic(b, op)
+            }
+            (Some(a), None) => self.compare_value(a, r, op),
+            (None, Some(b)) => self.compare_value(b, l, op),
+            (None, None) => {
+                self.plain_use(l, op)?;
+                self.plain_use(r, op)
+            }
+        }
+    }
+
+    pub(super) fn compare_value(&mut self, c: ColumnRef, other: &Value, op: &str) -> Outcome<()> {
+        self.require_deterministic(c, op)?;
+        match other {
+            Value::Literal(_) | Value::Parameter(_) => self.bind(c, other).map(|_| ()),
+            Value::Null => Ok(()),
+            Value::Column {
+                protected: None, ..
+            } => self.refuse(&format!("{op} with an unencrypted column"), c),
+            _ => self.refuse(&format!("{op} with a computed value"), c),
+        }
+    }
+
+    /// A value written into a column (INSERT, UPDATE SET, ON CONFLICT DO UPDATE).
+    pub(super) fn write(&mut self, target: Option<ColumnRef>, v: &Value) -> Outcome<()> {
+        let Some(c) = target else {
+            if let Some(src) = v.protected() {
+                return self.refuse("copying into an unencrypted column", src);
+            }
+            return self.plain_use(v, "write");
+        };
+        self.writes.push(c);
+        match v {
+            Value::Literal(_) | Value::Parameter(_) => self.bind(c, v).map(|_| ()),
+            Value::Null | Value::Default => Ok(()),
+            Value::Column {
+                protected: Some(src),
+                ..
+            } => {
+                let (a, b) = (self.column(c)?, self.column(*src)?);
+                if a.key_scope() == b.key_scope() && a.logical_type == b.logical_type {
+                    Ok(())
+                } else {
+                    Err(Halt::Refuse(format!(
+                        "pgveil: copying encrypted column {} into encrypted column {} is not supported: they use different keys",
+                        b.qualified_name(),
+                        a.qualified_name()
+                    )))
+                }
+            }
+            Value::Column {
+                protected: None, ..
+            } => self.refuse("writing an unencrypted column's value", c),
+            Value::Other => self.refuse("writing a computed value", c),
+        }
+    }
+
+    pub(super) fn finish(&mut self) -> Outcome<()> {
+        dedup(&mut self.params);
+        dedup(&mut self.reads);
+        dedup(&mut self.conditions);
+        dedup(&mut self.writes);
+        dedup(&mut self.tables);
+        dedup(&mut self.rewrites);
+        // A parameter carries one value: it can be encrypted for one key and type only, and
+        // not also be used in plaintext.
+        let mut first_binding: std::collections::HashMap<u32, ColumnRef> =
+            std::collections::HashMap::with_capacity(self.params.len());
+        for &(n, c) in &self.params {
+            if self.plain_params.contains(&n) {
+                return Err(Halt::Refuse(format!(
+                    "pgveil: parameter ${n} is bound to encrypted column {} and also used elsewhere",
+                    column_name(self.protection, c)
+                )));
+            }
+            let d = *first_binding.entry(n).or_insert(c);
+            if d != c {
+                let (a, b) = (self.column(c)?, self.column(d)?);
+                if a.key_scope() != b.key_scope() || a.logical_type != b.logical_type {
+                    return Err(Halt::Refuse(format!(
+                        "pgveil: parameter ${n} is bound to encrypted columns {} and {} with different keys",
+                        b.qualified_name(),
+                        a.qualified_name()
+                    )));
+                }
+            }
+        }
+        // Literal ranges: sorted, exact duplicates merged, no overlap.
+        self.literals.sort_by(|a, b| {
+            (a.byte_range.start, a.byte_range.end, a.column).cmp(&(
+                b.byte_range.start,
+                b.byte_range.end,
+                b.column,
+            ))
+        });
+        self.literals.dedup();
+        for w in self.literals.windows(2) {
+            if w[1].byte_range.start < w[0].byte_range.end {
+                if w[1].byte_range == w[0].byte_range {
+                    return Err(Halt::Refuse(format!(
+                        "pgveil: one literal is compared with encrypted columns {} and {}",
+                        column_name(self.protection, w[0].column),
+                        column_name(self.protection, w[1].column)
+                    )));
+                }
+                return unsupported("overlapping literal ranges");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,244 @@
+//! The analysis proper: one pass over each statement's AST with a scope stack.
+//!
+//! Values flow bottom-up as [`Value`]: a (possibly protected) column, a literal (with its
+//! exact byte range), a parameter, NULL/DEFAULT, or anything else. Each consumer decides
+//! what is allowed: a comparison binds a literal or parameter to the protected column on
+//! the other side, an INSERT binds positionally, a function argument must not be a
+//! protected column, and so on. Whatever is not understood is refused when it involves a
+//! protected column (fail closed).
+
+mod comparisons;
+mod dml;
+mod expressions;
+mod functions;
+mod queries;
+mod scopes;
+mod spans;
+mod statements;
+mod subjects;
+mod values;
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use crate::schema::{ProtectedColumn, TableName};
+use crate::sql::catalog::{Catalog, ColumnRef, Protection};
+use crate::sql::fast::may_touch_protected;
+use crate::sql::tokens::Tokens;
+use crate::sql::{AnalyzeError, LiteralBinding, Refusal, StatementKind, StatementPlan};
+
+use scopes::*;
+use spans::*;
+use statements::*;
+use subjects::*;
+use values::*;
+
+const NOT_SUPPORTED: &str = "0A000";
+
+enum Halt {
+    Refuse(String),
+    Error(AnalyzeError),
+}
+
+type Outcome<T> = Result<T, Halt>;
+
+fn unsupported<T>(msg: impl Into<String>) -> Outcome<T> {
+    Err(Halt::Error(AnalyzeError::Unsupported(msg.into())))
+}
+
+fn column_name(protection: &Protection, c: ColumnRef) -> String {
+    protection
+        .column(c)
+        .map_or_else(|| "?".to_string(), ProtectedColumn::qualified_name)
+}
+
+struct Analyzer<'a> {
+    sql: &'a str,
+    tokens: &'a Tokens,
+    protection: &'a Protection,
+    catalog: &'a dyn Catalog,
+    search_path: &'a [String],
+    /// Byte offset where the statement's last token ends (for RETURNING injection).
+    statement_end: usize,
+    scopes: Vec<Vec<Source>>,
+    ctes: Vec<(String, Vec<SourceColumn>)>,
+    tables: Vec<TableName>,
+    literals: Vec<LiteralBinding>,
+    params: Vec<(u32, ColumnRef)>,
+    plain_params: HashSet<u32>,
+    reads: Vec<ColumnRef>,
+    conditions: Vec<ColumnRef>,
+    writes: Vec<ColumnRef>,
+    rewrites: Vec<(Range<usize>, String)>,
+    result_columns: Vec<Option<ColumnRef>>,
+    top_outputs: Vec<OutputColumn>,
+    top_level: Option<TopLevel>,
+    next_reference: std::cell::Cell<u32>,
+}
+
+/// Analyses a query string: one plan per statement. See the module documentation.
+pub fn analyze(
+    sql: &str,
+    protection: &Protection,
+    catalog: &dyn Catalog,
+    search_path: &[String],
+) -> Result<Vec<StatementPlan>, AnalyzeError> {
+    let tokens = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
+    let mut plans = Vec::new();
+    let mut seg_start = 0;
+    for i in 0..=tokens.spanned.len() {
+        let boundary = match tokens.token(i) {
+            None => true,
+            Some(t) => matches!(t, Token::SemiColon | Token::EOF),
+        };
+        if !boundary {
+            continue;
+        }
+        let solid: Vec<usize> = (seg_start..i).filter(|&j| !tokens.is_trivia(j)).collect();
+        seg_start = i + 1;
+        let (Some(&first), Some(&last)) = (solid.first(), solid.last()) else {
+            continue;
+        };
+        let range = tokens.ranges[first].start..tokens.ranges[last].end;
+        plans.push(analyze_one(
+            sql,
+            &tokens,
+            first,
+            last,
+            range,
+            protection,
+            catalog,
+            search_path,
+        )?);
+    }
+    Ok(plans)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn analyze_one(
+    sql: &str,
+    tokens: &Tokens,
+    first: usize,
+    last: usize,
+    range: Range<usize>,
+    protection: &Protection,
+    catalog: &dyn Catalog,
+    search_path: &[String],
+) -> Result<StatementPlan, AnalyzeError> {
+    let text = &sql[range.clone()];
+    let touches = may_touch_protected(text, protection);
+    // `U&"…"` identifiers are not understood by the parser (it reads `U & "…"`), so a
+    // protected table or column could hide behind one: fail closed.
+    if touches && has_unicode_identifier(tokens, first, last) {
+        return Err(AnalyzeError::Unsupported(
+            "Unicode-escaped identifiers (U&\"…\")".into(),
+        ));
+    }
+    let dialect = PostgreSqlDialect {};
+    let mut parser =
+        Parser::new(&dialect).with_tokens_with_locations(tokens.spanned[first..=last].to_vec());
+    let parsed = match parser.parse_statement() {
+        Ok(statement) if parser.peek_token().token == Token::EOF => Ok(statement),
+        Ok(_) => Err("unexpected text after the statement".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let stmt = match parsed {
+        Ok(statement) => statement,
+        // Anonymous code blocks cannot be analysed: refuse them by name.
+        Err(_) if touches && tokens.is_keyword(first, "do") => {
+            let mut plan = StatementPlan::empty(StatementKind::Other, range);
+            plan.refusal = Some(Refusal {
+                sqlstate: NOT_SUPPORTED,
+                message: "pgveil: DO blocks mentioning a protected table are not supported".into(),
+            });
+            return Ok(plan);
+        }
+        Err(e) if touches => return Err(AnalyzeError::Parse(sanitize(&e))),
+        // Nothing protected can be involved: forward untouched.
+        Err(_) => return Ok(StatementPlan::empty(StatementKind::Other, range)),
+    };
+    let mut analyzer = Analyzer {
+        sql,
+        tokens,
+        protection,
+        catalog,
+        search_path,
+        statement_end: range.end,
+        scopes: Vec::new(),
+        ctes: Vec::new(),
+        tables: Vec::new(),
+        literals: Vec::new(),
+        params: Vec::new(),
+        plain_params: HashSet::new(),
+        reads: Vec::new(),
+        conditions: Vec::new(),
+        writes: Vec::new(),
+        rewrites: Vec::new(),
+        result_columns: Vec::new(),
+        top_outputs: Vec::new(),
+        top_level: None,
+        next_reference: std::cell::Cell::new(1),
+    };
+    let kind = statement_kind(&stmt);
+    let mut plan = StatementPlan::empty(kind, range.clone());
+    let outcome = analyzer
+        .statement(&stmt, first, last)
+        .and_then(|()| analyzer.finish());
+    match outcome {
+        Ok(()) => {
+            plan.subject = analyzer.subjects();
+            plan.tables = analyzer.tables;
+            plan.literals = analyzer.literals;
+            plan.params = analyzer.params;
+            plan.reads = analyzer.reads;
+            plan.conditions = analyzer.conditions;
+            plan.writes = analyzer.writes;
+            plan.rewrites = analyzer.rewrites;
+            plan.result_columns = analyzer.result_columns;
+        }
+        Err(Halt::Refuse(message)) => {
+            plan.tables = analyzer.tables;
+            plan.refusal = Some(Refusal {
+                sqlstate: NOT_SUPPORTED,
+                message,
+            });
+        }
+        Err(Halt::Error(e)) if touches => return Err(e),
+        Err(Halt::Error(_)) => {}
+    }
+    Ok(plan)
+}
+
+/// Parser messages quote the offending token, which may be a value: keep only where.
+fn sanitize(message: &str) -> String {
+    match message.find("at Line:") {
+        Some(i) => format!("syntax not understood {}", &message[i..]),
+        None => "syntax not understood".to_string(),
+    }
+}
+
+/// Removes later duplicates, keeping the order of first appearance (linear).
+fn dedup<T: std::hash::Hash + Eq + Clone>(v: &mut Vec<T>) {
+    let mut seen = HashSet::with_capacity(v.len());
+    v.retain(|x| seen.insert(x.clone()));
+}
+
+impl Analyzer<'_> {
+    fn column(&self, c: ColumnRef) -> Outcome<&ProtectedColumn> {
+        match self.protection.column(c) {
+            Some(col) => Ok(col),
+            None => unsupported("dangling column reference"),
+        }
+    }
+
+    fn refuse<T>(&self, op: &str, c: ColumnRef) -> Outcome<T> {
+        Err(Halt::Refuse(format!(
+            "pgveil: {op} is not supported on encrypted column {}",
+            column_name(self.protection, c)
+        )))
+    }
+}
