@@ -119,10 +119,18 @@ fn refresh_needed(text: &str) -> Option<Wanted> {
     let catalog = ["create", "alter", "drop"]
         .iter()
         .any(|k| contains_keyword(text, k));
-    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user".
-    let search_path = ["search_path", "reset", "discard", "authorization"]
-        .iter()
-        .any(|k| contains_keyword(text, k))
+    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user";
+    // set_config may name its setting at run time (pg_dump: `set_config(name, ...) FROM
+    // pg_settings`).
+    let search_path = [
+        "search_path",
+        "reset",
+        "discard",
+        "authorization",
+        "set_config",
+    ]
+    .iter()
+    .any(|k| contains_keyword(text, k))
         || (contains_keyword(text, "set") && contains_keyword(text, "role"));
     (catalog || search_path).then_some(Wanted {
         catalog,
@@ -406,6 +414,11 @@ mod tests {
     fn refresh_detection() {
         assert!(refresh_needed("CREATE TABLE x (a int)").unwrap().catalog);
         assert!(refresh_needed("set search_path = app").unwrap().search_path);
+        assert!(
+            refresh_needed("SELECT set_config(name, 'x', false) FROM pg_settings")
+                .unwrap()
+                .search_path
+        );
         assert!(refresh_needed("SELECT created_at FROM t").is_none());
     }
 }
