@@ -19,6 +19,9 @@ command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 command -v java >/dev/null || need_apt+=(default-jdk-headless)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+# pgx (tests/drivers.rs), built in GOPATH mode from Debian's package: no Go module proxy here.
+command -v go >/dev/null || need_apt+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] || need_apt+=(golang-github-jackc-pgx-v4-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

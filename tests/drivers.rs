@@ -33,7 +33,7 @@ const TYPES: [&str; 14] = [
 ];
 
 /// The tables of the matrix, one per client.
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "drv_psycopg",
     "drv_psycopg2",
     "drv_asyncpg",
@@ -46,6 +46,7 @@ const TABLES: [&str; 12] = [
     "drv_tokio",
     "drv_psql",
     "drv_wire",
+    "drv_pgx",
 ];
 
 /// The plaintexts the clients write (tests/clients/matrix_values.py and its siblings), as
@@ -761,4 +762,39 @@ fn sqlalchemy_insertmanyvalues_asyncpg() {
 #[ignore = "issue 9/10: Django bulk_create INSERT ... SELECT * FROM UNNEST(...) is not encrypted per element (analysis)"]
 fn django_bulk_create_unnest() {
     orm_batch("django-unnest");
+}
+
+/// pgx v4 (Go, Debian's golang-github-jackc-pgx-v4-dev, built in GOPATH mode: the machine
+/// reaches no Go module proxy): prepared and cached, described only, and simple protocol.
+#[test]
+fn pgx_prepared_described_and_simple() {
+    let setup = setup();
+    let gopath = Path::new("/usr/share/gocode/src/github.com/jackc/pgx/v4");
+    assert!(
+        gopath.exists(),
+        "pgx missing: apt-get install golang-go golang-github-jackc-pgx-v4-dev"
+    );
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let binary = out_dir.join("pgx_matrix");
+    let built = run_client(
+        "go build",
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(root().join("tests/clients/go/pgx_matrix.go"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", out_dir.join("go-build"))
+            .env("GOFLAGS", ""),
+    );
+    drop(built);
+    let out = run_client(
+        "pgx",
+        Command::new(&binary)
+            .arg(conn_str(setup.proxy.port(), SUPERUSER, PASSWORD))
+            .arg("drv_pgx"),
+    );
+    setup.proxy.assert_no_leaks();
+    assert_ok(&out, "pgx", 3 * 3 * 2 * 28);
+    check_table("drv_pgx", 3 * 28);
 }
