@@ -14,12 +14,12 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 # tests/alerts.rs starts a real Prometheus Alertmanager.
 [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
-# Clients of tests/scram.rs and tests/drivers.rs: Java + pgJDBC, node + npm. pg_dump and
+# Clients of tests/scram.rs and tests/drivers/: Java + pgJDBC, node + npm. pg_dump and
 # pg_restore (tests/dump_restore.rs) come with postgresql-client.
 command -v java >/dev/null || need_apt+=(default-jdk-headless)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
-# pgx (tests/drivers.rs), built in GOPATH mode from Debian's package: no Go module proxy here.
+# pgx (tests/drivers/), built in GOPATH mode from Debian's package: no Go module proxy here.
 command -v go >/dev/null || need_apt+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] || need_apt+=(golang-github-jackc-pgx-v4-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -39,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -c 'import psycopg' 2>/dev/null || .venv/bin/pip install -q 'psycopg[binary]>=3.1'
 export PGVEIL_PYTHON="$PWD/.venv/bin/python"
-# The client matrix (tests/drivers.rs): asyncpg, psycopg2, SQLAlchemy 2 (with greenlet for
+# The client matrix (tests/drivers/): asyncpg, psycopg2, SQLAlchemy 2 (with greenlet for
 # its asyncio engine), Django 5.2; node-postgres and postgres.js (tests/clients/node, pinned
 # by its package-lock.json).
 py_need=()

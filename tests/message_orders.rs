@@ -1,4 +1,4 @@
-//! Issue #10: every message order the drivers of tests/drivers.rs use, at the protocol
+//! Issue #10: every message order the drivers of tests/drivers/ use, at the protocol
 //! level, with per-column result formats. Recorded from the drivers themselves:
 //!
 //! | order | who |

@@ -1,6 +1,6 @@
-"""The values every Python client of tests/drivers.rs writes through pgveil and reads back,
+"""The values every Python client of tests/drivers/ writes through pgveil and reads back,
 in Python's own types, and the checks they share. The same values are spelled out in
-tests/drivers.rs (registered as secrets), tests/clients/java/Matrix.java and
+tests/drivers/ (registered as secrets), tests/clients/java/Matrix.java and
 tests/clients/node/values.js: change them together."""
 import datetime as dt
 import decimal

@@ -1,4 +1,4 @@
-// The values the node clients of tests/drivers.rs write through pgveil and read back (the
+// The values the node clients of tests/drivers/ write through pgveil and read back (the
 // same as tests/clients/matrix_values.py: change them together), and the checks they share.
 // Run with TZ=UTC, so dates without a time zone are read as UTC by both drivers.
 const assert = require('assert')
