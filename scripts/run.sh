@@ -26,16 +26,9 @@ export PGVEIL_DEV_PASSWORD=${PGVEIL_DEV_PASSWORD:-postgres}
 trap '"$root/scripts/local-postgres.sh" stop "$run/pg"' EXIT
 
 export PGPASSWORD=$PGVEIL_DEV_PASSWORD
-psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<'SQL'
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'clinician') THEN CREATE ROLE clinician; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'billing') THEN CREATE ROLE billing; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'researcher') THEN CREATE ROLE researcher; END IF;
-END $$;
-GRANT clinician TO postgres;
-CREATE TABLE IF NOT EXISTS patients (id serial PRIMARY KEY, name text, ssn bytea UNIQUE, birth_date bytea);
-CREATE TABLE IF NOT EXISTS visits (id serial PRIMARY KEY, patient_id int REFERENCES patients(id), reason text);
-SQL
+# Roles (clinician, billing, researcher; logins alice, bob, guest) and the example tables.
+psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+  -v password="$PGVEIL_DEV_PASSWORD" -f "$root/scripts/demo.sql"
 
 # The example configuration, pointed at the throwaway cluster; keys live beside it.
 sed -e "s/^port = 5432/port = $pg_port/" "$root/config/pgveil.toml" > "$run/pgveil.toml"
@@ -44,5 +37,6 @@ listen=$(sed -n 's/^listen = "\(.*\)".*/\1/p' "$run/pgveil.toml" | head -n1)
 echo
 echo "pgveil is starting in front of PostgreSQL on 127.0.0.1:$pg_port. Connect with:"
 echo "  psql \"postgresql://postgres:$PGVEIL_DEV_PASSWORD@${listen}/postgres?sslmode=disable\""
+echo "(logins alice: clinician, bob: billing, guest: no access; password $PGVEIL_DEV_PASSWORD; README \"Try it\")"
 echo
 "$bin" serve --config "$run/pgveil.toml"

@@ -14,6 +14,8 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 # tests/alerts.rs starts a real Prometheus Alertmanager.
 [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
+# tests/hsm.rs: the master key in a SoftHSM2 token (tokens are made by the test).
+[ -f /usr/lib/softhsm/libsofthsm2.so ] || need_apt+=(softhsm2)
 # Clients of tests/scram.rs and tests/drivers/: Java + pgJDBC, node + npm. pg_dump and
 # pg_restore (tests/dump_restore.rs) come with postgresql-client.
 command -v java >/dev/null || need_apt+=(default-jdk-headless)

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
+use crate::crypto::hsm::Pkcs11Config;
 use crate::policy::mask::MaskKind;
 use crate::policy::Access;
 use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
@@ -105,6 +106,10 @@ pub enum AuthMode {
 #[derive(Debug, Clone, Default)]
 pub struct KeysConfig {
     pub master_key_file: Option<PathBuf>,
+    /// Earlier master keys, decrypt only (after `pgveil keys rotate`).
+    pub previous_master_key_files: Vec<PathBuf>,
+    /// The master key in a PKCS#11 token instead of `master_key_file`.
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,11 +312,7 @@ impl Walker<'_> {
             c
         });
         let keys = self.sub_table(&mut top, "keys").map(|mut s| {
-            let c = KeysConfig {
-                master_key_file: self
-                    .opt_str(&mut s, "master_key_file")
-                    .map(|p| self.path(&p)),
-            };
+            let c = self.keys(&mut s);
             self.finish(s);
             c
         });
@@ -406,11 +407,12 @@ impl Walker<'_> {
         let needs_key = !out.is_empty();
         if needs_key
             && config.keys.master_key_file.is_none()
+            && config.keys.pkcs11.is_none()
             && std::env::var_os("PGVEIL_MASTER_KEY").is_none()
         {
             self.problem(
                 None,
-                "[keys]: columns are configured but neither master_key_file nor the environment variable PGVEIL_MASTER_KEY is set",
+                "[keys]: columns are configured but neither master_key_file, pkcs11 nor the environment variable PGVEIL_MASTER_KEY is set",
             );
         }
         for table in &config.tables {
@@ -559,6 +561,53 @@ impl Walker<'_> {
             auth_dbname,
             auth_cache_ttl,
             connect_timeout,
+        }
+    }
+
+    fn keys(&mut self, s: &mut Section<'_>) -> KeysConfig {
+        let master_key_file = self.opt_str(s, "master_key_file").map(|p| self.path(&p));
+        let previous_master_key_files = self
+            .opt_str_array(s, "previous_master_key_files")
+            .into_iter()
+            .map(|p| self.path(&p))
+            .collect();
+        let pkcs11 = self.sub_table(s, "pkcs11").and_then(|mut t| {
+            t.name = "[keys] pkcs11".into();
+            let module = self.req_str(&mut t, "module").map(|p| self.path(&p));
+            let token = self.req_str(&mut t, "token");
+            let key_label = self.req_str(&mut t, "key_label");
+            let pin_env = self.req_str(&mut t, "pin_env");
+            let previous_key_labels = self.opt_str_array(&mut t, "previous_key_labels");
+            for (key, value) in [
+                ("token", &token),
+                ("key_label", &key_label),
+                ("pin_env", &pin_env),
+            ] {
+                if value.as_deref() == Some("") {
+                    let span = self.span_of(&t, key);
+                    self.problem(span, format!("[keys] pkcs11 {key}: must not be empty"));
+                }
+            }
+            self.finish(t);
+            Some(Pkcs11Config {
+                module: module?,
+                token: token?,
+                key_label: key_label?,
+                pin_env: pin_env?,
+                previous_key_labels,
+            })
+        });
+        if pkcs11.is_some() && master_key_file.is_some() {
+            let span = self.span_of(s, "pkcs11");
+            self.problem(
+                span,
+                "[keys]: set either master_key_file or pkcs11, not both",
+            );
+        }
+        KeysConfig {
+            master_key_file,
+            previous_master_key_files,
+            pkcs11,
         }
     }
 
@@ -873,6 +922,31 @@ impl Walker<'_> {
             );
         }
         value
+    }
+
+    /// An array of strings; a missing key is an empty list.
+    fn opt_str_array(&mut self, s: &mut Section<'_>, key: &'static str) -> Vec<String> {
+        let Some(value) = self.value(s, key) else {
+            return Vec::new();
+        };
+        let Some(array) = value.as_array() else {
+            self.problem(
+                value.span(),
+                format!("{} {key}: expected an array of strings", s.name),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in array.iter() {
+            match item.as_str() {
+                Some(text) => out.push(text.to_string()),
+                None => self.problem(
+                    item.span(),
+                    format!("{} {key}: expected an array of strings", s.name),
+                ),
+            }
+        }
+        out
     }
 
     fn opt_bool(&mut self, s: &mut Section<'_>, key: &'static str) -> Option<bool> {

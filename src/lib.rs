@@ -26,6 +26,7 @@ pub mod context;
 pub mod crypto;
 pub mod logging;
 pub mod metrics;
+pub mod migrate;
 pub mod net;
 pub mod pgerror;
 pub mod pgtype;

@@ -20,6 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
+    #[command(after_help = "Example:\n  pgveil serve --config /etc/pgveil/pgveil.toml")]
     Serve {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -27,7 +28,10 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
     },
-    /// Validate the configuration.
+    /// Validate the configuration (problems on stderr, one a line; exit 1 when invalid).
+    #[command(
+        after_help = "Example:\n  PGUSER=postgres PGDATABASE=app pgveil check --config pgveil.toml --live"
+    )]
     Check {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -37,6 +41,7 @@ enum Command {
         live: bool,
     },
     /// Ask the running proxy to reload its configuration (SIGHUP to [server] pid_file).
+    #[command(after_help = "Example:\n  pgveil reload --config /etc/pgveil/pgveil.toml")]
     Reload {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -44,15 +49,51 @@ enum Command {
     /// Key files.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Encrypt plaintext columns and re-encrypt values under previous keys, online.
+    Migrate {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+        /// Only this table (schema.table; without a schema: public).
+        #[arg(long)]
+        table: Option<String>,
+        /// Only this column (with --table).
+        #[arg(long, requires = "table")]
+        column: Option<String>,
+        /// Rows per batch (each batch is one short transaction).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        batch_size: i64,
+        /// Print what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Verify, search and report on the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Make the database enforce what it can: envelope constraints on protected columns,
+    /// column privileges for denied roles. Prints the SQL; --execute runs it.
+    #[command(
+        after_help = "Example:\n  PGUSER=postgres PGDATABASE=app pgveil apply --config pgveil.toml --execute"
+    )]
+    Apply {
+        #[arg(long, default_value = "pgveil.toml")]
+        config: PathBuf,
+        /// Run the SQL upstream (login from PGUSER, PGPASSWORD, PGDATABASE) instead of
+        /// printing it.
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create DIR/master.key, DIR/audit.key and DIR/audit.pub; refuses to overwrite.
+    #[command(after_help = "Example:\n  pgveil keys init --dir /etc/pgveil/keys")]
     Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Keep DIR/master.key as DIR/master-<key id>.key and write a new DIR/master.key.
+    Rotate {
         #[arg(long)]
         dir: PathBuf,
     },
@@ -61,6 +102,7 @@ enum KeysCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Verify the whole audit log (the chain and the signed checkpoints).
+    #[command(after_help = "Example:\n  pgveil audit verify --config /etc/pgveil/pgveil.toml")]
     Verify {
         /// The log is [audit] dir, the public key the .pub file beside signing_key_file.
         /// Default: pgveil.toml, unless --dir and --public-key are given.
@@ -74,6 +116,9 @@ enum AuditCommand {
         public_key: Option<PathBuf>,
     },
     /// List matching audit records.
+    #[command(
+        after_help = "Example:\n  pgveil audit search --config pgveil.toml --user alice --since 2026-01-05T00:00:00Z"
+    )]
     Search {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -84,6 +129,9 @@ enum AuditCommand {
         json: bool,
     },
     /// Accounting of disclosures for one data subject.
+    #[command(
+        after_help = "Example:\n  pgveil audit report --config pgveil.toml --subject public.patients:17"
+    )]
     Report {
         #[arg(long, default_value = "pgveil.toml")]
         config: PathBuf,
@@ -189,7 +237,8 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "pgveil".to_string());
     eprintln!("pgveil: {message} (see {help} --help)");
-    ExitCode::from(pgveil::cli::EXIT_USAGE)
+    // A bad argument is an invalid input.
+    ExitCode::from(pgveil::cli::EXIT_INVALID)
 }
 
 fn main() -> ExitCode {
@@ -205,7 +254,11 @@ fn main() -> ExitCode {
             }
         }
     };
-    match cli.command {
+    pgveil::cli::finish(run(cli.command))
+}
+
+fn run(command: Command) -> Result<(), pgveil::cli::CliError> {
+    match command {
         Command::Serve { config, log_format } => {
             let format = log_format.map(|f| match f {
                 LogFormatArg::Human => pgveil::config::LogFormat::Human,
@@ -215,7 +268,35 @@ fn main() -> ExitCode {
         }
         Command::Check { config, live } => pgveil::cli::check(&config, live),
         Command::Reload { config } => pgveil::cli::reload(&config),
+        Command::Apply { config, execute } => pgveil::cli::apply(&config, execute),
         Command::Keys(KeysCommand::Init { dir }) => pgveil::cli::keys_init(&dir),
+        Command::Keys(KeysCommand::Rotate { dir }) => pgveil::cli::keys_rotate(&dir),
+        Command::Migrate {
+            config,
+            table,
+            column,
+            batch_size,
+            dry_run,
+        } => {
+            let table = match table.as_deref().map(pgveil::schema::TableName::parse) {
+                None => None,
+                Some(Some(t)) => Some(t),
+                Some(None) => {
+                    return Err(pgveil::cli::CliError::Invalid(
+                        "--table: expected schema.table or table".into(),
+                    ))
+                }
+            };
+            pgveil::cli::migrate(
+                &config,
+                pgveil::migrate::Options {
+                    table,
+                    column,
+                    batch_size,
+                    dry_run,
+                },
+            )
+        }
         Command::Audit(AuditCommand::Verify {
             config,
             dir,

@@ -16,7 +16,7 @@ use crate::audit::AuditSink;
 use crate::audit::{AuditLog, AuditOptions};
 use crate::auth::Terminator;
 use crate::config::Config;
-use crate::crypto::keys::MasterKey;
+use crate::crypto::keyring::{KeyRing, MasterSource};
 use crate::metrics::{self, ErrorKind};
 use crate::net::handshake::{Accepted, Handshake};
 use crate::net::stream::MaybeTls;
@@ -80,15 +80,20 @@ pub async fn open_audit(
 /// How long shutdown waits for alerts still being delivered.
 const ALERTS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The master key, when columns are configured (a plain relay needs none).
-pub fn load_master_key(
-    config: &Config,
-) -> Result<Option<MasterKey>, crate::crypto::keys::KeyError> {
+/// The key ring (current and previous master keys), when columns are configured (a plain
+/// relay needs none).
+pub fn load_key_ring(config: &Config) -> Result<Option<KeyRing>, crate::crypto::keys::KeyError> {
     if config.columns.is_empty() {
         return Ok(None);
     }
     let env = std::env::var("PGVEIL_MASTER_KEY").ok();
-    MasterKey::load(config.keys.master_key_file.as_deref(), env.as_deref()).map(Some)
+    let current = match (&config.keys.pkcs11, &config.keys.master_key_file, &env) {
+        (Some(pkcs11), _, _) => MasterSource::Pkcs11(pkcs11),
+        (None, Some(file), _) => MasterSource::File(file),
+        (None, None, Some(value)) => MasterSource::Environment(value),
+        (None, None, None) => return Err(crate::crypto::keys::KeyError::NoMasterKey),
+    };
+    KeyRing::open(current, &config.keys.previous_master_key_files).map(Some)
 }
 
 /// Sessions run on per-core current-thread runtimes: every wakeup of a session (its two
@@ -153,7 +158,7 @@ struct Proxy {
     /// The live policy, followed by open sessions too.
     policy: Arc<ArcSwap<Policy>>,
     /// Kept so a reload can derive keys for new columns; never replaced by a reload.
-    master: Option<MasterKey>,
+    master: Option<KeyRing>,
     audit: Option<Arc<AuditSink>>,
     handshake: Handshake,
     connector: Connector,
@@ -194,7 +199,7 @@ pub async fn serve_with_reload(
     let connector = Connector::new(&config.upstream)?;
     let terminator = (config.upstream.auth == crate::config::AuthMode::Scram)
         .then(|| Terminator::new(&config.upstream, connector.clone()));
-    let master = load_master_key(&config)?;
+    let master = load_key_ring(&config)?;
     let veil =
         Veil::new(&config, master.as_ref()).ok_or(crate::crypto::keys::KeyError::NoMasterKey)?;
     let (audit, alerts) = open_audit(&config).await?;
@@ -311,7 +316,9 @@ impl Proxy {
                 "[upstream]",
             ),
             (
-                running.keys.master_key_file != new.keys.master_key_file,
+                running.keys.master_key_file != new.keys.master_key_file
+                    || running.keys.previous_master_key_files != new.keys.previous_master_key_files
+                    || running.keys.pkcs11 != new.keys.pkcs11,
                 "[keys]",
             ),
             (
@@ -347,7 +354,9 @@ impl Proxy {
                     );
                 }
                 None => {
-                    tracing::error!("reload rejected: no master key for the configured columns");
+                    tracing::error!(
+                        "reload rejected: the keys of the configured columns cannot be derived"
+                    );
                     return;
                 }
             }

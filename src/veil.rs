@@ -9,12 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::crypto::envelope::ColumnCipher;
-use crate::crypto::keys::MasterKey;
+use crate::crypto::keyring::KeyRing;
 use crate::schema::TableName;
 use crate::sql::{self, AnalyzeError, ColumnRef, Protection, StatementPlan, StaticCatalog};
 
-/// The key id new ciphertexts are written with.
-pub const CURRENT_KEY_ID: u32 = 1;
 /// Plans cached per database before the cache is cleared and starts over.
 const PLAN_CACHE_LIMIT: usize = 10_000;
 
@@ -157,7 +155,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Veil {
     /// `None` master key is allowed only when no column is configured.
-    pub fn new(config: &Config, master: Option<&MasterKey>) -> Option<Self> {
+    pub fn new(config: &Config, master: Option<&KeyRing>) -> Option<Self> {
         let columns = config.protected_columns();
         if !columns.is_empty() && master.is_none() {
             return None;
@@ -165,8 +163,8 @@ impl Veil {
         let ciphers = match master {
             Some(master) => columns
                 .iter()
-                .map(|c| ColumnCipher::new(master, CURRENT_KEY_ID, c))
-                .collect(),
+                .map(|c| master.column_cipher(c).ok())
+                .collect::<Option<_>>()?,
             None => Vec::new(),
         };
         Some(Self {

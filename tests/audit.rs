@@ -5,7 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use common::*;
 use tokio_postgres::SimpleQueryMessage;
@@ -42,7 +44,12 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
         .collect();
     segments.sort();
     for segment in segments {
-        for line in std::fs::read_to_string(segment).unwrap().lines() {
+        let text = std::fs::read_to_string(segment).unwrap();
+        // A segment's content ends at its zero-filled tail (left by a crash).
+        let content = text.split('\0').next().unwrap_or_default();
+        // Complete lines only: a final line cut short by a crash is not a record.
+        let complete = &content[..content.rfind('\n').map_or(0, |i| i + 1)];
+        for line in complete.lines() {
             let value: serde_json::Value = serde_json::from_str(line).unwrap();
             if value.get("seq").is_some() && value.get("checkpoint").is_none() {
                 out.push(value);
@@ -358,4 +365,144 @@ async fn scope_all_records_every_statement() {
         !text.contains("distinctive-parameter-7731"),
         "a parameter value reached the log"
     );
+}
+
+/// pgveil run as its own process, killed when dropped.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(config_path: &Path, port: u16) -> Served {
+    let child = Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = Served(child);
+    wait_for(
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "pgveil to listen",
+    );
+    served
+}
+
+/// Reads through pgveil until the connection fails, counting the rows released.
+async fn read_until_killed(port: u16, table: &'static str, released: Arc<AtomicU64>) {
+    let Ok(client) = connect_as(port, SUPERUSER, PASSWORD).await else {
+        return;
+    };
+    let sql = format!("SELECT ssn FROM {table} WHERE id = 1");
+    while let Ok(rows) = client.query(&sql, &[]).await {
+        assert_eq!(rows[0].get::<_, String>(0), SSN);
+        released.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_reads_loses_no_released_read_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = "audit_kill9";
+    let tap = tap_to(cluster().port);
+    let port = free_port();
+    let config = setup(dir.path(), table)
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            &format!("port = {}\n", cluster().port),
+            &format!("port = {}\n", tap.port),
+        );
+    let config_path = dir.path().join("pgveil.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let verify = || pgveil(&["audit", "verify", "--config", config_path.to_str().unwrap()]);
+
+    let mut served = serve(&config_path, port);
+    let client = connect(port).await;
+    client
+        .execute(
+            &format!("INSERT INTO {table} (id, name, ssn) VALUES (1, 'Ed', $1)"),
+            &[&SSN],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let released = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(read_until_killed(port, table, released.clone())))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while released.load(Ordering::SeqCst) < 300 {
+        assert!(std::time::Instant::now() < deadline, "reads stalled");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // SIGKILL while the readers keep the audit writer busy.
+    served.0.kill().unwrap();
+    served.0.wait().unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let released = released.load(Ordering::SeqCst);
+
+    // The open segment was preallocated: its zero tail is on disk, past the content.
+    let segment = dir.path().join("audit").join("segment-000001.jsonl");
+    let bytes = std::fs::read(&segment).unwrap();
+    let content = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    assert!(content < bytes.len(), "no zero tail after a crash");
+    assert!(
+        bytes[content..].iter().all(|&b| b == 0),
+        "bytes after the content"
+    );
+
+    // Before any restart the log verifies, or shows a torn final line (a write cut by the
+    // kill) and nothing else.
+    let (code, out, err) = verify();
+    assert!(
+        code == 0 || err.contains("torn final line (crash during write)"),
+        "{out}{err}"
+    );
+    // Every read released to a client has its record.
+    let reads = records(dir.path())
+        .iter()
+        .filter(|r| r["kind"] == "select" && r["outcome"] == "ok")
+        .count() as u64;
+    assert!(
+        reads >= released,
+        "{reads} records for {released} released reads"
+    );
+
+    // A restart repairs what the kill left; after a clean stop the log verifies and ends
+    // with its content (no zero tail).
+    let served = serve(&config_path, port);
+    let client = connect(port).await;
+    client
+        .query(&format!("SELECT ssn FROM {table}"), &[])
+        .await
+        .unwrap();
+    drop(client);
+    let status = Command::new("kill")
+        .args(["-TERM", &served.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut served = served;
+    assert!(served.0.wait().unwrap().success());
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("audit log intact"), "{out}");
+    let bytes = std::fs::read(&segment).unwrap();
+    assert!(
+        !bytes.contains(&0),
+        "a cleanly stopped segment is cut to its content"
+    );
+    let after = records(dir.path());
+    let seqs: Vec<u64> = after.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    tap.assert_no_leaks();
 }

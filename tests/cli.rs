@@ -44,12 +44,27 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Exit non-zero with exactly one line on stderr, starting `pgveil: `, and no panic.
+/// Exit `code`, nothing on stdout, the problems on stderr (returned, one a line).
+#[track_caller]
+fn assert_problems(o: &Output, code: i32) -> Vec<String> {
+    assert_eq!(o.status.code(), Some(code), "{o:?}");
+    assert!(o.stdout.is_empty(), "stdout is for results: {o:?}");
+    let err = stderr(o);
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err:?}"
+    );
+    err.lines().map(str::to_string).collect()
+}
+
+/// Exit non-zero with exactly one line on stderr, starting `pgveil: `, nothing on stdout,
+/// and no panic.
 #[track_caller]
 fn assert_one_line_failure(o: &Output) -> String {
     let err = stderr(o);
     assert!(!o.status.success(), "expected failure, got {o:?}");
     assert!(o.status.code().is_some(), "killed by a signal: {o:?}");
+    assert!(o.stdout.is_empty(), "stdout is for results: {o:?}");
     assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
     assert!(err.starts_with("pgveil: "), "{err:?}");
     assert!(
@@ -84,6 +99,7 @@ fn check_valid_config_exits_zero() {
     );
     let o = run(&["check", "--config", path_str(&config)]);
     assert!(o.status.success(), "{o:?}");
+    assert!(o.stderr.is_empty(), "{o:?}");
     assert!(
         stdout(&o).contains("valid (1 protected column(s), 1 table rule(s))"),
         "{o:?}"
@@ -106,8 +122,7 @@ fn check_loads_the_files_the_configuration_names() {
         ),
     );
     let o = run(&["check", "--config", path_str(&config)]);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
-    let out = stdout(&o);
+    let out = assert_problems(&o, 1).join("\n");
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(
         out.contains("[keys]") && out.contains("group or others"),
@@ -131,8 +146,7 @@ fn check_reports_every_problem_with_its_location() {
         "[server]\nlisten = \"nowhere\"\nbogus = 1\n[upstream]\ntls = \"maybe\"\n[keys]\nmaster_key_file = \"k\"\n[[column]]\ntable = \"p\"\ncolumn = \"c\"\ntype = \"txt\"\nencryption = \"deterministic\"\n",
     );
     let o = run(&["check", "--config", path_str(&config)]);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
-    let out = stdout(&o);
+    let out = assert_problems(&o, 1).join("\n");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
     let prefix = format!("{}:", config.display());
@@ -174,13 +188,15 @@ fn missing_config_file_is_one_line() {
         let o = run(args);
         let err = assert_one_line_failure(&o);
         assert!(err.contains("/nonexistent/pgveil.toml"), "{args:?}: {err}");
+        // The command could not run: exit 2.
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
     }
 }
 
 // ---------------------------------------------------------------- arguments
 
 #[test]
-fn bad_arguments_are_one_line_with_exit_2() {
+fn bad_arguments_are_one_line_with_exit_1() {
     for args in [
         &["frobnicate"][..],
         &[],
@@ -203,7 +219,7 @@ fn bad_arguments_are_one_line_with_exit_2() {
     ] {
         let o = run(args);
         let err = assert_one_line_failure(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.ends_with("--help)"), "{args:?}: {err}");
     }
     let err = assert_one_line_failure(&run(&["frobnicate"]));
@@ -223,7 +239,103 @@ fn help_and_version_still_work() {
     assert!(stdout(&o).contains("--subject"));
     let o = run(&["--version"]);
     assert!(o.status.success());
-    assert!(stdout(&o).starts_with("pgveil "));
+    assert_eq!(
+        stdout(&o),
+        format!("pgveil {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(o.stderr.is_empty(), "{o:?}");
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for command in [
+        &["serve"][..],
+        &["check"],
+        &["reload"],
+        &["apply"],
+        &["keys", "init"],
+        &["audit", "verify"],
+        &["audit", "search"],
+        &["audit", "report"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let o = run(&args);
+        assert!(o.status.success(), "{o:?}");
+        assert!(o.stderr.is_empty(), "{o:?}");
+        let out = stdout(&o);
+        let example = out
+            .split_once("Example:\n")
+            .map(|(_, rest)| rest.lines().next().unwrap_or("").trim())
+            .unwrap_or_else(|| panic!("{command:?}: no example in {out}"));
+        let words: Vec<&str> = example
+            .split_whitespace()
+            .skip_while(|w| w.contains('='))
+            .collect();
+        assert_eq!(words[0], "pgveil", "{example}");
+        assert_eq!(&words[1..=command.len()], command, "{example}");
+    }
+}
+
+#[test]
+fn invalid_configurations_go_to_stderr_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let column = "[[column]]\ntable = \"patients\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"randomized\"\n";
+    for (name, text, line, what) in [
+        (
+            "unknown-key.toml",
+            format!("{PLAIN}frobnicate = 1\n"),
+            7,
+            "unknown key",
+        ),
+        (
+            "unknown-type.toml",
+            format!("{PLAIN}{}", column.replace("\"text\"", "\"txt\"")),
+            10,
+            "unknown type",
+        ),
+        (
+            "duplicate.toml",
+            format!("{PLAIN}{column}{column}"),
+            12,
+            "listed twice",
+        ),
+        (
+            "domain.toml",
+            format!("{PLAIN}{column}domain = \"ssn\"\n"),
+            12,
+            "domain",
+        ),
+        ("syntax.toml", format!("{PLAIN}[policy\n"), 7, ""),
+    ] {
+        let config = write(&dir.path().join(name), &text);
+        for args in [&["check"][..], &["check", "--live"]] {
+            let mut all = args.to_vec();
+            all.extend(["--config", path_str(&config)]);
+            let o = run(&all);
+            let lines = assert_problems(&o, 1);
+            let origin = format!("{}:", config.display());
+            assert!(
+                !lines.is_empty() && lines.iter().all(|l| l.starts_with(&origin)),
+                "{name}: {lines:?}"
+            );
+            let at = format!("{}:{line}:", config.display());
+            assert!(
+                lines[0].starts_with(&at),
+                "{name}: {} (expected {at})",
+                lines[0]
+            );
+            assert!(lines[0].contains(what), "{name}: {}", lines[0]);
+        }
+        // Other commands: the first problem, on stderr, exit 1.
+        let o = run(&["audit", "verify", "--config", path_str(&config)]);
+        let err = assert_one_line_failure(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{}:{line}:", config.display())),
+            "{err}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- serve
@@ -249,6 +361,7 @@ fn keys_init_creates_three_files_and_refuses_a_second_run() {
     let keys = dir.path().join("keys");
     let o = run(&["keys", "init", "--dir", path_str(&keys)]);
     assert!(o.status.success(), "{o:?}");
+    assert!(o.stderr.is_empty(), "{o:?}");
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 3, "{out}");
     for (name, mode) in [
@@ -265,6 +378,7 @@ fn keys_init_creates_three_files_and_refuses_a_second_run() {
     let o = run(&["keys", "init", "--dir", path_str(&keys)]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("already exists"), "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(std::fs::read(keys.join("master.key")).unwrap(), before);
 }
 
@@ -341,6 +455,7 @@ fn audit_verify_intact_then_tampered() {
     let (dir, config) = audit_fixture();
     let o = run(&["audit", "verify", "--config", path_str(&config)]);
     assert!(o.status.success(), "{o:?}");
+    assert!(o.stderr.is_empty(), "{o:?}");
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(
@@ -370,6 +485,11 @@ fn audit_verify_intact_then_tampered() {
     let o = run(&["audit", "verify", "--config", path_str(&config)]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("segment-000001.jsonl seq 3"), "{err}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a damaged log is an invalid input"
+    );
 
     // A missing key file: one line naming it.
     let o = run(&[
@@ -382,6 +502,11 @@ fn audit_verify_intact_then_tampered() {
     ]);
     let err = assert_one_line_failure(&o);
     assert!(err.contains("missing.pub"), "{err}");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unreadable key: the command could not run"
+    );
 }
 
 #[test]
@@ -502,7 +627,7 @@ fn audit_search_filters() {
     assert!(o.status.success());
     assert!(stdout(&o).is_empty());
 
-    // Bad filter values: one line, exit 2.
+    // Bad filter values: one line, exit 1.
     for args in [
         &["--since", "yesterday"][..],
         &["--subject", "patients"],
@@ -512,7 +637,7 @@ fn audit_search_filters() {
         all.extend_from_slice(args);
         let o = run(&all);
         assert_one_line_failure(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
     }
 }
 
@@ -767,10 +892,16 @@ fn check_live_reports_each_problem() {
         &format!("{}{rules}", upstream(cluster.port, "disable")),
     );
     let o = live(&config);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
-    let out = stdout(&o);
-    let lines: Vec<&str> = out.lines().collect();
+    let out = assert_problems(&o, 1).join("\n");
+    // Problems, then the warnings of defense in depth (ssn has no envelope constraint).
+    let lines: Vec<&str> = out.lines().filter(|l| !l.contains(": warning: ")).collect();
     assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        out.contains(
+            "warning: column public.cli_patients.ssn has no constraint pgveil_envelope_ssn"
+        ),
+        "{out}"
+    );
     let expect = [
         ("table public.cli_gone does not exist", 29),
         ("column public.cli_patients.birth_date is date", 20),
@@ -802,6 +933,7 @@ fn check_live_connection_failure_is_one_line() {
     let o = live(&config);
     let err = assert_one_line_failure(&o);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 
     // Wrong password against the real cluster: still one line.
     let cluster = live_schema();
@@ -817,4 +949,5 @@ fn check_live_connection_failure_is_one_line() {
         .unwrap();
     let err = assert_one_line_failure(&o);
     assert!(err.contains("password authentication failed"), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 }

@@ -69,7 +69,9 @@ fn check_loads_the_token_key() {
     for (bad, why) in [("absent.pub", "does not exist"), ("short.pub", "32 bytes")] {
         let o = check(dir.path(), &format!("token_public_key_file = \"{bad}\""));
         assert_eq!(o.status.code(), Some(1), "{o:?}");
-        let out = stdout(&o);
+        // Problems go to stderr; stdout is for results.
+        assert!(o.stdout.is_empty(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(out.lines().count(), 1, "{out}");
         assert!(
             out.contains("[context] token_public_key_file")
@@ -80,7 +82,11 @@ fn check_loads_the_token_key() {
     }
     let o = check(dir.path(), "max_token_lifetime_secs = 0");
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains("pgveil.toml:8:"), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pgveil.toml:8:"),
+        "{o:?}"
+    );
 }
 
 fn draft(minute: u32, id: &str) -> RecordDraft {

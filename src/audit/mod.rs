@@ -11,12 +11,15 @@
 //! # Directory layout
 //!
 //! Segment files `segment-000001.jsonl`, `segment-000002.jsonl`, … numbered without gaps from 1.
-//! Other files in the directory are ignored. A segment is closed by a signed `rotate`
-//! checkpoint as its last line, and the next segment is created (empty) before that checkpoint
+//! Other files in the directory are ignored (`writer.lock`, and `segment-next.prep`, the next
+//! segment while it is prepared). A segment's content is its bytes up to the first NUL: the
+//! open segment has zeros ahead of its content (preallocation, see [`segment`]), cut off when
+//! the segment is closed. A segment is closed by a signed `rotate` checkpoint as its last
+//! line, and the next segment is put in place (zero-filled, no content) before that checkpoint
 //! is written, so a crash between the two never looks like a removed segment. After a
-//! restart the writer continues the newest segment (appending to it) unless it was closed by
-//! `rotate`.
+//! restart the writer continues the newest segment unless it was closed by `rotate`.
 
+pub(crate) mod active;
 pub mod cli;
 pub mod observer;
 pub mod record;
@@ -29,6 +32,8 @@ pub mod writer;
 
 #[cfg(test)]
 mod context_tests;
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;
 

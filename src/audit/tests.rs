@@ -11,19 +11,19 @@ use super::record::{parse_line, seal, tests::draft, LogLine};
 use super::segment::segment_name;
 use super::*;
 
-fn key() -> SigningKey {
+pub(super) fn key() -> SigningKey {
     SigningKey::from_bytes(&[42u8; 32])
 }
 
-fn opts(dir: &Path) -> AuditOptions {
+pub(super) fn opts(dir: &Path) -> AuditOptions {
     AuditOptions::new(dir, key())
 }
 
-fn seg(dir: &Path, n: u64) -> PathBuf {
+pub(super) fn seg(dir: &Path, n: u64) -> PathBuf {
     dir.join(segment_name(n))
 }
 
-fn lines(path: &Path) -> Vec<String> {
+pub(super) fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -37,7 +37,7 @@ fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, s).unwrap();
 }
 
-fn verify(dir: &Path) -> Result<VerifySummary, VerifyFailure> {
+pub(super) fn verify(dir: &Path) -> Result<VerifySummary, VerifyFailure> {
     verify_dir(dir, &key().verifying_key())
 }
 
@@ -50,7 +50,7 @@ fn copy_dir(from: &Path) -> tempfile::TempDir {
     to
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -58,7 +58,7 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn draft_n(i: u64) -> RecordDraft {
+pub(super) fn draft_n(i: u64) -> RecordDraft {
     let mut d = draft(
         if i.is_multiple_of(2) { "alice" } else { "bob" },
         &format!("{}", i % 5),
@@ -69,7 +69,7 @@ fn draft_n(i: u64) -> RecordDraft {
 }
 
 /// Writes `n` records sequentially and shuts down.
-fn build_log(dir: &Path, n: u64, segment_max: u64, every: u64) {
+pub(super) fn build_log(dir: &Path, n: u64, segment_max: u64, every: u64) {
     rt().block_on(async {
         let mut o = opts(dir);
         o.segment_max_bytes = segment_max;
@@ -238,7 +238,7 @@ fn torn_final_line_reported_and_repaired() {
 }
 
 /// A log of several segments, with periodic checkpoints, for the tampering cases.
-fn fixture() -> tempfile::TempDir {
+pub(super) fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     build_log(dir.path(), 30, 3000, 4);
     dir
@@ -295,7 +295,7 @@ fn rotation_by_size_and_fixture_is_valid() {
     assert_eq!(s2.records, 31);
 }
 
-fn expect_failure(dir: &Path, segment: u64, seq: Option<u64>, reason_part: &str) {
+pub(super) fn expect_failure(dir: &Path, segment: u64, seq: Option<u64>, reason_part: &str) {
     let f = verify(dir).unwrap_err();
     assert_eq!(f.segment, segment_name(segment), "{f}");
     assert_eq!(f.seq, seq, "{f}");

@@ -9,7 +9,12 @@
 //! - every segment but the last ends with a `rotate` checkpoint, and the last does not (a
 //!   `rotate` promises a successor);
 //! - a final unterminated or unparseable line of the last non-empty segment is reported as a
-//!   torn final line.
+//!   torn final line;
+//! - after a segment's content (its bytes up to the first NUL, see `segment`) there are only
+//!   zeros, except in the last non-empty segment within one unsynced write of the end of its
+//!   content, which is a torn write (reported as a torn final line). Non-zero bytes anywhere
+//!   else after the content are reported with their offset: data hidden behind the zero
+//!   tail, or damage.
 //!
 //! Removal of whole trailing records after the last checkpoint, or of the whole log, cannot be
 //! detected from the log alone; the summary says how many records follow the last signed
@@ -22,7 +27,7 @@ use ed25519_dalek::VerifyingKey;
 use subtle::ConstantTimeEq as _;
 
 use super::record::{decode_hash, parse_line, split_hash, CheckpointReason, LogLine};
-use super::segment::{list_segments, segment_name, LineReader};
+use super::segment::{extent, list_segments, segment_name, LineReader, MAX_UNSYNCED_WRITE};
 
 /// A verified log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,14 +128,17 @@ pub fn verify_dir(dir: &Path, key: &VerifyingKey) -> Result<VerifySummary, Verif
     if segs.is_empty() {
         return Ok(summary);
     }
-    let mut sizes = Vec::with_capacity(segs.len());
-    for (n, p) in &segs {
-        let len = std::fs::metadata(p)
-            .map_err(|e| fail(segment_name(*n), None, format!("cannot stat: {e}")))?
-            .len();
-        sizes.push(len);
+    // The last segment holding anything but zeros: the only one that may end torn.
+    let mut last_nonempty = None;
+    for (i, (n, p)) in segs.iter().enumerate().rev() {
+        let e = std::fs::File::open(p)
+            .and_then(|f| extent(&f))
+            .map_err(|e| fail(segment_name(*n), None, format!("cannot read: {e}")))?;
+        if e.end > 0 || e.stray.is_some() {
+            last_nonempty = Some(i);
+            break;
+        }
     }
-    let last_nonempty = sizes.iter().rposition(|&s| s > 0);
 
     let mut expected_seq: u64 = 1;
     let mut head = [0u8; 32];
@@ -300,6 +308,20 @@ pub fn verify_dir(dir: &Path, key: &VerifyingKey) -> Result<VerifySummary, Verif
                     summary.unsigned_tail = 0;
                 }
             }
+        }
+        if let Some((first, last)) = reader.stray_after_end().map_err(io)? {
+            let end = reader.content_end().unwrap_or(0);
+            if may_be_torn && last < end + MAX_UNSYNCED_WRITE {
+                return Err(fail(name, None, TORN));
+            }
+            return Err(fail(
+                name,
+                None,
+                format!(
+                    "non-zero bytes at offsets {first}..={last} after the end of the content at \
+                     offset {end} (data hidden behind the zero-filled tail, or damage)"
+                ),
+            ));
         }
     }
     if prev_closed_by_rotate {

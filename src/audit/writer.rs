@@ -1,20 +1,21 @@
 //! [`AuditLog`]: durable, hash-chained appends with group commit.
 //!
 //! A dedicated writer thread (blocking I/O) owns the segment files. Each batch it takes every
-//! draft waiting in the queue, assigns `seq`/`prev`/`hash`, and for the whole batch does:
-//! check the directory's identity (device, inode) against the one seen at open, open the
-//! current segment by path, `pwrite` all lines at the last durable length, `fdatasync`,
-//! close. Only then are the callers answered. Reopening by path for every batch means a
-//! directory that was deleted or renamed away is noticed (the open fails), instead of an old
-//! descriptor silently writing into an unlinked file.
+//! draft waiting in the queue (those that arrived while the previous batch was being synced:
+//! group commit), assigns `seq`/`prev`/`hash`, and for the whole batch does: check the
+//! directory's identity (device, inode) against the one seen at open and that the segment's
+//! path still names the open file (two `stat` calls, see `active`), `pwrite` all lines at the
+//! last durable length over preallocated zeros, one data-only `fdatasync`. Only then are the
+//! callers answered. The directory check means a directory that was deleted or renamed away
+//! is noticed, instead of the open descriptor silently writing into an unlinked file.
 //!
 //! On a failed write or fsync every record of the batch gets [`AuditError::Unavailable`], the
-//! file is truncated back to the last durable length (now if possible, otherwise at the next
-//! batch before anything is written), and the chain state is not advanced: the next batch
-//! tries again and continues from the last durable record. If the current segment vanished or
-//! shrank while the directory is still in place (someone removed or truncated it), the writer
-//! moves on to a fresh segment and the first record there is a chained maintenance record
-//! saying so; `verify` will still report the damaged segment.
+//! bytes written are zeroed again (now if possible, otherwise by the next batch's write), and
+//! the chain state is not advanced: the next batch tries again and continues from the last
+//! durable record. If the current segment vanished or shrank while the directory is still in
+//! place (someone removed or truncated it), the writer moves on to a fresh segment and the
+//! first record there is a chained maintenance record saying so; `verify` will still report
+//! the damaged segment.
 //!
 //! Use from a session:
 //!
@@ -27,16 +28,13 @@
 //! log.shutdown().await;                                              // at exit
 //! ```
 //!
-//! Restart: the writer continues the newest segment, reading the last seq and hash from its
-//! tail (or the previous segment's, if the newest is empty). A torn final line (not
-//! newline-terminated, or the last line unparseable) is removed at open and a chained
-//! maintenance record states how many bytes were removed at which offset of which segment.
-//! The repair record is written over the torn bytes and the file then cut to its end, in one
-//! write and one fsync, so a crash during repair leaves either the old state or a repeated
-//! repair, never an unrecorded truncation.
+//! Restart (`recover`): the writer continues the newest segment, reading the last seq and
+//! hash from the end of its content, and removes a torn tail left by a crash with a chained
+//! maintenance record. Shutdown writes a `shutdown` checkpoint and cuts the open segment to
+//! its content.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -45,11 +43,10 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
+use super::active::{sync_dir, Active, Check, Successor};
 use super::observer::RecordObserver;
-use super::record::{
-    parse_line, seal, Checkpoint, CheckpointReason, LogLine, RecordContext, RecordDraft, GENESIS,
-};
-use super::segment::{list_segments, segment_name, segment_path};
+use super::record::{seal, Checkpoint, CheckpointReason, RecordContext, RecordDraft, GENESIS};
+use super::segment::{segment_name, segment_path};
 use super::AuditError;
 
 /// Options of [`AuditLog::open`].
@@ -158,16 +155,19 @@ impl AuditLog {
         let dir_id = dir_identity(&dir)
             .map_err(|e| AuditError::Unavailable(format!("cannot stat {}: {e}", dir.display())))?;
         let counters = Arc::new(Counters::default());
+        let max_bytes = opts.segment_max_bytes.max(1);
+        let successor = Successor::new(&dir, max_bytes);
         let mut writer = Writer {
             dir,
             dir_id,
             key: opts.signing_key,
-            max_bytes: opts.segment_max_bytes.max(1),
+            max_bytes,
             every: opts.checkpoint_every.max(1),
             interval: opts.checkpoint_interval,
             current: 1,
-            durable_len: 0,
-            dir_synced: false,
+            active: None,
+            installed: None,
+            successor,
             last_seq: 0,
             last_hash: GENESIS.to_string(),
             since_checkpoint: 0,
@@ -178,6 +178,7 @@ impl AuditLog {
             observer: opts.observer,
         };
         writer.recover()?;
+        writer.successor.start();
         counters.last_seq.store(writer.last_seq, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -265,92 +266,6 @@ fn dir_identity(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// What the tail of a segment holds.
-struct Tail {
-    /// Length of the segment without its torn tail.
-    good_len: u64,
-    /// Size of the file.
-    size: u64,
-    /// The last valid line before the torn tail.
-    last: Option<LogLine>,
-}
-
-/// Reads the end of a segment: at most the final unterminated fragment and one invalid
-/// complete line before it count as torn; the line before must then be valid.
-fn scan_tail(path: &Path) -> Result<Tail, AuditError> {
-    let name = path.display();
-    let file = File::open(path).map_err(|e| AuditError::Io(format!("cannot open {name}: {e}")))?;
-    let size = file
-        .metadata()
-        .map_err(|e| AuditError::Io(format!("cannot stat {name}: {e}")))?
-        .len();
-    if size == 0 {
-        return Ok(Tail {
-            good_len: 0,
-            size,
-            last: None,
-        });
-    }
-    let mut chunk: u64 = 64 * 1024;
-    let (start, buf) = loop {
-        let start = size.saturating_sub(chunk);
-        let mut buf = vec![0u8; (size - start) as usize];
-        file.read_exact_at(&mut buf, start)
-            .map_err(|e| AuditError::Io(format!("cannot read {name}: {e}")))?;
-        let newlines = buf.iter().filter(|&&b| b == b'\n').count();
-        if start == 0 || newlines >= 3 {
-            break (start, buf);
-        }
-        chunk = chunk.saturating_mul(2);
-    };
-    // Complete lines inside buf: (start offset in buf, end offset excluding '\n').
-    let mut lines: Vec<(usize, usize)> = Vec::new();
-    let mut line_start: Option<usize> = if start == 0 { Some(0) } else { None };
-    for (i, &b) in buf.iter().enumerate() {
-        if b == b'\n' {
-            if let Some(s) = line_start {
-                lines.push((s, i));
-            }
-            line_start = Some(i + 1);
-        }
-    }
-    let frag_start = line_start.unwrap_or(buf.len());
-    let mut torn_from = (frag_start < buf.len()).then_some(frag_start);
-    let mut last = None;
-    if let Some(&(a_start, a_end)) = lines.last() {
-        match parse_line(&buf[a_start..a_end]) {
-            Ok(l) => last = Some(l),
-            Err(_) => {
-                torn_from = Some(a_start);
-                if lines.len() >= 2 {
-                    let (b_start, b_end) = lines[lines.len() - 2];
-                    match parse_line(&buf[b_start..b_end]) {
-                        Ok(l) => last = Some(l),
-                        Err(e) => {
-                            return Err(AuditError::Corrupt(format!(
-                                "{name}: the last two lines are invalid ({e}); run `pgveil audit verify`"
-                            )))
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let good_len = match torn_from {
-        Some(i) => start + i as u64,
-        None => size,
-    };
-    Ok(Tail {
-        good_len,
-        size,
-        last,
-    })
-}
-
 struct Writer {
     dir: PathBuf,
     dir_id: (u64, u64),
@@ -358,12 +273,16 @@ struct Writer {
     max_bytes: u64,
     every: u64,
     interval: Duration,
-    /// Number of the segment being written.
+    /// Number of the segment being written (created by the next write when `active` is
+    /// `None`).
     current: u64,
-    /// Length of the current segment up to its last durable line.
-    durable_len: u64,
-    /// Whether the current segment's directory entry is known durable.
-    dir_synced: bool,
+    /// Segment `current`, open.
+    active: Option<Active>,
+    /// The next segment, renamed into place for a rotation whose checkpoint is not durable
+    /// yet.
+    installed: Option<Active>,
+    /// Prepares the segment after `current` in the background.
+    successor: Successor,
     last_seq: u64,
     last_hash: String,
     since_checkpoint: u64,
@@ -376,133 +295,15 @@ struct Writer {
     observer: Option<Box<dyn RecordObserver>>,
 }
 
-/// Whether a line is a `rotate` checkpoint.
-fn is_rotate(line: &Option<LogLine>) -> bool {
-    matches!(line, Some(LogLine::Checkpoint(c)) if c.reason == CheckpointReason::Rotate)
-}
+mod recover;
 
 impl Writer {
     fn path(&self, n: u64) -> PathBuf {
         segment_path(&self.dir, n)
     }
 
-    fn set_head_from(&mut self, line: &LogLine) {
-        match line {
-            LogLine::Record(r) => {
-                self.last_seq = r.seq;
-                self.last_hash = r.hash.clone();
-                self.since_checkpoint = 1;
-            }
-            LogLine::Checkpoint(c) => {
-                self.last_seq = c.seq;
-                self.last_hash = c.head.clone();
-                self.since_checkpoint = 0;
-            }
-        }
-    }
-
-    /// Restores the chain head after a restart and repairs a torn final line.
-    fn recover(&mut self) -> Result<(), AuditError> {
-        let segs = list_segments(&self.dir)?;
-        let Some(&(newest, _)) = segs.last() else {
-            return Ok(());
-        };
-        // The newest segment with content.
-        let mut sizes = Vec::with_capacity(segs.len());
-        for (_, p) in &segs {
-            let len = std::fs::metadata(p)
-                .map_err(|e| AuditError::Io(format!("cannot stat {}: {e}", p.display())))?
-                .len();
-            sizes.push(len);
-        }
-        let Some(li) = sizes.iter().rposition(|&s| s > 0) else {
-            self.current = newest;
-            return Ok(());
-        };
-        let (l_num, l_path) = segs[li].clone();
-        let tail = scan_tail(&l_path)?;
-        let mut last_is_rotate = is_rotate(&tail.last);
-        if let Some(line) = &tail.last {
-            self.set_head_from(line);
-        } else {
-            // Nothing valid in this segment: the head is at the end of an earlier one.
-            for (_, p) in segs[..li].iter().rev() {
-                let t = scan_tail(p)?;
-                if t.good_len != t.size {
-                    return Err(AuditError::Corrupt(format!(
-                        "{}: invalid final line in a segment that is not the last",
-                        p.display()
-                    )));
-                }
-                if let Some(line) = &t.last {
-                    self.set_head_from(line);
-                    break;
-                }
-            }
-        }
-        let mut l_len = tail.size;
-        if tail.good_len < tail.size {
-            let removed = tail.size - tail.good_len;
-            let description = format!(
-                "repair removed torn final line: {removed} bytes at offset {} of {}",
-                tail.good_len,
-                segment_name(l_num)
-            );
-            let sealed = seal(
-                &RecordDraft::maintenance(&description),
-                &RecordContext::default(),
-                self.last_seq + 1,
-                &self.last_hash,
-            )
-            .map_err(AuditError::Corrupt)?;
-            let unavailable = |e: std::io::Error| {
-                AuditError::Unavailable(format!("cannot repair {}: {e}", l_path.display()))
-            };
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&l_path)
-                .map_err(unavailable)?;
-            file.write_all_at(sealed.line.as_bytes(), tail.good_len)
-                .map_err(unavailable)?;
-            l_len = tail.good_len + sealed.line.len() as u64;
-            file.set_len(l_len).map_err(unavailable)?;
-            file.sync_data().map_err(unavailable)?;
-            tracing::warn!(segment = %segment_name(l_num), removed, "audit log: repaired torn final line");
-            self.count_fsync();
-            self.counters
-                .records_written
-                .fetch_add(1, Ordering::Relaxed);
-            self.last_seq += 1;
-            self.last_hash = sealed.hash;
-            self.since_checkpoint += 1;
-            last_is_rotate = false;
-        }
-        if newest > l_num {
-            // Empty successor(s) exist: the rotation was interrupted before its checkpoint.
-            self.current = l_num;
-            self.durable_len = l_len;
-            self.dir_synced = true;
-            if !last_is_rotate {
-                self.commit(&[], Some(CheckpointReason::Rotate))
-                    .map_err(AuditError::Unavailable)?;
-            }
-            self.current = newest;
-            self.durable_len = 0;
-            self.dir_synced = false;
-        } else if last_is_rotate {
-            self.current = l_num + 1;
-            self.durable_len = 0;
-            self.dir_synced = false;
-        } else {
-            self.current = l_num;
-            self.durable_len = l_len;
-            self.dir_synced = true;
-        }
-        Ok(())
-    }
-
-    fn count_fsync(&self) {
-        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+    fn durable_len(&self) -> u64 {
+        self.active.as_ref().map_or(0, |a| a.durable_len)
     }
 
     fn check_dir(&self) -> Result<(), String> {
@@ -516,45 +317,53 @@ impl Writer {
         }
     }
 
-    /// Opens the current segment by path, checked against what we know is durable in it.
-    fn open_current(&mut self) -> Result<File, String> {
-        self.check_dir()?;
-        let path = self.path(self.current);
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(self.durable_len == 0)
-            .open(&path);
-        let file = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.durable_len > 0 => {
-                self.check_dir()?;
-                return self.segment_lost("was removed".into());
+    /// Makes sure segment `current` is open and still in place; a segment removed, replaced
+    /// or truncated under the writer (the directory still being the one opened at start) is
+    /// left for a fresh one.
+    fn ensure_active(&mut self) -> Result<(), String> {
+        loop {
+            self.check_dir()?;
+            let Some(active) = &self.active else {
+                let active = self.open_or_create(self.current)?;
+                self.active = Some(active);
+                return Ok(());
+            };
+            match active.check() {
+                Check::Ok => return Ok(()),
+                Check::Failed(e) => return Err(e),
+                Check::Lost(what) => {
+                    // A directory moved away between the two checks is not a lost segment.
+                    self.check_dir()?;
+                    self.segment_lost(what);
+                }
             }
-            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
-        };
-        let len = file
-            .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
-            .len();
-        if len < self.durable_len {
-            return self.segment_lost(format!("shrank from {} to {len} bytes", self.durable_len));
         }
-        if len > self.durable_len {
-            // Leftover of a failed write (or foreign bytes): not part of the chain.
-            file.set_len(self.durable_len)
-                .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
+    }
+
+    /// Segment `n` for writing: the one installed for a rotation, an existing file (left by
+    /// an interrupted rotation, or by someone else: what it holds is not part of the chain and
+    /// is cut), or a freshly prepared one.
+    fn open_or_create(&mut self, n: u64) -> Result<Active, String> {
+        if let Some(active) = self.installed.take_if(|a| a.number == n) {
+            return Ok(active);
         }
-        if !self.dir_synced {
-            sync_dir(&self.dir).map_err(|e| format!("cannot sync {}: {e}", self.dir.display()))?;
-            self.dir_synced = true;
+        let path = self.path(n);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return self.successor.install(n);
         }
-        Ok(file)
+        let cut = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()));
+        cut.map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        sync_dir(&self.dir).map_err(|e| format!("cannot sync {}: {e}", self.dir.display()))?;
+        Active::open(&self.dir, n, 0, self.max_bytes)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
     }
 
     /// The current segment vanished or shrank under us: continue in a fresh segment, with a
     /// maintenance record saying so.
-    fn segment_lost(&mut self, what: String) -> Result<File, String> {
+    fn segment_lost(&mut self, what: String) {
         let old = self.current;
         let next = self.current + 1;
         tracing::error!(segment = %segment_name(old), "audit log segment {what} outside pgveil");
@@ -563,10 +372,8 @@ impl Writer {
             segment_name(old),
             segment_name(next)
         ));
+        self.active = None;
         self.current = next;
-        self.durable_len = 0;
-        self.dir_synced = false;
-        self.open_current()
     }
 
     /// Writes pending events, `drafts` and an optional checkpoint with one write and one
@@ -576,7 +383,7 @@ impl Writer {
         drafts: &[Entry],
         checkpoint: Option<CheckpointReason>,
     ) -> Result<Vec<u64>, String> {
-        let file = self.open_current()?;
+        self.ensure_active()?;
         let mut buf = String::new();
         let mut seq = self.last_seq;
         let mut head = self.last_hash.clone();
@@ -607,23 +414,15 @@ impl Writer {
                 buf.push_str(&cp.to_line()?);
             }
         }
-        let path = self.path(self.current);
-        let result = file
-            .write_all_at(buf.as_bytes(), self.durable_len)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
-            .and_then(|()| {
-                self.count_fsync();
-                file.sync_data()
-                    .map_err(|e| format!("cannot fsync {}: {e}", path.display()))
-            });
-        if let Err(e) = result {
-            // Best effort now; otherwise open_current truncates before the next write.
-            if file.set_len(self.durable_len).is_ok() {
-                let _ = file.sync_data();
-            }
-            return Err(e);
-        }
-        self.durable_len += buf.len() as u64;
+        let Some(active) = self.active.as_mut() else {
+            return Err("no open segment".into());
+        };
+        let (result, fsyncs) = match active.write_durably(buf.as_bytes()) {
+            Ok(n) => (Ok(()), n),
+            Err((e, n)) => (Err(e), n),
+        };
+        self.counters.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
+        result?;
         self.last_seq = seq;
         self.last_hash = head;
         self.pending_events.clear();
@@ -642,34 +441,41 @@ impl Writer {
     }
 
     /// Closes the current segment with a `rotate` checkpoint after creating the next one, so
-    /// that a crash in between never leaves a `rotate` without its successor.
+    /// that a crash in between never leaves a `rotate` without its successor; then cuts the
+    /// closed segment to its content.
     fn rotate(&mut self) -> Result<(), String> {
         // Handles a vanished or shrunk segment first; a fresh segment needs no rotation.
-        drop(self.open_current()?);
+        self.ensure_active()?;
         if !self.needs_rotation() {
             return Ok(());
         }
-        let before = self.current;
-        let next_path = self.path(before + 1);
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&next_path)
-            .map_err(|e| format!("cannot create {}: {e}", next_path.display()))?;
-        sync_dir(&self.dir).map_err(|e| format!("cannot sync {}: {e}", self.dir.display()))?;
+        let next = self.current + 1;
+        if self.installed.as_ref().map(|a| a.number) != Some(next) {
+            self.installed = Some(self.successor.install(next)?);
+        }
         self.commit(&[], Some(CheckpointReason::Rotate))?;
-        // Normally `closed == before`; if the segment vanished during the commit, the
-        // checkpoint went to the fresh segment, whose successor is created on the next write.
+        // Normally `closed == next - 1`; if the segment vanished during the commit, the
+        // checkpoint went to the installed segment, whose successor is created on the next
+        // write.
         let closed = self.current;
+        if let Some(active) = self.active.take() {
+            active.close();
+        }
         self.current = closed + 1;
-        self.durable_len = 0;
-        self.dir_synced = closed == before;
         Ok(())
     }
 
     fn needs_rotation(&self) -> bool {
-        self.durable_len >= self.max_bytes
+        self.durable_len() >= self.max_bytes
+    }
+
+    /// At shutdown: cuts the current segment to its content and stops the background work.
+    fn close(&mut self) {
+        if let Some(active) = self.active.take() {
+            active.close();
+        }
+        self.installed = None;
+        self.successor.finish();
     }
 
     fn write_batch(&mut self, batch: Vec<(Entry, Reply)>) {
@@ -755,6 +561,7 @@ impl Writer {
             }
             if let Some(reply) = shutdown {
                 self.checkpoint(CheckpointReason::Shutdown);
+                self.close();
                 // Release the lock before answering, so a new writer can open at once.
                 drop(self.lock.take());
                 let _ = reply.send(());
@@ -763,5 +570,6 @@ impl Writer {
         }
         // Every handle was dropped without shutdown().
         self.checkpoint(CheckpointReason::Shutdown);
+        self.close();
     }
 }

@@ -3,9 +3,8 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use super::{fail, fail_with, load_config, EXIT_USAGE};
+use super::{load_config, CliError};
 use crate::audit::cli::{self as acli, SearchArgs};
 use crate::config::Config;
 
@@ -18,10 +17,10 @@ pub enum AuditSource {
     Direct { dir: PathBuf, public_key: PathBuf },
 }
 
-fn audit_dir(config: &Config, path: &Path) -> Result<PathBuf, ExitCode> {
+fn audit_dir(config: &Config, path: &Path) -> Result<PathBuf, CliError> {
     match &config.audit {
         Some(audit) => Ok(audit.dir.clone()),
-        None => Err(fail(format_args!(
+        None => Err(CliError::Invalid(format!(
             "{}: no [audit] section, so there is no audit log",
             path.display()
         ))),
@@ -34,18 +33,14 @@ pub fn public_key_beside(signing_key_file: &Path) -> PathBuf {
     signing_key_file.with_extension("pub")
 }
 
-pub fn audit_verify(source: &AuditSource) -> ExitCode {
+/// Exit 0 and the summary on stdout when the log is intact; 1 and the first bad record
+/// when it is not; 2 when the public key cannot be read.
+pub fn audit_verify(source: &AuditSource) -> Result<(), CliError> {
     let (dir, public_key) = match source {
         AuditSource::Direct { dir, public_key } => (dir.clone(), public_key.clone()),
         AuditSource::Config(path) => {
-            let config = match load_config(path) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let dir = match audit_dir(&config, path) {
-                Ok(d) => d,
-                Err(code) => return code,
-            };
+            let config = load_config(path)?;
+            let dir = audit_dir(&config, path)?;
             let key = config
                 .audit
                 .as_ref()
@@ -58,38 +53,35 @@ pub fn audit_verify(source: &AuditSource) -> ExitCode {
     match code {
         0 => {
             println!("{line}");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        _ => fail_with(u8::try_from(code).unwrap_or(1), line),
+        1 => Err(CliError::Invalid(line)),
+        _ => Err(CliError::CannotRun(line)),
     }
 }
 
-pub fn audit_search(config_path: &Path, args: &SearchArgs, json: bool) -> ExitCode {
-    let filter = match acli::build_filter(args) {
-        Ok(f) => f,
-        Err(e) => return fail_with(EXIT_USAGE, e),
-    };
-    let config = match load_config(config_path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let dir = match audit_dir(&config, config_path) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+/// Runs `produce` on a buffered stdout; a failed write is a command that could not run.
+fn write_out(
+    produce: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> Result<usize, String>,
+) -> Result<usize, CliError> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = acli::search(&dir, &filter, json, &mut out);
+    let result = produce(&mut out);
     let flushed = out.flush();
-    match (result, flushed) {
-        (Err(e), _) => fail(e),
-        (Ok(_), Err(e)) => fail(format_args!("cannot write output: {e}")),
-        (Ok(0), Ok(())) if !json => {
-            eprintln!("pgveil: no matching records");
-            ExitCode::SUCCESS
-        }
-        (Ok(_), Ok(())) => ExitCode::SUCCESS,
+    let count = result.map_err(CliError::CannotRun)?;
+    flushed.map_err(|e| CliError::CannotRun(format!("cannot write output: {e}")))?;
+    Ok(count)
+}
+
+pub fn audit_search(config_path: &Path, args: &SearchArgs, json: bool) -> Result<(), CliError> {
+    let filter = acli::build_filter(args).map_err(CliError::Invalid)?;
+    let config = load_config(config_path)?;
+    let dir = audit_dir(&config, config_path)?;
+    let count = write_out(|out| acli::search(&dir, &filter, json, out))?;
+    if count == 0 && !json {
+        eprintln!("pgveil: no matching records");
     }
+    Ok(())
 }
 
 pub fn audit_report(
@@ -98,37 +90,23 @@ pub fn audit_report(
     since: Option<&str>,
     until: Option<&str>,
     json: bool,
-) -> ExitCode {
-    let parsed = (|| {
-        let subject = acli::parse_subject(subject)?;
-        let since = since.map(acli::parse_time).transpose()?;
-        let until = until.map(acli::parse_time).transpose()?;
-        if let (Some(s), Some(u)) = (since, until) {
-            if s > u {
-                return Err("--since is after --until".to_string());
-            }
+) -> Result<(), CliError> {
+    let subject = acli::parse_subject(subject).map_err(CliError::Invalid)?;
+    let since = since
+        .map(acli::parse_time)
+        .transpose()
+        .map_err(CliError::Invalid)?;
+    let until = until
+        .map(acli::parse_time)
+        .transpose()
+        .map_err(CliError::Invalid)?;
+    if let (Some(s), Some(u)) = (since, until) {
+        if s > u {
+            return Err(CliError::Invalid("--since is after --until".to_string()));
         }
-        Ok((subject, since, until))
-    })();
-    let (subject, since, until) = match parsed {
-        Ok(p) => p,
-        Err(e) => return fail_with(EXIT_USAGE, e),
-    };
-    let config = match load_config(config_path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let dir = match audit_dir(&config, config_path) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = acli::report(&dir, &subject, since, until, json, &mut out);
-    let flushed = out.flush();
-    match (result, flushed) {
-        (Err(e), _) => fail(e),
-        (Ok(_), Err(e)) => fail(format_args!("cannot write output: {e}")),
-        (Ok(_), Ok(())) => ExitCode::SUCCESS,
     }
+    let config = load_config(config_path)?;
+    let dir = audit_dir(&config, config_path)?;
+    write_out(|out| acli::report(&dir, &subject, since, until, json, out))?;
+    Ok(())
 }

@@ -79,29 +79,64 @@ impl Login {
     }
 }
 
+/// Why a live check could not run (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The login failed or the database cannot be reached (one line naming the address).
+    #[error("{0}")]
+    Connect(String),
+    /// A catalog query failed.
+    #[error("catalog query failed: {0}")]
+    Query(String),
+    /// The key files the constraint must name cannot be loaded.
+    #[error("{0}")]
+    Keys(String),
+}
+
+impl From<tokio_postgres::Error> for LiveError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Query(pgclient::error_text(&e))
+    }
+}
+
+/// What a live check found wrong, one per configured item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    MissingTable,
+    MissingColumn,
+    /// The column exists but is not `bytea`: not migrated yet.
+    NotBytea,
+    MissingSubject,
+    MissingRole,
+}
+
+/// One problem, located in the configuration file.
+#[derive(Debug, Clone)]
+pub struct LiveProblem {
+    pub kind: ProblemKind,
+    /// `file:line:column: message`.
+    pub line: String,
+}
+
 /// Connects upstream; the error is one line naming the address.
-pub async fn connect(upstream: &UpstreamConfig, login: &Login) -> Result<Client, String> {
+pub async fn connect(
+    upstream: &UpstreamConfig,
+    login: &Login,
+    application: &str,
+) -> Result<Client, LiveError> {
     let addr = format!("{}:{}", upstream.host, upstream.port);
     let pg_login = pgclient::Login {
         user: &login.user,
         password: login.password.as_deref(),
         database: &login.database,
-        application: "pgveil check",
+        application,
     };
     pgclient::connect(upstream, &pg_login).await.map_err(|e| {
-        format!(
+        LiveError::Connect(format!(
             "cannot connect to the database at {addr} as {}: {e}",
             login.user
-        )
+        ))
     })
-}
-
-fn pg_error_text(e: &tokio_postgres::Error) -> String {
-    pgclient::error_text(e)
-}
-
-fn query_failed(e: tokio_postgres::Error) -> String {
-    format!("catalog query failed: {}", pg_error_text(&e))
 }
 
 /// Runs the catalog checks; returns the problems (empty: valid).
@@ -109,7 +144,7 @@ pub async fn check(
     client: &Client,
     config: &Config,
     locator: &Locator,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<LiveProblem>, LiveError> {
     // Every table the configuration names, with the columns that must be bytea and the
     // subject column.
     let mut tables: BTreeMap<&TableName, (Vec<&str>, Option<&str>)> = BTreeMap::new();
@@ -125,52 +160,53 @@ pub async fn check(
     }
 
     let mut problems = Vec::new();
-    let relation = client.prepare(SQL_RELATION).await.map_err(query_failed)?;
-    let columns = client.prepare(SQL_COLUMNS).await.map_err(query_failed)?;
+    let relation = client.prepare(SQL_RELATION).await?;
+    let columns = client.prepare(SQL_COLUMNS).await?;
     for (table, (protected, subject)) in &tables {
         let rows = client
             .query(&relation, &[&table.schema, &table.name])
-            .await
-            .map_err(query_failed)?;
+            .await?;
         let Some(row) = rows.first() else {
-            problems.push(locator.at(
-                locator.table(table),
-                format!("table {table} does not exist in the database"),
+            problems.push(problem(
+                ProblemKind::MissingTable,
+                locator.at(
+                    locator.table(table),
+                    format!("table {table} does not exist in the database"),
+                ),
             ));
             continue;
         };
-        let oid: u32 = row.try_get(0).map_err(query_failed)?;
+        let oid: u32 = row.try_get(0)?;
         let mut existing: BTreeMap<String, (String, bool)> = BTreeMap::new();
-        for row in client
-            .query(&columns, &[&oid])
-            .await
-            .map_err(query_failed)?
-        {
-            let name: String = row.try_get(0).map_err(query_failed)?;
-            let ty: String = row.try_get(1).map_err(query_failed)?;
-            let is_bytea: bool = row.try_get(2).map_err(query_failed)?;
+        for row in client.query(&columns, &[&oid]).await? {
+            let name: String = row.try_get(0)?;
+            let ty: String = row.try_get(1)?;
+            let is_bytea: bool = row.try_get(2)?;
             existing.insert(name, (ty, is_bytea));
         }
         for column in protected {
             match existing.get(*column) {
-                None => problems.push(locator.at(
+                None => problems.push(problem(ProblemKind::MissingColumn, locator.at(
                     locator.column(table, column),
                     format!("column {table}.{column} does not exist in the database"),
-                )),
-                Some((ty, false)) => problems.push(locator.at(
+                ))),
+                Some((ty, false)) => problems.push(problem(ProblemKind::NotBytea, locator.at(
                     locator.column(table, column),
                     format!(
                         "column {table}.{column} is {ty} in the database; an encrypted column must be bytea"
                     ),
-                )),
+                ))),
                 Some((_, true)) => {}
             }
         }
         if let Some(subject) = subject {
             if !existing.contains_key(*subject) {
-                problems.push(locator.at(
-                    locator.subject(table),
-                    format!("subject column {table}.{subject} does not exist in the database"),
+                problems.push(problem(
+                    ProblemKind::MissingSubject,
+                    locator.at(
+                        locator.subject(table),
+                        format!("subject column {table}.{subject} does not exist in the database"),
+                    ),
                 ));
             }
         }
@@ -185,24 +221,29 @@ pub async fn check(
         let wanted: Vec<&str> = named.iter().copied().collect();
         let found: BTreeSet<String> = client
             .query(SQL_ROLES, &[&wanted])
-            .await
-            .map_err(query_failed)?
+            .await?
             .iter()
             .map(|row| row.try_get::<_, String>(0))
-            .collect::<Result<_, _>>()
-            .map_err(query_failed)?;
+            .collect::<Result<_, _>>()?;
         for role in named {
             if !found.contains(role) {
-                problems.push(locator.at(
-                    locator.role(role),
-                    format!(
+                problems.push(problem(
+                    ProblemKind::MissingRole,
+                    locator.at(
+                        locator.role(role),
+                        format!(
                         "role \"{role}\" named in an access rule does not exist in the database"
+                    ),
                     ),
                 ));
             }
         }
     }
     Ok(problems)
+}
+
+fn problem(kind: ProblemKind, line: String) -> LiveProblem {
+    LiveProblem { kind, line }
 }
 
 /// Finds where in the configuration file a table, column, subject or role is written, so
@@ -220,7 +261,7 @@ impl Locator {
         }
     }
 
-    fn at(&self, span: Option<Range<usize>>, message: String) -> String {
+    pub(super) fn at(&self, span: Option<Range<usize>>, message: String) -> String {
         match span {
             Some(span) => {
                 let before = &self.text[..span.start.min(self.text.len())];
@@ -259,7 +300,7 @@ impl Locator {
         })
     }
 
-    fn column(&self, table: &TableName, column: &str) -> Option<Range<usize>> {
+    pub(super) fn column(&self, table: &TableName, column: &str) -> Option<Range<usize>> {
         self.find("column", |t| {
             (Self::names(t, "table", table) && Self::str_of(t, "column") == Some(column))
                 .then(|| t.get("column").and_then(Item::span))?

@@ -3,9 +3,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-
-use super::{fail, load_config};
 
 /// The pid file of a running `serve`; removed on drop if it still holds our pid.
 pub(super) struct PidFile {
@@ -52,68 +49,11 @@ impl Drop for PidFile {
     }
 }
 
-fn read_pid(path: &Path) -> io::Result<u32> {
+pub(super) fn read_pid(path: &Path) -> io::Result<u32> {
     let text = std::fs::read_to_string(path)?;
     text.trim()
         .parse::<u32>()
         .ok()
         .filter(|pid| *pid > 1 && i32::try_from(*pid).is_ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "does not hold a process id"))
-}
-
-/// The command name of `pid` (Linux `/proc`); `None` where it cannot be read.
-fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// `pgveil reload --config FILE`: SIGHUP to the `serve` named by `[server] pid_file`.
-pub fn reload(config_path: &Path) -> ExitCode {
-    let config = match load_config(config_path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let path = &config.server.pid_file;
-    let pid = match read_pid(path) {
-        Ok(pid) => pid,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return fail(format_args!(
-                "no pid file {}: is pgveil serve running with this configuration?",
-                path.display()
-            ))
-        }
-        Err(e) => return fail(format_args!("pid file {}: {e}", path.display())),
-    };
-    // A stale file may name a pid that now belongs to something else: never signal that.
-    if let Some(name) = process_name(pid) {
-        if !name.starts_with("pgveil") {
-            return fail(format_args!(
-                "pid file {} names process {pid} ({name}), which is not pgveil; stale pid file?",
-                path.display()
-            ));
-        }
-    }
-    let Ok(raw_pid) = libc::pid_t::try_from(pid) else {
-        return fail(format_args!("pid file {}: bad process id", path.display()));
-    };
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is positive (> 1), so
-    // this signals exactly one process, never a process group.
-    let rc = unsafe { libc::kill(raw_pid, libc::SIGHUP) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ESRCH) {
-            fail(format_args!(
-                "no process {pid} (from stale pid file {}): pgveil is not running",
-                path.display()
-            ))
-        } else {
-            fail(format_args!("cannot signal process {pid}: {err}"))
-        };
-    }
-    #[allow(clippy::print_stdout)]
-    {
-        println!("sent SIGHUP to pgveil (pid {pid})");
-    }
-    ExitCode::SUCCESS
 }

@@ -4,14 +4,12 @@
 
 use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
-use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::keys::MasterKey;
 use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn};
 
 pub const VERSION: u8 = 0x01;
@@ -20,8 +18,6 @@ pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// Size of the envelope around the plaintext.
 pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
-
-const HKDF_SALT: &[u8] = b"pgveil/v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CryptoError {
@@ -56,10 +52,17 @@ pub fn key_id_of(stored: &[u8]) -> Option<u32> {
     ]))
 }
 
+/// The two keys of one column (or domain) under one master key, derived by the key ring.
+/// Zeroized on drop.
+pub struct ColumnKeys {
+    pub encryption: Zeroizing<[u8; 32]>,
+    pub nonce: Zeroizing<[u8; 32]>,
+}
+
 /// Encrypts and decrypts the values of one protected column (or domain) under one key id.
 /// Cheap to use per row: the AES key schedule, the HMAC state and the associated data are
 /// computed once here.
-pub struct ColumnCipher {
+pub struct KeyCipher {
     aead: Aes256GcmSiv,
     nonce_mac: Hmac<Sha256>,
     header: [u8; HEADER_LEN],
@@ -68,9 +71,9 @@ pub struct ColumnCipher {
     associated_data: Box<[u8]>,
 }
 
-impl std::fmt::Debug for ColumnCipher {
+impl std::fmt::Debug for KeyCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ColumnCipher")
+        f.debug_struct("KeyCipher")
             .field("key_id", &self.key_id())
             .field("mode", &self.mode)
             .field("keys", &"<redacted>")
@@ -78,22 +81,11 @@ impl std::fmt::Debug for ColumnCipher {
     }
 }
 
-fn derive(hk: &Hkdf<Sha256>, info: &str) -> Zeroizing<[u8; 32]> {
-    let mut okm = Zeroizing::new([0u8; 32]);
-    // HKDF-SHA256 can expand up to 255 * 32 bytes; 32 never fails.
-    let expanded = hk.expand(info.as_bytes(), &mut okm[..]);
-    debug_assert!(expanded.is_ok());
-    okm
-}
-
-impl ColumnCipher {
-    pub fn new(master: &MasterKey, key_id: u32, column: &ProtectedColumn) -> ColumnCipher {
+impl KeyCipher {
+    pub fn new(key_id: u32, keys: &ColumnKeys, column: &ProtectedColumn) -> KeyCipher {
         let scope = column.key_scope();
-        let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), master.expose());
-        let enc_key = derive(&hk, &format!("pgveil/v1/enc/{key_id}/{scope}"));
-        let nonce_key = derive(&hk, &format!("pgveil/v1/nonce/{key_id}/{scope}"));
-        let aead = Aes256GcmSiv::new_from_slice(&enc_key[..]);
-        let nonce_mac = <Hmac<Sha256> as Mac>::new_from_slice(&nonce_key[..]);
+        let aead = Aes256GcmSiv::new_from_slice(&keys.encryption[..]);
+        let nonce_mac = <Hmac<Sha256> as Mac>::new_from_slice(&keys.nonce[..]);
         // Both accept a 32-byte key; the match keeps this free of unwrap.
         let (aead, nonce_mac) = match (aead, nonce_mac) {
             (Ok(a), Ok(m)) => (a, m),
@@ -112,7 +104,7 @@ impl ColumnCipher {
         ad.extend_from_slice(scope.as_bytes());
         ad.extend_from_slice(family.as_bytes());
 
-        ColumnCipher {
+        KeyCipher {
             aead,
             nonce_mac,
             header,
@@ -167,19 +159,12 @@ impl ColumnCipher {
 
     /// Checks and decrypts a stored value of this column.
     pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if stored.len() < OVERHEAD {
-            return Err(CryptoError::Malformed);
-        }
-        if stored[0] != VERSION {
-            return Err(CryptoError::UnknownVersion);
-        }
+        check_header(stored)?;
         if stored[1..5] != self.header[1..5] {
             return Err(CryptoError::UnknownKeyId);
         }
-        match stored[5] {
-            b'D' | b'R' if stored[5] == self.header[5] => {}
-            b'D' | b'R' => return Err(CryptoError::ModeMismatch),
-            _ => return Err(CryptoError::Malformed),
+        if stored[5] != self.header[5] {
+            return Err(CryptoError::ModeMismatch);
         }
         let nonce = Nonce::from_slice(&stored[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
         let tag_at = stored.len() - TAG_LEN;
@@ -192,9 +177,98 @@ impl ColumnCipher {
     }
 }
 
+/// Length, version and mode byte: what can be checked without a key.
+fn check_header(stored: &[u8]) -> Result<(), CryptoError> {
+    if stored.len() < OVERHEAD {
+        return Err(CryptoError::Malformed);
+    }
+    if stored[0] != VERSION {
+        return Err(CryptoError::UnknownVersion);
+    }
+    match stored[5] {
+        b'D' | b'R' => Ok(()),
+        _ => Err(CryptoError::Malformed),
+    }
+}
+
+/// The ciphers of one protected column (or domain) under every configured master key: new
+/// values are encrypted under the current key, stored values are decrypted with the key
+/// whose id their envelope names. Built by [`super::keyring::KeyRing`].
+pub struct ColumnCipher {
+    current: KeyCipher,
+    previous: Vec<KeyCipher>,
+}
+
+impl std::fmt::Debug for ColumnCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColumnCipher")
+            .field("current", &self.current)
+            .field("previous", &self.previous)
+            .finish()
+    }
+}
+
+impl ColumnCipher {
+    /// `previous` must hold ciphers of the same column under other key ids (the key ring
+    /// guarantees distinct ids).
+    pub fn new(current: KeyCipher, previous: Vec<KeyCipher>) -> ColumnCipher {
+        ColumnCipher { current, previous }
+    }
+
+    /// The id new values are written with.
+    pub fn key_id(&self) -> u32 {
+        self.current.key_id()
+    }
+
+    /// Every key id this column's values may carry, the current one first.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.all().map(KeyCipher::key_id).collect()
+    }
+
+    pub fn mode(&self) -> EncryptionMode {
+        self.current.mode()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &KeyCipher> {
+        std::iter::once(&self.current).chain(self.previous.iter())
+    }
+
+    /// Encrypts a canonical plaintext under the current key.
+    pub fn encrypt(&self, canonical_plaintext: &[u8]) -> Vec<u8> {
+        self.current.encrypt(canonical_plaintext)
+    }
+
+    /// Decrypts a stored value with the key its envelope names; a key id that no configured
+    /// key has is [`CryptoError::UnknownKeyId`], which callers report like a tampered value.
+    pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        check_header(stored)?;
+        let id = u32::from_be_bytes([stored[1], stored[2], stored[3], stored[4]]);
+        match self.all().find(|c| c.key_id() == id) {
+            Some(cipher) => cipher.decrypt(stored),
+            None => Err(CryptoError::UnknownKeyId),
+        }
+    }
+
+    /// Whether a stored value is under a key other than the current one (what `migrate`
+    /// re-encrypts). Malformed values count as not current.
+    pub fn is_current(&self, stored: &[u8]) -> bool {
+        key_id_of(stored) == Some(self.key_id())
+    }
+
+    /// The ciphertexts of one value under every configured key, the current one first: on a
+    /// deterministic column, a value equals a stored one exactly when one of these does, so
+    /// equality conditions find values written before a key rotation. (On a randomized column
+    /// each call draws new nonces; equality is not offered there.)
+    pub fn ciphertexts_under_every_key(&self, canonical_plaintext: &[u8]) -> Vec<Vec<u8>> {
+        self.all().map(|c| c.encrypt(canonical_plaintext)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::keyring::KeyRing;
+    use crate::crypto::keys::MasterKey;
     use crate::schema::TableName;
 
     fn col(
@@ -212,15 +286,21 @@ mod tests {
         }
     }
 
-    fn master() -> MasterKey {
-        MasterKey::from_bytes([42u8; 32])
+    /// The cipher of `column` under the master key of 32 `seed` bytes, built as the server
+    /// builds it (through the key ring).
+    fn cipher(seed: u8, column: &ProtectedColumn) -> ColumnCipher {
+        let ring = KeyRing::from_master_keys(MasterKey::from_bytes([seed; 32]), vec![]).unwrap();
+        ring.column_cipher(column).unwrap()
+    }
+
+    fn id(seed: u8) -> u32 {
+        crate::crypto::keyring::key_id(&MasterKey::from_bytes([seed; 32]))
     }
 
     #[test]
     fn deterministic_round_trip_and_equality() {
-        let c = ColumnCipher::new(
-            &master(),
-            1,
+        let c = cipher(
+            42,
             &col(
                 "ssn",
                 LogicalType::Text,
@@ -233,18 +313,20 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c.encrypt(b"123-45-6780"));
         assert_eq!(a.len(), OVERHEAD + 11);
-        assert_eq!(&a[..6], &[1, 0, 0, 0, 1, b'D']);
+        let mut header = vec![1u8];
+        header.extend_from_slice(&id(42).to_be_bytes());
+        header.push(b'D');
+        assert_eq!(&a[..6], &header[..]);
         assert_eq!(c.decrypt(&a).unwrap(), b"123-45-6789");
-        assert_eq!(key_id_of(&a), Some(1));
+        assert_eq!(key_id_of(&a), Some(id(42)));
         // Empty plaintext is a value too.
         assert_eq!(c.decrypt(&c.encrypt(b"")).unwrap(), b"");
     }
 
     #[test]
     fn randomized_differs_each_time() {
-        let c = ColumnCipher::new(
-            &master(),
-            7,
+        let c = cipher(
+            42,
             &col("dob", LogicalType::Date, EncryptionMode::Randomized, None),
         );
         let a = c.encrypt(&[0, 0, 1, 2]);
@@ -257,9 +339,8 @@ mod tests {
 
     #[test]
     fn header_checks() {
-        let c = ColumnCipher::new(
-            &master(),
-            1,
+        let c = cipher(
+            42,
             &col(
                 "ssn",
                 LogicalType::Text,
@@ -274,7 +355,7 @@ mod tests {
         v[0] = 2;
         assert_eq!(c.decrypt(&v), Err(CryptoError::UnknownVersion));
         let mut k = ct.clone();
-        k[4] = 2;
+        k[4] ^= 1;
         assert_eq!(c.decrypt(&k), Err(CryptoError::UnknownKeyId));
         let mut m = ct.clone();
         m[5] = b'R';
@@ -290,10 +371,8 @@ mod tests {
 
     #[test]
     fn ciphertext_bound_to_column_type_and_key_id() {
-        let m = master();
-        let ssn = ColumnCipher::new(
-            &m,
-            1,
+        let ssn = cipher(
+            42,
             &col(
                 "ssn",
                 LogicalType::Text,
@@ -301,9 +380,8 @@ mod tests {
                 None,
             ),
         );
-        let mrn = ColumnCipher::new(
-            &m,
-            1,
+        let mrn = cipher(
+            42,
             &col(
                 "mrn",
                 LogicalType::Text,
@@ -316,9 +394,8 @@ mod tests {
         assert_eq!(mrn.decrypt(&ct), Err(CryptoError::Authentication));
 
         // Same domain, same type family: comparable and mutually decryptable.
-        let a = ColumnCipher::new(
-            &m,
-            1,
+        let a = cipher(
+            42,
             &col(
                 "a",
                 LogicalType::Text,
@@ -326,9 +403,8 @@ mod tests {
                 Some("id"),
             ),
         );
-        let b = ColumnCipher::new(
-            &m,
-            1,
+        let b = cipher(
+            42,
             &col(
                 "b",
                 LogicalType::Varchar,
@@ -340,9 +416,8 @@ mod tests {
         assert_eq!(b.decrypt(&a.encrypt(b"x")).unwrap(), b"x");
 
         // Same domain, different type: same nonce and key, but the AD differs.
-        let i = ColumnCipher::new(
-            &m,
-            1,
+        let i = cipher(
+            42,
             &col(
                 "c",
                 LogicalType::Int8,
@@ -355,10 +430,9 @@ mod tests {
             Err(CryptoError::Authentication)
         );
 
-        // Another key id derives another key.
-        let a2 = ColumnCipher::new(
-            &m,
-            2,
+        // Another master key: another id, and a relabelled ciphertext does not decrypt.
+        let a2 = cipher(
+            43,
             &col(
                 "a",
                 LogicalType::Text,
@@ -368,21 +442,9 @@ mod tests {
         );
         assert_ne!(a.encrypt(b"x")[6..], a2.encrypt(b"x")[6..]);
         let mut forged = a.encrypt(b"x");
-        forged[4] = 2;
+        forged[1..5].copy_from_slice(&id(43).to_be_bytes());
         assert_eq!(a2.decrypt(&forged), Err(CryptoError::Authentication));
-
-        // Another master key.
-        let other = ColumnCipher::new(
-            &MasterKey::from_bytes([1u8; 32]),
-            1,
-            &col(
-                "ssn",
-                LogicalType::Text,
-                EncryptionMode::Deterministic,
-                None,
-            ),
-        );
-        assert_eq!(other.decrypt(&ct), Err(CryptoError::Authentication));
+        assert_eq!(a2.decrypt(&a.encrypt(b"x")), Err(CryptoError::UnknownKeyId));
     }
 
     #[test]
@@ -393,9 +455,8 @@ mod tests {
 
     #[test]
     fn debug_is_redacted() {
-        let c = ColumnCipher::new(
-            &master(),
-            3,
+        let c = cipher(
+            42,
             &col(
                 "ssn",
                 LogicalType::Text,
@@ -404,15 +465,17 @@ mod tests {
             ),
         );
         let s = format!("{c:?}");
-        assert!(s.contains("<redacted>") && s.contains("key_id: 3"), "{s}");
+        assert!(
+            s.contains("<redacted>") && s.contains(&format!("key_id: {}", id(42))),
+            "{s}"
+        );
     }
 
     #[test]
     fn known_answer_is_stable() {
         // Guards the on-disk format: changing derivation or AD breaks stored data.
-        let c = ColumnCipher::new(
-            &master(),
-            1,
+        let c = cipher(
+            42,
             &col(
                 "ssn",
                 LogicalType::Text,
@@ -421,9 +484,8 @@ mod tests {
             ),
         );
         let ct = c.encrypt(b"123-45-6789");
-        let again = ColumnCipher::new(
-            &master(),
-            1,
+        let again = cipher(
+            42,
             &col(
                 "ssn",
                 LogicalType::Text,
@@ -435,5 +497,5 @@ mod tests {
         assert_eq!(hex::encode(&ct), KNOWN_CT);
     }
 
-    const KNOWN_CT: &str = "010000000144e13ddc4f4246ca39d7ee3a0b8dc7fb504a24b86f9f72d9840401bb651d81cdaf95e77d4fed9de0";
+    const KNOWN_CT: &str = "01f4289c2f44a11e2cc182b15650cd23386cdb150f1b37f981df5b1745f961aa2a7b9de9cfed16456bae017fe8";
 }

@@ -57,6 +57,14 @@ pub enum KeyError {
     AlreadyExists { path: PathBuf },
     #[error("cannot create {}: {reason}", path.display())]
     Create { path: PathBuf, reason: String },
+    #[error("{second} has key id {id:08x}, like {first}: list each master key once")]
+    DuplicateKeyId {
+        id: u32,
+        first: String,
+        second: String,
+    },
+    #[error("{0}")]
+    Hsm(#[from] super::hsm::HsmError),
 }
 
 /// The 32-byte master key. Zeroized on drop; never printed.
@@ -89,12 +97,34 @@ impl MasterKey {
         Ok(Self(bytes))
     }
 
+    /// Loads a key of `[keys] previous_master_key_files` (same rules as the master key file).
+    pub fn load_previous(path: &Path) -> Result<MasterKey, KeyError> {
+        const WHAT: &str = "previous master key file";
+        let text = read_secret_file(WHAT, path)?;
+        Ok(Self(decode_key(
+            &text,
+            &format!("{WHAT} {}", path.display()),
+        )?))
+    }
+
+    /// 32 fresh random bytes from the operating system.
+    pub fn generate() -> MasterKey {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(&mut bytes[..]);
+        Self(bytes)
+    }
+
+    /// The key file's content: base64 and a newline.
+    pub(crate) fn to_file_content(&self) -> Zeroizing<String> {
+        Zeroizing::new(B64.encode(&self.0[..]) + "\n")
+    }
+
     pub(crate) fn expose(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
 }
 
-fn io_reason(err: &io::Error) -> String {
+pub(crate) fn io_reason(err: &io::Error) -> String {
     // io::Error's Display holds the OS reason only, never file content.
     match err.kind() {
         io::ErrorKind::PermissionDenied => "permission denied".to_string(),
@@ -103,7 +133,10 @@ fn io_reason(err: &io::Error) -> String {
 }
 
 /// Opens `path`, checks that no group/other permission bit is set, and reads it.
-fn read_secret_file(what: &'static str, path: &Path) -> Result<Zeroizing<String>, KeyError> {
+pub(crate) fn read_secret_file(
+    what: &'static str,
+    path: &Path,
+) -> Result<Zeroizing<String>, KeyError> {
     let mut file = open_for_read(what, path)?;
     let meta = file.metadata().map_err(|e| KeyError::Unreadable {
         what,
@@ -263,7 +296,7 @@ pub fn init_key_dir(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     Ok(written)
 }
 
-fn write_new_file(path: &Path, content: &[u8], mode: u32) -> Result<(), KeyError> {
+pub(crate) fn write_new_file(path: &Path, content: &[u8], mode: u32) -> Result<(), KeyError> {
     let create_err = |e: io::Error| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             KeyError::AlreadyExists {

@@ -100,15 +100,24 @@ impl Policy {
             .iter()
             .map(|column| {
                 let rules = self.rules.get(&column.qualified_name());
-                roles
-                    .iter()
-                    .filter_map(|role| rules.and_then(|r| r.get(role)).copied())
-                    .max_by_key(|a| (a.permissiveness(), a.mask_rank()))
-                    .unwrap_or(self.default_access)
+                most_permissive(
+                    roles
+                        .iter()
+                        .filter_map(|role| rules.and_then(|r| r.get(role)).copied()),
+                )
+                .unwrap_or(self.default_access)
             })
             .collect();
         AccessMap { columns }
     }
+}
+
+/// The access a session holding all of `accesses` gets: the most permissive wins; `None`
+/// when no rule applies.
+pub fn most_permissive(accesses: impl IntoIterator<Item = Access>) -> Option<Access> {
+    accesses
+        .into_iter()
+        .max_by_key(|a| (a.permissiveness(), a.mask_rank()))
 }
 
 /// One session's access to every protected column, as its policy resolved it.

@@ -4,4 +4,4 @@ pub mod access;
 pub mod break_glass;
 pub mod mask;
 
-pub use access::{Access, AccessMap, Policy};
+pub use access::{most_permissive, Access, AccessMap, Policy};

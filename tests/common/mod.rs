@@ -85,6 +85,12 @@ fn cluster_log(port: u16) -> Option<PathBuf> {
         .map(|(_, log)| log.clone())
 }
 
+/// A tap in front of the harness cluster on `port`, for a pgveil run as its own process.
+pub fn tap_to(port: u16) -> Tap {
+    let log = cluster_log(port).expect("a cluster started by the harness");
+    Tap::start("127.0.0.1", port, log)
+}
+
 extern "C" fn stop_clusters() {
     let dirs = CLUSTERS.lock().map(|d| d.clone()).unwrap_or_default();
     for dir in dirs {
