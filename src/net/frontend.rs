@@ -225,6 +225,35 @@ impl<'a> BindHeader<'a> {
             result_formats,
         })
     }
+
+    /// Only the result format codes, reading past the parameters without copying them:
+    /// for a statement pgveil did not analyse whose rows still carry protected columns.
+    pub fn result_formats(&self) -> Result<Vec<i16>, Malformed> {
+        let err = Malformed("Bind");
+        let mut rest = self.rest;
+        let skip = |rest: &mut &[u8], n: usize| -> Result<(), Malformed> {
+            *rest = rest.get(n..).ok_or(err)?;
+            Ok(())
+        };
+        let formats = usize::try_from(read_i16(&mut rest).ok_or(err)?).map_err(|_| err)?;
+        skip(&mut rest, 2 * formats)?;
+        let count = usize::try_from(read_i16(&mut rest).ok_or(err)?).map_err(|_| err)?;
+        for _ in 0..count {
+            // A negative length is NULL, with no bytes.
+            if let Ok(len) = usize::try_from(read_i32(&mut rest).ok_or(err)?) {
+                skip(&mut rest, len)?;
+            }
+        }
+        let n = usize::try_from(read_i16(&mut rest).ok_or(err)?).map_err(|_| err)?;
+        let codes = (0..n)
+            .map(|_| read_i16(&mut rest).ok_or(err))
+            .collect::<Result<Vec<_>, _>>()?;
+        if rest.is_empty() {
+            Ok(codes)
+        } else {
+            Err(err)
+        }
+    }
 }
 
 impl Bind {
@@ -398,8 +427,13 @@ mod tests {
             ],
             result_formats: vec![0, 1],
         };
-        let decoded = Bind::decode(&bind.encode()[5..]).unwrap();
+        let encoded = bind.encode();
+        let decoded = Bind::decode(&encoded[5..]).unwrap();
         assert_eq!(decoded, bind);
+        let header = BindHeader::decode(&encoded[5..]).unwrap();
+        assert_eq!(header.result_formats().unwrap(), vec![0, 1]);
+        let truncated = BindHeader::decode(&encoded[5..encoded.len() - 1]).unwrap();
+        assert!(truncated.result_formats().is_err());
         bind.expand_param_formats();
         assert_eq!(bind.param_formats, vec![1, 1, 1]);
         assert_eq!(result_format(&[1], 5), 1);

@@ -197,8 +197,10 @@ impl<'a> Backend<'a> {
                 });
                 match message {
                     _ if internal => Action::Drop,
+                    // Formats belong to a portal, not to a statement: the rows of each
+                    // Execute are decoded from its own portal (`portal_rows`).
                     BackendMessage::RowDescription(_) => {
-                        self.describe_rows(&fields, &columns, &[], strip, state)
+                        self.describe_rows(&fields, &columns, &[], strip, state).0
                     }
                     _ => Action::Forward,
                 }
@@ -234,7 +236,11 @@ impl<'a> Backend<'a> {
                     Some(cursor) => cursor.injected,
                     None => prepared.map_or(0, |p| p.injected),
                 };
-                self.describe_rows(&fields, &columns, &formats, strip, state)
+                let (action, plan) = self.describe_rows(&fields, &columns, &formats, strip, state);
+                if let (Some(portal), Some(plan)) = (portal, plan) {
+                    let _ = portal.described.set(plan);
+                }
+                action
             }
             _ => Action::Forward,
         }
@@ -276,7 +282,10 @@ impl<'a> Backend<'a> {
                 self.rows = None;
                 (Action::Forward, true)
             }
-            BackendMessage::ErrorResponse(_) => (Action::Forward, true),
+            BackendMessage::ErrorResponse(_) => {
+                self.rows = None;
+                (Action::Forward, true)
+            }
             _ => (Action::Forward, false),
         };
         self.record(action, (frame, message), ends)
@@ -355,7 +364,9 @@ impl<'a> Backend<'a> {
                     Ok(columns) => columns,
                     Err(error) => return self.raise(error),
                 };
-                let action = self.describe_rows(&fields, &columns, &[], injected, state);
+                let (action, rows) = self.describe_rows(&fields, &columns, &[], injected, state);
+                // A simple query's rows follow its RowDescription directly.
+                self.rows = rows;
                 (action, false)
             }
             BackendMessage::DataRow(row) => (self.data_row(&row, state), false),
@@ -593,6 +604,9 @@ impl<'a> Backend<'a> {
 
     /// Rewrites a RowDescription: logical types for protected columns, pgveil's own subject
     /// columns removed, and (the backstop) a result that carries a denied column refused.
+    /// Returns how rows described so would be decoded (`None` when refused); the caller
+    /// decides whom that belongs to, as a Describe is answered before its rows and
+    /// possibly long before (asyncpg: Parse, Describe, Flush, later Bind, Execute).
     fn describe_rows(
         &mut self,
         fields: &[Field],
@@ -600,11 +614,10 @@ impl<'a> Backend<'a> {
         formats: &[i16],
         strip: usize,
         state: &State,
-    ) -> Action {
+    ) -> (Action, Option<RowPlan>) {
         let strip = strip.min(fields.len());
         if strip == 0 && columns.iter().all(Option::is_none) {
-            self.rows = Some(RowPlan::default());
-            return Action::Forward;
+            return (Action::Forward, Some(RowPlan::default()));
         }
         let veil = &self.session.veil;
         let mut fields = fields[..fields.len() - strip].to_vec();
@@ -619,7 +632,7 @@ impl<'a> Backend<'a> {
                 continue;
             };
             if state.access.is_denied(column) {
-                return self.raise(denied_read(spec));
+                return (self.raise(denied_read(spec)), None);
             }
             field.type_oid = spec.logical_type.oid();
             field.type_size = spec.logical_type.type_size();
@@ -631,8 +644,7 @@ impl<'a> Backend<'a> {
             };
             plan.columns.push(Some((column, format)));
         }
-        self.rows = Some(plan);
-        Action::Replace(RowDescription::encode(&fields))
+        (Action::Replace(RowDescription::encode(&fields)), Some(plan))
     }
 
     /// A row: counted and read for subject ids when recorded, then decrypted and masked.
@@ -758,6 +770,9 @@ fn portal_rows(portal: Option<&Portal>) -> Result<RowPlan, PgError> {
     let Some(portal) = portal else {
         return Ok(RowPlan::default());
     };
+    if let Some(described) = portal.described.get() {
+        return Ok(described.clone());
+    }
     match portal.prepared.row.get() {
         Some(info) => Ok(RowPlan {
             columns: info

@@ -163,10 +163,18 @@ fn refresh_needed(text: &str) -> Option<Wanted> {
     let catalog = ["create", "alter", "drop"]
         .iter()
         .any(|k| contains_keyword(text, k));
-    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user".
-    let search_path = ["search_path", "reset", "discard", "authorization"]
-        .iter()
-        .any(|k| contains_keyword(text, k))
+    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user";
+    // set_config may name its setting at run time (pg_dump: `set_config(name, ...) FROM
+    // pg_settings`).
+    let search_path = [
+        "search_path",
+        "reset",
+        "discard",
+        "authorization",
+        "set_config",
+    ]
+    .iter()
+    .any(|k| contains_keyword(text, k))
         || (contains_keyword(text, "set") && contains_keyword(text, "role"));
     (catalog || search_path).then_some(Wanted {
         catalog,
@@ -395,13 +403,9 @@ fn bind_message(
     let portal_name = Bytes::copy_from_slice(header.portal);
     // A FETCH needs its result formats, to re-encode the rows of its cursor.
     if prepared.analysis.is_none() && prepared.cursor.is_none() {
-        state.portals.insert(
-            portal_name,
-            Arc::new(Portal {
-                prepared,
-                result_formats: Vec::new(),
-            }),
-        );
+        state
+            .portals
+            .insert(portal_name, Portal::new(prepared, Vec::new()));
         state.expect.push_back(Expect::Bind);
         return Ok(Action::Forward);
     }
@@ -444,13 +448,9 @@ fn bind_message(
         changed = true;
     }
     let result_formats = bind.result_formats.clone();
-    state.portals.insert(
-        portal_name,
-        Arc::new(Portal {
-            prepared,
-            result_formats,
-        }),
-    );
+    state
+        .portals
+        .insert(portal_name, Portal::new(prepared, result_formats));
     state.expect.push_back(Expect::Bind);
     Ok(if changed {
         Action::Replace(bind.encode())
@@ -467,6 +467,11 @@ mod tests {
     fn refresh_detection() {
         assert!(refresh_needed("CREATE TABLE x (a int)").unwrap().catalog);
         assert!(refresh_needed("set search_path = app").unwrap().search_path);
+        assert!(
+            refresh_needed("SELECT set_config(name, 'x', false) FROM pg_settings")
+                .unwrap()
+                .search_path
+        );
         assert!(refresh_needed("SELECT created_at FROM t").is_none());
     }
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::audit::QueryAudit;
 use super::cursors::{CursorSource, Cursors, Fetch};
+use super::values::RowPlan;
 use crate::pgtype::SessionTime;
 use crate::policy::{AccessMap, Policy};
 use crate::session::introspect::{Collector, Wanted};
@@ -106,7 +107,22 @@ pub(super) type Portals = HashMap<Bytes, Arc<Portal>>;
 
 pub(super) struct Portal {
     pub prepared: Arc<Prepared>,
+    /// As the client sent them in Bind (also for statements pgveil did not analyse, once a
+    /// Describe showed they return protected columns).
     pub result_formats: Vec<i16>,
+    /// What a Describe of this portal showed the client (columns and their formats, as the
+    /// database reported them for this portal): its Execute is decoded the same way.
+    pub described: OnceLock<RowPlan>,
+}
+
+impl Portal {
+    pub fn new(prepared: Arc<Prepared>, result_formats: Vec<i16>) -> Arc<Self> {
+        Arc::new(Self {
+            prepared,
+            result_formats,
+            described: OnceLock::new(),
+        })
+    }
 }
 
 /// What the database will answer a client message with, in order.

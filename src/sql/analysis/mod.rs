@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::{Token, TokenWithSpan};
 
 use crate::schema::{ProtectedColumn, TableName};
 use crate::sql::catalog::{Catalog, ColumnRef, Protection};
@@ -128,6 +128,56 @@ pub fn analyze(
     Ok(plans)
 }
 
+/// The tokens of a statement as the parser reads them: all of them, less an `ONLY` right
+/// after FROM or JOIN (`SELECT ... FROM ONLY t`, pg_dump's form), which the parser does not
+/// know. ONLY leaves out the rows of t's child tables; it changes nothing pgveil decides,
+/// as the columns are t's either way. Every other token keeps its place in the text.
+fn parser_tokens(tokens: &Tokens, first: usize, last: usize) -> Vec<TokenWithSpan> {
+    (first..=last)
+        .filter(|&i| {
+            !(tokens.is_keyword(i, "only")
+                && tokens.prev_solid(i).is_some_and(|p| {
+                    p >= first && (tokens.is_keyword(p, "from") || tokens.is_keyword(p, "join"))
+                }))
+        })
+        .map(|i| tokens.spanned[i].clone())
+        .collect()
+}
+
+/// `CREATE [TEMP | TEMPORARY | UNLOGGED] SEQUENCE ...` or `ALTER SEQUENCE ...` without any
+/// string literal (so without a subquery's text or a value hiding in one).
+fn is_sequence_ddl(tokens: &Tokens, first: usize) -> bool {
+    let verb = tokens.is_keyword(first, "create") || tokens.is_keyword(first, "alter");
+    let mut next = tokens.next_solid(first);
+    while let Some(i) = next.filter(|&i| {
+        ["temp", "temporary", "unlogged"]
+            .iter()
+            .any(|w| tokens.is_keyword(i, w))
+    }) {
+        next = tokens.next_solid(i);
+    }
+    let end = tokens
+        .spanned
+        .iter()
+        .skip(first)
+        .position(|t| matches!(t.token, Token::SemiColon | Token::EOF))
+        .map_or(tokens.spanned.len(), |n| first + n);
+    verb && next.is_some_and(|i| tokens.is_keyword(i, "sequence"))
+        && (first..end).all(|i| {
+            !matches!(
+                tokens.token(i),
+                Some(
+                    Token::SingleQuotedString(_)
+                        | Token::EscapedStringLiteral(_)
+                        | Token::DollarQuotedString(_)
+                        | Token::NationalStringLiteral(_)
+                        | Token::UnicodeStringLiteral(_)
+                        | Token::LParen
+                )
+            )
+        })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn analyze_one(
     sql: &str,
@@ -151,7 +201,7 @@ fn analyze_one(
     }
     let dialect = PostgreSqlDialect {};
     let mut parser =
-        Parser::new(&dialect).with_tokens_with_locations(tokens.spanned[first..=last].to_vec());
+        Parser::new(&dialect).with_tokens_with_locations(parser_tokens(tokens, first, last));
     let parsed = match parser.parse_statement() {
         Ok(statement) if parser.peek_token().token == Token::EOF => Ok(statement),
         Ok(_) => Err("unexpected text after the statement".to_string()),
@@ -174,6 +224,12 @@ fn analyze_one(
                 message: "pgveil: DO blocks mentioning a protected table are not supported".into(),
             });
             return Ok(plan);
+        }
+        // Sequence DDL the parser does not know (`CREATE SEQUENCE ... AS integer`, `ALTER
+        // SEQUENCE ... OWNED BY t.id`, as pg_dump writes them) names a table at most as the
+        // owner of a sequence; its options are numbers about the sequence, never values.
+        Err(_) if is_sequence_ddl(tokens, first) => {
+            return Ok(StatementPlan::empty(StatementKind::Other, range))
         }
         Err(e) if touches => return Err(AnalyzeError::Parse(sanitize(&e))),
         // Nothing protected can be involved: forward untouched.

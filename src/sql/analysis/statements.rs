@@ -265,6 +265,8 @@ impl Analyzer<'_> {
                 | Statement::Fetch { .. }
                 | Statement::Close { .. }
                 | Statement::Discard { .. }
+                // pg_dump locks every table it dumps; a lock carries no values.
+                | Statement::Lock(_)
         );
         let what = self.leading_words(first, last);
         if !ddl {
