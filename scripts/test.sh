@@ -16,10 +16,14 @@ command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
 # tests/hsm.rs: the master key in a SoftHSM2 token (tokens are made by the test).
 [ -f /usr/lib/softhsm/libsofthsm2.so ] || need_apt+=(softhsm2)
-# Clients of tests/scram.rs (TLS on both legs, auth = "scram"): Java + pgJDBC, node + npm.
+# Clients of tests/scram.rs and tests/drivers/: Java + pgJDBC, node + npm. pg_dump and
+# pg_restore (tests/dump_restore.rs) come with postgresql-client.
 command -v java >/dev/null || need_apt+=(default-jdk-headless)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+# pgx (tests/drivers/), built in GOPATH mode from Debian's package: no Go module proxy here.
+command -v go >/dev/null || need_apt+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] || need_apt+=(golang-github-jackc-pgx-v4-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -37,8 +41,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -c 'import psycopg' 2>/dev/null || .venv/bin/pip install -q 'psycopg[binary]>=3.1'
 export PGVEIL_PYTHON="$PWD/.venv/bin/python"
-# asyncpg and node-postgres (tests/clients/node, pinned by its package-lock.json).
-.venv/bin/python -c 'import asyncpg' 2>/dev/null || .venv/bin/python -m pip install -q asyncpg
-[ -d tests/clients/node/node_modules/pg ] || npm ci --prefix tests/clients/node --no-audit --no-fund --silent
+# The client matrix (tests/drivers/): asyncpg, psycopg2, SQLAlchemy 2 (with greenlet for
+# its asyncio engine), Django 5.2; node-postgres and postgres.js (tests/clients/node, pinned
+# by its package-lock.json).
+py_need=()
+.venv/bin/python -c 'import asyncpg' 2>/dev/null || py_need+=(asyncpg)
+.venv/bin/python -c 'import psycopg2' 2>/dev/null || py_need+=(psycopg2-binary)
+.venv/bin/python -c 'import sqlalchemy, greenlet; assert sqlalchemy.__version__ >= "2"' 2>/dev/null \
+  || py_need+=('sqlalchemy>=2,<3' greenlet)
+.venv/bin/python -c 'import django; assert django.VERSION[:2] == (5, 2)' 2>/dev/null || py_need+=('django>=5.2,<5.3')
+[ ${#py_need[@]} -eq 0 ] || .venv/bin/python -m pip install -q "${py_need[@]}"
+{ [ -d tests/clients/node/node_modules/pg ] && [ -d tests/clients/node/node_modules/postgres ]; } \
+  || npm ci --prefix tests/clients/node --no-audit --no-fund --silent
 
 cargo test --all-targets "$@"

@@ -103,6 +103,27 @@ impl LogicalType {
         }
     }
 
+    /// The OID of the array type over this type (`text[]`), shown for an array parameter
+    /// whose elements are bound to a protected column.
+    pub fn array_oid(self) -> u32 {
+        match self {
+            Self::Text => 1009,
+            Self::Varchar => 1015,
+            Self::Int2 => 1005,
+            Self::Int4 => 1007,
+            Self::Int8 => 1016,
+            Self::Numeric => 1231,
+            Self::Float8 => 1022,
+            Self::Bool => 1000,
+            Self::Date => 1182,
+            Self::Timestamp => 1115,
+            Self::Timestamptz => 1185,
+            Self::Uuid => 2951,
+            Self::Bytea => oid::BYTEA_ARRAY,
+            Self::Jsonb => 3807,
+        }
+    }
+
     /// `typlen` as RowDescription reports it (-1 for variable length).
     pub fn type_size(self) -> i16 {
         match self {

@@ -27,9 +27,6 @@ pub struct Database {
     pub tables: StaticCatalog,
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
-    /// Lower-cased names of views that read a protected table, directly or through other
-    /// views: pgveil cannot analyse through a view, so statements naming one are refused.
-    protected_views: Vec<String>,
     plans: Mutex<PlanCache>,
     /// Statement text → its audit fingerprint.
     fingerprints: Mutex<HashMap<String, String>>,
@@ -43,7 +40,7 @@ pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;
 
 impl Database {
     pub fn new(
-        tables: StaticCatalog,
+        mut tables: StaticCatalog,
         views: &[(TableName, TableName)],
         protection: &Protection,
     ) -> Self {
@@ -60,12 +57,13 @@ impl Database {
                 break;
             }
             for view in found {
-                protected_views.push(view.name.to_ascii_lowercase());
+                protected_views.push(view.clone());
                 reading.insert(view);
             }
         }
-        protected_views.sort();
-        protected_views.dedup();
+        // Views are told by their resolved name, so only the view a statement really
+        // reads (in this session's search path) is refused.
+        tables.set_protected_views(protected_views);
         let mut by_attribute = HashMap::new();
         for table in tables.tables() {
             for column in &table.columns {
@@ -77,36 +75,16 @@ impl Database {
         Self {
             tables,
             by_attribute,
-            protected_views,
             plans: Mutex::new(HashMap::new()),
             fingerprints: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The first view over a protected table that `sql` may name (a case-insensitive scan,
-    /// like the fast path's; a false positive only costs a refusal of a statement naming a
-    /// similarly named relation).
-    pub fn protected_view_in(&self, sql: &str) -> Option<&str> {
-        // Statements that manage a view move no values through it.
-        let first = sql
-            .trim_start()
-            .split(|c: char| !c.is_ascii_alphabetic())
-            .next()
-            .unwrap_or("");
-        if ["drop", "alter", "grant", "revoke", "comment"]
-            .iter()
-            .any(|k| first.eq_ignore_ascii_case(k))
-        {
-            return None;
-        }
-        let text = sql.as_bytes();
-        self.protected_views
-            .iter()
-            .find(|view| {
-                text.windows(view.len())
-                    .any(|w| w.eq_ignore_ascii_case(view.as_bytes()))
-            })
-            .map(String::as_str)
+    /// True when `sql` may name a protected table or a view over one, so it must be
+    /// analysed: whole words only, as the analysis then resolves each name.
+    pub fn may_touch_protected(&self, sql: &str, protection: &Protection) -> bool {
+        use sql::Catalog;
+        sql::may_touch_protected(sql, protection) || self.tables.mentions_protected_view(sql)
     }
 
     /// Analyses `sql` once per search path; later calls share the result.

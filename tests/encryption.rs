@@ -1600,6 +1600,7 @@ async fn unqualified_table_in_another_schema_through_search_path() {
     );
     let columns = column_toml("sp_app.people", "ssn", "text", "deterministic", "");
     let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let prefix = envelope_prefix(dir.path());
     let c = connect(proxy.port()).await;
     c.simple_query("SET search_path = sp_app, public")
         .await
@@ -1629,10 +1630,7 @@ async fn unqualified_table_in_another_schema_through_search_path() {
         .unwrap_err();
     assert_eq!(db_error(&err).0, "0A000");
     let stored = cluster().psql("SELECT encode(ssn, 'hex') FROM sp_app.people ORDER BY id");
-    assert!(
-        stored.lines().all(|l| l.starts_with("0100000001")),
-        "{stored}"
-    );
+    assert!(stored.lines().all(|l| l.starts_with(&prefix)), "{stored}");
     // a session whose search_path is set at connection time (PGOPTIONS) in psql
     let out = std::process::Command::new(bindir().join("psql"))
         .args([
@@ -1677,7 +1675,8 @@ async fn unqualified_table_in_another_schema_through_search_path() {
 /// a protected column.
 #[tokio::test(flavor = "multi_thread")]
 async fn statements_pgveil_does_not_rewrite() {
-    let (_dir, proxy) = patients_setup("unrw");
+    let (dir, proxy) = patients_setup("unrw");
+    let prefix = envelope_prefix(dir.path());
     let c = connect(proxy.port()).await;
     c.simple_query("INSERT INTO unrw_patients (id, name, ssn) VALUES (1, 'Ann', 'ssn-1')")
         .await
@@ -1720,7 +1719,7 @@ async fn statements_pgveil_does_not_rewrite() {
     for line in stored.lines().filter(|l| !l.is_empty()) {
         let hexed = line.split('|').nth(1).unwrap();
         assert!(
-            hexed.is_empty() || hexed.starts_with("0100000001"),
+            hexed.is_empty() || hexed.starts_with(&prefix),
             "plaintext written into a protected column: {line}"
         );
         assert!(!hexed.contains(&hex::encode("plain")), "{line}");
@@ -1935,7 +1934,8 @@ async fn query_shapes_and_cross_key_refusals() {
 /// kept across Syncs in a transaction, unknown names.
 #[tokio::test(flavor = "multi_thread")]
 async fn extended_protocol_corner_cases() {
-    let (_dir, proxy) = types_proxy("enc_praw");
+    let (dir, proxy) = types_proxy("enc_praw");
+    let prefix = envelope_prefix(dir.path());
     let mut raw = Raw::connect(proxy.port()).await;
     let mut report = Vec::new();
     let show = |msgs: &[Msg]| -> String {
@@ -2049,7 +2049,7 @@ function call-ish: T[(23, 0)] D[Some("1")] C Z"#;
     // nothing stored in plaintext
     let stored = cluster().psql("SELECT encode(d_int4, 'hex'), encode(d_text, 'hex'), encode(d_bytea, 'hex'), encode(d_numeric, 'hex') FROM enc_praw");
     for value in stored.split(['|', '\n']).filter(|v| !v.is_empty()) {
-        assert!(value.starts_with("0100000001"), "{value}");
+        assert!(value.starts_with(&prefix), "{value}");
     }
 }
 
@@ -2069,6 +2069,7 @@ async fn tables_created_or_recreated_around_pgveil() {
         column_toml("ddl_recreated", "ssn", "text", "deterministic", "")
     );
     let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let prefix = envelope_prefix(dir.path());
     let old = connect(proxy.port()).await;
     old.simple_query("INSERT INTO ddl_recreated VALUES (1, 'before')")
         .await
@@ -2117,10 +2118,7 @@ async fn tables_created_or_recreated_around_pgveil() {
         "SELECT encode(ssn, 'hex') FROM ddl_late UNION ALL SELECT encode(ssn, 'hex') FROM ddl_recreated",
     );
     assert_eq!(
-        stored
-            .lines()
-            .filter(|l| l.starts_with("0100000001"))
-            .count(),
+        stored.lines().filter(|l| l.starts_with(&prefix)).count(),
         3,
         "{stored}"
     );
@@ -2206,7 +2204,8 @@ async fn upserts_and_literal_spellings() {
 /// keeps its protection.
 #[tokio::test(flavor = "multi_thread")]
 async fn statement_names_reused_after_deallocate() {
-    let (_dir, proxy) = patients_setup("dea");
+    let (dir, proxy) = patients_setup("dea");
+    let prefix = envelope_prefix(dir.path());
     let mut raw = Raw::connect(proxy.port()).await;
     let ok = |msgs: &[Msg]| {
         assert!(
@@ -2272,7 +2271,7 @@ async fn statement_names_reused_after_deallocate() {
     assert!(!stored.contains(&hex::encode("PLAINTEXT")), "{stored}");
     let ids: Vec<&str> = stored
         .lines()
-        .filter(|l| l.contains("|0100000001"))
+        .filter(|l| l.contains(&format!("|{prefix}")))
         .map(|l| l.split('|').next().unwrap())
         .collect();
     assert_eq!(ids, ["2", "3", "4"], "{stored}");
@@ -2370,6 +2369,7 @@ async fn search_path_undone_at_transaction_end() {
     );
     let columns = column_toml("spx.people", "ssn", "text", "deterministic", "");
     let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let prefix = envelope_prefix(dir.path());
     let c = connect(proxy.port()).await;
     c.simple_query("SET search_path = spx").await.unwrap();
     for (n, change) in [
@@ -2413,7 +2413,7 @@ async fn search_path_undone_at_transaction_end() {
     let stored = cluster().psql("SELECT id, encode(ssn, 'hex') FROM spx.people ORDER BY id");
     assert_eq!(stored.lines().count(), 5, "{stored}");
     assert!(
-        stored.lines().all(|l| l.contains("|0100000001")),
+        stored.lines().all(|l| l.contains(&format!("|{prefix}"))),
         "plaintext in a protected column:\n{stored}"
     );
     let rows = c
@@ -2436,6 +2436,7 @@ async fn search_path_reset_to_the_session_default() {
     );
     let columns = column_toml("spr.people", "ssn", "text", "deterministic", "");
     let proxy = Proxy::start(&veil_config(dir.path(), "plaintext", &columns), dir.path());
+    let prefix = envelope_prefix(dir.path());
     let (c, connection) = tokio_postgres::connect(
         &format!(
             "{} options='-c search_path=spr'",
@@ -2462,7 +2463,7 @@ async fn search_path_reset_to_the_session_default() {
     let stored = cluster().psql("SELECT id, encode(ssn, 'hex') FROM spr.people ORDER BY id");
     assert_eq!(stored.lines().count(), 3, "{stored}");
     assert!(
-        stored.lines().all(|l| l.contains("|0100000001")),
+        stored.lines().all(|l| l.contains(&format!("|{prefix}"))),
         "plaintext in a protected column:\n{stored}"
     );
 }

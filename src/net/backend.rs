@@ -310,6 +310,12 @@ pub struct CommandComplete<'a> {
 }
 
 impl CommandComplete<'_> {
+    /// The command tag (`SELECT 3`, `ROLLBACK`).
+    pub fn tag(&self) -> Option<&[u8]> {
+        let mut rest = self.body;
+        read_cstr(&mut rest)
+    }
+
     /// The row count at the end of the tag (`SELECT 3`, `INSERT 0 1`).
     pub fn rows(&self) -> Option<u64> {
         let mut rest = self.body;

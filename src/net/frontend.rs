@@ -198,8 +198,12 @@ impl<'a> BindHeader<'a> {
         let mut params = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let len = read_i32(&mut rest).ok_or(err)?;
-            if len < 0 {
+            // Only -1 is NULL; PostgreSQL refuses other negative lengths, and a rewritten
+            // Bind must not turn such a message into a valid NULL.
+            if len == -1 {
                 params.push(None);
+            } else if len < 0 {
+                return Err(err);
             } else {
                 let len = len as usize;
                 if rest.len() < len {
@@ -220,6 +224,35 @@ impl<'a> BindHeader<'a> {
             params,
             result_formats,
         })
+    }
+
+    /// Only the result format codes, reading past the parameters without copying them:
+    /// for a statement pgveil did not analyse whose rows still carry protected columns.
+    pub fn result_formats(&self) -> Result<Vec<i16>, Malformed> {
+        let err = Malformed("Bind");
+        let mut rest = self.rest;
+        let skip = |rest: &mut &[u8], n: usize| -> Result<(), Malformed> {
+            *rest = rest.get(n..).ok_or(err)?;
+            Ok(())
+        };
+        let formats = usize::try_from(read_i16(&mut rest).ok_or(err)?).map_err(|_| err)?;
+        skip(&mut rest, 2 * formats)?;
+        let count = usize::try_from(read_i16(&mut rest).ok_or(err)?).map_err(|_| err)?;
+        for _ in 0..count {
+            // A negative length is NULL, with no bytes.
+            if let Ok(len) = usize::try_from(read_i32(&mut rest).ok_or(err)?) {
+                skip(&mut rest, len)?;
+            }
+        }
+        let n = usize::try_from(read_i16(&mut rest).ok_or(err)?).map_err(|_| err)?;
+        let codes = (0..n)
+            .map(|_| read_i16(&mut rest).ok_or(err))
+            .collect::<Result<Vec<_>, _>>()?;
+        if rest.is_empty() {
+            Ok(codes)
+        } else {
+            Err(err)
+        }
     }
 }
 
@@ -394,8 +427,13 @@ mod tests {
             ],
             result_formats: vec![0, 1],
         };
-        let decoded = Bind::decode(&bind.encode()[5..]).unwrap();
+        let encoded = bind.encode();
+        let decoded = Bind::decode(&encoded[5..]).unwrap();
         assert_eq!(decoded, bind);
+        let header = BindHeader::decode(&encoded[5..]).unwrap();
+        assert_eq!(header.result_formats().unwrap(), vec![0, 1]);
+        let truncated = BindHeader::decode(&encoded[5..encoded.len() - 1]).unwrap();
+        assert!(truncated.result_formats().is_err());
         bind.expand_param_formats();
         assert_eq!(bind.param_formats, vec![1, 1, 1]);
         assert_eq!(result_format(&[1], 5), 1);
@@ -449,5 +487,14 @@ mod tests {
         assert_eq!(header.bind().unwrap(), bind);
         let truncated = &frame[5..frame.len() - 1];
         assert!(BindHeader::decode(truncated).unwrap().bind().is_err());
+    }
+
+    #[test]
+    fn bind_lengths_below_minus_one_are_malformed() {
+        // Found by fuzz/frames: a length of -2 was read as NULL and re-encoded as -1.
+        let body = b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0";
+        assert_eq!(Bind::decode(body), Err(Malformed("Bind")));
+        let null = b"\0\0\0\0\0\x01\xff\xff\xff\xff\0\0";
+        assert_eq!(Bind::decode(null).unwrap().params, vec![None]);
     }
 }

@@ -104,8 +104,13 @@ pub async fn read_startup<R: AsyncRead + Unpin>(
     parse_startup(raw.freeze())
 }
 
+/// Reads a whole startup packet (length word included). Any bytes are refused or read,
+/// never a panic: [`read_startup`] hands over at least 8, other callers may not.
 pub fn parse_startup(raw: Bytes) -> Result<StartupPacket, StartupError> {
-    let code = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    let Some(&[a, b, c, d]) = raw.get(4..8) else {
+        return Err(StartupError::BadLength);
+    };
+    let code = u32::from_be_bytes([a, b, c, d]);
     match code {
         SSL_REQUEST if raw.len() == 8 => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST if raw.len() == 8 => Ok(StartupPacket::GssEncRequest),
@@ -193,6 +198,16 @@ mod tests {
             parse_startup(v2.freeze()),
             Err(StartupError::UnsupportedProtocol { major: 2, minor: 0 })
         ));
+    }
+
+    #[test]
+    fn packets_shorter_than_a_request_code_are_refused() {
+        for raw in [&b""[..], b"\0\0\0\x08", b"\0\0\0\x08\x04\xd2\x16"] {
+            assert!(matches!(
+                parse_startup(Bytes::copy_from_slice(raw)),
+                Err(StartupError::BadLength)
+            ));
+        }
     }
 
     #[test]

@@ -320,7 +320,11 @@ pub(super) fn date_to_timestamp(
         DATE_NOBEGIN => Ok(DT_NOBEGIN),
         DATE_NOEND => Ok(DT_NOEND),
         _ => {
-            let local = i64::from(days) * USECS_PER_DAY;
+            // A valid date reaches year 5874897, far past the last timestamp: out of range,
+            // as in PostgreSQL's date2timestamp, not a wrapped product.
+            let local = i64::from(days)
+                .checked_mul(USECS_PER_DAY)
+                .ok_or_else(|| ValueError::datetime_range(ty))?;
             let us = if ty == LogicalType::Timestamptz {
                 tz.local_to_utc(local)
                     .ok_or_else(|| ValueError::datetime_range(ty))?

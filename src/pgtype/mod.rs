@@ -38,6 +38,7 @@
 //! `input` (any client value to its canonical bytes), `output` (text and binary output) and
 //! `format` (the wire format code).
 
+pub mod array;
 mod bytea;
 pub mod calendar;
 mod cast;

@@ -25,6 +25,8 @@ pub const TIMESTAMPTZ: u32 = 1184;
 pub const NUMERIC: u32 = 1700;
 pub const UUID: u32 = 2950;
 pub const JSONB: u32 = 3802;
+/// `bytea[]`: how an array parameter of ciphertexts is declared upstream.
+pub const BYTEA_ARRAY: u32 = 1001;
 
 /// Types whose binary form is their text (so a value declared as one of them is text input).
 pub fn is_string(oid: u32) -> bool {

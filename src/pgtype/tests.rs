@@ -402,6 +402,14 @@ fn binary_conversions_follow_assignment_casts() {
         canonical_from_binary(T::Timestamp, 1082, &i32::MAX.to_be_bytes(), &tz).unwrap(),
         canon(T::Timestamp, "infinity")
     );
+    // A valid date past the last timestamp (found by fuzz/ literals): out of range, not a
+    // wrapped microsecond count.
+    let far = 0x4010_0000i32.to_be_bytes();
+    assert!(canonical_from_binary(T::Date, 1082, &far, &tz).is_ok());
+    for ty in [T::Timestamp, T::Timestamptz] {
+        let e = canonical_from_binary(ty, 1082, &far, &tz).unwrap_err();
+        assert_eq!(e.sqlstate(), "22008", "{ty}");
+    }
     // timestamp ↔ timestamptz through the session zone
     let local = canon(T::Timestamp, "2024-07-01 12:00");
     let utc_instant = canonical_from_binary(T::Timestamptz, 1114, &local, &berlin).unwrap();

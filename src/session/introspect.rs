@@ -29,7 +29,9 @@ JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
 WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND v.oid <> t.oid";
 
-const SEARCH_PATH_SQL: &str = "SELECT s FROM unnest(pg_catalog.current_schemas(false)) AS s";
+/// The schemas a name resolves in, in order, implicit ones included: the session's own
+/// temporary schema (once it exists) and pg_catalog where PostgreSQL searches them.
+const SEARCH_PATH_SQL: &str = "SELECT s FROM unnest(pg_catalog.current_schemas(true)) AS s";
 
 /// The login's roles: itself and every role it belongs to, directly or through others.
 /// `session_user`, not `current_user`: `SET ROLE` must never widen access.

@@ -127,12 +127,27 @@ pub trait Catalog {
         name: &str,
         search_path: &[String],
     ) -> Option<TableInfo>;
+
+    /// True when `table` is a view that reads a protected table (directly or through other
+    /// views): pgveil cannot see through it, so a statement that reads it is refused.
+    fn is_protected_view(&self, _table: &TableName) -> bool {
+        false
+    }
+
+    /// True when `sql` may name such a view (its name as a whole word, as the fast path
+    /// looks for protected tables), so the statement must be analysed.
+    fn mentions_protected_view(&self, _sql: &str) -> bool {
+        false
+    }
 }
 
 /// A simple in-memory catalog: for tests, and for the session to fill from `pg_class`.
 #[derive(Debug, Clone, Default)]
 pub struct StaticCatalog {
     tables: HashMap<TableName, TableInfo>,
+    protected_views: HashSet<TableName>,
+    /// Lower-case (ASCII) names of `protected_views`, for [`Catalog::mentions_protected_view`].
+    view_needles: Vec<Vec<u8>>,
 }
 
 impl StaticCatalog {
@@ -166,6 +181,29 @@ impl StaticCatalog {
     pub fn tables(&self) -> impl Iterator<Item = &TableInfo> {
         self.tables.values()
     }
+
+    /// Marks views that read a protected table.
+    pub fn set_protected_views(&mut self, views: impl IntoIterator<Item = TableName>) {
+        self.protected_views = views.into_iter().collect();
+        let mut needles: Vec<Vec<u8>> = self
+            .protected_views
+            .iter()
+            .map(|v| v.name.to_ascii_lowercase().into_bytes())
+            .filter(|n| !n.is_empty())
+            .collect();
+        needles.sort();
+        needles.dedup();
+        self.view_needles = needles;
+    }
+}
+
+/// The session's own temporary schema (`pg_temp_N`) in its search path, where
+/// `current_schemas(true)` lists it once it exists.
+fn own_temp_schema(search_path: &[String]) -> Option<&str> {
+    search_path
+        .iter()
+        .map(String::as_str)
+        .find(|s| s.starts_with("pg_temp_"))
 }
 
 impl Catalog for StaticCatalog {
@@ -176,6 +214,10 @@ impl Catalog for StaticCatalog {
         search_path: &[String],
     ) -> Option<TableInfo> {
         match schema {
+            // `pg_temp` is this session's temporary schema, never another session's.
+            Some("pg_temp") => own_temp_schema(search_path)
+                .and_then(|s| self.tables.get(&TableName::new(s, name)))
+                .cloned(),
             Some(s) => self.tables.get(&TableName::new(s, name)).cloned(),
             None => {
                 // PostgreSQL looks in pg_catalog first unless the path names it.
@@ -189,5 +231,15 @@ impl Catalog for StaticCatalog {
                     .cloned()
             }
         }
+    }
+
+    fn is_protected_view(&self, table: &TableName) -> bool {
+        self.protected_views.contains(table)
+    }
+
+    fn mentions_protected_view(&self, sql: &str) -> bool {
+        self.view_needles
+            .iter()
+            .any(|n| super::fast::contains_word(sql.as_bytes(), n))
     }
 }

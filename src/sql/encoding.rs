@@ -71,13 +71,14 @@ fn refusal_for(encoding: &str) -> Refusal {
 fn unprovable() -> Refusal {
     Refusal {
         sqlstate: sqlstate::FEATURE_NOT_SUPPORTED,
-        message: "pgveil: set_config with a setting name or client_encoding value that is not a literal is not supported".into(),
+        message: "pgveil: set_config that may set client_encoding to a value that is not a literal is not supported".into(),
     }
 }
 
 /// The refusal of a statement in `sql` that would select a refused client encoding:
-/// `SET [SESSION | LOCAL] client_encoding`, `SET NAMES`, or `set_config` whose setting name or
-/// encoding pgveil cannot read as a literal. Text that does not parse is left to the rest of
+/// `SET [SESSION | LOCAL] client_encoding`, `SET NAMES`, or `set_config` that may set
+/// client_encoding (its name is `client_encoding` or not a literal) to a value pgveil cannot
+/// read as a literal. Text that does not parse is left to the rest of
 /// the analysis; the session's check of what the server reports still stops it.
 pub fn encoding_refusal(sql: &str) -> Option<Refusal> {
     let lower = sql.to_ascii_lowercase();
@@ -175,11 +176,13 @@ fn set_config_refusal(expr: &Expr) -> Option<Refusal> {
             _ => None,
         }
     };
-    let Some(name) = literal(0) else {
-        return Some(unprovable());
-    };
-    if !name.trim().eq_ignore_ascii_case("client_encoding") {
-        return None;
+    match literal(0) {
+        // A name read at run time (pg_dump: `set_config(name, 'view, foreign-table', false)
+        // FROM pg_settings WHERE name = ...`) may be client_encoding; then what it selects is
+        // the value, which is enough to judge when it is a literal.
+        None => {}
+        Some(name) if !name.trim().eq_ignore_ascii_case("client_encoding") => return None,
+        Some(_) => {}
     }
     match literal(1) {
         Some(value) if is_refused_encoding(&value) => Some(refusal_for(&value)),
@@ -226,6 +229,8 @@ mod tests {
             "SELECT set_config('client_encoding', 'JOHAB', false)",
             "SELECT pg_catalog.set_config('CLIENT_ENCODING', 'sjis', true)",
             "SELECT set_config('client_' || 'encoding', 'SJIS', false)",
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE name = 'client_encoding'",
+            "SELECT set_config(name, setting, false) FROM pg_settings",
             "SELECT set_config('client_encoding', lower('SJIS'), false)",
             "SELECT 1; SET client_encoding = 'SJIS'",
             "SELECT * FROM t WHERE x = (SELECT set_config('client_encoding', 'SJIS', false))",
@@ -241,6 +246,8 @@ mod tests {
             "SET NAMES 'LATIN1'",
             "RESET client_encoding",
             "SELECT set_config('search_path', 'public', false)",
+            // pg_dump's, since 15.8: the name is a column, the value a harmless literal.
+            "SELECT pg_catalog.set_config(name, 'view, foreign-table', false) FROM pg_catalog.pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
             "SELECT 'names and encodings' AS e",
             "SHOW client_encoding",
         ] {

@@ -27,6 +27,7 @@
 mod analysis;
 mod catalog;
 mod copy;
+mod cursor;
 mod encoding;
 mod fast;
 mod fingerprint;
@@ -40,6 +41,7 @@ use std::ops::Range;
 pub use analysis::analyze;
 pub use catalog::{Catalog, ColumnInfo, ColumnRef, Protection, StaticCatalog, TableInfo};
 pub use copy::{copy_options, CopyDirection, CopyPlan};
+pub use cursor::{cursor_statements, mentions_cursor, CursorOp, CursorStatement};
 pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
@@ -84,6 +86,9 @@ pub struct LiteralBinding {
     /// Only casts to text-like types, the column's logical type or a type of the same family
     /// (integers/numeric/float; date/timestamps) are accepted.
     pub cast: Option<String>,
+    /// The literal is a one-dimensional array in text form (`'{a,NULL}'::text[]`) unnested
+    /// into the column: each element is encrypted and the literal replaced by a `bytea[]`.
+    pub array: bool,
 }
 
 /// Why a statement is refused before it reaches the database.
@@ -131,6 +136,9 @@ pub struct StatementPlan {
     pub literals: Vec<LiteralBinding>,
     /// Parameters (`$n`) bound to protected columns (deduplicated).
     pub params: Vec<(u32, ColumnRef)>,
+    /// Array parameters (`UNNEST($n::text[])`) whose elements are bound to a protected
+    /// column: each non-NULL element is encrypted for it and the parameter declared `bytea[]`.
+    pub array_params: Vec<(u32, ColumnRef)>,
     /// Protected columns whose values the statement returns.
     pub reads: Vec<ColumnRef>,
     /// Protected columns used in conditions, grouping, DISTINCT, count, joins.
@@ -158,6 +166,7 @@ impl StatementPlan {
             tables: Vec::new(),
             literals: Vec::new(),
             params: Vec::new(),
+            array_params: Vec::new(),
             reads: Vec::new(),
             conditions: Vec::new(),
             writes: Vec::new(),
@@ -171,7 +180,10 @@ impl StatementPlan {
 
     /// True when the session must change the statement text or its parameters.
     pub fn needs_rewrite(&self) -> bool {
-        !self.literals.is_empty() || !self.params.is_empty() || !self.rewrites.is_empty()
+        !self.literals.is_empty()
+            || !self.params.is_empty()
+            || !self.array_params.is_empty()
+            || !self.rewrites.is_empty()
     }
 }
 

@@ -160,6 +160,32 @@ fn fast_path_matches_names_case_insensitively() {
     assert!(!may_touch_protected("", &p));
     assert!(!may_touch_protected("pat", &p));
     assert!(may_touch_protected("VISITS", &p));
+    // Whole names only: longer identifiers are other objects (issue 10: pg_dump's
+    // `CREATE SEQUENCE patients_id_seq`, `LOCK TABLE patients_plain`).
+    assert!(!may_touch_protected(
+        "CREATE SEQUENCE public.patients_id_seq AS integer",
+        &p
+    ));
+    assert!(!may_touch_protected("LOCK TABLE patients_plain", &p));
+    assert!(!may_touch_protected(
+        "select * from xpatients, patients2",
+        &p
+    ));
+    // `$` does not continue a word here: a dollar-quoted body names its table.
+    assert!(may_touch_protected("DO $$BEGIN DELETE FROM patients$$", &p));
+    assert!(may_touch_protected(
+        "select * from public.patients_id_seq, patients",
+        &p
+    ));
+    assert!(may_touch_protected("select 1 from\tpatients;", &p));
+    assert!(may_touch_protected("select 1 from \"patients\"", &p));
+    assert!(may_touch_protected(
+        "EXECUTE 'select * from ' || 'patients'",
+        &p
+    ));
+    // PostgreSQL's lexer reads every byte above 0x7f as part of an identifier.
+    assert!(!may_touch_protected("select 1 from ëpatients", &p));
+    assert!(may_touch_protected("patients", &p));
 }
 
 // ----- statements and ranges -------------------------------------------------------------
@@ -829,6 +855,14 @@ fn prepare_declare_explain_ddl() {
         }
         assert!(p.literals.is_empty(), "{ddl}");
     }
+    for lock in [
+        "LOCK TABLE public.patients IN ACCESS SHARE MODE",
+        "LOCK patients, staff",
+    ] {
+        let p = ok(lock);
+        assert_eq!(p.kind, StatementKind::Other, "{lock}");
+        assert!(p.literals.is_empty(), "{lock}");
+    }
     refused("CREATE INDEX ON patients (ssn) WHERE ssn = '123'");
     refused("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT count(*) FROM patients WHERE ssn = '1' $$");
     ok("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$");
@@ -1227,3 +1261,51 @@ fn parse_errors_do_not_echo_values() {
         vec![t("TRUE", SSN, "true")]
     );
 }
+
+#[test]
+fn from_only_is_read_as_its_table() {
+    // pg_dump --inserts reads each table through a cursor over `FROM ONLY`.
+    let sql = "DECLARE _pg_dump_cursor CURSOR FOR SELECT * FROM ONLY public.patients";
+    assert_eq!(
+        names(&ok(sql).reads).len(),
+        names(&ok("SELECT * FROM patients").reads).len()
+    );
+    let sql = "SELECT ssn FROM ONLY patients JOIN ONLY staff ON true WHERE ssn = 'a'";
+    let p = ok(sql);
+    assert_eq!(lits(sql, &p), vec![t("'a'", SSN, "a")]);
+    refused("SELECT 1 FROM ONLY patients WHERE ssn LIKE 'a'");
+    ok("SELECT 1 FROM staff FETCH FIRST 1 ROWS ONLY");
+}
+
+#[test]
+fn sequence_ddl_the_parser_does_not_know_is_forwarded() {
+    // pg_dump's forms.
+    for sql in [
+        "CREATE SEQUENCE public.patients_id_seq AS integer START WITH 1 INCREMENT BY 1 NO MINVALUE NO MAXVALUE CACHE 1",
+        "ALTER SEQUENCE public.patients_id_seq OWNED BY public.patients.id",
+        "ALTER SEQUENCE patients_seq OWNED BY patients.id",
+    ] {
+        let p = ok(sql);
+        assert_eq!(p.kind, StatementKind::Other, "{sql}");
+        assert!(p.literals.is_empty(), "{sql}");
+    }
+    // Anything else that does not parse and names a protected table is still refused.
+    assert!(analyze(
+        "CREATE SEQUENCE s AS (SELECT ssn FROM patients)",
+        &protection(),
+        &catalog(),
+        &sp()
+    )
+    .is_err());
+    assert!(analyze(
+        "ALTER SEQUENCE s OWNED BY patients.id 'x'",
+        &protection(),
+        &catalog(),
+        &sp()
+    )
+    .is_err());
+}
+
+mod arrays;
+mod catalog_per_session;
+mod whole_rows;

@@ -406,6 +406,14 @@ pub fn column_toml(table: &str, column: &str, ty: &str, encryption: &str, extra:
     )
 }
 
+/// The first five bytes (hex) of every value stored under the master key in `dir/keys`:
+/// the envelope version and the key id derived from that key.
+pub fn envelope_prefix(dir: &Path) -> String {
+    let master =
+        pgveil::crypto::MasterKey::load(Some(&dir.join("keys").join("master.key")), None).unwrap();
+    format!("01{:08x}", pgveil::crypto::keyring::key_id(&master))
+}
+
 /// A configuration for the shared cluster with keys in `dir/keys` (created when missing),
 /// `[policy] default_access` and the given `[[column]]`/`[[table]]` sections.
 pub fn veil_config(dir: &Path, default_access: &str, columns: &str) -> String {

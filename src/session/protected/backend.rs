@@ -11,6 +11,9 @@ use bytes::Bytes;
 use super::audit::recording;
 use super::copy_in::take_copy_error;
 use super::copy_out::CopyOut;
+use super::cursors::{
+    fetch_columns, fetch_row_types, fetch_rows, unattributed, CursorSource, Fetch,
+};
 use super::state::{lock, plan_at, Expect, Portal, Prepared, RowInfo, State};
 use super::values::{decrypt_row, denied_read, RowPlan};
 use super::Session;
@@ -123,6 +126,15 @@ impl<'a> Backend<'a> {
                 None => ready,
             };
         }
+        match message.1 {
+            BackendMessage::ErrorResponse(_) => state.cursors.error(),
+            BackendMessage::CommandComplete(complete)
+                if complete.tag().is_some_and(|t| t.starts_with(b"ROLLBACK")) =>
+            {
+                state.cursors.rolled_back()
+            }
+            _ => {}
+        }
         if self.suppress {
             return Action::Drop;
         }
@@ -140,8 +152,8 @@ impl<'a> Backend<'a> {
             ),
             Some(Expect::Injected(_)) => self.injected_response(&mut state, message),
             Some(Expect::DescribeStatement { .. }) => self.describe_statement(&mut state, message),
-            Some(Expect::DescribePortal(_)) => self.describe_portal(&mut state, message),
-            Some(Expect::Execute(_)) => self.execute_response(&mut state, message),
+            Some(Expect::DescribePortal(..)) => self.describe_portal(&mut state, message),
+            Some(Expect::Execute(..)) => self.execute_response(&mut state, message),
             Some(Expect::Query { .. }) => self.query_response(&mut state, message),
             Some(Expect::Sync(_) | Expect::Function(_)) => Action::Forward,
         }
@@ -166,10 +178,15 @@ impl<'a> Backend<'a> {
     /// A Describe of a statement: pgveil's own after a Parse (`internal`, never shown) or
     /// the client's.
     fn describe_statement(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
-        let Some(Expect::DescribeStatement { prepared, internal }) = state.expect.front() else {
+        let Some(Expect::DescribeStatement {
+            prepared,
+            internal,
+            cursor,
+        }) = state.expect.front()
+        else {
             return Action::Forward;
         };
-        let (prepared, internal) = (prepared.clone(), *internal);
+        let (prepared, internal, cursor) = (prepared.clone(), *internal, cursor.clone());
         match message {
             BackendMessage::ParameterDescription(_) if internal => Action::Drop,
             BackendMessage::ParameterDescription(description) => {
@@ -178,7 +195,12 @@ impl<'a> Backend<'a> {
             BackendMessage::RowDescription(_) | BackendMessage::NoData => {
                 state.expect.pop_front();
                 let fields = fields_of(&message);
-                let columns = result_columns(&fields, &state.database, prepared.plan());
+                let columns = match self.columns(&fields, prepared.plan(), cursor.as_deref(), state)
+                {
+                    Ok(columns) => columns,
+                    Err(error) => return self.raise(error),
+                };
+                let strip = cursor.as_ref().map_or(prepared.injected, |c| c.injected);
                 let types = fields.iter().map(|f| f.type_oid).collect();
                 let _ = prepared.row.set(RowInfo {
                     columns: columns.clone(),
@@ -186,8 +208,10 @@ impl<'a> Backend<'a> {
                 });
                 match message {
                     _ if internal => Action::Drop,
+                    // Formats belong to a portal, not to a statement: the rows of each
+                    // Execute are decoded from its own portal (`portal_rows`).
                     BackendMessage::RowDescription(_) => {
-                        self.describe_rows(&fields, &columns, &[], prepared.injected, state)
+                        self.describe_rows(&fields, &columns, &[], strip, state).0
                     }
                     _ => Action::Forward,
                 }
@@ -197,10 +221,10 @@ impl<'a> Backend<'a> {
     }
 
     fn describe_portal(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
-        let Some(Expect::DescribePortal(portal)) = state.expect.front() else {
+        let Some(Expect::DescribePortal(portal, cursor)) = state.expect.front() else {
             return Action::Forward;
         };
-        let portal = portal.clone();
+        let (portal, cursor) = (portal.clone(), cursor.clone());
         match message {
             BackendMessage::NoData => {
                 state.expect.pop_front();
@@ -210,37 +234,55 @@ impl<'a> Backend<'a> {
                 state.expect.pop_front();
                 let fields = fields_of(&message);
                 let prepared = portal.as_ref().map(|p| &p.prepared);
-                let columns =
-                    result_columns(&fields, &state.database, prepared.and_then(|p| p.plan()));
+                let plan = prepared.and_then(|p| p.plan());
+                let columns = match self.columns(&fields, plan, cursor.as_deref(), state) {
+                    Ok(columns) => columns,
+                    Err(error) => return self.raise(error),
+                };
                 let formats = portal
                     .as_ref()
                     .map(|p| p.result_formats.clone())
                     .unwrap_or_default();
-                let strip = prepared.map_or(0, |p| p.injected);
-                self.describe_rows(&fields, &columns, &formats, strip, state)
+                let strip = match &cursor {
+                    Some(cursor) => cursor.injected,
+                    None => prepared.map_or(0, |p| p.injected),
+                };
+                let (action, plan) = self.describe_rows(&fields, &columns, &formats, strip, state);
+                if let (Some(portal), Some(plan)) = (portal, plan) {
+                    let _ = portal.described.set(plan);
+                }
+                action
             }
             _ => Action::Forward,
         }
     }
 
     fn execute_response(&mut self, state: &mut State, (frame, message): Message<'_>) -> Action {
-        let Some(Expect::Execute(portal)) = state.expect.front() else {
+        let Some(Expect::Execute(portal, fetch)) = state.expect.front() else {
             return Action::Forward;
         };
-        let portal = portal.clone();
+        let (portal, fetch) = (portal.clone(), fetch.clone());
         let is_row = matches!(
             message,
             BackendMessage::DataRow(_) | BackendMessage::CopyOutResponse(_)
         );
         if self.recording.is_none() && (is_row || message.ends_statement()) {
-            if let Some(portal) = portal.as_deref() {
-                self.begin_execute(portal, state);
+            match (portal.as_deref(), fetch.as_deref()) {
+                (Some(portal), Some(fetch)) => self.begin_fetch(fetch, portal, state),
+                (Some(portal), None) => self.begin_execute(portal, state),
+                _ => {}
             }
         }
         let (action, ends) = match message {
             BackendMessage::DataRow(row) => {
                 if self.rows.is_none() {
-                    match portal_rows(portal.as_deref()) {
+                    let rows = match (fetch.as_deref(), portal.as_deref()) {
+                        (Some(fetch), Some(portal)) => {
+                            Ok(fetch_rows(&fetch.source, &portal.result_formats))
+                        }
+                        _ => portal_rows(portal.as_deref()),
+                    };
+                    match rows {
                         Ok(rows) => self.rows = Some(rows),
                         Err(error) => return self.raise(error),
                     }
@@ -273,6 +315,7 @@ impl<'a> Backend<'a> {
                 (Action::Forward, true)
             }
             BackendMessage::ErrorResponse(_) => {
+                self.rows = None;
                 self.copy_out = None;
                 state.copy_in_started = false;
                 (Action::Forward, true)
@@ -287,22 +330,37 @@ impl<'a> Backend<'a> {
             analysis,
             statement,
             audit,
+            fetches,
             ..
         }) = state.expect.front_mut()
         else {
             return Action::Forward;
         };
         let (analysis, index, audit) = (analysis.clone(), *statement, audit.clone());
+        let fetch = fetches
+            .iter()
+            .find(|(at, _)| *at == index)
+            .map(|(_, fetch)| fetch.clone());
         if matches!(
             message,
             BackendMessage::CommandComplete(_) | BackendMessage::EmptyQueryResponse
         ) {
             *statement += 1;
         }
-        let plan = plan_at(analysis.as_ref(), index);
-        let recorded = audit
-            .as_ref()
-            .and_then(|a| a.statements.get(index).cloned().flatten());
+        // A FETCH returns the rows of its cursor's statement, and is recorded with its plan.
+        let plan = match &fetch {
+            Some(fetch) => fetch.source.plan(),
+            None => plan_at(analysis.as_ref(), index),
+        };
+        let recorded = match &fetch {
+            Some(fetch) => fetch
+                .fingerprint
+                .clone()
+                .map(|f| (f, fetch.source.injected)),
+            None => audit
+                .as_ref()
+                .and_then(|a| a.statements.get(index).cloned().flatten()),
+        };
         let starts = matches!(
             message,
             BackendMessage::RowDescription(_)
@@ -310,12 +368,15 @@ impl<'a> Backend<'a> {
                 | BackendMessage::CopyOutResponse(_)
         ) || message.ends_statement();
         if self.recording.is_none() && starts {
-            if let (Some((fingerprint, _)), Some(audit)) = (&recorded, &audit) {
-                let refused = audit.refused == Some(index);
+            if let Some((fingerprint, _)) = &recorded {
+                let refused = audit.as_ref().is_some_and(|a| a.refused == Some(index));
                 self.begin_recording(plan, fingerprint.clone(), refused, None, state);
             }
         }
-        let injected = recorded.map_or(0, |(_, injected)| injected);
+        let injected = match &fetch {
+            Some(fetch) => fetch.source.injected,
+            None => recorded.map_or(0, |(_, injected)| injected),
+        };
         let (action, ends) = match message {
             BackendMessage::RowDescription(_) => {
                 let fields = fields_of(&message);
@@ -325,8 +386,23 @@ impl<'a> Backend<'a> {
                         injected,
                     );
                 }
-                let columns = result_columns(&fields, &state.database, plan);
-                let action = self.describe_rows(&fields, &columns, &[], injected, state);
+                let cursor = fetch.as_ref().map(|f| f.source.as_ref());
+                let columns = match self.columns(&fields, plan, cursor, state) {
+                    // A statement pgveil let pass unanalysed (it names no protected table)
+                    // whose rows carry a protected column came by a way pgveil did not see
+                    // (EXECUTE of a statement prepared in a function, say): not released.
+                    Ok(columns) if analysis.is_none() && fetch.is_none() => {
+                        if columns.iter().any(Option::is_some) {
+                            return self.raise(unattributed());
+                        }
+                        columns
+                    }
+                    Ok(columns) => columns,
+                    Err(error) => return self.raise(error),
+                };
+                let (action, rows) = self.describe_rows(&fields, &columns, &[], injected, state);
+                // A simple query's rows follow its RowDescription directly.
+                self.rows = rows;
                 (action, false)
             }
             BackendMessage::DataRow(row) => (self.data_row(&row, state), false),
@@ -436,6 +512,32 @@ impl<'a> Backend<'a> {
         );
     }
 
+    /// Starts the record of an Execute of a FETCH, with the plan of its cursor.
+    fn begin_fetch(&mut self, fetch: &Fetch, portal: &Portal, state: &State) {
+        let Some(fingerprint) = &fetch.fingerprint else {
+            return;
+        };
+        let described = portal.prepared.row.get().map(|row| row.types.as_slice());
+        let row_types = fetch_row_types(&fetch.source, described, &portal.result_formats);
+        let plan = fetch.source.plan();
+        self.begin_recording(plan, fingerprint.clone(), false, row_types, state);
+    }
+
+    /// The protected column behind each result column: for a FETCH from its cursor's plan,
+    /// otherwise from the database's report and the statement's plan.
+    fn columns(
+        &self,
+        fields: &[Field],
+        plan: Option<&StatementPlan>,
+        cursor: Option<&CursorSource>,
+        state: &State,
+    ) -> Result<Vec<Option<ColumnRef>>, PgError> {
+        match cursor {
+            Some(cursor) => fetch_columns(fields, &state.database, cursor),
+            None => Ok(result_columns(fields, &state.database, plan)),
+        }
+    }
+
     /// Routes a frame of a recorded statement into its held response; at the statement's
     /// end, the response leaves with its record.
     fn record(&mut self, action: Action, (frame, message): Message<'_>, ends: bool) -> Action {
@@ -497,6 +599,7 @@ impl<'a> Backend<'a> {
         let raised = std::mem::take(&mut self.suppress);
         self.rows = None;
         self.copy_out = None;
+        let mut answered = false;
         // Whatever precedes the message that ends this cycle was skipped by the server after
         // an error.
         while let Some(expect) = state.expect.pop_front() {
@@ -504,6 +607,7 @@ impl<'a> Backend<'a> {
                 match expect {
                     Expect::Sync(sent) | Expect::Query { sent, .. } | Expect::Function(sent) => {
                         metrics.query_seconds.record(sent.elapsed().as_secs_f64());
+                        answered = true;
                     }
                     Expect::Refresh(collector) => {
                         self.refreshed.push(collector);
@@ -515,6 +619,13 @@ impl<'a> Backend<'a> {
             }
         }
         state.status = status;
+        if raised {
+            // pgveil's own error: the transaction must not keep what it opened.
+            state.cursors.error();
+        }
+        if answered {
+            state.cursors.ready(status);
+        }
         if state.status == b'I' {
             state.portals.clear();
         }
@@ -577,6 +688,9 @@ impl<'a> Backend<'a> {
 
     /// Rewrites a RowDescription: logical types for protected columns, pgveil's own subject
     /// columns removed, and (the backstop) a result that carries a denied column refused.
+    /// Returns how rows described so would be decoded (`None` when refused); the caller
+    /// decides whom that belongs to, as a Describe is answered before its rows and
+    /// possibly long before (asyncpg: Parse, Describe, Flush, later Bind, Execute).
     fn describe_rows(
         &mut self,
         fields: &[Field],
@@ -584,11 +698,10 @@ impl<'a> Backend<'a> {
         formats: &[i16],
         strip: usize,
         state: &State,
-    ) -> Action {
+    ) -> (Action, Option<RowPlan>) {
         let strip = strip.min(fields.len());
         if strip == 0 && columns.iter().all(Option::is_none) {
-            self.rows = Some(RowPlan::default());
-            return Action::Forward;
+            return (Action::Forward, Some(RowPlan::default()));
         }
         let veil = &self.session.veil;
         let mut fields = fields[..fields.len() - strip].to_vec();
@@ -603,7 +716,7 @@ impl<'a> Backend<'a> {
                 continue;
             };
             if state.access.is_denied(column) {
-                return self.raise(denied_read(spec));
+                return (self.raise(denied_read(spec)), None);
             }
             field.type_oid = spec.logical_type.oid();
             field.type_size = spec.logical_type.type_size();
@@ -615,8 +728,7 @@ impl<'a> Backend<'a> {
             };
             plan.columns.push(Some((column, format)));
         }
-        self.rows = Some(plan);
-        Action::Replace(RowDescription::encode(&fields))
+        (Action::Replace(RowDescription::encode(&fields)), Some(plan))
     }
 
     /// A row: counted and read for subject ids when recorded, then decrypted and masked.
@@ -708,12 +820,17 @@ fn parameter_description(
             continue;
         };
         let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
+        let array = prepared.param_arrays.get(index).copied().unwrap_or(false);
         *slot = if declared != 0 {
             declared
         } else {
-            veil.protection
-                .column(*column)
-                .map_or(*slot, |c| c.logical_type.oid())
+            veil.protection.column(*column).map_or(*slot, |c| {
+                if array {
+                    c.logical_type.array_oid()
+                } else {
+                    c.logical_type.oid()
+                }
+            })
         };
     }
     Action::Replace(ParameterDescription::encode(&types))
@@ -750,6 +867,9 @@ fn portal_rows(portal: Option<&Portal>) -> Result<RowPlan, PgError> {
     let Some(portal) = portal else {
         return Ok(RowPlan::default());
     };
+    if let Some(described) = portal.described.get() {
+        return Ok(described.clone());
+    }
     match portal.prepared.row.get() {
         Some(info) => Ok(RowPlan {
             columns: info

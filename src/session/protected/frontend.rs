@@ -9,10 +9,11 @@ use bytes::Bytes;
 
 use super::audit::{refusal_recording, QueryAudit};
 use super::copy_in::{self, CopyIn};
+use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
-use super::values::encrypt_param;
+use super::values::{encrypt_array_param, encrypt_param};
 use super::Session;
 use crate::metrics;
 use crate::net::frontend::{
@@ -70,16 +71,7 @@ pub(super) fn message(
             describe(target, state);
             Action::Forward
         }
-        FrontendMessage::Execute(execute) => {
-            let portal = state.portals.get(&execute.portal).cloned();
-            state.copy_in = portal
-                .as_ref()
-                .and_then(|p| p.prepared.plan())
-                .and_then(copy_into_protected)
-                .map(CopyIn::new);
-            state.expect.push_back(Expect::Execute(portal));
-            Action::Forward
-        }
+        FrontendMessage::Execute(execute) => execute_message(&execute.portal, session, state),
         FrontendMessage::Close(target) => {
             if target.kind == TargetKind::Statement {
                 state.statements.remove(&target.name);
@@ -91,6 +83,7 @@ pub(super) fn message(
         }
         FrontendMessage::Sync => sync(frame, state),
         FrontendMessage::FunctionCall => {
+            state.cursors.cycle_sent();
             state.expect.push_back(Expect::Function(Instant::now()));
             Action::Forward
         }
@@ -107,23 +100,74 @@ fn follow_policy(session: &Session, state: &mut State) {
     }
 }
 
+/// An Execute: a cursor statement takes effect, a FETCH passes the gate with its cursor.
+fn execute_message(name: &[u8], session: &Session, state: &mut State) -> Action {
+    let portal = state.portals.get(name).cloned();
+    if portal.is_none() {
+        if let Err(error) = execute_unbound(name, session, state) {
+            let recording = refusal_recording(session, state, None, String::new);
+            return injected_error(&error, state, recording);
+        }
+    }
+    let fetch = match portal.as_ref() {
+        Some(portal) => match execute_cursor(&portal.prepared, session, state) {
+            Ok(fetch) => fetch,
+            Err(error) => {
+                let prepared = &portal.prepared;
+                let recording = refusal_recording(session, state, None, || {
+                    prepared
+                        .cursor
+                        .as_ref()
+                        .map(|c| c.fingerprint.clone())
+                        .unwrap_or_default()
+                });
+                return injected_error(&error, state, recording);
+            }
+        },
+        None => None,
+    };
+    state.copy_in = portal
+        .as_ref()
+        .and_then(|p| p.prepared.plan())
+        .and_then(copy_into_protected)
+        .map(CopyIn::new);
+    state.expect.push_back(Expect::Execute(portal, fetch));
+    Action::Forward
+}
+
 fn describe(target: Target, state: &mut State) {
     let expect = match target.kind {
-        TargetKind::Statement => Expect::DescribeStatement {
-            prepared: state
+        TargetKind::Statement => {
+            let prepared = state
                 .statements
                 .get(&target.name)
                 .cloned()
-                .unwrap_or_else(Prepared::plain),
-            internal: false,
-        },
-        TargetKind::Portal => Expect::DescribePortal(state.portals.get(&target.name).cloned()),
+                .unwrap_or_else(Prepared::plain);
+            Expect::DescribeStatement {
+                cursor: prepared.fetched(state),
+                prepared,
+                internal: false,
+            }
+        }
+        TargetKind::Portal => {
+            let portal = state.portals.get(&target.name).cloned();
+            // A portal runs a FETCH of a cursor, or is itself a cursor SQL DECLAREd (drivers
+            // describe their server-side cursors by name).
+            let cursor = match &portal {
+                Some(portal) => portal.prepared.fetched(state),
+                None => std::str::from_utf8(&target.name)
+                    .ok()
+                    .and_then(|name| state.cursors.lookup(name, &state.portals)),
+            };
+            Expect::DescribePortal(portal, cursor)
+        }
     };
     state.expect.push_back(expect);
 }
 
 /// A Sync, followed by pgveil's own query when the batch changed what it must know.
 fn sync(frame: &[u8], state: &mut State) -> Action {
+    state.cursors.cycle_sent();
     state.expect.push_back(Expect::Sync(Instant::now()));
     let follow_path = state.search_path_follow();
     match state.refresh_at_sync.take().or(follow_path) {
@@ -142,10 +186,18 @@ fn refresh_needed(text: &str) -> Option<Wanted> {
     let catalog = ["create", "alter", "drop"]
         .iter()
         .any(|k| contains_keyword(text, k));
-    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user".
-    let search_path = ["search_path", "reset", "discard", "authorization"]
-        .iter()
-        .any(|k| contains_keyword(text, k))
+    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user";
+    // set_config may name its setting at run time (pg_dump: `set_config(name, ...) FROM
+    // pg_settings`).
+    let search_path = [
+        "search_path",
+        "reset",
+        "discard",
+        "authorization",
+        "set_config",
+    ]
+    .iter()
+    .any(|k| contains_keyword(text, k))
         || (contains_keyword(text, "set") && contains_keyword(text, "role"));
     (catalog || search_path).then_some(Wanted {
         catalog,
@@ -172,16 +224,21 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
     // Text that is not UTF-8 cannot be read for what it changes.
     let text = std::str::from_utf8(raw).ok();
     let refresh = text.and_then(|text| refresh_needed(text).or(state.search_path_follow()));
-    let (action, analysis, audit) = match admission {
-        Admission::Forward { fingerprint } => (
+    let (action, analysis, audit, fetches) = match admission {
+        Admission::Forward {
+            fingerprint,
+            fetches,
+        } => (
             Action::Forward,
             None,
             fingerprint.map(|f| QueryAudit::single(f, false)),
+            fetches,
         ),
         Admission::Refuse { error, fingerprint } => (
             Action::Replace(raising_query(&error)),
             None,
             fingerprint.map(|f| QueryAudit::single(f, true)),
+            Vec::new(),
         ),
         Admission::Analysed(admitted) => {
             // The gate admits a COPY of protected columns only as a Query's one statement.
@@ -206,7 +263,7 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
                 Some(text) => Action::Replace(encode_query(text.as_bytes())),
                 None => Action::Forward,
             };
-            (action, Some(admitted.analysis), audit)
+            (action, Some(admitted.analysis), audit, admitted.fetches)
         }
     };
     state.expect.push_back(Expect::Query {
@@ -214,7 +271,9 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
         sent,
         statement: 0,
         audit,
+        fetches,
     });
+    state.cursors.cycle_sent();
     match refresh {
         Some(wanted) => {
             state
@@ -246,14 +305,12 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         refresh_at_sync(state, wanted);
     }
     let admitted = match admit(&parse.query, Protocol::Extended, session, state) {
-        Admission::Forward { fingerprint } => {
-            let prepared = match fingerprint {
-                Some(fingerprint) => Arc::new(Prepared {
-                    fingerprint: Some(fingerprint),
-                    ..Prepared::unprotected()
-                }),
-                None => Prepared::plain(),
-            };
+        Admission::Forward { fingerprint, .. } => {
+            let prepared = Arc::new(Prepared {
+                fingerprint,
+                cursor: prepared_cursor(&parse.query, state),
+                ..Prepared::unprotected()
+            });
             state.insert_statement(parse.name, prepared);
             return Action::Forward;
         }
@@ -277,7 +334,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         state.insert_statement(parse.name, Prepared::plain());
         return Action::Forward;
     };
-    let (param_columns, param_types) = parameters(plan, &parse.param_types);
+    let (param_columns, param_arrays, param_types) = parameters(plan, &parse.param_types);
     let query = match std::str::from_utf8(&parse.query)
         .ok()
         .and_then(|text| admitted.rewrite(text))
@@ -294,11 +351,13 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     let prepared = Arc::new(Prepared {
         analysis: Some(admitted.analysis.clone()),
         param_columns,
+        param_arrays,
         client_param_types: parse.param_types,
         row: OnceLock::new(),
         fingerprint: statement.fingerprint.clone(),
         injected: statement.injected,
         refused: None,
+        cursor: prepared_cursor(&parse.query, state),
     });
     state.insert_statement(parse.name.clone(), prepared.clone());
     // pgveil describes the statement itself, so it knows which result columns to decrypt
@@ -306,6 +365,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     state.expect.push_back(Expect::DescribeStatement {
         prepared,
         internal: true,
+        cursor: None,
     });
     Action::Replace(join(&[
         &rewritten.encode(),
@@ -326,16 +386,25 @@ fn refresh_at_sync(state: &mut State, wanted: Wanted) {
     state.refresh_at_sync = Some(merged);
 }
 
-/// The protected column each parameter is bound for, and the parameter types declared
-/// upstream: those bound for protected columns are declared bytea, as they carry ciphertext.
-fn parameters(plan: &StatementPlan, declared: &[u32]) -> (Vec<Option<ColumnRef>>, Vec<u32>) {
+/// The protected column each parameter is bound for, which of them are arrays of values
+/// for it, and the parameter types declared upstream: those bound for protected columns are
+/// declared bytea (or bytea[]), as they carry ciphertext.
+fn parameters(
+    plan: &StatementPlan,
+    declared: &[u32],
+) -> (Vec<Option<ColumnRef>>, Vec<bool>, Vec<u32>) {
     let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
-    for &(n, column) in &plan.params {
+    let mut param_arrays: Vec<bool> = Vec::new();
+    let bound = plan.params.iter().map(|&(n, c)| (n, c, false));
+    let arrays = plan.array_params.iter().map(|&(n, c)| (n, c, true));
+    for (n, column, array) in bound.chain(arrays) {
         let index = n.saturating_sub(1) as usize;
         if param_columns.len() <= index {
             param_columns.resize(index + 1, None);
+            param_arrays.resize(index + 1, false);
         }
         param_columns[index] = Some(column);
+        param_arrays[index] = array;
     }
     let mut param_types = declared.to_vec();
     for (index, column) in param_columns.iter().enumerate() {
@@ -343,10 +412,14 @@ fn parameters(plan: &StatementPlan, declared: &[u32]) -> (Vec<Option<ColumnRef>>
             if param_types.len() <= index {
                 param_types.resize(index + 1, 0);
             }
-            param_types[index] = LogicalType::Bytea.oid();
+            param_types[index] = if param_arrays[index] {
+                crate::pgtype::oid::BYTEA_ARRAY
+            } else {
+                LogicalType::Bytea.oid()
+            };
         }
     }
-    (param_columns, param_types)
+    (param_columns, param_arrays, param_types)
 }
 
 fn bind_message(
@@ -365,14 +438,11 @@ fn bind_message(
         return Ok(injected_error(error, state, recording));
     }
     let portal_name = Bytes::copy_from_slice(header.portal);
-    if prepared.analysis.is_none() {
-        state.portals.insert(
-            portal_name,
-            Arc::new(Portal {
-                prepared,
-                result_formats: Vec::new(),
-            }),
-        );
+    // A FETCH needs its result formats, to re-encode the rows of its cursor.
+    if prepared.analysis.is_none() && prepared.cursor.is_none() {
+        state
+            .portals
+            .insert(portal_name, Portal::new(prepared, Vec::new()));
         state.expect.push_back(Expect::Bind);
         return Ok(Action::Forward);
     }
@@ -385,14 +455,13 @@ fn bind_message(
                 continue;
             };
             let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
-            match encrypt_param(
-                veil,
-                *column,
-                value,
-                bind.param_format(index),
-                declared,
-                &state.time,
-            ) {
+            let format = bind.param_format(index);
+            let encrypted = if prepared.param_arrays.get(index).copied().unwrap_or(false) {
+                encrypt_array_param(veil, *column, value, format, &state.time)
+            } else {
+                encrypt_param(veil, *column, value, format, declared, &state.time)
+            };
+            match encrypted {
                 Ok(ciphertext) => {
                     bind.params[index] = Some(Bytes::from(ciphertext));
                     bind.param_formats[index] = 1;
@@ -407,20 +476,18 @@ fn bind_message(
             }
         }
     }
-    if prepared.injected > 0 && bind.result_formats.len() > 1 {
+    let injected = prepared
+        .fetched(state)
+        .map_or(prepared.injected, |cursor| cursor.injected);
+    if injected > 0 && bind.result_formats.len() > 1 {
         // The appended subject columns are read as text; the client never sees them.
-        bind.result_formats
-            .extend(std::iter::repeat_n(0, prepared.injected));
+        bind.result_formats.extend(std::iter::repeat_n(0, injected));
         changed = true;
     }
     let result_formats = bind.result_formats.clone();
-    state.portals.insert(
-        portal_name,
-        Arc::new(Portal {
-            prepared,
-            result_formats,
-        }),
-    );
+    state
+        .portals
+        .insert(portal_name, Portal::new(prepared, result_formats));
     state.expect.push_back(Expect::Bind);
     Ok(if changed {
         Action::Replace(bind.encode())
@@ -437,6 +504,11 @@ mod tests {
     fn refresh_detection() {
         assert!(refresh_needed("CREATE TABLE x (a int)").unwrap().catalog);
         assert!(refresh_needed("set search_path = app").unwrap().search_path);
+        assert!(
+            refresh_needed("SELECT set_config(name, 'x', false) FROM pg_settings")
+                .unwrap()
+                .search_path
+        );
         assert!(refresh_needed("SELECT created_at FROM t").is_none());
     }
 }

@@ -1,16 +1,17 @@
 //! The one admission step every statement passes, whether it came as a simple Query or as
 //! an extended-protocol Parse: text that is not UTF-8 passes only if it cannot touch
-//! protected data; a view over a protected table is refused; text that cannot touch
-//! protected data passes unchanged (the fast path); anything else is analysed, checked
+//! protected data; text that cannot name a protected table or a view over one passes
+//! unchanged (the fast path); anything else is analysed, checked
 //! against the session's policy, and rewritten (literals encrypted, subject columns appended
 //! for the audit log) or refused.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::refusal::{cannot_analyse, through_view};
+use super::cursors::Fetch;
+use super::refusal::cannot_analyse;
 use super::state::State;
-use super::values::{bytea_literal, encrypt_text};
+use super::values::{bytea_literal, encrypt_text, encrypt_text_array};
 use super::Session;
 use crate::audit::AuditSink;
 use crate::config::AuditScope;
@@ -30,8 +31,12 @@ pub(super) enum Protocol {
 
 /// What the gate decided for one text.
 pub(super) enum Admission {
-    /// It goes up as sent. `fingerprint` is set when the audit log records every statement.
-    Forward { fingerprint: Option<String> },
+    /// It goes up as sent. `fingerprint` is set when the audit log records every statement;
+    /// `fetches`: its FETCH statements (by index) and the cursors they read.
+    Forward {
+        fingerprint: Option<String>,
+        fetches: Vec<(usize, Arc<Fetch>)>,
+    },
     /// None of it may run; `fingerprint` is set when the session is audited.
     Refuse {
         error: PgError,
@@ -48,6 +53,8 @@ pub(super) struct Admitted {
     pub statements: Vec<AdmittedStatement>,
     /// The statement that must raise `error` instead of running; those after it never run.
     pub refused: Option<(usize, PgError)>,
+    /// Its FETCH statements (by index) and the cursors they read.
+    pub fetches: Vec<(usize, Arc<Fetch>)>,
 }
 
 pub(super) struct AdmittedStatement {
@@ -81,8 +88,45 @@ impl Admitted {
     }
 }
 
-/// Admits one query text.
-pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &State) -> Admission {
+/// Admits one query text: what it says, then what its statements do with cursors by name
+/// (a simple Query's DECLARE, FETCH and CLOSE take effect here, in order).
+pub(super) fn admit(
+    raw: &[u8],
+    protocol: Protocol,
+    session: &Session,
+    state: &mut State,
+) -> Admission {
+    let admission = admit_text(raw, protocol, session, state);
+    super::fetch::admit_cursors(admission, raw, protocol, session, state)
+}
+
+/// A FETCH of cursor or portal `name`: its rows are the rows of the statement that opened
+/// it, so that statement's plan is checked against the session's policy now, and the FETCH
+/// is recorded with that plan; a cursor pgveil does not know is refused.
+pub(super) fn admit_fetch(
+    name: &str,
+    fingerprint: impl FnOnce() -> String,
+    session: &Session,
+    state: &State,
+) -> Result<Fetch, PgError> {
+    let source = state
+        .cursors
+        .lookup(name, &state.portals)
+        .ok_or_else(|| super::refusal::unknown_cursor(name))?;
+    if let Some(plan) = source.plan() {
+        check_plan(plan, state, &session.veil)?;
+    }
+    let recorded = session
+        .sink()
+        .is_some_and(|s| s.in_scope(source.plan(), &session.veil.protection));
+    Ok(Fetch {
+        fingerprint: recorded.then(fingerprint),
+        source,
+    })
+}
+
+/// The text's own admission.
+fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) -> Admission {
     let veil = &session.veil;
     let sink = session.sink();
     let audit_all = sink.is_some_and(|s| s.scope == AuditScope::All);
@@ -93,7 +137,7 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
         // Not UTF-8, or in an encoding pgveil cannot read: it cannot be analysed, so it may
         // pass only if it cannot touch protected data.
         let lossy = String::from_utf8_lossy(raw);
-        return if sql::may_touch_protected(&lossy, &veil.protection) {
+        return if state.database.may_touch_protected(&lossy, &veil.protection) {
             Admission::Refuse {
                 error: cannot_analyse(),
                 fingerprint: sink.map(|_| sql::fingerprint(&lossy)),
@@ -101,27 +145,32 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
         } else {
             Admission::Forward {
                 fingerprint: audit_all.then(|| sql::fingerprint(&lossy)),
+                fetches: Vec::new(),
             }
         };
     };
     let fingerprint = || state.database.fingerprint(text);
-    let refused = sql::encoding_refusal(text)
-        .map(|r| PgError::error(r.sqlstate, r.message))
-        .or_else(|| state.database.protected_view_in(text).map(through_view));
+    let refused = sql::encoding_refusal(text).map(|r| PgError::error(r.sqlstate, r.message));
     if let Some(error) = refused {
         return Admission::Refuse {
             error,
             fingerprint: sink.map(|_| fingerprint()),
         };
     }
-    if !sql::may_touch_protected(text, &veil.protection) {
+    if !state.database.may_touch_protected(text, &veil.protection) {
         return Admission::Forward {
             fingerprint: audit_all.then(fingerprint),
+            fetches: Vec::new(),
         };
     }
     let analysis = analyze(text, state, veil);
     let plans = match analysis.as_ref() {
-        Ok(plans) if plans.is_empty() => return Admission::Forward { fingerprint: None },
+        Ok(plans) if plans.is_empty() => {
+            return Admission::Forward {
+                fingerprint: None,
+                fetches: Vec::new(),
+            }
+        }
         Ok(plans) if protocol == Protocol::Simple || plans.len() == 1 => plans,
         _ => {
             return Admission::Refuse {
@@ -149,6 +198,7 @@ pub(super) fn admit(raw: &[u8], protocol: Protocol, session: &Session, state: &S
         analysis: analysis.clone(),
         statements,
         refused,
+        fetches: Vec::new(),
     })
 }
 
@@ -237,17 +287,25 @@ fn statement_replacements(
         let Some(value) = &literal.value else {
             continue;
         };
-        let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
-        out.push((
-            literal.byte_range.clone(),
-            bytea_literal(&ciphertext, state.standard_strings),
-        ));
+        let replacement = if literal.array {
+            encrypt_text_array(
+                veil,
+                literal.column,
+                value.as_bytes(),
+                &state.time,
+                state.standard_strings,
+            )?
+        } else {
+            let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
+            bytea_literal(&ciphertext, state.standard_strings)
+        };
+        out.push((literal.byte_range.clone(), replacement));
     }
     Ok(out)
 }
 
 /// Refusals of the analysis and of the session's policy.
-fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), PgError> {
+pub(super) fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), PgError> {
     if let Some(refusal) = &plan.refusal {
         return Err(PgError::error(refusal.sqlstate, refusal.message.clone()));
     }

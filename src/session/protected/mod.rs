@@ -10,12 +10,16 @@
 //! values decrypted, masked and re-encoded in the format the client asked for. Statements in
 //! the audit log's scope are recorded ([`audit`]). COPY of protected columns streams through
 //! [`copy_in`] (rows encrypted on the way up) and [`copy_out`] (rows decrypted on the way
-//! back).
+//! back). A FETCH returns the rows of the statement that opened its cursor or portal:
+//! [`cursors`] keeps that plan per name, and the gate admits the FETCH with it ([`fetch`]),
+//! by either protocol.
 
 mod audit;
 mod backend;
 mod copy_in;
 mod copy_out;
+mod cursors;
+mod fetch;
 mod frontend;
 mod gate;
 mod refusal;
@@ -89,6 +93,7 @@ impl Session {
                 expect: VecDeque::new(),
                 statements: HashMap::new(),
                 portals: HashMap::new(),
+                cursors: cursors::Cursors::default(),
                 time,
                 timezone: facts.timezone,
                 datestyle: facts.datestyle,

@@ -14,19 +14,20 @@ use crate::session::recording::Recording;
 use crate::session::relay::Action;
 use crate::sql::StatementPlan;
 
-/// pgveil cannot see through a view to the protected columns under it, so it cannot
-/// encrypt what the statement compares with them or decrypt what it returns.
-pub(super) fn through_view(view: &str) -> PgError {
-    PgError::error(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!("pgveil: {view} is a view over a protected table; query the table itself"),
-    )
-}
-
 pub(super) fn cannot_analyse() -> PgError {
     PgError::error(
         sqlstate::FEATURE_NOT_SUPPORTED,
         "pgveil: statement mentions a protected table but cannot be analysed, so it was refused",
+    )
+}
+
+/// A FETCH of a cursor pgveil did not see opened (inside a function, by dynamic SQL): it
+/// cannot tell which columns its rows carry, so they are not released.
+pub(super) fn unknown_cursor(name: &str) -> PgError {
+    let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("pgveil: cursor \"{name}\" was not opened through pgveil, so the columns of its rows are unknown and FETCH is refused"),
     )
 }
 

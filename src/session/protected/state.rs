@@ -9,11 +9,13 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::audit::QueryAudit;
+use super::cursors::{CursorSource, Cursors, Fetch};
+use super::values::RowPlan;
 use crate::pgtype::SessionTime;
 use crate::policy::{AccessMap, Policy};
 use crate::session::introspect::{Collector, Wanted};
 use crate::session::recording::Recording;
-use crate::sql::{ColumnRef, StatementPlan};
+use crate::sql::{ColumnRef, CursorOp, StatementPlan};
 use crate::veil::{Analysis, Database};
 
 /// A statement prepared with Parse.
@@ -22,6 +24,9 @@ pub(super) struct Prepared {
     pub analysis: Option<Arc<Analysis>>,
     /// Parameter position (0-based) → the protected column it is bound for.
     pub param_columns: Vec<Option<ColumnRef>>,
+    /// Parameter position (0-based) → true when it is an array whose elements are bound for
+    /// its column (`UNNEST($1::text[])`): encrypted element by element, declared `bytea[]`.
+    pub param_arrays: Vec<bool>,
     /// The types the client declared (0: unspecified).
     pub client_param_types: Vec<u32>,
     /// Result columns, from the statement's RowDescription.
@@ -33,6 +38,16 @@ pub(super) struct Prepared {
     /// Set when pgveil refused the Parse: a later Bind to it gets the same error instead of
     /// carrying its parameters upstream.
     pub refused: Option<crate::pgerror::PgError>,
+    /// What the statement does to a cursor by name (DECLARE, FETCH, CLOSE), done when a
+    /// portal of it is executed.
+    pub cursor: Option<PreparedCursor>,
+}
+
+/// A prepared statement that opens, reads or closes a cursor.
+pub(super) struct PreparedCursor {
+    pub op: CursorOp,
+    /// The statement's audit fingerprint (a FETCH is recorded with its cursor's plan).
+    pub fingerprint: String,
 }
 
 /// A statement's result columns: the protected column behind each (if any) and its type.
@@ -55,11 +70,21 @@ impl Prepared {
         Self {
             analysis: None,
             param_columns: Vec::new(),
+            param_arrays: Vec::new(),
             client_param_types: Vec::new(),
             row: OnceLock::new(),
             fingerprint: None,
             injected: 0,
             refused: None,
+            cursor: None,
+        }
+    }
+
+    /// The cursor a FETCH statement reads, as pgveil knows it now.
+    pub fn fetched(&self, state: &State) -> Option<Arc<CursorSource>> {
+        match &self.cursor.as_ref()?.op {
+            CursorOp::Fetch { name } => state.cursors.lookup(name, &state.portals),
+            _ => None,
         }
     }
 
@@ -78,9 +103,26 @@ pub(super) fn plan_at(analysis: Option<&Arc<Analysis>>, index: usize) -> Option<
         .and_then(|plans| plans.get(index))
 }
 
+pub(super) type Portals = HashMap<Bytes, Arc<Portal>>;
+
 pub(super) struct Portal {
     pub prepared: Arc<Prepared>,
+    /// As the client sent them in Bind (also for statements pgveil did not analyse, once a
+    /// Describe showed they return protected columns).
     pub result_formats: Vec<i16>,
+    /// What a Describe of this portal showed the client (columns and their formats, as the
+    /// database reported them for this portal): its Execute is decoded the same way.
+    pub described: OnceLock<RowPlan>,
+}
+
+impl Portal {
+    pub fn new(prepared: Arc<Prepared>, result_formats: Vec<i16>) -> Arc<Self> {
+        Arc::new(Self {
+            prepared,
+            result_formats,
+            described: OnceLock::new(),
+        })
+    }
 }
 
 /// What the database will answer a client message with, in order.
@@ -95,14 +137,19 @@ pub(super) enum Expect {
         sent: Instant,
         statement: usize,
         audit: Option<Arc<QueryAudit>>,
+        /// The FETCH statements (by index) and the cursors they read.
+        fetches: Vec<(usize, Arc<Fetch>)>,
     },
     Function(Instant),
     DescribeStatement {
         prepared: Arc<Prepared>,
         internal: bool,
+        /// For a FETCH: the cursor it reads, whose columns it returns.
+        cursor: Option<Arc<CursorSource>>,
     },
-    DescribePortal(Option<Arc<Portal>>),
-    Execute(Option<Arc<Portal>>),
+    DescribePortal(Option<Arc<Portal>>, Option<Arc<CursorSource>>),
+    /// The portal, and for a FETCH the cursor it reads as the gate admitted it.
+    Execute(Option<Arc<Portal>>, Option<Arc<Fetch>>),
     /// A refused Parse or Bind, replaced by Parse/Bind/Execute of a raising statement:
     /// its ParseComplete and BindComplete are dropped, its error forwarded.
     Injected(Option<Box<Recording>>),
@@ -123,7 +170,9 @@ impl Expect {
 pub(super) struct State {
     pub expect: VecDeque<Expect>,
     pub statements: HashMap<Bytes, Arc<Prepared>>,
-    pub portals: HashMap<Bytes, Arc<Portal>>,
+    pub portals: Portals,
+    /// Cursors opened by SQL DECLARE, and what each returns.
+    pub cursors: Cursors,
     pub time: SessionTime,
     pub timezone: String,
     pub datestyle: String,

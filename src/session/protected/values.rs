@@ -69,6 +69,69 @@ pub(super) fn encrypt_param(
     Ok(cipher.encrypt(&canonical))
 }
 
+/// The ciphertexts of an array parameter's elements, for a column its elements are
+/// unnested into: a binary `bytea[]` of the same length, NULL elements kept NULL.
+pub(super) fn encrypt_array_param(
+    veil: &Veil,
+    column: ColumnRef,
+    value: &[u8],
+    format: i16,
+    time: &SessionTime,
+) -> Result<Vec<u8>, PgError> {
+    let (cipher, spec) = cipher_and_spec(veil, column)?;
+    let name = spec.qualified_name();
+    let ty = spec.logical_type;
+    let encrypted: Vec<Option<Vec<u8>>> = if format == 1 {
+        let (element_type, elements) =
+            pgtype::array::binary_array_elements(value).map_err(|e| value_error(&e, &name))?;
+        elements
+            .into_iter()
+            .map(|e| {
+                e.map(|bytes| pgtype::canonical_from_binary(ty, element_type, bytes, time))
+                    .transpose()
+                    .map(|c| c.map(|c| cipher.encrypt(&c)))
+            })
+            .collect::<Result<_, _>>()
+    } else {
+        pgtype::array::text_array_elements(value).and_then(|elements| {
+            elements
+                .into_iter()
+                .map(|e| {
+                    e.map(|text| pgtype::canonical_from_text(ty, &text, time))
+                        .transpose()
+                        .map(|c| c.map(|c| cipher.encrypt(&c)))
+                })
+                .collect::<Result<_, _>>()
+        })
+    }
+    .map_err(|e| value_error(&e, &name))?;
+    pgtype::array::bytea_array_binary(&encrypted).map_err(|e| value_error(&e, &name))
+}
+
+/// A text-form array literal unnested into `column` (`'{a,NULL}'::text[]`), as a `bytea[]`
+/// expression of its elements' ciphertexts (NULL elements kept).
+pub(super) fn encrypt_text_array(
+    veil: &Veil,
+    column: ColumnRef,
+    text: &[u8],
+    time: &SessionTime,
+    standard_strings: bool,
+) -> Result<String, PgError> {
+    let name = cipher_and_spec(veil, column)?.1.qualified_name();
+    let elements = pgtype::array::text_array_elements(text).map_err(|e| value_error(&e, &name))?;
+    if elements.is_empty() {
+        return Ok("'{}'::bytea[]".to_string());
+    }
+    let mut parts = Vec::with_capacity(elements.len());
+    for element in elements {
+        parts.push(match element {
+            None => "NULL".to_string(),
+            Some(e) => bytea_literal(&encrypt_text(veil, column, &e, time)?, standard_strings),
+        });
+    }
+    Ok(format!("ARRAY[{}]::bytea[]", parts.join(", ")))
+}
+
 fn cipher_and_spec(
     veil: &Veil,
     column: ColumnRef,

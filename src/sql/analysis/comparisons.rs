@@ -12,6 +12,10 @@ use super::{column_name, dedup, unsupported, Analyzer, Halt, Outcome};
 
 /// Is a cast of a literal or parameter to `cast` acceptable for a column of type `ty`?
 pub(super) fn cast_accepted(ty: LogicalType, cast: &str) -> bool {
+    // An array is never one value of the column.
+    if cast.contains('[') || cast.trim_end().ends_with("array") {
+        return false;
+    }
     let base = cast.split('(').next().unwrap_or(cast).trim();
     if matches!(
         base,
@@ -56,8 +60,66 @@ impl Analyzer<'_> {
                 self.plain_params.insert(p.number);
                 Ok(())
             }
+            Value::Pending(pending) => {
+                self.plain_pending.insert(pending.id);
+                for p in &pending.arrays {
+                    self.plain_params.insert(p.number);
+                }
+                for item in &pending.items {
+                    self.plain_use(item, op)?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Pending values written into protected column `c`: each value is written into it,
+    /// each array parameter's elements are encrypted for it, each cast becomes bytea.
+    fn write_pending(&mut self, c: ColumnRef, pending: &Pending) -> Outcome<()> {
+        let ty = self.column(c)?.logical_type;
+        if let Some(&other) = self.bound_pending.get(&pending.id) {
+            if other != c {
+                return self.refuse("one VALUES or UNNEST column written into two columns", c);
+            }
+        }
+        self.bound_pending.insert(pending.id, c);
+        for cast in &pending.casts {
+            if !cast_accepted(ty, &cast.ty) {
+                return self.refuse(&format!("a cast to {}", cast.ty), c);
+            }
+            self.rewrites
+                .push((cast.range.clone(), cast.replacement.to_string()));
+        }
+        for item in &pending.items {
+            self.write(Some(c), item)?;
+        }
+        for p in &pending.arrays {
+            if let Some((range, cast)) = &p.cast {
+                let element = cast.strip_suffix("[]").unwrap_or("");
+                if element.is_empty() || !cast_accepted(ty, element) {
+                    return self.refuse(&format!("a cast to {cast}"), c);
+                }
+                self.rewrites
+                    .push((range.clone(), format!("${}::bytea[]", p.number)));
+            }
+            self.array_params.push((p.number, c));
+        }
+        for l in &pending.array_literals {
+            let cast = l.cast.as_deref().unwrap_or("");
+            let element = cast.strip_suffix("[]").unwrap_or("");
+            if element.is_empty() || !cast_accepted(ty, element) {
+                return self.refuse(&format!("a cast to {cast}"), c);
+            }
+            self.literals.push(LiteralBinding {
+                byte_range: l.range.clone(),
+                column: c,
+                value: Some(l.value.clone()),
+                cast: l.cast.clone(),
+                array: true,
+            });
+        }
+        Ok(())
     }
 
     pub(super) fn require_deterministic(&mut self, c: ColumnRef, op: &str) -> Outcome<()> {
@@ -91,6 +153,7 @@ impl Analyzer<'_> {
                     column: c,
                     value: Some(l.value.clone()),
                     cast: l.cast.clone(),
+                    array: false,
                 });
                 Ok(true)
             }
@@ -174,6 +237,11 @@ impl Analyzer<'_> {
             Value::Column {
                 protected: None, ..
             } => self.refuse("writing an unencrypted column's value", c),
+            Value::Pending(pending) => self.write_pending(c, pending),
+            Value::Spread => self.refuse(
+                "writing a relation of unknown columns (a set-returning function)",
+                c,
+            ),
             Value::Other => self.refuse("writing a computed value", c),
         }
     }
@@ -208,6 +276,7 @@ impl Analyzer<'_> {
                 }
             }
         }
+        self.check_pending()?;
         // Literal ranges: sorted, exact duplicates merged, no overlap.
         self.literals.sort_by(|a, b| {
             (a.byte_range.start, a.byte_range.end, a.column).cmp(&(
@@ -227,6 +296,32 @@ impl Analyzer<'_> {
                     )));
                 }
                 return unsupported("overlapping literal ranges");
+            }
+        }
+        Ok(())
+    }
+
+    /// Array parameters carry values for one column only, and pending values bound to a
+    /// protected column are used nowhere else (that use would see plaintext, or ciphertext
+    /// where plaintext was meant).
+    fn check_pending(&mut self) -> Outcome<()> {
+        dedup(&mut self.array_params);
+        for &(n, c) in &self.array_params {
+            let scalar = self.params.iter().any(|&(m, _)| m == n);
+            let twice = self.array_params.iter().any(|&(m, d)| m == n && d != c);
+            if scalar || twice || self.plain_params.contains(&n) {
+                return Err(Halt::Refuse(format!(
+                    "pgveil: array parameter ${n} is unnested into encrypted column {} and also used elsewhere",
+                    column_name(self.protection, c)
+                )));
+            }
+        }
+        for (id, &c) in &self.bound_pending {
+            if self.plain_pending.contains(id) {
+                return Err(Halt::Refuse(format!(
+                    "pgveil: values written into encrypted column {} are also used elsewhere in the statement",
+                    column_name(self.protection, c)
+                )));
             }
         }
         Ok(())

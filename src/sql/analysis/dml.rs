@@ -112,6 +112,16 @@ impl Analyzer<'_> {
             _ => {
                 let outputs = self.query(q, false)?;
                 for (i, o) in outputs.iter().enumerate() {
+                    if matches!(o.value, Value::Spread) {
+                        // Positions from here on are unknown: no protected target may follow.
+                        if let Some(c) = targets.iter().skip(i).flatten().next() {
+                            return self.refuse(
+                                "writing a relation of unknown columns (a set-returning function or `*` over one)",
+                                *c,
+                            );
+                        }
+                        break;
+                    }
                     self.write(target_at(i), &o.value)?;
                 }
             }

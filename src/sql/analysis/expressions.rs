@@ -2,8 +2,8 @@
 //! deciding what its operands may be.
 
 use sqlparser::ast::{
-    BinaryOperator, CaseWhen, CastKind, DataType, Expr, Ident, Query, TypedString, UnaryOperator,
-    Value as SqlValue, ValueWithSpan,
+    BinaryOperator, CaseWhen, CastKind, DataType, Expr, FunctionArgExpr, Ident, Query, TypedString,
+    UnaryOperator, Value as SqlValue, ValueWithSpan,
 };
 
 use super::values::{Literal, Parameter, Value};
@@ -95,6 +95,17 @@ impl Analyzer<'_> {
             Expr::Exists { subquery, .. } => self.exists(subquery),
             Expr::Subquery(q) => self.scalar_subquery(q),
             Expr::Tuple(items) => self.plain_operands(items, "row constructor"),
+            Expr::Array(array) => self.plain_operands(&array.elem, "ARRAY[…]"),
+            // `p.*` / `*` as a value: the whole row, refused when it holds a protected column.
+            Expr::QualifiedWildcard(name, _) => {
+                let arg = FunctionArgExpr::QualifiedWildcard(name.clone());
+                self.no_wildcard_arg(&arg, "a whole-row reference (x.*)")?;
+                Ok(Value::Other)
+            }
+            Expr::Wildcard(_) => {
+                self.no_wildcard_arg(&FunctionArgExpr::Wildcard, "a whole-row reference (*)")?;
+                Ok(Value::Other)
+            }
             Expr::AnyOp { left, right, .. } | Expr::AllOp { left, right, .. } => {
                 self.plain_operands([&**left, &**right], "ANY/ALL")
             }
@@ -166,6 +177,13 @@ impl Analyzer<'_> {
         let ty = data_type.to_string().to_ascii_lowercase();
         if let Some(c) = v.protected() {
             return self.refuse(&format!("a cast to {ty}"), c);
+        }
+        if let Value::Pending(pending) = v {
+            if has_format {
+                self.plain_use(&Value::Pending(pending), "cast")?;
+                return Ok(Value::Other);
+            }
+            return self.pending_cast(pending, inner, kind, ty);
         }
         if has_format || matches!(inner, Expr::Nested(_)) {
             self.plain_use(&v, "cast")?;

@@ -109,8 +109,13 @@ impl Analyzer<'_> {
     ) -> Outcome<()> {
         let mut idents: Vec<Vec<Ident>> = Vec::new();
         let mut queries: Vec<Query> = Vec::new();
+        let mut wildcards: Vec<FunctionArgExpr> = Vec::new();
         let _ = visit_expressions(node, |e| {
             match e {
+                Expr::QualifiedWildcard(name, _) => {
+                    wildcards.push(FunctionArgExpr::QualifiedWildcard(name.clone()))
+                }
+                Expr::Wildcard(_) => wildcards.push(FunctionArgExpr::Wildcard),
                 Expr::Identifier(id) => idents.push(vec![id.clone()]),
                 Expr::CompoundIdentifier(ids) => idents.push(ids.clone()),
                 Expr::Subquery(q)
@@ -120,12 +125,13 @@ impl Analyzer<'_> {
             }
             ControlFlow::<()>::Continue(())
         });
+        for w in &wildcards {
+            self.no_wildcard_arg(w, what)?;
+        }
         for ids in &idents {
             match self.lookup_column(ids)? {
                 Some(v) => {
-                    if let Some(c) = v.protected() {
-                        return self.refuse(what, c);
-                    }
+                    self.plain_use(&v, what)?;
                 }
                 None => {
                     self.no_whole_row(ids, what)?;

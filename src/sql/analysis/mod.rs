@@ -7,12 +7,14 @@
 //! protected column, and so on. Whatever is not understood is refused when it involves a
 //! protected column (fail closed).
 
+mod arrays;
 mod comparisons;
 mod copy;
 mod dml;
 mod expressions;
 mod functions;
 mod queries;
+mod same_query;
 mod scopes;
 mod spans;
 mod statements;
@@ -24,7 +26,7 @@ use std::ops::Range;
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::{Token, TokenWithSpan};
 
 use crate::schema::{ProtectedColumn, TableName};
 use crate::sql::catalog::{Catalog, ColumnRef, Protection};
@@ -66,11 +68,17 @@ struct Analyzer<'a> {
     /// Byte offset where the statement's last token ends (for RETURNING injection).
     statement_end: usize,
     scopes: Vec<Vec<Source>>,
-    ctes: Vec<(String, Vec<SourceColumn>)>,
+    /// CTE name → its columns (`None`: unknown, it reads a relation of unknown columns).
+    ctes: Vec<(String, Option<Vec<SourceColumn>>)>,
     tables: Vec<TableName>,
     literals: Vec<LiteralBinding>,
     params: Vec<(u32, ColumnRef)>,
+    array_params: Vec<(u32, ColumnRef)>,
     plain_params: HashSet<u32>,
+    /// Pending values (VALUES / UNNEST columns) used plainly, and those bound to a column.
+    plain_pending: HashSet<u32>,
+    bound_pending: std::collections::HashMap<u32, ColumnRef>,
+    next_pending: u32,
     reads: Vec<ColumnRef>,
     conditions: Vec<ColumnRef>,
     writes: Vec<ColumnRef>,
@@ -94,6 +102,7 @@ pub fn analyze(
 ) -> Result<Vec<StatementPlan>, AnalyzeError> {
     let tokens = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
     let mut plans = Vec::new();
+    let mut earlier = same_query::EarlierDdl::default();
     let mut seg_start = 0;
     for i in 0..=tokens.spanned.len() {
         let boundary = match tokens.token(i) {
@@ -118,9 +127,60 @@ pub fn analyze(
             protection,
             catalog,
             search_path,
+            &mut earlier,
         )?);
     }
     Ok(plans)
+}
+
+/// The tokens of a statement as the parser reads them: all of them, less an `ONLY` right
+/// after FROM or JOIN (`SELECT ... FROM ONLY t`, pg_dump's form), which the parser does not
+/// know. ONLY leaves out the rows of t's child tables; it changes nothing pgveil decides,
+/// as the columns are t's either way. Every other token keeps its place in the text.
+fn parser_tokens(tokens: &Tokens, first: usize, last: usize) -> Vec<TokenWithSpan> {
+    (first..=last)
+        .filter(|&i| {
+            !(tokens.is_keyword(i, "only")
+                && tokens.prev_solid(i).is_some_and(|p| {
+                    p >= first && (tokens.is_keyword(p, "from") || tokens.is_keyword(p, "join"))
+                }))
+        })
+        .map(|i| tokens.spanned[i].clone())
+        .collect()
+}
+
+/// `CREATE [TEMP | TEMPORARY | UNLOGGED] SEQUENCE ...` or `ALTER SEQUENCE ...` without any
+/// string literal (so without a subquery's text or a value hiding in one).
+fn is_sequence_ddl(tokens: &Tokens, first: usize) -> bool {
+    let verb = tokens.is_keyword(first, "create") || tokens.is_keyword(first, "alter");
+    let mut next = tokens.next_solid(first);
+    while let Some(i) = next.filter(|&i| {
+        ["temp", "temporary", "unlogged"]
+            .iter()
+            .any(|w| tokens.is_keyword(i, w))
+    }) {
+        next = tokens.next_solid(i);
+    }
+    let end = tokens
+        .spanned
+        .iter()
+        .skip(first)
+        .position(|t| matches!(t.token, Token::SemiColon | Token::EOF))
+        .map_or(tokens.spanned.len(), |n| first + n);
+    verb && next.is_some_and(|i| tokens.is_keyword(i, "sequence"))
+        && (first..end).all(|i| {
+            !matches!(
+                tokens.token(i),
+                Some(
+                    Token::SingleQuotedString(_)
+                        | Token::EscapedStringLiteral(_)
+                        | Token::DollarQuotedString(_)
+                        | Token::NationalStringLiteral(_)
+                        | Token::UnicodeStringLiteral(_)
+                        | Token::LParen
+                )
+            )
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -133,9 +193,10 @@ fn analyze_one(
     protection: &Protection,
     catalog: &dyn Catalog,
     search_path: &[String],
+    earlier: &mut same_query::EarlierDdl,
 ) -> Result<StatementPlan, AnalyzeError> {
     let text = &sql[range.clone()];
-    let touches = may_touch_protected(text, protection);
+    let touches = may_touch_protected(text, protection) || catalog.mentions_protected_view(text);
     // `U&"…"` identifiers are not understood by the parser (it reads `U & "…"`), so a
     // protected table or column could hide behind one: fail closed.
     if touches && has_unicode_identifier(tokens, first, last) {
@@ -145,12 +206,19 @@ fn analyze_one(
     }
     let dialect = PostgreSqlDialect {};
     let mut parser =
-        Parser::new(&dialect).with_tokens_with_locations(tokens.spanned[first..=last].to_vec());
+        Parser::new(&dialect).with_tokens_with_locations(parser_tokens(tokens, first, last));
     let parsed = match parser.parse_statement() {
         Ok(statement) if parser.peek_token().token == Token::EOF => Ok(statement),
         Ok(_) => Err("unexpected text after the statement".to_string()),
         Err(e) => Err(e.to_string()),
     };
+    if parsed.is_err() {
+        let first_word = match tokens.token(first) {
+            Some(Token::Word(w)) => w.value.as_str(),
+            _ => "",
+        };
+        earlier.note_unparsed(first_word);
+    }
     let stmt = match parsed {
         Ok(statement) => statement,
         // Anonymous code blocks cannot be analysed: refuse them by name.
@@ -161,6 +229,12 @@ fn analyze_one(
                 message: "pgveil: DO blocks mentioning a protected table are not supported".into(),
             });
             return Ok(plan);
+        }
+        // Sequence DDL the parser does not know (`CREATE SEQUENCE ... AS integer`, `ALTER
+        // SEQUENCE ... OWNED BY t.id`, as pg_dump writes them) names a table at most as the
+        // owner of a sequence; its options are numbers about the sequence, never values.
+        Err(_) if is_sequence_ddl(tokens, first) => {
+            return Ok(StatementPlan::empty(StatementKind::Other, range))
         }
         Err(e) if touches => return Err(AnalyzeError::Parse(sanitize(&e))),
         // Nothing protected can be involved: forward untouched.
@@ -178,7 +252,11 @@ fn analyze_one(
         tables: Vec::new(),
         literals: Vec::new(),
         params: Vec::new(),
+        array_params: Vec::new(),
         plain_params: HashSet::new(),
+        plain_pending: HashSet::new(),
+        bound_pending: std::collections::HashMap::new(),
+        next_pending: 0,
         reads: Vec::new(),
         conditions: Vec::new(),
         writes: Vec::new(),
@@ -192,6 +270,15 @@ fn analyze_one(
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
+    let conflict = touches && earlier.conflicts(&stmt);
+    earlier.note(&stmt);
+    if conflict {
+        plan.refusal = Some(Refusal {
+            sqlstate: NOT_SUPPORTED,
+            message: same_query::SEND_SEPARATELY.into(),
+        });
+        return Ok(plan);
+    }
     let outcome = analyzer
         .statement(&stmt, first, last)
         .and_then(|()| analyzer.finish());
@@ -211,6 +298,7 @@ fn analyze_one(
             plan.tables = analyzer.tables;
             plan.literals = analyzer.literals;
             plan.params = analyzer.params;
+            plan.array_params = analyzer.array_params;
             plan.reads = analyzer.reads;
             plan.conditions = analyzer.conditions;
             plan.writes = analyzer.writes;

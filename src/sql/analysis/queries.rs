@@ -45,7 +45,7 @@ impl Analyzer<'_> {
             for cte in &with.cte_tables {
                 let outputs = self.query(&cte.query, false)?;
                 let mut columns = self.source_columns(&outputs)?;
-                for (col, def) in columns.iter_mut().zip(&cte.alias.columns) {
+                for (col, def) in columns.iter_mut().flatten().zip(&cte.alias.columns) {
                     col.name = normalize(&def.name);
                 }
                 self.ctes.push((normalize(&cte.alias.name), columns));
@@ -59,26 +59,36 @@ impl Analyzer<'_> {
         Ok(outputs)
     }
 
+    /// The columns a subquery or CTE offers to the query around it; `None` when its width
+    /// is unknown (it expands `*` over a relation of unknown columns).
     pub(super) fn source_columns(
         &mut self,
         outputs: &[OutputColumn],
-    ) -> Outcome<Vec<SourceColumn>> {
+    ) -> Outcome<Option<Vec<SourceColumn>>> {
+        if outputs.iter().any(|o| matches!(o.value, Value::Spread)) {
+            for o in outputs {
+                self.plain_use(&o.value, "subquery output")?;
+            }
+            return Ok(None);
+        }
         let mut columns = Vec::with_capacity(outputs.len());
         for o in outputs {
-            let (protected, origin) = match &o.value {
-                Value::Column { protected, origin } => (*protected, origin.clone()),
+            let (protected, origin, pending) = match &o.value {
+                Value::Column { protected, origin } => (*protected, origin.clone(), None),
+                Value::Pending(p) => (None, None, Some(p.clone())),
                 other => {
                     self.plain_use(other, "subquery output")?;
-                    (None, None)
+                    (None, None, None)
                 }
             };
             columns.push(SourceColumn {
                 name: o.name.clone(),
                 protected,
                 origin,
+                pending,
             });
         }
-        Ok(columns)
+        Ok(Some(columns))
     }
 
     /// LIMIT / OFFSET values must be plain.
@@ -220,25 +230,53 @@ impl Analyzer<'_> {
         })
     }
 
-    /// `VALUES (…), (…)` as a query: plain values only (an INSERT's VALUES is analysed by
-    /// the INSERT).
+    /// `VALUES (…), (…)` as a query (an INSERT's own VALUES is analysed by the INSERT):
+    /// each column's values stay pending until the column is written somewhere or used.
     fn values(&mut self, values: &Values) -> Outcome<Vec<OutputColumn>> {
         self.scopes.push(Vec::new());
-        let mut width = 0;
+        let mut columns: Vec<Vec<Value>> = Vec::new();
         for row in &values.rows {
-            width = width.max(row.len());
-            for e in row.iter() {
-                let v = self.expression(e)?;
-                self.plain_use(&v, "VALUES")?;
+            for (i, e) in row.iter().enumerate() {
+                let v = self.expression(e);
+                let v = match v {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.scopes.pop();
+                        return Err(e);
+                    }
+                };
+                if columns.len() <= i {
+                    columns.resize_with(i + 1, Vec::new);
+                }
+                columns[i].push(v);
             }
         }
         self.scopes.pop();
-        Ok((1..=width)
-            .map(|i| OutputColumn {
-                name: format!("column{i}"),
-                value: Value::Other,
+        Ok(columns
+            .into_iter()
+            .enumerate()
+            .map(|(i, items)| OutputColumn {
+                name: format!("column{}", i + 1),
+                value: self.pending(items, Vec::new(), Vec::new()),
             })
             .collect())
+    }
+
+    /// A new column of pending values.
+    pub(super) fn pending(
+        &mut self,
+        items: Vec<Value>,
+        arrays: Vec<Parameter>,
+        casts: Vec<PendingCast>,
+    ) -> Value {
+        self.next_pending += 1;
+        Value::Pending(Box::new(Pending {
+            id: self.next_pending,
+            items,
+            arrays,
+            array_literals: Vec::new(),
+            casts,
+        }))
     }
 
     /// `TABLE name`: `SELECT * FROM name`.

@@ -17,6 +17,21 @@ pub(super) struct SourceColumn {
     pub(super) name: String,
     pub(super) protected: Option<ColumnRef>,
     pub(super) origin: Option<Origin>,
+    /// The values of a `VALUES` or `UNNEST` column, bound when written to a protected column.
+    pub(super) pending: Option<Box<Pending>>,
+}
+
+impl SourceColumn {
+    /// The column's value where it is referenced.
+    pub(super) fn value(&self) -> Value {
+        match &self.pending {
+            Some(p) => Value::Pending(p.clone()),
+            None => Value::Column {
+                protected: self.protected,
+                origin: self.origin.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,15 +144,7 @@ impl Analyzer<'_> {
         let (Some(l), Some(r)) = (find(&scope[..split]), find(&scope[split..])) else {
             return Ok(());
         };
-        let lv = Value::Column {
-            protected: l.protected,
-            origin: l.origin,
-        };
-        let rv = Value::Column {
-            protected: r.protected,
-            origin: r.origin,
-        };
-        self.compare(&lv, &rv, "JOIN USING")
+        self.compare(&l.value(), &r.value(), "JOIN USING")
     }
 
     pub(super) fn table_factor(&mut self, factor: &TableFactor) -> Outcome<()> {
@@ -158,7 +165,7 @@ impl Analyzer<'_> {
                     .map(|a| normalize(&a.name))
                     .unwrap_or_default();
                 if let Some(a) = alias {
-                    for (col, def) in columns.iter_mut().zip(&a.columns) {
+                    for (col, def) in columns.iter_mut().flatten().zip(&a.columns) {
                         col.name = normalize(&def.name);
                     }
                 }
@@ -166,10 +173,17 @@ impl Analyzer<'_> {
                     alias: alias_name,
                     table: None,
                     reference: 0,
-                    columns: Some(columns),
+                    columns,
                 });
                 Ok(())
             }
+            TableFactor::UNNEST {
+                alias,
+                array_exprs,
+                with_offset,
+                with_ordinality,
+                ..
+            } => self.unnest(array_exprs, alias.as_ref(), *with_ordinality, *with_offset),
             TableFactor::NestedJoin {
                 table_with_joins,
                 alias,
@@ -226,7 +240,7 @@ impl Analyzer<'_> {
                 alias: n.clone(),
                 table: None,
                 reference: 0,
-                columns: Some(columns),
+                columns,
             },
             ([n], None) => self.catalog_source(None, n)?,
             ([.., schema, n], _) => self.catalog_source(Some(schema.as_str()), n)?,
@@ -247,6 +261,10 @@ impl Analyzer<'_> {
 
     pub(super) fn catalog_source(&self, schema: Option<&str>, name: &str) -> Outcome<Source> {
         match self.catalog.resolve(schema, name, self.search_path) {
+            Some(info) if self.catalog.is_protected_view(&info.name) => Err(Halt::Refuse(format!(
+                "pgveil: {} is a view over a protected table; query the table itself",
+                info.name
+            ))),
             Some(info) => {
                 let reference = self.next_reference.get();
                 self.next_reference.set(reference.wrapping_add(1));
@@ -266,6 +284,7 @@ impl Analyzer<'_> {
                         name: c.name.clone(),
                         protected: self.protection.lookup(&info.name, &c.name),
                         origin: Some((info.name.clone(), c.name.clone(), reference)),
+                        pending: None,
                     })
                     .collect();
                 Ok(Source {
@@ -314,10 +333,7 @@ impl Analyzer<'_> {
         let Some((col, qual)) = names.split_last() else {
             return Ok(None);
         };
-        let val_of = |c: &SourceColumn| Value::Column {
-            protected: c.protected,
-            origin: c.origin.clone(),
-        };
+        let val_of = SourceColumn::value;
         if qual.is_empty() {
             for scope in self.scopes.iter().rev() {
                 let mut found: Vec<&SourceColumn> = Vec::new();
@@ -338,6 +354,8 @@ impl Analyzer<'_> {
                                 "column {col} (ambiguous with a relation of unknown columns)"
                             ))));
                         }
+                        // Or it names a relation in scope: then it is that whole row.
+                        self.no_whole_row(idents, "a whole-row reference")?;
                         return Ok(Some(Value::plain()));
                     }
                     [] => {}
@@ -450,16 +468,13 @@ impl Analyzer<'_> {
             match &src.columns {
                 Some(columns) => outputs.extend(columns.iter().map(|c| OutputColumn {
                     name: c.name.clone(),
-                    value: Value::Column {
-                        protected: c.protected,
-                        origin: c.origin.clone(),
-                    },
+                    value: c.value(),
                 })),
                 // Unknown relation: its width is unknown, so are later positions. It holds
                 // no protected column (unknown relations never have a protected name).
                 None => outputs.push(OutputColumn {
                     name: "?column?".into(),
-                    value: Value::Other,
+                    value: Value::Spread,
                 }),
             }
         }

@@ -9,7 +9,6 @@ use sqlparser::tokenizer::Token;
 use crate::sql::fast::may_touch_protected;
 use crate::sql::StatementKind;
 
-use super::subjects::*;
 use super::values::*;
 use super::{unsupported, Analyzer, Halt, Outcome};
 
@@ -69,19 +68,18 @@ impl Analyzer<'_> {
                 self.record_output(outputs)
             }
             Statement::Declare { stmts } => {
-                for d in stmts {
-                    if let Some(q) = &d.for_query {
-                        let outputs = self.query(q, true)?;
-                        self.record_output(outputs)?;
-                    }
+                // The cursor's rows come later, from FETCH, which the session attributes to
+                // this plan: its output (and an appended subject column) is the query's.
+                match stmts.as_slice() {
+                    [d] => match &d.for_query {
+                        Some(q) => {
+                            let outputs = self.query(q, true)?;
+                            self.record_output(outputs)
+                        }
+                        None => Ok(()),
+                    },
+                    _ => unsupported("DECLARE of several names"),
                 }
-                // Rows come later, from FETCH.
-                self.top_level = Some(TopLevel {
-                    insert_at: None,
-                    blocker: Some("cursor: rows are returned by FETCH".into()),
-                    aliases: Vec::new(),
-                });
-                Ok(())
             }
             Statement::Explain { statement, .. } => {
                 // EXPLAIN ANALYZE executes the statement: analyse it fully, but EXPLAIN
@@ -133,7 +131,10 @@ impl Analyzer<'_> {
             }
             Statement::CreateView(v) => {
                 self.query(&v.query, false)?;
-                if !self.literals.is_empty() || !self.params.is_empty() {
+                if !self.literals.is_empty()
+                    || !self.params.is_empty()
+                    || !self.array_params.is_empty()
+                {
                     return Err(Halt::Refuse(
                         "pgveil: CREATE VIEW comparing an encrypted column with a literal is not supported"
                             .into(),
@@ -161,6 +162,7 @@ impl Analyzer<'_> {
     pub(super) fn clear_bindings(&mut self) {
         self.literals.clear();
         self.params.clear();
+        self.array_params.clear();
         self.rewrites.clear();
         self.reads.clear();
         self.conditions.clear();
@@ -204,7 +206,17 @@ impl Analyzer<'_> {
                 }
             }
         }
-        if !may_touch_protected(text, self.protection) {
+        // Strings are values, except the bodies of routines, which are code.
+        let code_in_strings = matches!(
+            statement,
+            Statement::CreateFunction(_) | Statement::CreateProcedure { .. }
+        );
+        let mentions = if code_in_strings {
+            may_touch_protected(text, self.protection) || self.catalog.mentions_protected_view(text)
+        } else {
+            self.names_protected_table(first, last)
+        };
+        if !mentions {
             return Ok(());
         }
         let ddl = matches!(
@@ -230,6 +242,8 @@ impl Analyzer<'_> {
                 | Statement::Fetch { .. }
                 | Statement::Close { .. }
                 | Statement::Discard { .. }
+                // pg_dump locks every table it dumps; a lock carries no values.
+                | Statement::Lock(_)
         );
         let what = self.leading_words(first, last);
         if !ddl {
@@ -266,6 +280,18 @@ impl Analyzer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// True when an identifier among tokens `first..=last` (not a string, not a comment)
+    /// is a protected table's name.
+    fn names_protected_table(&self, first: usize, last: usize) -> bool {
+        // Case folded even when quoted: a false match only costs a refusal.
+        (first..=last).any(|i| match self.tokens.token(i) {
+            Some(Token::Word(w)) => self
+                .protection
+                .is_protected_name(&w.value.to_ascii_lowercase()),
+            _ => false,
+        })
     }
 
     /// Records the top-level output: reads and result columns.

@@ -44,7 +44,41 @@ pub(super) enum Value {
     Parameter(Parameter),
     Null,
     Default,
+    /// Values not yet bound: one column of a `VALUES` list or the elements of an array
+    /// unnested in FROM. Written into a protected column, each is bound to it; used in any
+    /// other way, each is plain.
+    Pending(Box<Pending>),
+    /// Zero or more columns of unknown values: `*` over a relation whose columns are not
+    /// known (a set-returning function, a relation pgveil does not know).
+    Spread,
     Other,
+}
+
+/// The values one column of a `VALUES` list or of an `UNNEST` carries.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    /// Identifies the column, so a plain use and a binding of it are both seen.
+    pub(super) id: u32,
+    /// Each value that lands in the column (literals, parameters, NULLs, anything else).
+    pub(super) items: Vec<Value>,
+    /// Array parameters whose elements land in the column.
+    pub(super) arrays: Vec<Parameter>,
+    /// Array literals in text form (`'{a,b}'::text[]`) whose elements land in the column.
+    pub(super) array_literals: Vec<Literal>,
+    /// Casts on the way (`p1::varchar`, `ARRAY[…]::varchar[]`): each type must be accepted
+    /// for the column, and each is rewritten to bytea when the values are encrypted.
+    pub(super) casts: Vec<PendingCast>,
+}
+
+/// A cast applied to pending values.
+#[derive(Debug, Clone)]
+pub(super) struct PendingCast {
+    /// The `::type` text.
+    pub(super) range: Range<usize>,
+    /// The type of each value (an array cast's element type), lower-case as written.
+    pub(super) ty: String,
+    /// What replaces `range` once the values are ciphertext.
+    pub(super) replacement: &'static str,
 }
 
 impl Value {
