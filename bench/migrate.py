@@ -69,7 +69,7 @@ def load_table(cluster, rows):
     cluster.psql(f"""
         CREATE TABLE {TABLE} (id bigint PRIMARY KEY, ssn text, birth_date date, note text);
         INSERT INTO {TABLE} SELECT g, lpad((100000000 + g)::text, 9, '0'),
-               date '1940-01-01' + (g * 7919) % 21915, 'note ' || g
+               date '1940-01-01' + ((g::bigint * 7919) % 21915)::int, 'note ' || g
           FROM generate_series(1, {rows}) g""")
     cluster.psql(f"VACUUM ANALYZE {TABLE}")
 
@@ -312,7 +312,7 @@ def main():
         for q, _, _, phases in cols:
             for p, a, b in phases:
                 r = stats(reader.window(a, b))
-                print(f"| during: {q.rsplit('.', 1)[1]} {p} | {b - a:.0f} | {r['n']} | {fmt(r['median'])} | "
+                print(f"| during: {q.rsplit('.', 1)[1]} {p} | {b - a:.1f} | {r['n']} | {fmt(r['median'])} | "
                       f"{fmt(r['p99'])} | {fmt(r['max'])} |")
         during = res["during the migration"]
         print()
