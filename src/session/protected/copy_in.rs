@@ -26,6 +26,9 @@ pub(super) struct CopyIn {
     plan: CopyPlan,
     splitter: RowSplitter,
     rows: u64,
+    /// The end marker went by: blank lines after it (pg_restore sends `\\.` and two of
+    /// them) carry nothing and pass as they are.
+    ended: bool,
     /// pgveil aborted it: what the client still sends is dropped.
     failed: bool,
 }
@@ -36,6 +39,7 @@ impl CopyIn {
             splitter: RowSplitter::new(plan.options.clone(), MAX_COPY_ROW),
             plan: plan.clone(),
             rows: 0,
+            ended: false,
             failed: false,
         }
     }
@@ -60,7 +64,14 @@ impl CopyIn {
                 None => break,
             };
             match unit {
-                Unit::Header(bytes) | Unit::End(bytes) => out.extend_from_slice(&bytes),
+                Unit::Header(bytes) => out.extend_from_slice(&bytes),
+                Unit::End(bytes) => {
+                    self.ended = true;
+                    out.extend_from_slice(&bytes);
+                }
+                Unit::Row(row) if self.ended && matches!(row.as_ref(), b"\n" | b"\r\n") => {
+                    out.extend_from_slice(&row)
+                }
                 Unit::Row(row) => {
                     self.rows += 1;
                     self.row(&row, &mut out, veil, time)
