@@ -58,6 +58,32 @@ impl Decimal {
         }
     }
 
+    /// Digits the display scale hides are cut off, as PostgreSQL's numeric_recv does
+    /// (`trunc_var` to dscale): `0.00` with digits far below it reads as `0.00`.
+    fn truncated_to_scale(self) -> Decimal {
+        match self {
+            Decimal::Finite {
+                neg,
+                mut digits,
+                point,
+                dscale,
+            } => {
+                let keep = usize::try_from(point + dscale).unwrap_or(0);
+                if digits.len() > keep {
+                    digits.truncate(keep);
+                    return Decimal::finite(neg, digits, point, 0, dscale);
+                }
+                Decimal::Finite {
+                    neg,
+                    digits,
+                    point,
+                    dscale,
+                }
+            }
+            other => other,
+        }
+    }
+
     fn check_range(self) -> Result<Decimal, ValueError> {
         if let Decimal::Finite { point, dscale, .. } = &self {
             if *point > NUMERIC_MAX_WEIGHT_DIGITS || *dscale > NUMERIC_DSCALE_MAX {
@@ -289,6 +315,7 @@ pub(super) fn numeric_recv(b: &[u8]) -> Result<Decimal, ValueError> {
         0,
         i64::from(dscale),
     )
+    .truncated_to_scale()
     .check_range()
 }
 
@@ -330,6 +357,30 @@ mod tests {
                 c
             );
         }
+    }
+
+    #[test]
+    fn binary_digits_below_the_display_scale_are_truncated() {
+        // Found by fuzz/literals: weight -32768, dscale 2, digits 0012 3400. PostgreSQL 15's
+        // numeric_recv reads it as 0.00; pgveil accepted it and could not print it.
+        let tiny = [0u8, 2, 0x80, 0, 0, 0, 0, 2, 0, 12, 13, 72];
+        let c = canonical_from_binary(T::Numeric, 0, &tiny, &utc()).unwrap();
+        assert_eq!(c, canon(T::Numeric, "0.00"));
+        // Canonical numerics keep no display scale (equal values, equal ciphertexts).
+        let text = to_wire(T::Numeric, &c, WireFormat::Text, &utc()).unwrap();
+        assert_eq!(text, b"0");
+        // 1.2399 (weight 0, digits 0001 2399) sent with dscale 2 is 1.23: truncated, not rounded.
+        let c = canonical_from_binary(
+            T::Numeric,
+            0,
+            &hex::decode("00020000000000020001095f").unwrap(),
+            &utc(),
+        )
+        .unwrap();
+        assert_eq!(
+            to_wire(T::Numeric, &c, WireFormat::Text, &utc()).unwrap(),
+            b"1.23"
+        );
     }
 
     #[test]
