@@ -55,6 +55,12 @@ pub struct Metrics {
     pub bytes_from_server: Counter,
     pub queries: Counter,
     pub query_seconds: Histogram,
+    /// Analyses answered from the cache by exact text, by shape (literal values aside).
+    pub plan_cache_hits_exact: Counter,
+    pub plan_cache_hits_shape: Counter,
+    pub plan_cache_misses: Counter,
+    pub fingerprint_cache_hits: Counter,
+    pub fingerprint_cache_misses: Counter,
     errors: Vec<Counter>,
 }
 
@@ -111,6 +117,7 @@ pub fn get() -> &'static Metrics {
         metrics::describe_histogram!("pgveil_query_duration_seconds", "Time from a query (or Sync) to ReadyForQuery");
         metrics::describe_counter!("pgveil_errors_total", "Errors by kind");
         describe_alerts();
+        describe_caches();
         Metrics {
             connections_open: metrics::gauge!("pgveil_connections_open"),
             connections_total: metrics::counter!("pgveil_connections_total"),
@@ -118,6 +125,11 @@ pub fn get() -> &'static Metrics {
             bytes_from_server: metrics::counter!("pgveil_bytes_total", "direction" => "server_to_client"),
             queries: metrics::counter!("pgveil_queries_total"),
             query_seconds: metrics::histogram!("pgveil_query_duration_seconds"),
+            plan_cache_hits_exact: metrics::counter!("pgveil_plan_cache_hits_total", "key" => "exact"),
+            plan_cache_hits_shape: metrics::counter!("pgveil_plan_cache_hits_total", "key" => "shape"),
+            plan_cache_misses: metrics::counter!("pgveil_plan_cache_misses_total"),
+            fingerprint_cache_hits: metrics::counter!("pgveil_fingerprint_cache_hits_total"),
+            fingerprint_cache_misses: metrics::counter!("pgveil_fingerprint_cache_misses_total"),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| metrics::counter!("pgveil_errors_total", "kind" => k.label()))
@@ -183,6 +195,26 @@ pub fn alert_evaluation_dropped() {
 /// up on (`alertmanager_dropped`).
 pub fn alert_delivery_failed(target: &'static str) {
     metrics::counter!("pgveil_alert_delivery_failures_total", "target" => target).increment(1);
+}
+
+/// Describes the cache metrics (once, with the others).
+fn describe_caches() {
+    metrics::describe_counter!(
+        "pgveil_plan_cache_hits_total",
+        "Statement analyses answered from the cache, by key (exact text, or shape: literal values aside)"
+    );
+    metrics::describe_counter!(
+        "pgveil_plan_cache_misses_total",
+        "Statement analyses made (not found in the cache)"
+    );
+    metrics::describe_counter!(
+        "pgveil_fingerprint_cache_hits_total",
+        "Audit fingerprints answered from the cache"
+    );
+    metrics::describe_counter!(
+        "pgveil_fingerprint_cache_misses_total",
+        "Audit fingerprints computed (not found in the cache)"
+    );
 }
 
 /// Describes the alert metrics (once, with the others).

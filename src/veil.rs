@@ -4,6 +4,8 @@
 //! A `Veil` is immutable apart from its caches; a configuration reload builds a new one and
 //! swaps it in, so a session sees one consistent policy per statement.
 
+mod cache;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -12,9 +14,6 @@ use crate::crypto::envelope::ColumnCipher;
 use crate::crypto::keyring::KeyRing;
 use crate::schema::TableName;
 use crate::sql::{self, AnalyzeError, ColumnRef, Protection, StatementPlan, StaticCatalog};
-
-/// Plans cached per database before the cache is cleared and starts over.
-const PLAN_CACHE_LIMIT: usize = 10_000;
 
 pub struct Veil {
     pub protection: Protection,
@@ -27,13 +26,9 @@ pub struct Database {
     pub tables: StaticCatalog,
     /// (table OID, attribute number) → protected column, as RowDescription reports them.
     pub by_attribute: HashMap<(u32, i16), ColumnRef>,
-    plans: Mutex<PlanCache>,
-    /// Statement text → its audit fingerprint.
-    fingerprints: Mutex<HashMap<String, String>>,
+    /// Analyses (by search path and text, or shape) and audit fingerprints.
+    caches: cache::Caches,
 }
-
-/// Analyses by search path, then query text (two levels, so a hit allocates nothing).
-type PlanCache = HashMap<Vec<String>, HashMap<String, Arc<Analysis>>>;
 
 /// The analysis of one query string, shared by every session that sends it.
 pub type Analysis = Result<Vec<StatementPlan>, AnalyzeError>;
@@ -75,8 +70,7 @@ impl Database {
         Self {
             tables,
             by_attribute,
-            plans: Mutex::new(HashMap::new()),
-            fingerprints: Mutex::new(HashMap::new()),
+            caches: cache::Caches::new(),
         }
     }
 
@@ -87,43 +81,21 @@ impl Database {
         sql::may_touch_protected(sql, protection) || self.tables.mentions_protected_view(sql)
     }
 
-    /// Analyses `sql` once per search path; later calls share the result.
+    /// Analyses `sql` once per search path; later calls share the result, and so do texts
+    /// that differ from it only in the values of literals bound for protected columns.
     pub fn analyze(
         &self,
         sql: &str,
         protection: &Protection,
         search_path: &[String],
     ) -> Arc<Analysis> {
-        if let Some(found) = lock(&self.plans)
-            .get(search_path)
-            .and_then(|by_text| by_text.get(sql))
-        {
-            return found.clone();
-        }
-        let analysis = Arc::new(sql::analyze(sql, protection, &self.tables, search_path));
-        let mut plans = lock(&self.plans);
-        if plans.values().map(HashMap::len).sum::<usize>() >= PLAN_CACHE_LIMIT {
-            plans.clear();
-        }
-        plans
-            .entry(search_path.to_vec())
-            .or_default()
-            .insert(sql.to_string(), analysis.clone());
-        analysis
+        self.caches
+            .analyze(sql, protection, &self.tables, search_path)
     }
 
     /// The audit fingerprint of a statement's text, computed once.
     pub fn fingerprint(&self, statement: &str) -> String {
-        if let Some(found) = lock(&self.fingerprints).get(statement) {
-            return found.clone();
-        }
-        let fingerprint = sql::fingerprint(statement);
-        let mut cache = lock(&self.fingerprints);
-        if cache.len() >= PLAN_CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(statement.to_string(), fingerprint.clone());
-        fingerprint
+        self.caches.fingerprint(statement)
     }
 }
 

@@ -248,3 +248,104 @@ async fn statements_through_a_view_over_a_protected_table_are_refused() {
         .await
         .unwrap();
 }
+
+/// The value of one sample line of a Prometheus text page (0 when absent).
+fn sample(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics_page(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Simple-protocol statements that differ only in the values bound for protected columns
+/// share one analysis (counted as shape hits); every value is still encrypted for its own
+/// row and reads back, whichever way the literal is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn distinct_literal_values_share_one_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster().psql("DROP TABLE IF EXISTS shared_plans; CREATE TABLE shared_plans (id serial PRIMARY KEY, name text, ssn bytea UNIQUE, birth_date bytea)");
+    let metrics_port = free_port();
+    let config = config(dir.path(), "shared_plans").replacen(
+        "[upstream]",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n[upstream]"),
+        1,
+    );
+    let proxy = Proxy::start(&config, dir.path());
+    let client = connect(proxy.port()).await;
+    let ssn = |i: usize| format!("900-{:02}-{:04}", i % 100, i * 37);
+    let date = |i: usize| format!("19{:02}-0{}-1{}", 50 + i % 40, 1 + i % 9, i % 10);
+    let before = sample(
+        &metrics_page(metrics_port).await,
+        "pgveil_plan_cache_hits_total{key=\"shape\"}",
+    );
+    for i in 0..60 {
+        // The same shape for most rows; a few other literal spellings in between.
+        let (s, d) = match i % 10 {
+            7 => (format!("E'{}'", ssn(i)), format!("date '{}'", date(i))),
+            8 => (format!("$${}$$", ssn(i)), format!("'{}'::date", date(i))),
+            _ => (format!("'{}'", ssn(i)), format!("'{}'", date(i))),
+        };
+        client
+            .simple_query(&format!(
+                "INSERT INTO shared_plans (name, ssn, birth_date) VALUES ('n{i}', {s}, {d})"
+            ))
+            .await
+            .unwrap();
+    }
+    for i in 0..60 {
+        let msgs = client
+            .simple_query(&format!(
+                "SELECT name, ssn, birth_date FROM shared_plans WHERE ssn = '{}'",
+                ssn(i)
+            ))
+            .await
+            .unwrap();
+        let rows: Vec<_> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows.len(), 1, "row {i}");
+        assert_eq!(rows[0].get(0), Some(format!("n{i}").as_str()));
+        assert_eq!(rows[0].get(1), Some(ssn(i).as_str()));
+        assert_eq!(rows[0].get(2), Some(date(i).as_str()));
+        // The extended protocol finds the same ciphertext.
+        let found = client
+            .query(
+                "SELECT name FROM shared_plans WHERE ssn = $1",
+                &[&ssn(i)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1, "row {i}");
+    }
+    let page = metrics_page(metrics_port).await;
+    let shared = sample(&page, "pgveil_plan_cache_hits_total{key=\"shape\"}") - before;
+    assert!(shared >= 90.0, "only {shared} shape hits\n{page}");
+    assert!(page.contains("pgveil_plan_cache_misses_total"), "{page}");
+    let direct = cluster().psql("SELECT encode(ssn, 'hex') || ' ' || encode(birth_date, 'hex') FROM shared_plans ORDER BY id");
+    let prefix = envelope_prefix(dir.path());
+    let lines: Vec<&str> = direct.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 60);
+    for (i, line) in lines.iter().enumerate() {
+        assert!(!line.contains(&hex::encode(ssn(i))), "{line}");
+        assert!(!line.contains(&hex::encode(date(i))), "{line}");
+        let (s, d) = line.trim().split_once(' ').unwrap();
+        assert!(s.starts_with(&format!("{prefix}44")), "{line}");
+        assert!(d.starts_with(&prefix) && !d.starts_with(&format!("{prefix}44")), "{line}");
+    }
+}

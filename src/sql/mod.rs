@@ -10,6 +10,8 @@
 //!   and the search_path, so they can be cached per statement text.
 //! * [`rewrite`] / [`try_rewrite`]: applies byte-range replacements.
 //! * [`fingerprint`]: the literal-free statement text for the audit log.
+//! * [`Shape`] / [`Template`]: one analysis shared by texts that differ only in the values
+//!   of literals bound for protected columns.
 //!
 //! How the session uses a plan:
 //! 1. `Err(AnalyzeError)` when `may_touch_protected` was true → refuse the whole query
@@ -31,6 +33,7 @@ mod cursor;
 mod encoding;
 mod fast;
 mod fingerprint;
+mod template;
 mod tokens;
 
 #[cfg(test)]
@@ -45,6 +48,7 @@ pub use cursor::{cursor_statements, mentions_cursor, CursorOp, CursorStatement};
 pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
+pub use template::{Shape, Template};
 
 use crate::schema::TableName;
 
