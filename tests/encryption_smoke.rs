@@ -271,7 +271,8 @@ async fn metrics_page(port: u16) -> String {
 
 /// Simple-protocol statements that differ only in the values bound for protected columns
 /// share one analysis (counted as shape hits); every value is still encrypted for its own
-/// row and reads back, whichever way the literal is written.
+/// row and reads back, whichever way the literal is written. (A literal for a plain column
+/// is part of the key: `name` is the same in every row.)
 #[tokio::test(flavor = "multi_thread")]
 async fn distinct_literal_values_share_one_plan() {
     let dir = tempfile::tempdir().unwrap();
@@ -299,7 +300,7 @@ async fn distinct_literal_values_share_one_plan() {
         };
         client
             .simple_query(&format!(
-                "INSERT INTO shared_plans (name, ssn, birth_date) VALUES ('n{i}', {s}, {d})"
+                "INSERT INTO shared_plans (name, ssn, birth_date) VALUES ('n', {s}, {d})"
             ))
             .await
             .unwrap();
@@ -320,15 +321,12 @@ async fn distinct_literal_values_share_one_plan() {
             })
             .collect();
         assert_eq!(rows.len(), 1, "row {i}");
-        assert_eq!(rows[0].get(0), Some(format!("n{i}").as_str()));
+        assert_eq!(rows[0].get(0), Some("n"));
         assert_eq!(rows[0].get(1), Some(ssn(i).as_str()));
         assert_eq!(rows[0].get(2), Some(date(i).as_str()));
         // The extended protocol finds the same ciphertext.
         let found = client
-            .query(
-                "SELECT name FROM shared_plans WHERE ssn = $1",
-                &[&ssn(i)],
-            )
+            .query("SELECT name FROM shared_plans WHERE ssn = $1", &[&ssn(i)])
             .await
             .unwrap();
         assert_eq!(found.len(), 1, "row {i}");
@@ -346,6 +344,9 @@ async fn distinct_literal_values_share_one_plan() {
         assert!(!line.contains(&hex::encode(date(i))), "{line}");
         let (s, d) = line.trim().split_once(' ').unwrap();
         assert!(s.starts_with(&format!("{prefix}44")), "{line}");
-        assert!(d.starts_with(&prefix) && !d.starts_with(&format!("{prefix}44")), "{line}");
+        assert!(
+            d.starts_with(&prefix) && !d.starts_with(&format!("{prefix}44")),
+            "{line}"
+        );
     }
 }

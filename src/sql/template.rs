@@ -76,10 +76,12 @@ fn marker(token: &Token) -> Option<&'static str> {
         // Integers and decimals are told apart: PostgreSQL types them differently.
         Token::Number(n, false) if n.bytes().all(|b| b.is_ascii_digit()) => Some("\0i"),
         Token::Number(n, false)
-            if n.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
-                && n
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')) =>
+            if n.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+                && n.bytes().all(|b| {
+                    b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')
+                }) =>
         {
             Some("\0f")
         }

@@ -51,12 +51,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Caches {
     pub(super) fn new() -> Self {
+        Self::with_capacity(CACHE_CAPACITY)
+    }
+
+    fn with_capacity(capacity: NonZeroUsize) -> Self {
         Self {
             plans: Mutex::new(Plans {
-                exact: LruCache::new(CACHE_CAPACITY),
-                templates: LruCache::new(CACHE_CAPACITY),
+                exact: LruCache::new(capacity),
+                templates: LruCache::new(capacity),
             }),
-            fingerprints: Mutex::new(LruCache::new(CACHE_CAPACITY)),
+            fingerprints: Mutex::new(LruCache::new(capacity)),
         }
     }
 
@@ -115,5 +119,91 @@ impl Caches {
         let fingerprint = sql::fingerprint(statement);
         lock(&self.fingerprints).put(statement.to_string(), fingerprint.clone());
         fingerprint
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn, TableName};
+
+    fn setup() -> (Protection, StaticCatalog) {
+        let column = ProtectedColumn {
+            table: TableName::new("public", "p"),
+            column: "ssn".into(),
+            logical_type: LogicalType::Text,
+            mode: EncryptionMode::Deterministic,
+            domain: None,
+        };
+        let mut tables = StaticCatalog::new();
+        tables.add_table("public", "p", 1, &["id", "ssn"]);
+        tables.add_table("other", "p", 2, &["id", "ssn"]);
+        (Protection::new(vec![column], HashMap::new()), tables)
+    }
+
+    fn sizes(c: &Caches) -> (usize, usize) {
+        let plans = lock(&c.plans);
+        (plans.exact.len(), plans.templates.len())
+    }
+
+    #[test]
+    fn shapes_share_exact_texts_repeat_and_paths_stay_apart() {
+        let (protection, tables) = setup();
+        let caches = Caches::with_capacity(NonZeroUsize::new(4).unwrap());
+        let public = vec!["public".to_string()];
+        let other = vec!["other".to_string()];
+        let run = |sql: &str, path: &[String]| {
+            let a = caches.analyze(sql, &protection, &tables, path);
+            assert_eq!(*a, sql::analyze(sql, &protection, &tables, path), "{sql}");
+            a
+        };
+        let first = run("SELECT id FROM p WHERE ssn = 'a'", &public);
+        assert_eq!(sizes(&caches), (0, 1));
+        let second = run("SELECT id FROM p WHERE ssn = 'bcd'", &public);
+        assert_eq!(sizes(&caches), (0, 1));
+        let (Ok(first), Ok(second)) = (&*first, &*second) else {
+            panic!("not analysed")
+        };
+        assert_eq!(first[0].literals[0].value.as_deref(), Some("a"));
+        assert_eq!(second[0].literals[0].value.as_deref(), Some("bcd"));
+        // Another search path resolves p elsewhere (unprotected): cached by itself.
+        let elsewhere = run("SELECT id FROM p WHERE ssn = 'a'", &other);
+        assert_eq!(sizes(&caches), (1, 1));
+        let Ok(elsewhere) = &*elsewhere else {
+            panic!("not analysed")
+        };
+        assert_eq!(elsewhere[0].tables, vec![TableName::new("other", "p")]);
+        assert!(elsewhere[0].literals.is_empty());
+        // Nothing to generalize: by exact text.
+        run("SELECT id FROM p WHERE ssn = $1", &public);
+        run("SELECT id FROM p WHERE ssn = $1", &public);
+        assert_eq!(sizes(&caches), (2, 1));
+        // Bounded: the least recently used entries go first.
+        for i in 0..10 {
+            run(
+                &format!("SELECT id FROM p WHERE ssn = $1 LIMIT {i}"),
+                &public,
+            );
+        }
+        assert_eq!(sizes(&caches), (4, 1));
+        assert!(lock(&caches.plans)
+            .exact
+            .peek(&key(&public, "SELECT id FROM p WHERE ssn = $1 LIMIT 9"))
+            .is_some());
+        assert!(lock(&caches.plans)
+            .exact
+            .peek(&key(&public, "SELECT id FROM p WHERE ssn = $1"))
+            .is_none());
+    }
+
+    #[test]
+    fn keys_do_not_collide_across_search_paths() {
+        let a = key(&["a:1".to_string()], "x");
+        let b = key(&["a".to_string(), "1".to_string()], "x");
+        assert_ne!(a, b);
+        assert_ne!(key(&[], "1:a|x"), key(&["a".to_string()], "x"));
     }
 }

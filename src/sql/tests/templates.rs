@@ -57,7 +57,17 @@ const STRINGS: &[&str] = &[
     "X'1F'",
 ];
 const NUMBERS: &[&str] = &[
-    "5", "-5", "42", "3.14", "- 7", "1e3", "99999999999", "0", "+2", "1.5e-3", ".5",
+    "5",
+    "-5",
+    "42",
+    "3.14",
+    "- 7",
+    "1e3",
+    "99999999999",
+    "0",
+    "+2",
+    "1.5e-3",
+    ".5",
 ];
 const DATES: &[&str] = &[
     "date '2020-01-01'",
@@ -157,8 +167,8 @@ fn shared_plans_equal_separate_analysis() {
                 let Some(from_template) = template.apply(&shape_b, b) else {
                     continue;
                 };
-                let direct = analysed(b)
-                    .unwrap_or_else(|e| panic!("{a} shared with {b}, which fails: {e}"));
+                let direct =
+                    analysed(b).unwrap_or_else(|e| panic!("{a} shared with {b}, which fails: {e}"));
                 assert_eq!(from_template, direct, "\n{a}\nshared with\n{b}");
                 assert_eq!(rewritten(b, &from_template), rewritten(b, &direct));
                 if a != b {
@@ -189,8 +199,14 @@ fn value_dependent_literals_stay_in_the_key() {
     let applies = |t: &Template, sql: &str| t.apply(&Shape::of(sql).unwrap(), sql).is_some();
     // Output positions, limits, set_config's names and typmods are fixed.
     let t = template_of("SELECT id, ssn FROM patients WHERE mrn = 'a' ORDER BY 1").unwrap();
-    assert!(applies(&t, "SELECT id, ssn FROM patients WHERE mrn = 'zz' ORDER BY 1"));
-    assert!(!applies(&t, "SELECT id, ssn FROM patients WHERE mrn = 'zz' ORDER BY 2"));
+    assert!(applies(
+        &t,
+        "SELECT id, ssn FROM patients WHERE mrn = 'zz' ORDER BY 1"
+    ));
+    assert!(!applies(
+        &t,
+        "SELECT id, ssn FROM patients WHERE mrn = 'zz' ORDER BY 2"
+    ));
     let t = template_of("SELECT set_config('a', 'b', false), ssn FROM patients WHERE ssn = 'x'")
         .unwrap();
     assert!(!applies(
@@ -203,7 +219,10 @@ fn value_dependent_literals_stay_in_the_key() {
     ));
     // Plain-column literals are fixed too (the analysis is not told they are inert).
     let t = template_of("SELECT 1 FROM patients WHERE ssn = 'x' AND zip = '1'").unwrap();
-    assert!(!applies(&t, "SELECT 1 FROM patients WHERE ssn = 'x' AND zip = '2'"));
+    assert!(!applies(
+        &t,
+        "SELECT 1 FROM patients WHERE ssn = 'x' AND zip = '2'"
+    ));
     // Arrays, COPY, no bound literal: no template.
     assert!(template_of("SELECT * FROM patients WHERE ssn = ANY('{a}'::text[])").is_none());
     assert!(template_of("SELECT ssn FROM patients WHERE zip = '1'").is_none());
