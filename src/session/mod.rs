@@ -94,7 +94,8 @@ pub async fn run(
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
     let shared = Mutex::new(PlainState::default());
-    let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
+    // Boxed: the channel allocates its slots up front (32 of them), per session.
+    let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
     let upstream_bound = client_to_server(&mut client_read, &mut server_write, &shared, &config);
     let client_bound = server_to_client(
         &mut server_read,
@@ -112,7 +113,7 @@ pub async fn run(
 pub(crate) async fn drive(
     upstream_bound: impl std::future::Future<Output = Result<(), SessionError>>,
     client_bound: impl std::future::Future<Output = Result<(), SessionError>>,
-    fatal: mpsc::Sender<PgError>,
+    fatal: mpsc::Sender<Box<PgError>>,
     client: SocketAddr,
 ) {
     let upstream_bound = async {
@@ -121,7 +122,7 @@ pub(crate) async fn drive(
             if let Some(error) = e.client_error() {
                 metrics::get().error(ErrorKind::Protocol);
                 tracing::warn!(client = %client, error = %e, "closing client connection");
-                let _ = fatal.send(error).await;
+                let _ = fatal.send(Box::new(error)).await;
             }
         }
         result
@@ -175,7 +176,7 @@ async fn client_to_server(
 /// error the client half asks to deliver, shutdown once the session is idle, and a database
 /// that went away all end the session here, with the client told why.
 pub(crate) struct ServerWait {
-    fatal: mpsc::Receiver<PgError>,
+    fatal: mpsc::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     shutting_down: bool,
     client: SocketAddr,
@@ -183,7 +184,7 @@ pub(crate) struct ServerWait {
 
 impl ServerWait {
     pub(crate) fn new(
-        fatal: mpsc::Receiver<PgError>,
+        fatal: mpsc::Receiver<Box<PgError>>,
         shutdown: watch::Receiver<bool>,
         client: SocketAddr,
     ) -> Self {
@@ -267,7 +268,7 @@ async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
     shared: &Mutex<PlainState>,
-    fatal: mpsc::Receiver<PgError>,
+    fatal: mpsc::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {

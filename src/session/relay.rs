@@ -157,6 +157,7 @@ pub fn drain_frames<E>(
 where
     E: From<FrameError>,
 {
+    let received = buf.len();
     let mut run = 0;
     while let Some(len) = frame_len(&buf[run..], limit)? {
         match decide(&buf[run..run + len])? {
@@ -178,17 +179,35 @@ where
     if run > 0 {
         out.push(buf.split_to(run).freeze());
     }
-    reserve_for_next(buf);
+    reserve_for_next(buf, received);
     Ok(())
 }
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// What a connection keeps per direction after a small exchange: room for a typical query
+/// or a small response, so 1,000 idle sessions do not each hold two 16 KiB buffers. A read
+/// that fills it leaves a partial frame, and the buffer grows to [`READ_CHUNK`] for the rest.
+const IDLE_CAPACITY: usize = 2 * 1024;
+
 /// Makes room for the rest of a partly received frame (its length is known once five bytes
-/// are in), and gives back memory after a large one.
-fn reserve_for_next(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 8 * READ_CHUNK {
-        *buf = BytesMut::with_capacity(READ_CHUNK);
+/// are in), and gives back memory once everything received was handled: all of it after a
+/// small exchange (`received` bytes were handled this time), the excess after a large one.
+fn reserve_for_next(buf: &mut BytesMut, received: usize) {
+    if buf.is_empty() && received >= IDLE_CAPACITY {
+        if buf.capacity() > 8 * READ_CHUNK {
+            *buf = BytesMut::with_capacity(READ_CHUNK);
+        } else if buf.capacity() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        return;
+    }
+    if buf.is_empty() {
+        if buf.capacity() > 2 * IDLE_CAPACITY {
+            *buf = BytesMut::with_capacity(IDLE_CAPACITY);
+        } else if buf.capacity() < IDLE_CAPACITY / 2 {
+            buf.reserve(IDLE_CAPACITY);
+        }
         return;
     }
     let wanted = match announced_len(buf) {
@@ -201,7 +220,7 @@ fn reserve_for_next(buf: &mut BytesMut) {
 }
 
 pub fn new_buffer() -> BytesMut {
-    BytesMut::with_capacity(READ_CHUNK)
+    BytesMut::with_capacity(IDLE_CAPACITY)
 }
 
 #[cfg(test)]

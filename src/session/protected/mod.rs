@@ -135,7 +135,7 @@ pub async fn relay(
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (fatal_tx, fatal_rx) = mpsc::channel::<PgError>(1);
+    let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
     let upstream_bound =
         client_to_server(&mut client.0, &mut server.1, leftover, &session, &config);
     let client_bound = server_to_client(
@@ -157,8 +157,8 @@ async fn client_to_server(
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
-    let mut buf = new_buffer();
-    buf.extend_from_slice(&leftover);
+    // The startup's buffer (with what the client sent after its login) is this direction's.
+    let mut buf = leftover;
     let mut out = Outbox::default();
     let mut first = !buf.is_empty();
     loop {
@@ -199,7 +199,7 @@ async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
     session: &Session,
-    fatal: mpsc::Receiver<PgError>,
+    fatal: mpsc::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
