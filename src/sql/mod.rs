@@ -156,6 +156,35 @@ pub struct StatementPlan {
     pub rewrites: Vec<(Range<usize>, String)>,
     /// Set for a COPY whose rows carry protected columns: the session rewrites its rows.
     pub copy: Option<CopyPlan>,
+    /// Protected columns the statement uses that are still plaintext in the database (being
+    /// migrated): their values are compared and written as plaintext, and the session
+    /// re-reads the catalog after the statement, to see the migration's swap.
+    pub migrating: Vec<ColumnRef>,
+    /// Ciphertexts the session inserts for the shadow columns of migrating columns.
+    pub shadow_writes: Vec<ShadowWrite>,
+    /// The highest `$n` the statement names (0: none).
+    pub max_param: u32,
+}
+
+/// The ciphertext of a value written into a migrating column, also written into its shadow
+/// column: the session inserts `prefix` and then the ciphertext at `insert_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowWrite {
+    pub insert_at: usize,
+    pub column: ColumnRef,
+    /// `, ` in an INSERT's row, `, "<col>__pgveil" = ` in a SET list.
+    pub prefix: String,
+    pub value: ShadowValue,
+}
+
+/// Where a shadow ciphertext comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShadowValue {
+    /// A literal's text, unescaped: a ciphertext literal.
+    Literal(String),
+    /// Parameter `$n`: an extra parameter the session declares bytea and binds to the
+    /// ciphertext of `$n`'s value.
+    Param(u32),
 }
 
 impl StatementPlan {
@@ -173,6 +202,9 @@ impl StatementPlan {
             refusal: None,
             result_columns: Vec::new(),
             subject: SubjectPlan::default(),
+            migrating: Vec::new(),
+            shadow_writes: Vec::new(),
+            max_param: 0,
             rewrites: Vec::new(),
             copy: None,
         }
@@ -184,6 +216,7 @@ impl StatementPlan {
             || !self.params.is_empty()
             || !self.array_params.is_empty()
             || !self.rewrites.is_empty()
+            || !self.shadow_writes.is_empty()
     }
 }
 

@@ -11,6 +11,7 @@ use super::audit::{refusal_recording, QueryAudit};
 use super::copy_in::{self, CopyIn};
 use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
+use super::migrating;
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
 use super::values::{encrypt_array_param, encrypt_param};
@@ -224,6 +225,14 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
     // Text that is not UTF-8 cannot be read for what it changes.
     let text = std::str::from_utf8(raw).ok();
     let refresh = text.and_then(|text| refresh_needed(text).or(state.search_path_follow()));
+    let refresh = match (refresh, migrating_refresh(&admission)) {
+        (Some(a), Some(b)) => Some(Wanted {
+            catalog: a.catalog || b.catalog,
+            search_path: true,
+            roles: a.roles,
+        }),
+        (a, b) => a.or(b),
+    };
     let (action, analysis, audit, fetches) = match admission {
         Admission::Forward {
             fingerprint,
@@ -289,6 +298,17 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
     }
 }
 
+/// The catalog refresh a Query's statements on migrating columns ask for.
+fn migrating_refresh(admission: &Admission) -> Option<Wanted> {
+    let Admission::Analysed(admitted) = admission else {
+        return None;
+    };
+    let plans = admitted.analysis.as_ref().as_ref().ok()?;
+    plans
+        .iter()
+        .find_map(|plan| migrating::refresh_after(Some(plan)))
+}
+
 /// The COPY FROM STDIN into protected columns a statement is, if it is one: its rows are
 /// encrypted as they stream in (from the moment it is sent, so no row can slip past).
 fn copy_into_protected(plan: &StatementPlan) -> Option<&CopyPlan> {
@@ -319,6 +339,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         }
         Admission::Analysed(admitted) => admitted,
     };
+    let mut admitted = admitted;
     if let Some((index, error)) = admitted.refused.clone() {
         let fingerprint = admitted.statements[index].fingerprint.clone();
         return refuse_parse(
@@ -334,7 +355,12 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         state.insert_statement(parse.name, Prepared::plain());
         return Action::Forward;
     };
-    let (param_columns, param_arrays, param_types) = parameters(plan, &parse.param_types);
+    let (param_columns, param_arrays, mut param_types) = parameters(plan, &parse.param_types);
+    let (shadow_params, shadow) = migrating::shadow_params(plan, &mut param_types);
+    if let Some(wanted) = migrating::refresh_after(Some(plan)) {
+        refresh_at_sync(state, wanted);
+    }
+    admitted.statements[0].replacements.extend(shadow_params);
     let query = match std::str::from_utf8(&parse.query)
         .ok()
         .and_then(|text| admitted.rewrite(text))
@@ -358,6 +384,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         injected: statement.injected,
         refused: None,
         cursor: prepared_cursor(&parse.query, state),
+        shadow,
     });
     state.insert_statement(parse.name.clone(), prepared.clone());
     // pgveil describes the statement itself, so it knows which result columns to decrypt
@@ -448,6 +475,21 @@ fn bind_message(
     }
     let mut bind = header.bind().map_err(|e| SessionError::Malformed(e.0))?;
     let mut changed = false;
+    if let Some(wanted) = migrating::refresh_after(prepared.plan()) {
+        refresh_at_sync(state, wanted);
+    }
+    if let Some(shadow) = &prepared.shadow {
+        let declared = &prepared.client_param_types;
+        if let Err(error) =
+            migrating::bind_shadow_params(&mut bind, shadow, declared, veil, state)
+        {
+            let recording = refusal_recording(session, state, prepared.plan(), || {
+                prepared.fingerprint.clone().unwrap_or_default()
+            });
+            return Ok(injected_error(&error, state, recording));
+        }
+        changed = true;
+    }
     if prepared.param_columns.iter().any(Option::is_some) {
         bind.expand_param_formats();
         for (index, column) in prepared.param_columns.iter().enumerate() {

@@ -301,6 +301,7 @@ fn statement_replacements(
         };
         out.push((literal.byte_range.clone(), replacement));
     }
+    out.extend(super::migrating::shadow_literals(plan, veil, state)?);
     Ok(out)
 }
 

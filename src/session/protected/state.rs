@@ -41,6 +41,8 @@ pub(super) struct Prepared {
     /// What the statement does to a cursor by name (DECLARE, FETCH, CLOSE), done when a
     /// portal of it is executed.
     pub cursor: Option<PreparedCursor>,
+    /// pgveil's extra parameters: ciphertexts for the shadow columns of migrating columns.
+    pub shadow: Option<super::migrating::ShadowParams>,
 }
 
 /// A prepared statement that opens, reads or closes a cursor.
@@ -77,6 +79,7 @@ impl Prepared {
             injected: 0,
             refused: None,
             cursor: None,
+            shadow: None,
         }
     }
 

@@ -24,6 +24,9 @@ pub(super) struct RowPlan {
     pub columns: Vec<Option<(ColumnRef, i16)>>,
     /// Trailing subject columns pgveil appended, removed before the client sees the row.
     pub strip: usize,
+    /// The database's type OID of each column as described (missing: bytea). A protected
+    /// column of another type is still plaintext in the database (being migrated).
+    pub stored_types: Vec<u32>,
 }
 
 impl RowPlan {
@@ -194,7 +197,9 @@ pub(super) fn decrypt_row(
         let plan = rows.columns.get(index).copied().flatten();
         let value = match (plan, stored) {
             (Some((column, format)), Some(stored)) => {
-                reveal(stored, column, format, veil, state)?.map(Cow::Owned)
+                let stored_type = rows.stored_types.get(index).copied();
+                let stored_type = stored_type.unwrap_or(crate::pgtype::oid::BYTEA);
+                reveal_stored(stored, stored_type, column, format, veil, state)?.map(Cow::Owned)
             }
             (_, Some(stored)) => Some(Cow::Borrowed(stored)),
             (_, None) => None,
@@ -217,8 +222,31 @@ pub(super) fn reveal(
     veil: &Veil,
     state: &State,
 ) -> Result<Option<Vec<u8>>, PgError> {
+    reveal_stored(stored, crate::pgtype::oid::BYTEA, column, format, veil, state)
+}
+
+/// [`reveal`] of a value the database sent as `stored_type`: bytea is ciphertext; any other
+/// type is the plaintext of a column being migrated (not decrypted, but masked or refused
+/// by the same policy).
+pub(super) fn reveal_stored(
+    stored: &[u8],
+    stored_type: u32,
+    column: ColumnRef,
+    format: i16,
+    veil: &Veil,
+    state: &State,
+) -> Result<Option<Vec<u8>>, PgError> {
     let (cipher, spec) = cipher_and_spec(veil, column)?;
     let name = spec.qualified_name();
+    if stored_type != crate::pgtype::oid::BYTEA {
+        let canonical = if format == 1 {
+            pgtype::canonical_from_binary(spec.logical_type, stored_type, stored, &state.time)
+        } else {
+            pgtype::canonical_from_text(spec.logical_type, stored, &state.time)
+        }
+        .map_err(|e| value_error(&e, &name))?;
+        return show(canonical, column, spec, format, state);
+    }
     let corrupt = || {
         metrics::get().error(ErrorKind::Database);
         PgError::error(
@@ -232,12 +260,28 @@ pub(super) fn reveal(
         stored.to_vec()
     };
     let canonical = cipher.decrypt(&ciphertext).map_err(|_| corrupt())?;
+    show(canonical, column, spec, format, state)
+}
+
+/// A value's canonical plaintext as the session may see it: masked or refused by its
+/// policy, encoded in the client's format.
+fn show(
+    canonical: Vec<u8>,
+    column: ColumnRef,
+    spec: &ProtectedColumn,
+    format: i16,
+    state: &State,
+) -> Result<Option<Vec<u8>>, PgError> {
+    let name = spec.qualified_name();
     let wire = WireFormat::from_code(format).unwrap_or(WireFormat::Text);
     let shown = match state.access.get(column) {
         Access::Plaintext => Some(canonical),
-        Access::Mask(kind) => {
-            mask::apply(kind, spec.logical_type, &canonical).map_err(|_| corrupt())?
-        }
+        Access::Mask(kind) => mask::apply(kind, spec.logical_type, &canonical).map_err(|_| {
+            PgError::error(
+                sqlstate::DATA_CORRUPTED,
+                format!("pgveil: a value of protected column {name} cannot be masked"),
+            )
+        })?,
         Access::Deny => return Err(denied_read(spec)),
     };
     match shown {

@@ -140,6 +140,9 @@ impl Analyzer<'_> {
 
     /// Binds a literal or parameter to a protected column.
     pub(super) fn bind(&mut self, c: ColumnRef, v: &Value) -> Outcome<bool> {
+        if self.is_plaintext(c) {
+            return self.bind_plaintext(c, v);
+        }
         let ty = self.column(c)?.logical_type;
         match v {
             Value::Literal(l) => {
@@ -215,6 +218,9 @@ impl Analyzer<'_> {
             }
             return self.plain_use(v, "write");
         };
+        if self.is_plaintext(c) {
+            return self.refuse_migrating(c, "this form of write");
+        }
         self.writes.push(c);
         match v {
             Value::Literal(_) | Value::Parameter(_) => self.bind(c, v).map(|_| ()),

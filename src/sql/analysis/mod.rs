@@ -13,6 +13,7 @@ mod copy;
 mod dml;
 mod expressions;
 mod functions;
+mod migrating;
 mod queries;
 mod same_query;
 mod scopes;
@@ -91,6 +92,9 @@ struct Analyzer<'a> {
     copy_plan: Option<crate::sql::CopyPlan>,
     /// The subjects of a `COPY table TO` (a `COPY (query)` has its query's).
     copy_subjects: Option<crate::sql::SubjectPlan>,
+    /// How each protected column met so far is stored (plaintext while being migrated).
+    stored: std::collections::HashMap<ColumnRef, migrating::Stored>,
+    shadow_writes: Vec<crate::sql::ShadowWrite>,
 }
 
 /// Analyses a query string: one plan per statement. See the module documentation.
@@ -267,9 +271,12 @@ fn analyze_one(
         next_reference: std::cell::Cell::new(1),
         copy_plan: None,
         copy_subjects: None,
+        stored: std::collections::HashMap::new(),
+        shadow_writes: Vec::new(),
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
+    plan.max_param = migrating::max_param(tokens, first..last + 1);
     let conflict = touches && earlier.conflicts(&stmt);
     earlier.note(&stmt);
     if conflict {
@@ -295,6 +302,8 @@ fn analyze_one(
                 }
             };
             plan.copy = analyzer.copy_plan.take();
+            plan.migrating = analyzer.plaintext_columns();
+            plan.shadow_writes = std::mem::take(&mut analyzer.shadow_writes);
             plan.tables = analyzer.tables;
             plan.literals = analyzer.literals;
             plan.params = analyzer.params;
