@@ -6,8 +6,9 @@
 //! logical type so that a statement planned before the swap fails (42883, 42804) instead of
 //! comparing plaintext with ciphertext after it. A value written into a migrating column
 //! (a literal, a parameter, NULL or DEFAULT in `INSERT … (cols) VALUES` or `SET col = …`)
-//! is written as plaintext and its ciphertext into the shadow; every other write into a
-//! plaintext or migrating column is refused (0A000), as is COPY of one.
+//! is written as plaintext and its ciphertext into the shadow (into a plaintext column not
+//! yet prepared by migrate, as plaintext only: migrate encrypts it with the rest); every
+//! other write into a plaintext or migrating column is refused (0A000), as is COPY of one.
 
 use std::ops::Range;
 
@@ -81,14 +82,13 @@ impl Analyzer<'_> {
     /// The refusal for a write into (or COPY of) a plaintext column pgveil cannot do.
     pub(super) fn refuse_migrating<T>(&mut self, c: ColumnRef, what: &str) -> Outcome<T> {
         let name = column_name(self.protection, c);
-        Err(Halt::Refuse(match self.stored(c) {
-            Stored::Plaintext => format!(
-                "pgveil: column {name} is stored as plaintext in the database; {what} is refused until `pgveil migrate` has prepared it"
-            ),
-            _ => format!(
-                "pgveil: column {name} is being migrated; {what} is refused until the migration's swap (write it with INSERT … (columns) VALUES or UPDATE … SET col = value, with literals or parameters)"
-            ),
-        }))
+        let state = match self.stored(c) {
+            Stored::Plaintext => "is stored as plaintext in the database (not yet migrated)",
+            _ => "is being migrated",
+        };
+        Err(Halt::Refuse(format!(
+            "pgveil: column {name} {state}; {what} is refused until it is encrypted (write it with INSERT … (columns) VALUES or UPDATE … SET column = value, with literals, parameters, NULL or DEFAULT)"
+        )))
     }
 
     /// A literal or parameter compared with or written into a plaintext column: it stays
@@ -146,10 +146,8 @@ impl Analyzer<'_> {
         v: &Value,
         prefix: String,
     ) -> Outcome<()> {
-        if self.stored(c) != Stored::Migrating {
-            return self.refuse_migrating(c, "writing it");
-        }
         self.writes.push(c);
+        let shadow = self.stored(c) == Stored::Migrating;
         let end = self.expression_end(e.span())?;
         let value = match v {
             Value::Literal(l) if l.range.end == end => ShadowValue::Literal(l.value.clone()),
@@ -157,12 +155,17 @@ impl Analyzer<'_> {
                 ShadowValue::Param(p.number)
             }
             Value::Null | Value::Default if !matches!(e, Expr::Nested(_)) => {
-                self.rewrites.push((end..end, format!("{prefix}NULL")));
+                if shadow {
+                    self.rewrites.push((end..end, format!("{prefix}NULL")));
+                }
                 return Ok(());
             }
             _ => return self.refuse_migrating(c, "writing a computed value into it"),
         };
         self.bind_plaintext(c, v)?;
+        if !shadow {
+            return Ok(());
+        }
         self.shadow_writes.push(ShadowWrite {
             insert_at: end,
             column: c,
@@ -174,6 +177,9 @@ impl Analyzer<'_> {
 
     /// `, "<col>__pgveil"` after a migrating column named in an INSERT's column list.
     pub(super) fn shadow_target(&mut self, c: ColumnRef, name: &ObjectName) -> Outcome<()> {
+        if self.stored(c) != Stored::Migrating {
+            return Ok(());
+        }
         let end = self.expression_end(name.span())?;
         let shadow = shadow_column(&self.column(c)?.column);
         self.rewrites.push((end..end, format!(", {}", quote(&shadow))));
