@@ -11,6 +11,15 @@ use std::path::Path;
 
 use common::{cluster, column_toml, login_role, psql_script, veil_config, Proxy, PASSWORD};
 
+/// id, ssn, its shadow, birth, its shadow.
+type Row5 = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 const MASKED: &str = "mo_billing";
 const DENIED: &str = "mo_outsider";
 
@@ -86,7 +95,10 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
 
     // Reads: text and binary formats, conditions compare plaintext.
     let rows = client
-        .query(&format!("SELECT id, ssn, birth FROM {table} WHERE ssn = $1"), &[&"mo-111-22-3333"])
+        .query(
+            &format!("SELECT id, ssn, birth FROM {table} WHERE ssn = $1"),
+            &[&"mo-111-22-3333"],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
@@ -110,7 +122,10 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
         .await
         .unwrap();
     client
-        .execute(&format!("UPDATE {table} SET ssn = $1, birth = DEFAULT WHERE id = 2"), &[&"mo-222-33-4444"])
+        .execute(
+            &format!("UPDATE {table} SET ssn = $1, birth = DEFAULT WHERE id = 2"),
+            &[&"mo-222-33-4444"],
+        )
         .await
         .unwrap();
     psql_script(
@@ -130,10 +145,13 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
         )
         .await
         .unwrap();
-    let got: Vec<(i64, Option<String>, Option<String>, Option<String>, Option<String>)> = rows
+    let got: Vec<Row5> = rows
         .iter()
         .map(|r| {
-            let d = |i: usize| r.get::<_, Option<chrono::NaiveDate>>(i).map(|d| d.to_string());
+            let d = |i: usize| {
+                r.get::<_, Option<chrono::NaiveDate>>(i)
+                    .map(|d| d.to_string())
+            };
             (r.get(0), r.get(1), r.get(2), d(3), d(4))
         })
         .collect();
@@ -141,22 +159,44 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
     assert_eq!(
         got,
         vec![
-            (1, s("mo-111-22-3333"), None, s("1981-03-04"), s("1981-03-04")),
+            (
+                1,
+                s("mo-111-22-3333"),
+                None,
+                s("1981-03-04"),
+                s("1981-03-04")
+            ),
             (2, s("mo-222-33-4444"), s("mo-222-33-4444"), None, None),
-            (3, s("mo-333-44-5555"), s("mo-333-44-5555"), s("1990-05-06"), s("1990-05-06")),
+            (
+                3,
+                s("mo-333-44-5555"),
+                s("mo-333-44-5555"),
+                s("1990-05-06"),
+                s("1990-05-06")
+            ),
             (4, s("mo-444-55-6666"), s("mo-444-55-6666"), None, None),
-            (5, s("mo-555-66-7777"), s("mo-555-66-7777"), s("2001-01-01"), s("2001-01-01")),
+            (
+                5,
+                s("mo-555-66-7777"),
+                s("mo-555-66-7777"),
+                s("2001-01-01"),
+                s("2001-01-01")
+            ),
         ]
     );
 
     // The masked role sees masks, the denied role is refused.
-    let masked = common::connect_as(proxy.port(), MASKED, PASSWORD).await.unwrap();
+    let masked = common::connect_as(proxy.port(), MASKED, PASSWORD)
+        .await
+        .unwrap();
     let rows = masked
         .query(&format!("SELECT ssn FROM {table} WHERE id = 1"), &[])
         .await
         .unwrap();
     assert_eq!(rows[0].get::<_, String>(0), "**********3333");
-    let denied = common::connect_as(proxy.port(), DENIED, PASSWORD).await.unwrap();
+    let denied = common::connect_as(proxy.port(), DENIED, PASSWORD)
+        .await
+        .unwrap();
     let e = denied
         .query(&format!("SELECT ssn FROM {table}"), &[])
         .await
@@ -164,7 +204,9 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
     assert_eq!(common::db_error(&e).0, "42501");
 
     // Shapes that cannot write the shadow are refused and change nothing.
-    let before = cluster().psql(&format!("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t"));
+    let before = cluster().psql(&format!(
+        "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t"
+    ));
     for sql in [
         format!("INSERT INTO {table} (id, ssn) SELECT 9, ssn FROM {table} WHERE id = 1"),
         format!("INSERT INTO {table} VALUES (9, 'mo-999-99-9999')"),
@@ -180,7 +222,9 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
         assert!(message.contains(&format!("{table}.ssn is being migrated")), "{sql}: {message}");
     }
     assert_eq!(
-        cluster().psql(&format!("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t")),
+        cluster().psql(&format!(
+            "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t"
+        )),
         before
     );
 
@@ -190,7 +234,9 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
         .filter(|r| r["kind"] == "select")
         .collect();
     assert!(
-        reads.iter().any(|r| r["subjects"][table].as_array().is_some_and(|s| !s.is_empty())),
+        reads.iter().any(|r| r["subjects"][table]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())),
         "{reads:?}"
     );
 }
@@ -209,7 +255,11 @@ fn swap_error(e: &tokio_postgres::Error) -> bool {
 }
 
 /// A value a row may hold during the run: its initial one, or one a writer wrote for it.
-fn plausible(id: i64, got: &Option<String>, initial: &std::collections::BTreeMap<i64, Option<String>>) -> bool {
+fn plausible(
+    id: i64,
+    got: &Option<String>,
+    initial: &std::collections::BTreeMap<i64, Option<String>>,
+) -> bool {
     if id > 1000 && id <= 20_000 {
         return got == initial.get(&id).unwrap_or(&None);
     }
@@ -272,7 +322,10 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
                 } else {
                     let v = value(id, version);
                     client
-                        .execute(&format!("UPDATE {table} SET ssn = $2 WHERE id = $1"), &[&id, &v])
+                        .execute(
+                            &format!("UPDATE {table} SET ssn = $2 WHERE id = $1"),
+                            &[&id, &v],
+                        )
                         .await
                         .map(|_| (id, Some(v)))
                 };
@@ -320,7 +373,9 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
             let (mut reads, mut swap_errors) = (0, 0);
             while !stop.load(Ordering::Relaxed) || reads == 0 {
                 match client
-                    .simple_query(&format!("SELECT id, ssn FROM {table} WHERE id <= 3000 ORDER BY id"))
+                    .simple_query(&format!(
+                        "SELECT id, ssn FROM {table} WHERE id <= 3000 ORDER BY id"
+                    ))
                     .await
                 {
                     Ok(messages) => {
@@ -329,7 +384,10 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
                             if let SimpleQueryMessage::Row(row) = m {
                                 let id: i64 = row.get(0).unwrap().parse().unwrap();
                                 let got = row.get(1).map(str::to_string);
-                                assert!(plausible(id, &got, &initial), "simple read of row {id}: {got:?}");
+                                assert!(
+                                    plausible(id, &got, &initial),
+                                    "simple read of row {id}: {got:?}"
+                                );
                                 n += 1;
                             }
                         }
@@ -352,7 +410,9 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
                 let lookup = value(1500, 0);
                 let outcome = client
                     .query(
-                        &format!("SELECT id, ssn FROM {table} WHERE id <= 3000 OR ssn = $1 ORDER BY id"),
+                        &format!(
+                            "SELECT id, ssn FROM {table} WHERE id <= 3000 OR ssn = $1 ORDER BY id"
+                        ),
                         &[&lookup],
                     )
                     .await;
@@ -361,7 +421,10 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
                         assert_eq!(rows.len(), 3000);
                         for row in rows {
                             let (id, got): (i64, Option<String>) = (row.get(0), row.get(1));
-                            assert!(plausible(id, &got, &initial), "binary read of row {id}: {got:?}");
+                            assert!(
+                                plausible(id, &got, &initial),
+                                "binary read of row {id}: {got:?}"
+                            );
                         }
                         reads += 1;
                     }
@@ -378,7 +441,8 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
             use common::Raw;
             let mut raw = Raw::connect(port).await;
             let (mut reads, mut swap_errors) = (0, 0);
-            let sql = format!("SELECT id, ssn FROM {table} WHERE id BETWEEN $1 AND 3000 ORDER BY id");
+            let sql =
+                format!("SELECT id, ssn FROM {table} WHERE id BETWEEN $1 AND 3000 ORDER BY id");
             while !stop.load(Ordering::Relaxed) || reads == 0 {
                 let msgs = raw
                     .batch(&[
@@ -390,7 +454,11 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
                     .await;
                 if let Some(error) = msgs.iter().find(|m| m.tag == b'E') {
                     let code = error.field(b'C').unwrap_or_default();
-                    assert!(matches!(code.as_str(), "42703" | "42804" | "42883"), "text read failed: {code} {:?}", error.field(b'M'));
+                    assert!(
+                        matches!(code.as_str(), "42703" | "42804" | "42883"),
+                        "text read failed: {code} {:?}",
+                        error.field(b'M')
+                    );
                     swap_errors += 1;
                     continue;
                 }
@@ -398,9 +466,15 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
                 assert_eq!(rows.len(), 2101);
                 for row in rows {
                     let values = row.values();
-                    let id: i64 = String::from_utf8(values[0].clone().unwrap()).unwrap().parse().unwrap();
+                    let id: i64 = String::from_utf8(values[0].clone().unwrap())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     let got = values[1].clone().map(|v| String::from_utf8(v).unwrap());
-                    assert!(plausible(id, &got, &initial), "text read of row {id}: {got:?}");
+                    assert!(
+                        plausible(id, &got, &initial),
+                        "text read of row {id}: {got:?}"
+                    );
                 }
                 reads += 1;
             }
@@ -465,15 +539,24 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     for writer in writers {
         let (client, applied, swap_errors) = writer.await.unwrap();
         assert!(!applied.is_empty(), "no write landed");
-        eprintln!("writer: {} writes, {swap_errors} swap errors", applied.len());
-        assert!(swap_errors <= 3, "{swap_errors} writes failed around the swap");
+        eprintln!(
+            "writer: {} writes, {swap_errors} swap errors",
+            applied.len()
+        );
+        assert!(
+            swap_errors <= 3,
+            "{swap_errors} writes failed around the swap"
+        );
         for (id, v) in applied {
             model.insert(id, v);
         }
         sessions.push(client);
     }
     let (simple_client, applied, swap_errors) = simple_writer.await.unwrap();
-    assert!(swap_errors <= 3, "{swap_errors} simple writes failed around the swap");
+    assert!(
+        swap_errors <= 3,
+        "{swap_errors} simple writes failed around the swap"
+    );
     let mut unsure = Vec::new();
     for (id, v) in applied {
         match v {
@@ -486,14 +569,23 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     for reader in [simple_reader, binary_reader] {
         let (client, reads, swap_errors) = reader.await.unwrap();
         eprintln!("reader: {reads} reads, {swap_errors} swap errors");
-        assert!(reads > 0 && swap_errors <= 3, "{reads} reads, {swap_errors} swap errors");
+        assert!(
+            reads > 0 && swap_errors <= 3,
+            "{reads} reads, {swap_errors} swap errors"
+        );
         sessions.push(client);
     }
     let (mut raw, reads, swap_errors) = text_reader.await.unwrap();
     eprintln!("text reader: {reads} reads, {swap_errors} swap errors");
-    assert!(reads > 0 && swap_errors <= 3, "{reads} text reads, {swap_errors} swap errors");
+    assert!(
+        reads > 0 && swap_errors <= 3,
+        "{reads} text reads, {swap_errors} swap errors"
+    );
     let (masked, denied, reads, swap_errors) = policy_reader.await.unwrap();
-    assert!(reads > 0 && swap_errors <= 3, "{reads} masked reads, {swap_errors} swap errors");
+    assert!(
+        reads > 0 && swap_errors <= 3,
+        "{reads} masked reads, {swap_errors} swap errors"
+    );
 
     // The column is encrypted now: bytea envelopes only, shadow and plaintext gone.
     let check = cluster().psql(&format!(
@@ -501,11 +593,17 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
          SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname LIKE 'ssn\\_\\_pgveil%' AND NOT attisdropped;
          SELECT count(*) FROM {table} WHERE ssn IS NOT NULL AND substring(ssn FROM 1 FOR 1) <> '\\x01'::bytea"
     ));
-    assert_eq!(check.split_whitespace().collect::<Vec<_>>(), ["bytea", "0", "0"]);
+    assert_eq!(
+        check.split_whitespace().collect::<Vec<_>>(),
+        ["bytea", "0", "0"]
+    );
 
     // The same sessions, without reconnecting: every statement works (at most one per
     // session may still fail with a swap error if it was its first since the swap).
-    let retry = |r: Result<u64, tokio_postgres::Error>| r.map_err(|e| assert!(swap_error(&e), "{:?}", common::db_error(&e))).is_ok();
+    let retry = |r: Result<u64, tokio_postgres::Error>| {
+        r.map_err(|e| assert!(swap_error(&e), "{:?}", common::db_error(&e)))
+            .is_ok()
+    };
     let writer = &sessions[0];
     let v = value(777_777, 1);
     let sql = format!("INSERT INTO {table} (id, ssn) VALUES (777777, $1)");
@@ -519,12 +617,18 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
         .unwrap();
     assert_eq!(found.len(), 1);
     simple_client
-        .batch_execute(&format!("SELECT 1; UPDATE {table} SET ssn = '{}' WHERE id = 500001", value(500_001, 3)))
+        .batch_execute(&format!(
+            "SELECT 1; UPDATE {table} SET ssn = '{}' WHERE id = 500001",
+            value(500_001, 3)
+        ))
         .await
         .or_else(|e| if swap_error(&e) { Ok(()) } else { Err(e) })
         .unwrap();
     simple_client
-        .batch_execute(&format!("UPDATE {table} SET ssn = '{}' WHERE id = 500001", value(500_001, 3)))
+        .batch_execute(&format!(
+            "UPDATE {table} SET ssn = '{}' WHERE id = 500001",
+            value(500_001, 3)
+        ))
         .await
         .unwrap();
     if model.contains_key(&500_001) || unsure.contains(&500_001) {
@@ -536,12 +640,29 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
         .await
         .unwrap();
     let expected = initial[&2001].clone().unwrap();
-    assert_eq!(masked_rows[0].get::<_, String>(0), format!("{}{}", "*".repeat(expected.len() - 4), &expected[expected.len() - 4..]));
-    let e = denied.query(&format!("SELECT ssn FROM {table}"), &[]).await.unwrap_err();
+    assert_eq!(
+        masked_rows[0].get::<_, String>(0),
+        format!(
+            "{}{}",
+            "*".repeat(expected.len() - 4),
+            &expected[expected.len() - 4..]
+        )
+    );
+    let e = denied
+        .query(&format!("SELECT ssn FROM {table}"), &[])
+        .await
+        .unwrap_err();
     assert_eq!(common::db_error(&e).0, "42501");
-    let msgs = raw.simple(&format!("SELECT ssn FROM {table} WHERE id = 1001")).await;
+    let msgs = raw
+        .simple(&format!("SELECT ssn FROM {table} WHERE id = 1001"))
+        .await;
     let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
-    assert_eq!(row.values()[0].clone().map(|v| String::from_utf8(v).unwrap()), initial[&1001]);
+    assert_eq!(
+        row.values()[0]
+            .clone()
+            .map(|v| String::from_utf8(v).unwrap()),
+        initial[&1001]
+    );
 
     // Every row decrypts to the model's value (rows a failed simple batch may have inserted
     // hold its first value).
@@ -552,7 +673,10 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     let mut stored: BTreeMap<i64, Option<String>> = BTreeMap::new();
     for m in rows {
         if let SimpleQueryMessage::Row(row) = m {
-            stored.insert(row.get(0).unwrap().parse().unwrap(), row.get(1).map(str::to_string));
+            stored.insert(
+                row.get(0).unwrap().parse().unwrap(),
+                row.get(1).map(str::to_string),
+            );
         }
     }
     for id in unsure {
@@ -566,8 +690,16 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     // Reads during the run were recorded with their subjects.
     let reads = records(dir.path())
         .into_iter()
-        .filter(|r| r["kind"] == "select" && r["subjects"][table].as_array().is_some_and(|s| s.len() >= 100))
+        .filter(|r| {
+            r["kind"] == "select"
+                && r["subjects"][table]
+                    .as_array()
+                    .is_some_and(|s| s.len() >= 100)
+        })
         .count();
-    eprintln!("{reads} audited reads; migrate: {}", String::from_utf8_lossy(&out.stdout));
+    eprintln!(
+        "{reads} audited reads; migrate: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(reads >= 4, "{reads} audited reads");
 }

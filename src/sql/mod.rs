@@ -34,6 +34,8 @@ mod fingerprint;
 mod tokens;
 
 #[cfg(test)]
+mod migrating_tests;
+#[cfg(test)]
 mod tests;
 
 use std::ops::Range;

@@ -657,9 +657,7 @@ impl<'a> Backend<'a> {
                 // Read again after each statement on a column being migrated: an unchanged
                 // catalog keeps the database's plans.
                 if fresh.tables != state.database.tables {
-                    state.database = session
-                        .veil
-                        .install_database(&session.database_name, fresh);
+                    state.database = session.veil.install_database(&session.database_name, fresh);
                 }
             }
             if let Some(path) = facts.search_path {

@@ -480,8 +480,7 @@ fn bind_message(
     }
     if let Some(shadow) = &prepared.shadow {
         let declared = &prepared.client_param_types;
-        if let Err(error) =
-            migrating::bind_shadow_params(&mut bind, shadow, declared, veil, state)
+        if let Err(error) = migrating::bind_shadow_params(&mut bind, shadow, declared, veil, state)
         {
             let recording = refusal_recording(session, state, prepared.plan(), || {
                 prepared.fingerprint.clone().unwrap_or_default()

@@ -222,7 +222,14 @@ pub(super) fn reveal(
     veil: &Veil,
     state: &State,
 ) -> Result<Option<Vec<u8>>, PgError> {
-    reveal_stored(stored, crate::pgtype::oid::BYTEA, column, format, veil, state)
+    reveal_stored(
+        stored,
+        crate::pgtype::oid::BYTEA,
+        column,
+        format,
+        veil,
+        state,
+    )
 }
 
 /// [`reveal`] of a value the database sent as `stored_type`: bytea is ciphertext; any other

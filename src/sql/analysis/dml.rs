@@ -105,9 +105,10 @@ impl Analyzer<'_> {
             if !self.is_plaintext(c) {
                 continue;
             }
-            let values = insert.source.as_ref().is_some_and(|q| {
-                q.with.is_none() && matches!(&*q.body, SetExpr::Values(_))
-            });
+            let values = insert
+                .source
+                .as_ref()
+                .is_some_and(|q| q.with.is_none() && matches!(&*q.body, SetExpr::Values(_)));
             if insert.columns.is_empty() || !values {
                 return self.refuse_migrating(c, "an INSERT without a column list or from a query");
             }

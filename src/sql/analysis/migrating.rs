@@ -129,7 +129,8 @@ impl Analyzer<'_> {
     fn expression_end(&self, span: Span) -> Outcome<usize> {
         let start = self.tokens.index_at(span.start);
         let found = start.and_then(|first| {
-            (first..self.tokens.spanned.len()).find(|&i| self.tokens.spanned[i].span.end == span.end)
+            (first..self.tokens.spanned.len())
+                .find(|&i| self.tokens.spanned[i].span.end == span.end)
         });
         match found {
             Some(i) => Ok(self.tokens.ranges[i].end),
@@ -147,6 +148,10 @@ impl Analyzer<'_> {
         prefix: String,
     ) -> Outcome<()> {
         self.writes.push(c);
+        if matches!(e, Expr::Nested(_)) {
+            // Its span leaves the parentheses out: nowhere to put the shadow value.
+            return self.refuse_migrating(c, "writing a parenthesized value into it");
+        }
         let shadow = self.stored(c) == Stored::Migrating;
         let end = self.expression_end(e.span())?;
         let value = match v {
@@ -154,7 +159,7 @@ impl Analyzer<'_> {
             Value::Parameter(p) if p.cast.as_ref().map_or(&p.range, |c| &c.0).end == end => {
                 ShadowValue::Param(p.number)
             }
-            Value::Null | Value::Default if !matches!(e, Expr::Nested(_)) => {
+            Value::Null | Value::Default => {
                 if shadow {
                     self.rewrites.push((end..end, format!("{prefix}NULL")));
                 }
@@ -182,7 +187,8 @@ impl Analyzer<'_> {
         }
         let end = self.expression_end(name.span())?;
         let shadow = shadow_column(&self.column(c)?.column);
-        self.rewrites.push((end..end, format!(", {}", quote(&shadow))));
+        self.rewrites
+            .push((end..end, format!(", {}", quote(&shadow))));
         Ok(())
     }
 
