@@ -22,6 +22,7 @@ mod cursors;
 mod fetch;
 mod frontend;
 mod gate;
+mod matching;
 mod refusal;
 mod state;
 mod values;

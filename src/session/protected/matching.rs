@@ -1,0 +1,199 @@
+//! Comparisons with deterministic columns while several master keys are configured (after
+//! `keys rotate`, until `migrate` has re-encrypted every value): the column may hold a value
+//! under any configured key, so a literal or parameter compared with it is compared with its
+//! ciphertext under every key (`col = ANY(ARRAY[…])`, `col <> ALL(…)`, the ciphertexts in an
+//! `IN` list). The plan says how each value is compared ([`KeyMatch`]); the text it becomes
+//! depends on the keys, so it is made here, per session, and the cached plan stays the same
+//! for one key or several. With one key nothing here changes a statement.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use super::state::State;
+use super::values::{
+    bytea_literal, encrypt_text, encrypt_text_array, encrypt_text_every_key, key_count,
+};
+use crate::pgerror::{sqlstate, PgError};
+use crate::pgtype::SessionTime;
+use crate::sql::{ColumnRef, KeyMatch, StatementPlan};
+use crate::veil::Veil;
+
+/// True when the statement binds values for protected columns whose values may be under
+/// more than one master key.
+fn several_keys(plan: &StatementPlan, veil: &Veil) -> bool {
+    plan.literals
+        .iter()
+        .map(|l| l.column)
+        .chain(plan.params.iter().map(|&(_, c)| c))
+        .chain(plan.array_params.iter().map(|&(_, c)| c))
+        .any(|c| key_count(veil, c) > 1)
+}
+
+/// The parameters that carry their ciphertext under every key (declared `bytea[]`): those
+/// compared with their column, when several keys are configured (an array parameter
+/// compared with `= ANY`: each element under every key). Empty with one key.
+pub(super) fn keyed_params(plan: &StatementPlan, veil: &Veil) -> HashSet<u32> {
+    if !several_keys(plan, veil) {
+        return HashSet::new();
+    }
+    plan.param_uses
+        .iter()
+        .filter(|u| u.matching.is_some())
+        .map(|u| u.number)
+        .chain(plan.array_matches.iter().copied())
+        .collect()
+}
+
+/// The statement's replacements: the analysis' rewrites and each literal's ciphertext, in
+/// the form its comparison needs when several keys are configured.
+pub(super) fn replacements(
+    plan: &StatementPlan,
+    state: &State,
+    veil: &Veil,
+) -> Result<Vec<(Range<usize>, String)>, PgError> {
+    replacements_with(plan, veil, &state.time, state.standard_strings)
+}
+
+/// [`replacements`] with the session's time settings and `standard_conforming_strings`.
+fn replacements_with(
+    plan: &StatementPlan,
+    veil: &Veil,
+    time: &SessionTime,
+    strings: bool,
+) -> Result<Vec<(Range<usize>, String)>, PgError> {
+    let several = several_keys(plan, veil);
+    let mut out = Vec::with_capacity(plan.rewrites.len() + plan.literals.len());
+    let keyed = if several {
+        param_replacements(plan, veil, &mut out)?
+    } else {
+        HashSet::new()
+    };
+    // A keyed parameter's `$n::text` → `$n::bytea` rewrite gives way to its own.
+    out.extend(
+        plan.rewrites
+            .iter()
+            .filter(|(range, _)| !keyed.contains(range))
+            .cloned(),
+    );
+    for literal in &plan.literals {
+        let Some(value) = &literal.value else {
+            continue;
+        };
+        let value = value.as_bytes();
+        if literal.array {
+            let every = several && literal.matching.is_some();
+            let array = encrypt_text_array(veil, literal.column, value, time, strings, every)?;
+            out.push((literal.byte_range.clone(), array));
+            continue;
+        }
+        let matching = literal.matching.as_ref().filter(|_| several);
+        let Some(matching) = matching else {
+            let ciphertext = encrypt_text(veil, literal.column, value, time)?;
+            out.push((literal.byte_range.clone(), bytea_literal(&ciphertext, strings)));
+            continue;
+        };
+        let every = encrypt_text_every_key(veil, literal.column, value, time)?;
+        let list = every
+            .iter()
+            .map(|c| bytea_literal(c, strings))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let array = format!("ARRAY[{list}]");
+        place(
+            matching,
+            literal.byte_range.clone(),
+            literal.column,
+            &array,
+            list,
+            veil,
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}
+
+/// The replacements of every use of a keyed parameter (its value: a `bytea[]` of its
+/// ciphertexts under every key); returns the ranges replaced.
+fn param_replacements(
+    plan: &StatementPlan,
+    veil: &Veil,
+    out: &mut Vec<(Range<usize>, String)>,
+) -> Result<HashSet<Range<usize>>, PgError> {
+    let keyed = keyed_params(plan, veil);
+    let mut replaced = HashSet::new();
+    for used in plan.param_uses.iter().filter(|u| keyed.contains(&u.number)) {
+        let n = used.number;
+        let Some(column) = plan
+            .params
+            .iter()
+            .find(|&&(m, _)| m == n)
+            .map(|&(_, c)| c)
+        else {
+            continue;
+        };
+        let array = format!("${n}::bytea[]");
+        let element = |i: usize| format!("(${n}::bytea[])[{i}]");
+        replaced.insert(used.byte_range.clone());
+        match &used.matching {
+            // A write takes the current key's ciphertext, which comes first.
+            None => out.push((used.byte_range.clone(), element(1))),
+            Some(matching) => {
+                let list = (1..=key_count(veil, column))
+                    .map(element)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                place(
+                    matching,
+                    used.byte_range.clone(),
+                    column,
+                    &array,
+                    list,
+                    veil,
+                    out,
+                )?;
+            }
+        }
+    }
+    Ok(replaced)
+}
+
+/// What a compared value's place (`at`) becomes: `array` is the ciphertexts as one array
+/// expression, `list` the same comma-separated.
+fn place(
+    matching: &KeyMatch,
+    at: Range<usize>,
+    column: ColumnRef,
+    array: &str,
+    list: String,
+    veil: &Veil,
+    out: &mut Vec<(Range<usize>, String)>,
+) -> Result<(), PgError> {
+    match matching {
+        KeyMatch::Any => out.push((at, format!("ANY({array})"))),
+        KeyMatch::All => out.push((at, format!("ALL({array})"))),
+        KeyMatch::List => out.push((at, list)),
+        KeyMatch::Swapped {
+            column: place,
+            text,
+            all,
+        } => {
+            let quantifier = if *all { "ALL" } else { "ANY" };
+            out.push((at, text.clone()));
+            out.push((place.clone(), format!("{quantifier}({array})")));
+        }
+        KeyMatch::Unsupported { op } => {
+            let name = veil
+                .protection
+                .column(column)
+                .map(|c| c.qualified_name())
+                .unwrap_or_default();
+            return Err(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "pgveil: {op} on encrypted column {name} cannot match values under every configured master key; until pgveil migrate has re-encrypted them to the current key, write it as column = value, column <> value or column IN (…)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
