@@ -197,3 +197,127 @@ fn place(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::crypto::{KeyRing, MasterKey};
+    use crate::sql::{self, StaticCatalog};
+
+    const CONFIG: &str = "[keys]\nmaster_key_file = \"k\"\n[[column]]\ntable = \"public.patients\"\ncolumn = \"ssn\"\ntype = \"text\"\nencryption = \"deterministic\"\n";
+
+    fn veil(keys: usize) -> Veil {
+        let config = Config::parse(CONFIG, "t.toml", Path::new(".")).unwrap();
+        let previous = (1..keys)
+            .map(|i| MasterKey::from_bytes([i as u8; 32]))
+            .collect();
+        let ring = KeyRing::from_master_keys(MasterKey::from_bytes([9; 32]), previous).unwrap();
+        Veil::new(&config, Some(&ring)).unwrap()
+    }
+
+    fn plan(sql: &str, veil: &Veil) -> StatementPlan {
+        let mut catalog = StaticCatalog::new();
+        catalog.add_table("public", "patients", 1001, &["id", "ssn"]);
+        let path = vec!["public".to_string()];
+        let mut plans = sql::analyze(sql, &veil.protection, &catalog, &path).unwrap();
+        assert_eq!(plans.len(), 1);
+        plans.remove(0)
+    }
+
+    fn rewritten(sql: &str, veil: &Veil) -> Result<String, PgError> {
+        let plan = plan(sql, veil);
+        let replacements = replacements_with(&plan, veil, &SessionTime::utc(), true)?;
+        Ok(sql::try_rewrite(sql, &replacements).unwrap())
+    }
+
+    /// The ciphertexts of `value` under every key, as bytea literals.
+    fn every(veil: &Veil, value: &str) -> Vec<String> {
+        veil.cipher(ColumnRef(0))
+            .unwrap()
+            .ciphertexts_under_every_key(value.as_bytes())
+            .iter()
+            .map(|c| bytea_literal(c, true))
+            .collect()
+    }
+
+    #[test]
+    fn one_key_changes_nothing() {
+        let veil = veil(1);
+        let [c] = every(&veil, "x").try_into().unwrap();
+        let sql = "SELECT id FROM patients WHERE ssn = 'x' OR 'x' = ssn OR ssn IN ('x')";
+        assert_eq!(
+            rewritten(sql, &veil).unwrap(),
+            format!("SELECT id FROM patients WHERE ssn = {c} OR {c} = ssn OR ssn IN ({c})")
+        );
+        let p = plan("SELECT id FROM patients WHERE ssn = $1", &veil);
+        assert!(keyed_params(&p, &veil).is_empty());
+        // Forms that cannot hold several ciphertexts are fine with one key.
+        assert!(rewritten("SELECT CASE ssn WHEN 'x' THEN 1 END FROM patients", &veil).is_ok());
+    }
+
+    #[test]
+    fn literals_are_compared_under_every_key() {
+        let veil = veil(3);
+        let c = every(&veil, "x");
+        assert_eq!(c.len(), 3);
+        let list = c.join(", ");
+        let sql = "SELECT id FROM patients p WHERE p.ssn = 'x' AND 'x'::text <> p.ssn AND ssn NOT IN ('x', 'x') AND ssn = ANY('{x,NULL}'::text[])";
+        assert_eq!(
+            rewritten(sql, &veil).unwrap(),
+            format!("SELECT id FROM patients p WHERE p.ssn = ANY(ARRAY[{list}]) AND p.ssn <> ALL(ARRAY[{list}]) AND ssn NOT IN ({list}, {list}) AND ssn = ANY(ARRAY[{list}, NULL]::bytea[])")
+        );
+        // Written values stay under the current key only.
+        assert_eq!(
+            rewritten("UPDATE patients SET ssn = 'x' WHERE ssn = 'x'", &veil).unwrap(),
+            format!("UPDATE patients SET ssn = {} WHERE ssn = ANY(ARRAY[{list}])", c[0])
+        );
+    }
+
+    #[test]
+    fn parameters_become_arrays_of_every_key() {
+        let veil = veil(2);
+        let sql = "UPDATE patients SET ssn = $1 WHERE ssn IN ($1, $2::text) OR $3 = ssn OR id = $4";
+        assert_eq!(
+            rewritten(sql, &veil).unwrap(),
+            "UPDATE patients SET ssn = ($1::bytea[])[1] WHERE ssn IN (($1::bytea[])[1], ($1::bytea[])[2], ($2::bytea[])[1], ($2::bytea[])[2]) OR ssn = ANY($3::bytea[]) OR id = $4"
+        );
+        let p = plan(sql, &veil);
+        let mut keyed: Vec<u32> = keyed_params(&p, &veil).into_iter().collect();
+        keyed.sort_unstable();
+        assert_eq!(keyed, vec![1, 2, 3]);
+        // A parameter only written keeps its one ciphertext.
+        let p = plan("INSERT INTO patients (ssn) VALUES ($1)", &veil);
+        assert!(keyed_params(&p, &veil).is_empty());
+        // An array compared with `= ANY` is keyed (each element under every key).
+        let p = plan("SELECT id FROM patients WHERE ssn = ANY($1)", &veil);
+        assert_eq!(keyed_params(&p, &veil).into_iter().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn forms_without_room_for_several_ciphertexts_are_refused_with_several_keys() {
+        let veil = veil(2);
+        for sql in [
+            "SELECT CASE ssn WHEN 'x' THEN 1 END FROM patients",
+            "SELECT id FROM patients WHERE ssn IS NOT DISTINCT FROM $1",
+            "SELECT id FROM patients WHERE 'x' IN (ssn)",
+        ] {
+            let err = rewritten(sql, &veil).unwrap_err();
+            assert_eq!(err.code, "0A000", "{sql}");
+            assert!(err.message.contains("public.patients.ssn"), "{sql}");
+            assert!(!err.message.contains("'x'"), "{sql}");
+        }
+    }
+
+    #[test]
+    fn escape_string_syntax_when_standard_strings_are_off() {
+        let veil = veil(2);
+        let sql = "SELECT id FROM patients WHERE ssn = 'x'";
+        let p = plan(sql, &veil);
+        let replacements = replacements_with(&p, &veil, &SessionTime::utc(), false).unwrap();
+        let text = sql::try_rewrite(sql, &replacements).unwrap();
+        assert!(text.contains("ANY(ARRAY[E'\\\\x"), "{text}");
+    }
+}
