@@ -1307,6 +1307,6 @@ fn sequence_ddl_the_parser_does_not_know_is_forwarded() {
 }
 
 mod arrays;
-mod key_match;
 mod catalog_per_session;
+mod key_match;
 mod whole_rows;

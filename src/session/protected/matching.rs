@@ -89,7 +89,10 @@ fn replacements_with(
         let matching = literal.matching.as_ref().filter(|_| several);
         let Some(matching) = matching else {
             let ciphertext = encrypt_text(veil, literal.column, value, time)?;
-            out.push((literal.byte_range.clone(), bytea_literal(&ciphertext, strings)));
+            out.push((
+                literal.byte_range.clone(),
+                bytea_literal(&ciphertext, strings),
+            ));
             continue;
         };
         let every = encrypt_text_every_key(veil, literal.column, value, time)?;
@@ -123,12 +126,7 @@ fn param_replacements(
     let mut replaced = HashSet::new();
     for used in plan.param_uses.iter().filter(|u| keyed.contains(&u.number)) {
         let n = used.number;
-        let Some(column) = plan
-            .params
-            .iter()
-            .find(|&&(m, _)| m == n)
-            .map(|&(_, c)| c)
-        else {
+        let Some(column) = plan.params.iter().find(|&&(m, _)| m == n).map(|&(_, c)| c) else {
             continue;
         };
         let array = format!("${n}::bytea[]");
@@ -272,7 +270,10 @@ mod tests {
         // Written values stay under the current key only.
         assert_eq!(
             rewritten("UPDATE patients SET ssn = 'x' WHERE ssn = 'x'", &veil).unwrap(),
-            format!("UPDATE patients SET ssn = {} WHERE ssn = ANY(ARRAY[{list}])", c[0])
+            format!(
+                "UPDATE patients SET ssn = {} WHERE ssn = ANY(ARRAY[{list}])",
+                c[0]
+            )
         );
     }
 
@@ -293,7 +294,10 @@ mod tests {
         assert!(keyed_params(&p, &veil).is_empty());
         // An array compared with `= ANY` is keyed (each element under every key).
         let p = plan("SELECT id FROM patients WHERE ssn = ANY($1)", &veil);
-        assert_eq!(keyed_params(&p, &veil).into_iter().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            keyed_params(&p, &veil).into_iter().collect::<Vec<_>>(),
+            vec![1]
+        );
     }
 
     #[test]

@@ -168,12 +168,9 @@ pub(super) fn encrypt_array_param(
     for element in canonical {
         match element {
             None => encrypted.push(None),
-            Some(c) if every_key => encrypted.extend(
-                cipher
-                    .ciphertexts_under_every_key(&c)
-                    .into_iter()
-                    .map(Some),
-            ),
+            Some(c) if every_key => {
+                encrypted.extend(cipher.ciphertexts_under_every_key(&c).into_iter().map(Some))
+            }
             Some(c) => encrypted.push(Some(cipher.encrypt(&c))),
         }
     }

@@ -364,15 +364,19 @@ impl Analyzer<'_> {
             ))
         });
         self.literals.dedup();
-        merge_matchings(&mut self.literals, |l| (l.byte_range.clone(), l.column), |l| {
-            &mut l.matching
-        });
+        merge_matchings(
+            &mut self.literals,
+            |l| (l.byte_range.clone(), l.column),
+            |l| &mut l.matching,
+        );
         self.param_uses
             .sort_by_key(|u| (u.byte_range.start, u.byte_range.end));
         self.param_uses.dedup();
-        merge_matchings(&mut self.param_uses, |u| u.byte_range.clone(), |u| {
-            &mut u.matching
-        });
+        merge_matchings(
+            &mut self.param_uses,
+            |u| u.byte_range.clone(),
+            |u| &mut u.matching,
+        );
         for w in self.literals.windows(2) {
             if w[1].byte_range.start < w[0].byte_range.end {
                 if w[1].byte_range == w[0].byte_range {

@@ -91,7 +91,10 @@ fn in_and_not_in_lists() {
     );
     // The value outside the list, columns inside: no form holds several ciphertexts.
     let sql = "SELECT id FROM patients WHERE '1' IN (ssn)";
-    assert_eq!(literal_matches(sql), vec![("'1'".into(), unsupported("IN"))]);
+    assert_eq!(
+        literal_matches(sql),
+        vec![("'1'".into(), unsupported("IN"))]
+    );
 }
 
 #[test]
@@ -101,14 +104,8 @@ fn other_comparisons_are_marked_unsupported_and_writes_are_not_compared() {
             "SELECT id FROM patients WHERE ssn IS NOT DISTINCT FROM '1'",
             "IS DISTINCT FROM",
         ),
-        (
-            "SELECT CASE ssn WHEN '1' THEN 1 END FROM patients",
-            "CASE",
-        ),
-        (
-            "SELECT id FROM patients WHERE ssn IN (SELECT '1')",
-            "IN",
-        ),
+        ("SELECT CASE ssn WHEN '1' THEN 1 END FROM patients", "CASE"),
+        ("SELECT id FROM patients WHERE ssn IN (SELECT '1')", "IN"),
     ] {
         assert_eq!(literal_matches(sql)[0].1, unsupported(op), "{sql}");
     }
