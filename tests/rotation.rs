@@ -192,6 +192,14 @@ async fn equality_finds_values_under_every_configured_key() {
             format!("SELECT id, CASE WHEN ssn = 'rq-a-1' THEN 'y' ELSE 'n' END FROM {t} WHERE id < 3 ORDER BY id"),
             ids(&["1|n", "2|y"]),
         ),
+        (
+            format!("SELECT id FROM {t} p WHERE p.ssn IS NOT DISTINCT FROM 'rq-a-1' OR 'rq-b-1' IS NOT DISTINCT FROM ssn ORDER BY id"),
+            ids(&["2", "12"]),
+        ),
+        (
+            format!("SELECT count(*) FROM {t} WHERE ssn IS DISTINCT FROM 'rq-a-0'"),
+            ids(&["5"]),
+        ),
         // A shared domain: both tables' mrn compared with one value, under either key.
         (
             format!("SELECT v.id FROM {VISITS} v WHERE v.mrn = 'M-2' ORDER BY 1"),
@@ -246,6 +254,12 @@ async fn equality_finds_values_under_every_configured_key() {
     assert_eq!(
         extended_ids(&client, &sql, &[&both]).await,
         vec![1, 2, 11, 13]
+    );
+    let sql = format!("SELECT id FROM {t} WHERE ssn IS NOT DISTINCT FROM $1 ORDER BY id");
+    assert_eq!(extended_ids(&client, &sql, &[&"rq-a-0"]).await, vec![1]);
+    assert_eq!(
+        extended_ids(&client, &sql, &[&None::<&str>]).await,
+        Vec::<i32>::new()
     );
     let sql = format!("SELECT id FROM {VISITS} WHERE mrn = $1 ORDER BY id");
     assert_eq!(extended_ids(&client, &sql, &[&"M-2"]).await, vec![2, 12]);

@@ -115,8 +115,13 @@ pub enum KeyMatch {
         text: String,
         all: bool,
     },
+    /// `v IS [NOT] DISTINCT FROM col` (either side) with a plain column reference written
+    /// `text`: v's place takes `(CASE WHEN col = ANY(<ciphertexts>) THEN col ELSE
+    /// <first ciphertext> END)`, which is col exactly when col holds the value under some
+    /// key, and NULL when v is.
+    Distinct { text: String },
     /// A comparison whose form cannot hold several ciphertexts (`CASE col WHEN v`,
-    /// `IS DISTINCT FROM`, `IN (SELECT v)`, `v = <computed>`): refused (`0A000`) while
+    /// `IN (SELECT v)`, `v = <computed>`): refused (`0A000`) while
     /// several keys are configured; `op` names the operation.
     Unsupported { op: String },
 }

@@ -170,6 +170,10 @@ fn place(
         KeyMatch::Any => out.push((at, format!("ANY({array})"))),
         KeyMatch::All => out.push((at, format!("ALL({array})"))),
         KeyMatch::List => out.push((at, list)),
+        KeyMatch::Distinct { text } => out.push((
+            at,
+            format!("(CASE WHEN {text} = ANY({array}) THEN {text} ELSE ({array})[1] END)"),
+        )),
         KeyMatch::Swapped {
             column: place,
             text,
@@ -301,11 +305,25 @@ mod tests {
     }
 
     #[test]
+    fn is_distinct_from_compares_with_the_column_itself_when_it_holds_the_value() {
+        let veil = veil(2);
+        let list = every(&veil, "x").join(", ");
+        assert_eq!(
+            rewritten("SELECT id FROM patients WHERE ssn IS NOT DISTINCT FROM 'x'", &veil).unwrap(),
+            format!("SELECT id FROM patients WHERE ssn IS NOT DISTINCT FROM (CASE WHEN ssn = ANY(ARRAY[{list}]) THEN ssn ELSE (ARRAY[{list}])[1] END)")
+        );
+        assert_eq!(
+            rewritten("SELECT id FROM patients WHERE $1 IS DISTINCT FROM ssn", &veil).unwrap(),
+            "SELECT id FROM patients WHERE (CASE WHEN ssn = ANY($1::bytea[]) THEN ssn ELSE ($1::bytea[])[1] END) IS DISTINCT FROM ssn"
+        );
+    }
+
+    #[test]
     fn forms_without_room_for_several_ciphertexts_are_refused_with_several_keys() {
         let veil = veil(2);
         for sql in [
             "SELECT CASE ssn WHEN 'x' THEN 1 END FROM patients",
-            "SELECT id FROM patients WHERE ssn IS NOT DISTINCT FROM $1",
+            "SELECT id FROM patients WHERE 'x' IS NOT DISTINCT FROM (SELECT ssn FROM patients LIMIT 1)",
             "SELECT id FROM patients WHERE 'x' IN (ssn)",
         ] {
             let err = rewritten(sql, &veil).unwrap_err();

@@ -23,7 +23,12 @@ pub(super) enum Shape {
     },
     /// `l [NOT] IN (…, r, …)`.
     List,
-    /// Anything else (IS DISTINCT FROM, CASE operand, IN subquery, JOIN USING).
+    /// `l IS [NOT] DISTINCT FROM r`; each side's text when it is a plain column reference.
+    Distinct {
+        left_column: Option<String>,
+        right_column: Option<String>,
+    },
+    /// Anything else (CASE operand, IN subquery, JOIN USING).
     Other,
 }
 
@@ -51,6 +56,20 @@ impl Shape {
                 all: *all,
             },
             (Shape::List, true) => KeyMatch::List,
+            (
+                Shape::Distinct {
+                    left_column: Some(text),
+                    ..
+                },
+                true,
+            )
+            | (
+                Shape::Distinct {
+                    right_column: Some(text),
+                    ..
+                },
+                false,
+            ) => KeyMatch::Distinct { text: text.clone() },
             _ => KeyMatch::Unsupported { op: op.to_string() },
         }
     }

@@ -63,7 +63,11 @@ impl Analyzer<'_> {
             Expr::IsNull(inner) | Expr::IsNotNull(inner) => self.null_test(inner),
             Expr::IsDistinctFrom(l, r) | Expr::IsNotDistinctFrom(l, r) => {
                 let (lv, rv) = (self.expression(l)?, self.expression(r)?);
-                self.compare(&lv, &rv, "IS DISTINCT FROM")?;
+                let shape = Shape::Distinct {
+                    left_column: self.column_text(l).map(|(_, text)| text),
+                    right_column: self.column_text(r).map(|(_, text)| text),
+                };
+                self.compare_shaped(&lv, &rv, "IS DISTINCT FROM", &shape)?;
                 Ok(Value::Other)
             }
             Expr::InList {

@@ -99,9 +99,21 @@ fn in_and_not_in_lists() {
 
 #[test]
 fn other_comparisons_are_marked_unsupported_and_writes_are_not_compared() {
+    // IS [NOT] DISTINCT FROM with a plain column reference on either side.
+    let distinct = |text: &str| {
+        Some(KeyMatch::Distinct {
+            text: text.to_string(),
+        })
+    };
+    let sql = "SELECT id FROM patients p WHERE p.ssn IS NOT DISTINCT FROM '1' AND $1 IS DISTINCT FROM mrn";
+    assert_eq!(
+        literal_matches(sql),
+        vec![("'1'".into(), distinct("p.ssn"))]
+    );
+    assert_eq!(param_matches(sql), vec![("$1".into(), distinct("mrn"))]);
     for (sql, op) in [
         (
-            "SELECT id FROM patients WHERE ssn IS NOT DISTINCT FROM '1'",
+            "SELECT id FROM patients WHERE '1' IS DISTINCT FROM (SELECT ssn FROM patients LIMIT 1)",
             "IS DISTINCT FROM",
         ),
         ("SELECT CASE ssn WHEN '1' THEN 1 END FROM patients", "CASE"),
