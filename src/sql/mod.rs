@@ -20,6 +20,10 @@
 //!    zero-length insertion `insert_at..insert_at` of its `text` (several at the same offset
 //!    are appended in the order listed, so the extra columns come last in that order).
 //!    Apply them all in one [`try_rewrite`] call.
+//!    With several master keys configured, a literal or parameter compared with a
+//!    deterministic column ([`LiteralBinding::matching`], [`StatementPlan::param_uses`]) is
+//!    compared with its ciphertext under every key instead, in the form its [`KeyMatch`]
+//!    says; the plan itself does not depend on the keys.
 //! 3. `params` says which `$n` to encrypt (and which type to show in ParameterDescription);
 //!    `result_columns` maps output positions to protected columns when RowDescription
 //!    carries no table OID.

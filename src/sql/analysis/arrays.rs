@@ -4,7 +4,9 @@
 //! (array parameters in the session, array literals' elements here), and every other use
 //! keeps them plain (text-form array literals, `'{a,b}'::text[]`, are taken apart in the
 //! session). What cannot be taken apart element by element is a computed value,
-//! refused when it would be written into a protected column.
+//! refused when it would be written into a protected column. Also the array of
+//! `col = ANY(…)` / `col <> ALL(…)` (membership in a list of values), each element bound to
+//! the column.
 
 use std::ops::Range;
 

@@ -1,5 +1,6 @@
-//! Binding values to protected columns: plain uses, comparisons, writes, accepted casts,
-//! and the statement-wide consistency checks on parameters and literal ranges.
+//! Binding values to protected columns: plain uses, comparisons (with how each value is
+//! compared, for several master keys: [`KeyMatch`]), writes, accepted casts, and the
+//! statement-wide consistency checks on parameters and literal ranges.
 
 use std::ops::Range;
 
@@ -460,8 +461,7 @@ fn merge_matchings<T, K: PartialEq>(
     let mut i = 1;
     while i < items.len() {
         if key(&items[i]) == key(&items[i - 1]) {
-            let removed = items.remove(i);
-            let mut removed = removed;
+            let mut removed = items.remove(i);
             let theirs = matching(&mut removed).clone();
             let ours = matching(&mut items[i - 1]);
             if *ours != theirs {
