@@ -303,6 +303,13 @@ async fn equality_finds_values_under_every_configured_key() {
         common::tags(&msgs)
     );
 
+    // psycopg 3: text and binary parameters, a list bound as an array.
+    let out = common::run_python("rotation_equality.py", port, SUPERUSER, &[t]);
+    assert_eq!(
+        out.trim(),
+        r#"{"any_list": [3, 13], "eq_binary": [11], "eq_text": [1], "in_text": [2, 12], "not_in_binary": [2, 3, 11, 12, 13]}"#
+    );
+
     // `= ANY(array)` keeps using the index.
     let plan = simple(
         port,
