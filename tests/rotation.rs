@@ -261,6 +261,14 @@ async fn equality_finds_values_under_every_configured_key() {
         extended_ids(&client, &sql, &[&None::<&str>]).await,
         Vec::<i32>::new()
     );
+    let sql = format!(
+        "SELECT p.id FROM {t} p JOIN {VISITS} v ON v.id = p.id AND v.mrn = $1 \
+         WHERE CASE WHEN p.ssn = $2 THEN true ELSE false END"
+    );
+    assert_eq!(
+        extended_ids(&client, &sql, &[&"M-11", &"rq-b-0"]).await,
+        vec![11]
+    );
     let sql = format!("SELECT id FROM {VISITS} WHERE mrn = $1 ORDER BY id");
     assert_eq!(extended_ids(&client, &sql, &[&"M-2"]).await, vec![2, 12]);
     // One parameter written and compared: the write takes the current key's ciphertext.
