@@ -14,7 +14,7 @@ use super::gate::{admit, Admission, Protocol};
 use super::migrating;
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
-use super::values::{encrypt_array_param, encrypt_param};
+use super::values::{encrypt_array_param, encrypt_param, encrypt_param_every_key};
 use super::Session;
 use crate::metrics;
 use crate::net::frontend::{
@@ -355,8 +355,8 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         state.insert_statement(parse.name, Prepared::plain());
         return Action::Forward;
     };
-    let (param_columns, param_arrays, mut param_types) = parameters(plan, &parse.param_types);
-    let (shadow_params, shadow) = migrating::shadow_params(plan, &mut param_types);
+    let mut params = parameters(plan, &parse.param_types, &session.veil);
+    let (shadow_params, shadow) = migrating::shadow_params(plan, &mut params.types);
     if let Some(wanted) = migrating::refresh_after(Some(plan)) {
         refresh_at_sync(state, wanted);
     }
@@ -371,13 +371,14 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     let rewritten = Parse {
         name: parse.name.clone(),
         query,
-        param_types,
+        param_types: params.types,
     };
     let statement = &admitted.statements[0];
     let prepared = Arc::new(Prepared {
         analysis: Some(admitted.analysis.clone()),
-        param_columns,
-        param_arrays,
+        param_columns: params.columns,
+        param_arrays: params.arrays,
+        param_keyed: params.keyed,
         client_param_types: parse.param_types,
         row: OnceLock::new(),
         fingerprint: statement.fingerprint.clone(),
@@ -413,15 +414,21 @@ fn refresh_at_sync(state: &mut State, wanted: Wanted) {
     state.refresh_at_sync = Some(merged);
 }
 
-/// The protected column each parameter is bound for, which of them are arrays of values
-/// for it, and the parameter types declared upstream: those bound for protected columns are
-/// declared bytea (or bytea[]), as they carry ciphertext.
-fn parameters(
-    plan: &StatementPlan,
-    declared: &[u32],
-) -> (Vec<Option<ColumnRef>>, Vec<bool>, Vec<u32>) {
+/// How a statement's parameters go up: per position, the protected column it is bound for,
+/// whether it is an array of values for it, whether it carries its ciphertext under every
+/// key ([`super::matching`]), and the types declared upstream: those bound for protected
+/// columns are declared bytea (or bytea[]), as they carry ciphertext.
+struct Parameters {
+    columns: Vec<Option<ColumnRef>>,
+    arrays: Vec<bool>,
+    keyed: Vec<bool>,
+    types: Vec<u32>,
+}
+
+fn parameters(plan: &StatementPlan, declared: &[u32], veil: &crate::veil::Veil) -> Parameters {
     let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
     let mut param_arrays: Vec<bool> = Vec::new();
+    let keyed_numbers = super::matching::keyed_params(plan, veil);
     let bound = plan.params.iter().map(|&(n, c)| (n, c, false));
     let arrays = plan.array_params.iter().map(|&(n, c)| (n, c, true));
     for (n, column, array) in bound.chain(arrays) {
@@ -433,20 +440,28 @@ fn parameters(
         param_columns[index] = Some(column);
         param_arrays[index] = array;
     }
+    let keyed: Vec<bool> = (1..=param_columns.len() as u32)
+        .map(|n| keyed_numbers.contains(&n))
+        .collect();
     let mut param_types = declared.to_vec();
     for (index, column) in param_columns.iter().enumerate() {
         if column.is_some() {
             if param_types.len() <= index {
                 param_types.resize(index + 1, 0);
             }
-            param_types[index] = if param_arrays[index] {
+            param_types[index] = if param_arrays[index] || keyed[index] {
                 crate::pgtype::oid::BYTEA_ARRAY
             } else {
                 LogicalType::Bytea.oid()
             };
         }
     }
-    (param_columns, param_arrays, param_types)
+    Parameters {
+        columns: param_columns,
+        arrays: param_arrays,
+        keyed,
+        types: param_types,
+    }
 }
 
 fn bind_message(
@@ -497,8 +512,11 @@ fn bind_message(
             };
             let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
             let format = bind.param_format(index);
+            let keyed = prepared.param_keyed.get(index).copied().unwrap_or(false);
             let encrypted = if prepared.param_arrays.get(index).copied().unwrap_or(false) {
-                encrypt_array_param(veil, *column, value, format, &state.time)
+                encrypt_array_param(veil, *column, value, format, &state.time, keyed)
+            } else if keyed {
+                encrypt_param_every_key(veil, *column, value, format, declared, &state.time)
             } else {
                 encrypt_param(veil, *column, value, format, declared, &state.time)
             };

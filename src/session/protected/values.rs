@@ -48,6 +48,25 @@ pub(super) fn encrypt_text(
     Ok(cipher.encrypt(&canonical))
 }
 
+/// The ciphertexts of a literal written as text under every configured key, the current
+/// one first (a comparison with a deterministic column after a key rotation).
+pub(super) fn encrypt_text_every_key(
+    veil: &Veil,
+    column: ColumnRef,
+    text: &[u8],
+    time: &SessionTime,
+) -> Result<Vec<Vec<u8>>, PgError> {
+    let (cipher, spec) = cipher_and_spec(veil, column)?;
+    let canonical = pgtype::canonical_from_text(spec.logical_type, text, time)
+        .map_err(|e| value_error(&e, &spec.qualified_name()))?;
+    Ok(cipher.ciphertexts_under_every_key(&canonical))
+}
+
+/// How many master keys a column's values may be under (1 until a key rotation).
+pub(super) fn key_count(veil: &Veil, column: ColumnRef) -> usize {
+    veil.cipher(column).map_or(1, |c| c.key_count())
+}
+
 /// The ciphertext of a bound parameter, sent in `format` as `declared_type` (0: unspecified).
 pub(super) fn encrypt_param(
     veil: &Veil,
@@ -57,6 +76,45 @@ pub(super) fn encrypt_param(
     declared_type: u32,
     time: &SessionTime,
 ) -> Result<Vec<u8>, PgError> {
+    let (cipher, canonical) = canonical_param(veil, column, value, format, declared_type, time)?;
+    Ok(cipher.encrypt(&canonical))
+}
+
+/// A bound parameter compared with a deterministic column while several master keys are
+/// configured: a binary `bytea[]` of its ciphertexts under every key, the current one first.
+pub(super) fn encrypt_param_every_key(
+    veil: &Veil,
+    column: ColumnRef,
+    value: &[u8],
+    format: i16,
+    declared_type: u32,
+    time: &SessionTime,
+) -> Result<Vec<u8>, PgError> {
+    let (cipher, canonical) = canonical_param(veil, column, value, format, declared_type, time)?;
+    let every: Vec<Option<Vec<u8>>> = cipher
+        .ciphertexts_under_every_key(&canonical)
+        .into_iter()
+        .map(Some)
+        .collect();
+    pgtype::array::bytea_array_binary(&every).map_err(|e| {
+        let name = veil
+            .protection
+            .column(column)
+            .map(ProtectedColumn::qualified_name)
+            .unwrap_or_default();
+        value_error(&e, &name)
+    })
+}
+
+/// A parameter's canonical value, with its column's cipher.
+fn canonical_param<'v>(
+    veil: &'v Veil,
+    column: ColumnRef,
+    value: &[u8],
+    format: i16,
+    declared_type: u32,
+    time: &SessionTime,
+) -> Result<(&'v ColumnCipher, Vec<u8>), PgError> {
     let (cipher, spec) = cipher_and_spec(veil, column)?;
     let canonical = if format == 1 {
         let source = if declared_type == 0 {
@@ -69,22 +127,25 @@ pub(super) fn encrypt_param(
         pgtype::canonical_from_text(spec.logical_type, value, time)
     }
     .map_err(|e| value_error(&e, &spec.qualified_name()))?;
-    Ok(cipher.encrypt(&canonical))
+    Ok((cipher, canonical))
 }
 
 /// The ciphertexts of an array parameter's elements, for a column its elements are
-/// unnested into: a binary `bytea[]` of the same length, NULL elements kept NULL.
+/// unnested into: a binary `bytea[]` of the same length, NULL elements kept NULL. With
+/// `every_key` (an array compared with the column, `col = ANY($n)`, while several master
+/// keys are configured) each element is there under every key.
 pub(super) fn encrypt_array_param(
     veil: &Veil,
     column: ColumnRef,
     value: &[u8],
     format: i16,
     time: &SessionTime,
+    every_key: bool,
 ) -> Result<Vec<u8>, PgError> {
     let (cipher, spec) = cipher_and_spec(veil, column)?;
     let name = spec.qualified_name();
     let ty = spec.logical_type;
-    let encrypted: Vec<Option<Vec<u8>>> = if format == 1 {
+    let canonical: Vec<Option<Vec<u8>>> = if format == 1 {
         let (element_type, elements) =
             pgtype::array::binary_array_elements(value).map_err(|e| value_error(&e, &name))?;
         elements
@@ -92,7 +153,6 @@ pub(super) fn encrypt_array_param(
             .map(|e| {
                 e.map(|bytes| pgtype::canonical_from_binary(ty, element_type, bytes, time))
                     .transpose()
-                    .map(|c| c.map(|c| cipher.encrypt(&c)))
             })
             .collect::<Result<_, _>>()
     } else {
@@ -102,12 +162,21 @@ pub(super) fn encrypt_array_param(
                 .map(|e| {
                     e.map(|text| pgtype::canonical_from_text(ty, &text, time))
                         .transpose()
-                        .map(|c| c.map(|c| cipher.encrypt(&c)))
                 })
                 .collect::<Result<_, _>>()
         })
     }
     .map_err(|e| value_error(&e, &name))?;
+    let mut encrypted = Vec::with_capacity(canonical.len());
+    for element in canonical {
+        match element {
+            None => encrypted.push(None),
+            Some(c) if every_key => {
+                encrypted.extend(cipher.ciphertexts_under_every_key(&c).into_iter().map(Some))
+            }
+            Some(c) => encrypted.push(Some(cipher.encrypt(&c))),
+        }
+    }
     pgtype::array::bytea_array_binary(&encrypted).map_err(|e| value_error(&e, &name))
 }
 
@@ -119,6 +188,7 @@ pub(super) fn encrypt_text_array(
     text: &[u8],
     time: &SessionTime,
     standard_strings: bool,
+    every_key: bool,
 ) -> Result<String, PgError> {
     let name = cipher_and_spec(veil, column)?.1.qualified_name();
     let elements = pgtype::array::text_array_elements(text).map_err(|e| value_error(&e, &name))?;
@@ -129,6 +199,11 @@ pub(super) fn encrypt_text_array(
     for element in elements {
         parts.push(match element {
             None => "NULL".to_string(),
+            Some(e) if every_key => encrypt_text_every_key(veil, column, &e, time)?
+                .iter()
+                .map(|c| bytea_literal(c, standard_strings))
+                .collect::<Vec<_>>()
+                .join(", "),
             Some(e) => bytea_literal(&encrypt_text(veil, column, &e, time)?, standard_strings),
         });
     }

@@ -74,7 +74,10 @@ struct Analyzer<'a> {
     tables: Vec<TableName>,
     literals: Vec<LiteralBinding>,
     params: Vec<(u32, ColumnRef)>,
+    param_uses: Vec<crate::sql::ParamUse>,
     array_params: Vec<(u32, ColumnRef)>,
+    /// Array parameters compared with their column (`col = ANY($n)`).
+    array_matches: Vec<u32>,
     plain_params: HashSet<u32>,
     /// Pending values (VALUES / UNNEST columns) used plainly, and those bound to a column.
     plain_pending: HashSet<u32>,
@@ -256,7 +259,9 @@ fn analyze_one(
         tables: Vec::new(),
         literals: Vec::new(),
         params: Vec::new(),
+        param_uses: Vec::new(),
         array_params: Vec::new(),
+        array_matches: Vec::new(),
         plain_params: HashSet::new(),
         plain_pending: HashSet::new(),
         bound_pending: std::collections::HashMap::new(),
@@ -307,7 +312,9 @@ fn analyze_one(
             plan.tables = analyzer.tables;
             plan.literals = analyzer.literals;
             plan.params = analyzer.params;
+            plan.param_uses = analyzer.param_uses;
             plan.array_params = analyzer.array_params;
+            plan.array_matches = analyzer.array_matches;
             plan.reads = analyzer.reads;
             plan.conditions = analyzer.conditions;
             plan.writes = analyzer.writes;
