@@ -254,6 +254,11 @@ fn swap_error(e: &tokio_postgres::Error) -> bool {
         || (code == "0A000" && message.contains("cached plan"))
 }
 
+/// How many statements of one session may fail around the swaps (two columns are swapped
+/// one after the other): per swap, one statement planned before it, and one prepared before
+/// it and executed after it.
+const SWAP_ERRORS: usize = 4;
+
 /// A value a row may hold during the run: its initial one, or one a writer wrote for it.
 fn plausible(
     id: i64,
@@ -544,7 +549,7 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
             applied.len()
         );
         assert!(
-            swap_errors <= 3,
+            swap_errors <= SWAP_ERRORS,
             "{swap_errors} writes failed around the swap"
         );
         for (id, v) in applied {
@@ -554,7 +559,7 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     }
     let (simple_client, applied, swap_errors) = simple_writer.await.unwrap();
     assert!(
-        swap_errors <= 3,
+        swap_errors <= SWAP_ERRORS,
         "{swap_errors} simple writes failed around the swap"
     );
     let mut unsure = Vec::new();
@@ -570,7 +575,7 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
         let (client, reads, swap_errors) = reader.await.unwrap();
         eprintln!("reader: {reads} reads, {swap_errors} swap errors");
         assert!(
-            reads > 0 && swap_errors <= 3,
+            reads > 0 && swap_errors <= SWAP_ERRORS,
             "{reads} reads, {swap_errors} swap errors"
         );
         sessions.push(client);
@@ -578,12 +583,12 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     let (mut raw, reads, swap_errors) = text_reader.await.unwrap();
     eprintln!("text reader: {reads} reads, {swap_errors} swap errors");
     assert!(
-        reads > 0 && swap_errors <= 3,
+        reads > 0 && swap_errors <= SWAP_ERRORS,
         "{reads} text reads, {swap_errors} swap errors"
     );
     let (masked, denied, reads, swap_errors) = policy_reader.await.unwrap();
     assert!(
-        reads > 0 && swap_errors <= 3,
+        reads > 0 && swap_errors <= SWAP_ERRORS,
         "{reads} masked reads, {swap_errors} swap errors"
     );
 
