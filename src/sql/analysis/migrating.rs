@@ -6,9 +6,9 @@
 //! logical type so that a statement planned before the swap fails (42883, 42804) instead of
 //! comparing plaintext with ciphertext after it. A value written into a migrating column
 //! (a literal, a parameter, NULL or DEFAULT in `INSERT … (cols) VALUES` or `SET col = …`)
-//! is written as plaintext and its ciphertext into the shadow (into a plaintext column not
-//! yet prepared by migrate, as plaintext only: migrate encrypts it with the rest); every
-//! other write into a plaintext or migrating column is refused (0A000), as is COPY of one.
+//! is written as plaintext and its ciphertext into the shadow; a write into a plaintext
+//! column migrate has not prepared yet (no shadow) is refused, as is every other write into a
+//! plaintext or migrating column (0A000), and COPY of one.
 
 use std::ops::Range;
 
@@ -82,13 +82,15 @@ impl Analyzer<'_> {
     /// The refusal for a write into (or COPY of) a plaintext column pgveil cannot do.
     pub(super) fn refuse_migrating<T>(&mut self, c: ColumnRef, what: &str) -> Outcome<T> {
         let name = column_name(self.protection, c);
-        let state = match self.stored(c) {
-            Stored::Plaintext => "is stored as plaintext in the database (not yet migrated)",
-            _ => "is being migrated",
+        let message = match self.stored(c) {
+            Stored::Plaintext => format!(
+                "pgveil: column {name} is stored as plaintext in the database (not yet migrated); {what} is refused until `pgveil migrate` has prepared it"
+            ),
+            _ => format!(
+                "pgveil: column {name} is being migrated; {what} is refused until it is encrypted (write it with INSERT … (columns) VALUES or UPDATE … SET column = value, with literals, parameters, NULL or DEFAULT)"
+            ),
         };
-        Err(Halt::Refuse(format!(
-            "pgveil: column {name} {state}; {what} is refused until it is encrypted (write it with INSERT … (columns) VALUES or UPDATE … SET column = value, with literals, parameters, NULL or DEFAULT)"
-        )))
+        Err(Halt::Refuse(message))
     }
 
     /// A literal or parameter compared with or written into a plaintext column: it stays
@@ -167,10 +169,14 @@ impl Analyzer<'_> {
             }
             _ => return self.refuse_migrating(c, "writing a computed value into it"),
         };
-        self.bind_plaintext(c, v)?;
         if !shadow {
-            return Ok(());
+            // No shadow to hold the ciphertext yet: a value written into a configured
+            // column is refused (an application's own schema that made the column text
+            // instead of bytea must fail loudly, not store plaintext). NULL and DEFAULT
+            // carry no value and went above.
+            return self.refuse_migrating(c, "writing a value into it");
         }
+        self.bind_plaintext(c, v)?;
         self.shadow_writes.push(ShadowWrite {
             insert_at: end,
             column: c,
