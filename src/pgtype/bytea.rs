@@ -95,7 +95,7 @@ pub fn decode_bytea_text(text: &[u8]) -> Option<Vec<u8>> {
 
 /// Hex digits two a byte, nothing else; `None` at the first other byte.
 fn decode_hex_pairs(hex: &[u8]) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let mut out = Vec::with_capacity(hex.len() / 2);
