@@ -233,12 +233,13 @@ fn value_error(e: &pgtype::ValueError, column: &str) -> PgError {
 
 /// A bytea literal of `ciphertext`, as the session's standard_conforming_strings reads it.
 pub(super) fn bytea_literal(ciphertext: &[u8], standard_strings: bool) -> String {
-    let hex = hex::encode(ciphertext);
-    if standard_strings {
-        format!("'\\x{hex}'::bytea")
-    } else {
-        format!("E'\\\\x{hex}'::bytea")
-    }
+    let mut literal = Vec::with_capacity(16 + 2 * ciphertext.len());
+    let quote: &[u8] = if standard_strings { b"'" } else { b"E'\\" };
+    literal.extend_from_slice(quote);
+    pgtype::push_bytea_hex(ciphertext, &mut literal);
+    literal.extend_from_slice(b"'::bytea");
+    // Only ASCII was written.
+    String::from_utf8_lossy(&literal).into_owned()
 }
 
 /// The error for a read of a column the session is denied.
@@ -290,6 +291,8 @@ pub(super) fn decrypt_row(
 }
 
 /// One stored value as the session may see it; `None` is SQL NULL (a `mask:null`).
+/// `stored` is as the database sent it, in `format` (bytea's text form, or its raw bytes);
+/// the value is re-encoded in that same format.
 pub(super) fn reveal(
     stored: &[u8],
     column: ColumnRef,
@@ -318,30 +321,37 @@ pub(super) fn reveal_stored(
     veil: &Veil,
     state: &State,
 ) -> Result<Option<Vec<u8>>, PgError> {
-    let (cipher, spec) = cipher_and_spec(veil, column)?;
-    let name = spec.qualified_name();
     if stored_type != crate::pgtype::oid::BYTEA {
+        let (_, spec) = cipher_and_spec(veil, column)?;
         let canonical = if format == 1 {
             pgtype::canonical_from_binary(spec.logical_type, stored_type, stored, &state.time)
         } else {
             pgtype::canonical_from_text(spec.logical_type, stored, &state.time)
         }
-        .map_err(|e| value_error(&e, &name))?;
+        .map_err(|e| value_error(&e, &spec.qualified_name()))?;
         return show(canonical, column, spec, format, state);
     }
-    let corrupt = || {
-        metrics::get().error(ErrorKind::Database);
-        PgError::error(
-            sqlstate::DATA_CORRUPTED,
-            format!("pgveil: a value of protected column {name} cannot be decrypted (tampered with, or copied from another column)"),
-        )
-    };
     let ciphertext = if format == 0 {
-        decode_bytea_text(stored).ok_or_else(corrupt)?
+        let decoded = pgtype::decode_bytea_text(stored);
+        Cow::Owned(decoded.ok_or_else(|| corrupt_value(veil, column))?)
     } else {
-        stored.to_vec()
+        Cow::Borrowed(stored)
     };
-    let canonical = cipher.decrypt(&ciphertext).map_err(|_| corrupt())?;
+    reveal_ciphertext(&ciphertext, column, format, veil, state)
+}
+
+/// [`reveal`] of a value already taken out of bytea's text form.
+pub(super) fn reveal_ciphertext(
+    ciphertext: &[u8],
+    column: ColumnRef,
+    format: i16,
+    veil: &Veil,
+    state: &State,
+) -> Result<Option<Vec<u8>>, PgError> {
+    let (cipher, spec) = cipher_and_spec(veil, column)?;
+    let canonical = cipher
+        .decrypt(ciphertext)
+        .map_err(|_| corrupt_value(veil, column))?;
     show(canonical, column, spec, format, state)
 }
 
@@ -354,14 +364,16 @@ fn show(
     format: i16,
     state: &State,
 ) -> Result<Option<Vec<u8>>, PgError> {
-    let name = spec.qualified_name();
     let wire = WireFormat::from_code(format).unwrap_or(WireFormat::Text);
     let shown = match state.access.get(column) {
         Access::Plaintext => Some(canonical),
         Access::Mask(kind) => mask::apply(kind, spec.logical_type, &canonical).map_err(|_| {
             PgError::error(
                 sqlstate::DATA_CORRUPTED,
-                format!("pgveil: a value of protected column {name} cannot be masked"),
+                format!(
+                    "pgveil: a value of protected column {} cannot be masked",
+                    spec.qualified_name()
+                ),
             )
         })?,
         Access::Deny => return Err(denied_read(spec)),
@@ -370,47 +382,20 @@ fn show(
         None => Ok(None),
         Some(canonical) => pgtype::to_wire(spec.logical_type, &canonical, wire, &state.time)
             .map(Some)
-            .map_err(|e| value_error(&e, &name)),
+            .map_err(|e| value_error(&e, &spec.qualified_name())),
     }
 }
 
-/// bytea's text output (`\x` hex, or the old escape format).
-fn decode_bytea_text(text: &[u8]) -> Option<Vec<u8>> {
-    if let Some(hex) = text.strip_prefix(b"\\x") {
-        return hex::decode(hex).ok();
-    }
-    let mut out = Vec::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] == b'\\' {
-            if text.get(i + 1) == Some(&b'\\') {
-                out.push(b'\\');
-                i += 2;
-            } else {
-                let digits = text.get(i + 1..i + 4)?;
-                let value = u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok()?;
-                out.push(value);
-                i += 4;
-            }
-        } else {
-            out.push(text[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytea_text_forms_decode() {
-        assert_eq!(decode_bytea_text(b"\\x00ff").unwrap(), vec![0, 255]);
-        assert_eq!(
-            decode_bytea_text(b"a\\\\b\\001").unwrap(),
-            b"a\\b\x01".to_vec()
-        );
-        assert!(decode_bytea_text(b"\\xzz").is_none());
-    }
+/// A stored value that does not decrypt: counted, and named by its column only.
+pub(super) fn corrupt_value(veil: &Veil, column: ColumnRef) -> PgError {
+    metrics::get().error(ErrorKind::Database);
+    let name = veil
+        .protection
+        .column(column)
+        .map(ProtectedColumn::qualified_name)
+        .unwrap_or_default();
+    PgError::error(
+        sqlstate::DATA_CORRUPTED,
+        format!("pgveil: a value of protected column {name} cannot be decrypted (tampered with, or copied from another column)"),
+    )
 }
