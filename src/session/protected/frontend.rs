@@ -341,6 +341,11 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     };
     let mut admitted = admitted;
     if let Some((index, error)) = admitted.refused.clone() {
+        // Refused because a column is not migrated yet: the catalog is read again, so the
+        // statement sent again after migrate prepared the column is not refused.
+        if let Some(wanted) = migrating::refresh_after(admitted.plan(index)) {
+            refresh_at_sync(state, wanted);
+        }
         let fingerprint = admitted.statements[index].fingerprint.clone();
         return refuse_parse(
             session,

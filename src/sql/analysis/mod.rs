@@ -322,6 +322,9 @@ fn analyze_one(
             plan.result_columns = analyzer.result_columns;
         }
         Err(Halt::Refuse(message)) => {
+            // A refusal because a column is not migrated yet must still make the session
+            // look at the catalog again, or it would refuse it after migrate prepared it.
+            plan.migrating = analyzer.plaintext_columns();
             plan.tables = analyzer.tables;
             plan.refusal = Some(Refusal {
                 sqlstate: NOT_SUPPORTED,
