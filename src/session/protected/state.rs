@@ -27,6 +27,10 @@ pub(super) struct Prepared {
     /// Parameter position (0-based) → true when it is an array whose elements are bound for
     /// its column (`UNNEST($1::text[])`): encrypted element by element, declared `bytea[]`.
     pub param_arrays: Vec<bool>,
+    /// Parameter position (0-based) → true when it is compared with its column while several
+    /// master keys are configured: declared `bytea[]`, bound as its ciphertext under every
+    /// key (the client still sees and sends the column's type).
+    pub param_keyed: Vec<bool>,
     /// The types the client declared (0: unspecified).
     pub client_param_types: Vec<u32>,
     /// Result columns, from the statement's RowDescription.
@@ -41,6 +45,8 @@ pub(super) struct Prepared {
     /// What the statement does to a cursor by name (DECLARE, FETCH, CLOSE), done when a
     /// portal of it is executed.
     pub cursor: Option<PreparedCursor>,
+    /// pgveil's extra parameters: ciphertexts for the shadow columns of migrating columns.
+    pub shadow: Option<super::migrating::ShadowParams>,
 }
 
 /// A prepared statement that opens, reads or closes a cursor.
@@ -71,12 +77,14 @@ impl Prepared {
             analysis: None,
             param_columns: Vec::new(),
             param_arrays: Vec::new(),
+            param_keyed: Vec::new(),
             client_param_types: Vec::new(),
             row: OnceLock::new(),
             fingerprint: None,
             injected: 0,
             refused: None,
             cursor: None,
+            shadow: None,
         }
     }
 
