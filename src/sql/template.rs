@@ -16,8 +16,9 @@
 //!   (checked when the template is made) and moves by the difference in length of the
 //!   generalized literals before it. A binding's value is that of its literal (by ordinal),
 //!   negated when the analysis read a minus sign before a number.
-//! * No template is made (the caller caches the exact text instead) for a COPY, an array
-//!   literal unnested element by element, a binding whose literal cannot be told apart, a
+//! * No template is made (the caller caches the exact text instead) for a COPY, a statement
+//!   on a column being migrated (shadow ciphertexts), an array literal unnested element by
+//!   element, a binding whose literal cannot be told apart, a
 //!   replacement that covers a generalized literal, or an offset inside one.
 
 use std::ops::Range;
@@ -25,7 +26,7 @@ use std::ops::Range;
 use sqlparser::tokenizer::Token;
 
 use crate::sql::tokens::Tokens;
-use crate::sql::StatementPlan;
+use crate::sql::{KeyMatch, StatementPlan};
 
 /// One literal token of a query.
 #[derive(Debug, Clone)]
@@ -188,6 +189,14 @@ fn offsets(plan: &StatementPlan) -> Vec<usize> {
     for (r, _) in &plan.rewrites {
         out.extend([r.start, r.end]);
     }
+    for u in &plan.param_uses {
+        out.extend([u.byte_range.start, u.byte_range.end]);
+    }
+    for m in plan.literals.iter().filter_map(|l| l.matching.as_ref()) {
+        if let KeyMatch::Swapped { column, .. } = m {
+            out.extend([column.start, column.end]);
+        }
+    }
     for s in &plan.subject.sources {
         if let crate::sql::SubjectSource::Injectable { insert_at, .. } = s {
             out.push(*insert_at);
@@ -203,7 +212,9 @@ impl Template {
         let mut values = Vec::with_capacity(plans.len());
         let mut generalized = vec![false; shape.literals.len()];
         for plan in plans {
-            if plan.copy.is_some() {
+            // Migrating columns take plaintext literals and shadow ciphertexts of their
+            // values: analysed by exact text while a migration runs.
+            if plan.copy.is_some() || !plan.migrating.is_empty() || !plan.shadow_writes.is_empty() {
                 return None;
             }
             let mut sources = Vec::with_capacity(plan.literals.len());
@@ -300,6 +311,9 @@ impl Template {
             plan.byte_range = at(plan.byte_range.start)?..at(plan.byte_range.end)?;
             for (binding, source) in plan.literals.iter_mut().zip(sources) {
                 binding.byte_range = at(binding.byte_range.start)?..at(binding.byte_range.end)?;
+                if let Some(KeyMatch::Swapped { column, .. }) = &mut binding.matching {
+                    *column = at(column.start)?..at(column.end)?;
+                }
                 if let ValueSource::Literal { ordinal, negate } = *source {
                     let value = &shape.literals.get(ordinal)?.value;
                     binding.value = Some(if negate {
@@ -311,6 +325,9 @@ impl Template {
             }
             for (range, _) in &mut plan.rewrites {
                 *range = at(range.start)?..at(range.end)?;
+            }
+            for u in &mut plan.param_uses {
+                u.byte_range = at(u.byte_range.start)?..at(u.byte_range.end)?;
             }
             for source in &mut plan.subject.sources {
                 if let crate::sql::SubjectSource::Injectable { insert_at, .. } = source {

@@ -33,6 +33,7 @@ const SHAPES: &[&str] = &[
     "SELECT ssn FROM patients WHERE ssn = @S AND name LIKE @S",
     "COPY patients (ssn, name) FROM STDIN WITH (FORMAT csv, DELIMITER @S)",
     "SELECT ssn FROM patients WHERE ssn = 'fixed' AND mrn = @S",
+    "SELECT ssn FROM patients WHERE ssn = @S OR mrn = $1 OR @S <> mrn",
 ];
 
 const STRINGS: &[&str] = &[
@@ -181,7 +182,7 @@ fn shared_plans_equal_separate_analysis() {
     eprintln!("shared per shape: {shared_by_shape:?}");
     assert!(shared > 1000, "only {shared} shared plans");
     // The plain lookups, inserts, updates and deletes do share.
-    for n in [0, 1, 2, 7, 8, 9, 10, 11, 12, 13, 19, 22, 23] {
+    for n in [0, 1, 2, 7, 8, 9, 10, 11, 12, 13, 19, 22, 23, 27] {
         assert!(shared_by_shape[n] > 0, "{} never shared", SHAPES[n]);
     }
     // COPY and array literals never do.
