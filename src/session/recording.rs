@@ -90,6 +90,8 @@ pub struct Recording {
     rows: u64,
     held: Vec<Bytes>,
     pub refused: bool,
+    /// The session context the statement runs in.
+    pub context: crate::audit::RecordContext,
 }
 
 impl Recording {
@@ -142,6 +144,7 @@ impl Recording {
             rows: 0,
             held: Vec::new(),
             refused: false,
+            context: crate::audit::RecordContext::default(),
         }
     }
 
@@ -260,6 +263,7 @@ impl Recording {
         };
         Box::new(Audited {
             draft,
+            context: self.context,
             frames: self.held,
         })
     }

@@ -16,6 +16,7 @@
 
 mod audit;
 mod backend;
+mod context;
 mod copy_in;
 mod copy_out;
 mod cursors;
@@ -45,6 +46,7 @@ use crate::pgtype::SessionTime;
 use crate::policy::Policy;
 use crate::veil::{Database, Veil};
 use backend::Backend;
+pub use context::{ContextRules, TOKEN_PLACEHOLDER};
 use refusal::{abort_first, take_pending_abort};
 use state::{lock, State};
 
@@ -56,6 +58,8 @@ pub struct Session {
     policy: Arc<ArcSwap<Policy>>,
     database_name: String,
     audit: Option<(Arc<AuditSink>, Identity)>,
+    /// The token key and `[policy]`'s context rules.
+    rules: Arc<ContextRules>,
 }
 
 /// What pgveil learned about a session as it started.
@@ -75,6 +79,8 @@ pub struct Engine {
     pub veil: Arc<Veil>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub audit: Option<Arc<AuditSink>>,
+    /// How sessions may set their context (token key, require_purpose, break-glass roles).
+    pub context: Arc<ContextRules>,
 }
 
 impl Session {
@@ -83,6 +89,7 @@ impl Session {
             veil,
             policy,
             audit,
+            context: rules,
         } = engine;
         let current = policy.load_full();
         let access = current.access_for(&veil.protection, &facts.roles);
@@ -101,7 +108,11 @@ impl Session {
                 encoding_readable: true,
                 search_path: facts.search_path,
                 database: facts.database,
+                policy_access: access.clone(),
                 access,
+                require_purpose: rules.require_purpose(),
+                context: context::ContextModel::default(),
+                context_sent: context::ContextModel::default(),
                 roles: facts.roles,
                 policy: current,
                 status: b'I',
@@ -118,6 +129,7 @@ impl Session {
             policy,
             database_name: facts.database_name,
             audit: audit.zip(identity),
+            rules,
         }
     }
 
