@@ -35,8 +35,12 @@ pub enum SettingOp {
     /// `RESET ALL`, `DISCARD ALL`.
     ResetAll,
     Begin,
-    Commit { chain: bool },
-    Rollback { chain: bool },
+    Commit {
+        chain: bool,
+    },
+    Rollback {
+        chain: bool,
+    },
     Savepoint,
     RollbackTo,
     Release,
@@ -284,7 +288,9 @@ impl Statement<'_> {
         while let Some(token) = self.token(k) {
             match token {
                 Token::Word(w) if want_word => {
-                    if w.quote_style.is_none() && !name.is_empty() && w.value.eq_ignore_ascii_case("to")
+                    if w.quote_style.is_none()
+                        && !name.is_empty()
+                        && w.value.eq_ignore_ascii_case("to")
                     {
                         break;
                     }
@@ -328,8 +334,7 @@ impl Statement<'_> {
         if self.keyword(1, "pg_catalog") && matches!(self.token(2), Some(Token::Period)) {
             at = 3;
         }
-        if !self.keyword(at, "set_config") || !matches!(self.token(at + 1), Some(Token::LParen))
-        {
+        if !self.keyword(at, "set_config") || !matches!(self.token(at + 1), Some(Token::LParen)) {
             return None;
         }
         let name = match self.token(at + 2)? {
@@ -338,8 +343,8 @@ impl Statement<'_> {
         };
         let commas = matches!(self.token(at + 3), Some(Token::Comma))
             && matches!(self.token(at + 5), Some(Token::Comma));
-        let closed = matches!(self.token(at + 7), Some(Token::RParen))
-            && self.solid.len() == at + 8;
+        let closed =
+            matches!(self.token(at + 7), Some(Token::RParen)) && self.solid.len() == at + 8;
         if !commas || !closed {
             return None;
         }
@@ -385,8 +390,7 @@ impl Statement<'_> {
             }
         }
         for (k, _) in self.solid.iter().enumerate() {
-            if !self.keyword(k, "set_config") || !matches!(self.token(k + 1), Some(Token::LParen))
-            {
+            if !self.keyword(k, "set_config") || !matches!(self.token(k + 1), Some(Token::LParen)) {
                 continue;
             }
             match self.token(k + 2) {
@@ -480,10 +484,11 @@ mod tests {
         );
         let text = "SET LOCAL pgveil.context = 'a.b.c'";
         let [SettingStatement {
-            op: SettingOp::Set {
-                literal: Some(range),
-                ..
-            },
+            op:
+                SettingOp::Set {
+                    literal: Some(range),
+                    ..
+                },
             ..
         }] = setting_statements(text, true).unwrap().as_slice()
         else {
@@ -491,9 +496,7 @@ mod tests {
         };
         assert_eq!(&text[range.clone()], "'a.b.c'");
         assert_eq!(
-            without_ranges(ops(
-                "SELECT set_config('pgveil.purpose', 'research', true)"
-            )),
+            without_ranges(ops("SELECT set_config('pgveil.purpose', 'research', true)")),
             vec![set(Setting::Purpose, true, Some("research"))]
         );
         assert_eq!(
@@ -542,9 +545,11 @@ mod tests {
     #[test]
     fn transactions() {
         assert_eq!(
-            ops("BEGIN; START TRANSACTION ISOLATION LEVEL SERIALIZABLE; SAVEPOINT s; RELEASE s; \
+            ops(
+                "BEGIN; START TRANSACTION ISOLATION LEVEL SERIALIZABLE; SAVEPOINT s; RELEASE s; \
                  ROLLBACK TO SAVEPOINT s; rollback work to s; COMMIT AND CHAIN; END; ABORT; \
-                 ROLLBACK AND NO CHAIN; PREPARE TRANSACTION 'x'; COMMIT PREPARED 'x'"),
+                 ROLLBACK AND NO CHAIN; PREPARE TRANSACTION 'x'; COMMIT PREPARED 'x'"
+            ),
             vec![
                 SettingOp::Begin,
                 SettingOp::Begin,
