@@ -483,6 +483,7 @@ mod tests {
             ]
         );
         let text = "SET LOCAL pgveil.context = 'a.b.c'";
+        let statements = setting_statements(text, true).unwrap();
         let [SettingStatement {
             op:
                 SettingOp::Set {
@@ -490,7 +491,7 @@ mod tests {
                     ..
                 },
             ..
-        }] = setting_statements(text, true).unwrap().as_slice()
+        }] = statements.as_slice()
         else {
             panic!("not recognised");
         };
