@@ -62,7 +62,9 @@ pub struct SettingStatement {
 }
 
 /// Whether `text` may hold a statement [`setting_statements`] gives an op other than
-/// `Other` (a whole-word scan, ASCII case ignored, no allocation: it runs on every text).
+/// `Other`: one pass over its words (ASCII case ignored, no allocation: it runs on every
+/// text). A keyword cannot be quoted or escaped, so a text without one of these words holds
+/// no such statement.
 pub fn mentions_setting(text: &str) -> bool {
     const WORDS: [&str; 13] = [
         "pgveil",
@@ -79,17 +81,26 @@ pub fn mentions_setting(text: &str) -> bool {
         "discard",
         "set_config",
     ];
-    WORDS.iter().any(|w| contains_word(text, w))
-}
-
-fn contains_word(text: &str, word: &str) -> bool {
-    let (text, word) = (text.as_bytes(), word.as_bytes());
+    let bytes = text.as_bytes();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
-    text.windows(word.len()).enumerate().any(|(at, window)| {
-        window.eq_ignore_ascii_case(word)
-            && (at == 0 || !is_ident(text[at - 1]))
-            && text.get(at + word.len()).is_none_or(|&b| !is_ident(b))
-    })
+    let mut at = 0;
+    while at < bytes.len() {
+        if !is_ident(bytes[at]) {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < bytes.len() && is_ident(bytes[at]) {
+            at += 1;
+        }
+        let word = &bytes[start..at];
+        if (3..=10).contains(&word.len())
+            && WORDS.iter().any(|w| w.as_bytes().eq_ignore_ascii_case(word))
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// Every statement of `sql` with its op; `None` when the text cannot be split into tokens
@@ -567,6 +578,8 @@ mod tests {
             ]
         );
         assert!(mentions_setting("end"));
-        assert!(!mentions_setting("SELECT ending FROM t"));
+        assert!(mentions_setting("x;SET pgveil.end_user='a'"));
+        assert!(mentions_setting("/**/COMMIT"));
+        assert!(!mentions_setting("SELECT ending, pgveil_x, $begin FROM t"));
     }
 }
