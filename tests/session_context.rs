@@ -51,8 +51,11 @@ fn records(dir: &Path) -> Vec<AuditRecord> {
     pgveil::audit::search(&dir.join("audit"), &SearchFilter::default()).unwrap()
 }
 
-/// The reads of the table, in order: (end_user, purpose, break_glass, outcome).
-fn reads(dir: &Path) -> Vec<(Option<String>, Option<String>, Option<String>, Outcome)> {
+/// One read's context and outcome: (end_user, purpose, break_glass, outcome).
+type Read = (Option<String>, Option<String>, Option<String>, Outcome);
+
+/// The reads of the table, in order.
+fn reads(dir: &Path) -> Vec<Read> {
     records(dir)
         .into_iter()
         .filter(|r| r.fingerprint.contains("SELECT ssn"))

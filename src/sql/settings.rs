@@ -95,7 +95,9 @@ pub fn mentions_setting(text: &str) -> bool {
         }
         let word = &bytes[start..at];
         if (3..=10).contains(&word.len())
-            && WORDS.iter().any(|w| w.as_bytes().eq_ignore_ascii_case(word))
+            && WORDS
+                .iter()
+                .any(|w| w.as_bytes().eq_ignore_ascii_case(word))
         {
             return true;
         }
@@ -379,14 +381,14 @@ impl Statement<'_> {
         let mut reads_settings_by_name = false;
         for (k, &i) in self.solid.iter().enumerate() {
             match self.tokens.token(i) {
-                Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("pgveil") => {
-                    // `ALTER ROLE | DATABASE … SET pgveil.x`: a default pgveil never sees.
-                    if matches!(self.token(k + 1), Some(Token::Period))
+                // `ALTER ROLE | DATABASE … SET pgveil.x`: a default pgveil never sees.
+                Some(Token::Word(w))
+                    if w.value.eq_ignore_ascii_case("pgveil")
+                        && matches!(self.token(k + 1), Some(Token::Period))
                         && self.keyword(0, "alter")
-                        && (1..k).any(|j| self.keyword(j, "set"))
-                    {
-                        return SettingOp::Unprovable(REFUSED);
-                    }
+                        && (1..k).any(|j| self.keyword(j, "set")) =>
+                {
+                    return SettingOp::Unprovable(REFUSED);
                 }
                 Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("pg_settings") => {
                     reads_settings_by_name = true;

@@ -256,13 +256,12 @@ fn pg_error(error: &ContextError) -> PgError {
     PgError::error(error.sqlstate(), format!("pgveil: {error}"))
 }
 
+/// What a checked statement takes effect with, and the replacement of a token's literal.
+type Resolved = (Option<ContextOp>, Option<(Range<usize>, String)>);
+
 /// Checks one recognised statement: the op it takes effect with (`None`: nothing to
 /// follow), the replacement of a token's literal, or the error it must raise instead.
-fn resolve(
-    op: SettingOp,
-    rules: &ContextRules,
-    state: &State,
-) -> Result<(Option<ContextOp>, Option<(Range<usize>, String)>), PgError> {
+fn resolve(op: SettingOp, rules: &ContextRules, state: &State) -> Result<Resolved, PgError> {
     let resolved = match op {
         SettingOp::Other => return Ok((None, None)),
         SettingOp::Unknown(error) => return Err(pg_error(&error)),
