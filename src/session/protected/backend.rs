@@ -621,6 +621,7 @@ impl<'a> Backend<'a> {
                     }
                     Expect::Refresh(collector) => {
                         self.refreshed.push(collector);
+                        super::context::ready(state, status);
                         return self.held_ready.take().map_or(Action::Drop, Action::Replace);
                     }
                     _ => {}
