@@ -393,11 +393,12 @@ impl Statement<'_> {
                 Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("pg_settings") => {
                     reads_settings_by_name = true;
                 }
-                Some(Token::DollarQuotedString(s)) => {
-                    let body = s.value.to_ascii_lowercase();
-                    if body.contains("pgveil.") && body.contains("set_config") {
-                        return SettingOp::Unprovable(REFUSED);
-                    }
+                // A function or DO body that names a pgveil setting (`set_config`, or a
+                // dynamic `SET` that could carry a token upstream).
+                Some(Token::DollarQuotedString(s))
+                    if s.value.to_ascii_lowercase().contains("pgveil.") =>
+                {
+                    return SettingOp::Unprovable(REFUSED);
                 }
                 _ => {}
             }
@@ -534,6 +535,7 @@ mod tests {
             "SELECT set_config(n, 'x', false) FROM t",
             "ALTER ROLE app SET pgveil.end_user = 'x'",
             "DO $$BEGIN PERFORM set_config('pgveil.context', 'x', false); END$$",
+            "DO $$BEGIN EXECUTE 'SET pgveil.context = ''t'''; END$$",
         ] {
             assert!(
                 matches!(ops(sql)[0], SettingOp::Unprovable(_)),

@@ -373,13 +373,21 @@ pub(super) fn admit_settings(
     if matches!(admission, Admission::Refuse { .. }) {
         return admission;
     }
-    let lossy;
-    let text = match std::str::from_utf8(raw) {
-        Ok(text) => text,
-        Err(_) => {
-            lossy = String::from_utf8_lossy(raw);
-            &lossy
+    let readable = std::str::from_utf8(raw)
+        .ok()
+        .filter(|_| state.encoding_readable);
+    let Some(text) = readable else {
+        // Text pgveil cannot read cannot be split as the database splits it: refused when it
+        // may name a pgveil setting; a transaction statement in it is still followed by the
+        // database's answers (tags, ReadyForQuery).
+        let lossy = String::from_utf8_lossy(raw);
+        if names_pgveil(&lossy) {
+            return refuse_whole(super::refusal::cannot_analyse(), &lossy, session, state);
         }
+        if protocol == Protocol::Simple {
+            state.context_sent.end_of_cycle();
+        }
+        return admission;
     };
     if !sql::mentions_setting(text) {
         if protocol == Protocol::Simple {
@@ -387,13 +395,18 @@ pub(super) fn admit_settings(
         }
         return admission;
     }
-    let readable = std::str::from_utf8(raw).is_ok() && state.encoding_readable;
-    let statements = match sql::setting_statements(text, state.standard_strings) {
-        Some(statements) if readable => statements,
-        // A text pgveil cannot split cannot be followed; the database rejects text it
-        // cannot lex anyway.
-        _ => return refuse_whole(super::refusal::cannot_analyse(), text, session, state),
+    let Some(statements) = sql::setting_statements(text, state.standard_strings) else {
+        // The database rejects text it cannot lex too.
+        return refuse_whole(super::refusal::cannot_analyse(), text, session, state);
     };
+    if let Admission::Analysed(admitted) = &admission {
+        let analysed = admitted.analysis.as_ref().as_ref().map_or(0, Vec::len);
+        let follows = statements.iter().any(|s| s.op != SettingOp::Other);
+        if follows && analysed != statements.len() {
+            // pgveil would attribute a setting to the wrong statement: fail closed.
+            return refuse_whole(super::refusal::cannot_analyse(), text, session, state);
+        }
+    }
     let runs = match &admission {
         Admission::Analysed(a) => a.refused.as_ref().map_or(a.statements.len(), |(i, _)| *i),
         _ => statements.len(),
@@ -432,6 +445,12 @@ pub(super) fn admit_settings(
         state.context_sent.end_of_cycle();
     }
     with_settings(admission, settings)
+}
+
+/// Whether unreadable text may name a pgveil setting (ASCII case ignored).
+fn names_pgveil(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("pgveil") || lower.contains("set_config")
 }
 
 fn with_settings(admission: Admission, settings: Settings) -> Admission {
