@@ -500,3 +500,46 @@ async fn pooled_connections_switch_end_users_between_transactions() {
     }
     assert_eq!(checked, 2 * ids.len());
 }
+
+/// README's Django middleware and SQLAlchemy event, run as written: each request's records
+/// carry the end user of its own token, on reused connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_web_examples_declare_the_context_per_request() {
+    let table = "ctx_web";
+    setup(table);
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[5u8; 32]);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let key_text = format!("{}\n", STANDARD.encode(key.verifying_key().as_bytes()));
+    std::fs::write(dir.path().join("keys/context.pub"), &key_text).unwrap();
+    let extra = "[context]\ntoken_public_key_file = \"keys/context.pub\"\n";
+    let proxy = Proxy::start(&config(dir.path(), table, extra), dir.path());
+    let client = connect(proxy.port()).await;
+    client
+        .execute(&format!("INSERT INTO {table} VALUES (1, $1)"), &[&SSN])
+        .await
+        .unwrap();
+    drop(client);
+    let header = json!({"alg": "EdDSA", "typ": "JWT"});
+    let tokens: Vec<String> = ["dr.web0", "dr.web1"]
+        .iter()
+        .map(|user| {
+            let claims = json!({"sub": user, "purpose": "treatment", "exp": now() + 300});
+            sign(&header, &claims, &key)
+        })
+        .collect();
+    for token in &tokens {
+        secret(token);
+    }
+    let out = run_python(
+        "context_web.py",
+        proxy.port(),
+        SUPERUSER,
+        &[table, &tokens[0], &tokens[1]],
+    );
+    assert_eq!(out.lines().count(), 8, "{out}");
+    proxy.shutdown();
+    let users: Vec<Option<String>> = reads(dir.path()).into_iter().map(|r| r.0).collect();
+    let expected: Vec<Option<String>> = (0..8).map(|n| s(&format!("dr.web{}", n % 2))).collect();
+    assert_eq!(users, expected);
+}
