@@ -219,6 +219,12 @@ impl ProtectedColumn {
     }
 }
 
+/// The shadow column `pgveil migrate` fills beside a plaintext column: `<column>__pgveil`
+/// (cut to PostgreSQL's 63 bytes, as the database would).
+pub fn shadow_column(column: &str) -> String {
+    crate::crypto::constraint::truncate_identifier(&format!("{column}__pgveil"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,7 +67,14 @@ impl Database {
         let mut by_attribute = HashMap::new();
         for table in tables.tables() {
             for column in &table.columns {
-                if let Some(col) = protection.lookup(&table.name, &column.name) {
+                // A shadow column `pgveil migrate` fills holds its column's ciphertext, and
+                // becomes that column at the swap: described so even by a catalog read
+                // before the swap.
+                let configured = protection.lookup(&table.name, &column.name).or_else(|| {
+                    let plain = column.name.strip_suffix("__pgveil")?;
+                    protection.lookup(&table.name, plain)
+                });
+                if let Some(col) = configured {
                     by_attribute.insert((table.oid, column.attnum), col);
                 }
             }

@@ -225,6 +225,11 @@ impl ColumnCipher {
         self.all().map(KeyCipher::key_id).collect()
     }
 
+    /// How many master keys this column's values may be under (1 until a key rotation).
+    pub fn key_count(&self) -> usize {
+        1 + self.previous.len()
+    }
+
     pub fn mode(&self) -> EncryptionMode {
         self.current.mode()
     }

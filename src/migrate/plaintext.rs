@@ -1,7 +1,8 @@
 //! A plaintext column becomes an encrypted one: shadow column, copy, verify, swap.
 //!
 //! 1. *prepare* (catalog only): add `<column>__pgveil bytea` and a trigger that empties it
-//!    whenever a write changes the plaintext column, so the shadow never holds a stale value.
+//!    whenever an update changes the plaintext column but not the shadow, so the shadow never
+//!    holds a stale value (pgveil's sessions write both columns in one statement).
 //! 2. *copy*: batches in primary-key order read `(key, value, xmin)` of rows whose shadow is
 //!    empty, encrypt the values here, and write them with `WHERE xmin = <read xmin>`: a row
 //!    changed since it was read is skipped (its shadow stays empty) instead of receiving the
@@ -32,11 +33,15 @@ const LOCK_ATTEMPTS: u32 = 30;
 const CATCH_UP_PASSES: u32 = 5;
 
 /// Empties the shadow column (`TG_ARGV[1]`) of a row whose plaintext column (`TG_ARGV[0]`)
-/// an insert or update sets.
+/// an update changes without also writing the shadow (pgveil's sessions write both in one
+/// statement; any other writer leaves the shadow as it was, now stale). An insert keeps
+/// what it wrote: nothing, or pgveil's ciphertext; verify empties any mismatch.
 const TRIGGER_FUNCTION: &str = "\
 CREATE OR REPLACE FUNCTION pgveil.clear_shadow() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
-  IF TG_OP = 'INSERT' OR (to_jsonb(NEW) -> TG_ARGV[0]) IS DISTINCT FROM (to_jsonb(OLD) -> TG_ARGV[0]) THEN
+  IF TG_OP = 'UPDATE'
+     AND (to_jsonb(NEW) -> TG_ARGV[0]) IS DISTINCT FROM (to_jsonb(OLD) -> TG_ARGV[0])
+     AND (to_jsonb(NEW) -> TG_ARGV[1]) IS NOT DISTINCT FROM (to_jsonb(OLD) -> TG_ARGV[1]) THEN
     NEW := jsonb_populate_record(NEW, jsonb_build_object(TG_ARGV[1], NULL));
   END IF;
   RETURN NEW;

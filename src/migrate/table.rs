@@ -141,7 +141,7 @@ impl TableInfo {
 
 /// The shadow column a plaintext migration fills: `<column>__pgveil`.
 pub fn shadow_name(column: &str) -> String {
-    truncate_identifier(&format!("{column}__pgveil"))
+    crate::schema::shadow_column(column)
 }
 
 /// The plaintext column kept after the swap until verification: `<column>__pgveil_plain`.

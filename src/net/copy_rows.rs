@@ -312,6 +312,12 @@ impl<'r> Fields<'r> {
         }
     }
 
+    /// Field `i` as it came, without unescaping or unquoting (`None`: NULL or absent).
+    pub fn raw(&self, i: usize) -> Option<&'r [u8]> {
+        let span = self.spans.get(i).filter(|span| !span.null)?;
+        Some(&self.row[span.range.clone()])
+    }
+
     /// Field `i`'s value (`None`: NULL), unescaped or unquoted.
     pub fn value(&self, i: usize) -> Option<Cow<'r, [u8]>> {
         let span = self.spans.get(i)?;

@@ -63,7 +63,68 @@ pub(super) fn bytea_in(text: &[u8]) -> Result<Vec<u8>, ValueError> {
 /// The hex text output: `\x` and two lower-case digits a byte.
 pub(super) fn bytea_out(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + raw.len() * 2);
-    out.extend_from_slice(b"\\x");
-    out.extend_from_slice(hex::encode(raw).as_bytes());
+    push_bytea_hex(raw, &mut out);
     out
+}
+
+/// Appends `raw` in bytea's hex text form (`\x` and two lower-case digits a byte). Every
+/// ciphertext sent as text goes through here, so it writes in place rather than through a
+/// temporary string.
+pub fn push_bytea_hex(raw: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 + 2 * raw.len());
+    out.extend_from_slice(b"\\x");
+    for &byte in raw {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0x0f)]);
+    }
+}
+
+/// bytea's text form (hex or escape, as the database prints it) decoded; `None` when it
+/// is not valid bytea input.
+pub fn decode_bytea_text(text: &[u8]) -> Option<Vec<u8>> {
+    // The database prints hex without whitespace: that common case is decoded by pairs,
+    // everything else (escape format, whitespace) by the full input function.
+    if let Some(hex) = text.strip_prefix(b"\\x") {
+        if let Some(raw) = decode_hex_pairs(hex) {
+            return Some(raw);
+        }
+    }
+    bytea_in(text).ok()
+}
+
+/// Hex digits two a byte, nothing else; `None` at the first other byte.
+fn decode_hex_pairs(hex: &[u8]) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        out.push(hex_val(pair[0])? << 4 | hex_val(pair[1])?);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_the_escape_form_decodes() {
+        let raw: Vec<u8> = (0..=255).collect();
+        let mut text = Vec::new();
+        push_bytea_hex(&raw, &mut text);
+        assert_eq!(text, bytea_out(&raw));
+        assert_eq!(&text[..4], b"\\x00");
+        assert_eq!(decode_bytea_text(&text).unwrap(), raw);
+        assert_eq!(decode_bytea_text(b"\\x00FF").unwrap(), vec![0, 255]);
+        // Whitespace between pairs is bytea input too; odd digits and non-hex are not.
+        assert_eq!(decode_bytea_text(b"\\x00 ff").unwrap(), vec![0, 255]);
+        assert!(decode_bytea_text(b"\\x0").is_none());
+        assert!(decode_bytea_text(b"\\xzz").is_none());
+        assert_eq!(
+            decode_bytea_text(b"a\\\\b\\001").unwrap(),
+            b"a\\b\x01".to_vec()
+        );
+    }
 }

@@ -60,6 +60,7 @@ mod uuid;
 #[cfg(test)]
 mod tests;
 
+pub use bytea::{decode_bytea_text, push_bytea_hex};
 pub use error::{ValueError, ValueErrorKind};
 pub use format::WireFormat;
 pub use input::{canonical_from_binary, canonical_from_text};

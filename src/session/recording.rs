@@ -4,6 +4,7 @@
 //! they travel with the record as one [`Audited`] item, so the rows reach the client only
 //! after the record is durable.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
@@ -204,8 +205,14 @@ impl Recording {
                 .get(*position)
                 .copied()
                 .unwrap_or((oid::TEXT, 0));
-            if let Some(id) = id_text(&value, type_oid, format) {
-                self.ids.entry(table.clone()).or_default().insert(id);
+            let Some(id) = id_text(&value, type_oid, format) else {
+                continue;
+            };
+            // Looked up before it is inserted: this runs for every row, and the table's
+            // name is cloned only the first time.
+            match self.ids.get_mut(table) {
+                Some(ids) => ids.insert(&id),
+                None => self.ids.entry(table.clone()).or_default().insert(&id),
             }
         }
     }
@@ -293,16 +300,16 @@ impl IdList {
         self.ends.push(self.text.len());
     }
 
-    fn insert(&mut self, id: String) {
-        let hash = self.hasher.hash_one(&id);
+    fn insert(&mut self, id: &str) {
+        let hash = self.hasher.hash_one(id);
         match self.index.get(&hash) {
             Some(&at) if self.get(at) == id => {}
             // Another id with the same hash: rare, so a scan settles it.
             Some(_) if (0..self.ends.len()).any(|at| self.get(at) == id) => {}
-            Some(_) => self.push(&id),
+            Some(_) => self.push(id),
             None => {
                 self.index.insert(hash, self.ends.len());
-                self.push(&id);
+                self.push(id);
             }
         }
     }
@@ -332,9 +339,9 @@ fn kind_of_text(fingerprint: &str) -> StatementKind {
 }
 
 /// A subject id as text, from the text or binary form of common id types.
-fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
+fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<Cow<'_, str>> {
     if format == 0 {
-        return String::from_utf8(value.to_vec()).ok();
+        return std::str::from_utf8(value).ok().map(Cow::Borrowed);
     }
     let printed = LogicalType::ALL
         .into_iter()
@@ -347,10 +354,14 @@ fn id_text(value: &[u8], type_oid: u32, format: i16) -> Option<String> {
             _ => None,
         });
     match printed {
-        Some(text) => String::from_utf8(text).ok(),
+        Some(text) => String::from_utf8(text).ok().map(Cow::Owned),
         // bpchar is sent as its characters too.
-        None if type_oid == oid::BPCHAR => String::from_utf8(value.to_vec()).ok(),
-        None => Some(format!("\\x{}", hex::encode(value))),
+        None if type_oid == oid::BPCHAR => std::str::from_utf8(value).ok().map(Cow::Borrowed),
+        None => {
+            let mut text = Vec::new();
+            pgtype::push_bytea_hex(value, &mut text);
+            String::from_utf8(text).ok().map(Cow::Owned)
+        }
     }
 }
 
@@ -378,7 +389,7 @@ mod id_list_tests {
     fn distinct_in_order_of_first_appearance() {
         let mut ids = IdList::default();
         for id in ["7", "12", "7", "", "12", "3", ""] {
-            ids.insert(id.to_string());
+            ids.insert(id);
         }
         assert_eq!(ids.into_vec(), vec!["7", "12", "", "3"]);
     }

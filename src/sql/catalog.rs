@@ -142,7 +142,7 @@ pub trait Catalog {
 }
 
 /// A simple in-memory catalog: for tests, and for the session to fill from `pg_class`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StaticCatalog {
     tables: HashMap<TableName, TableInfo>,
     protected_views: HashSet<TableName>,

@@ -20,6 +20,10 @@
 //!    zero-length insertion `insert_at..insert_at` of its `text` (several at the same offset
 //!    are appended in the order listed, so the extra columns come last in that order).
 //!    Apply them all in one [`try_rewrite`] call.
+//!    With several master keys configured, a literal or parameter compared with a
+//!    deterministic column ([`LiteralBinding::matching`], [`StatementPlan::param_uses`]) is
+//!    compared with its ciphertext under every key instead, in the form its [`KeyMatch`]
+//!    says; the plan itself does not depend on the keys.
 //! 3. `params` says which `$n` to encrypt (and which type to show in ParameterDescription);
 //!    `result_columns` maps output positions to protected columns when RowDescription
 //!    carries no table OID.
@@ -34,6 +38,8 @@ mod fingerprint;
 mod settings;
 mod tokens;
 
+#[cfg(test)]
+mod migrating_tests;
 #[cfg(test)]
 mod tests;
 
@@ -91,6 +97,52 @@ pub struct LiteralBinding {
     /// The literal is a one-dimensional array in text form (`'{a,NULL}'::text[]`) unnested
     /// into the column: each element is encrypted and the literal replaced by a `bytea[]`.
     pub array: bool,
+    /// Set when the literal is compared with the column (`=`, `<>`, `IN`, …), so that with
+    /// several master keys configured it is compared with its ciphertext under every key.
+    pub matching: Option<KeyMatch>,
+}
+
+/// How a value compared with a deterministic column is rewritten when several master keys
+/// are configured (after `keys rotate`, until `migrate` has re-encrypted every value): the
+/// column may hold the value under any of them, so the value's ciphertext under every key
+/// is compared. With one key nothing of this is used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyMatch {
+    /// `col = v`: v's place takes `ANY(<ciphertexts>)`.
+    Any,
+    /// `col <> v`: v's place takes `ALL(<ciphertexts>)`.
+    All,
+    /// An item of `col [NOT] IN (…)` (or of an `ARRAY[…]` compared with `= ANY`): v's place
+    /// takes the ciphertexts, comma-separated.
+    List,
+    /// `v = col` / `v <> col` with a plain column reference at `column` (`text`, as
+    /// written): v's place takes the column's text and the column's place `ANY(…)`
+    /// (`all`: `ALL(…)`).
+    Swapped {
+        column: Range<usize>,
+        text: String,
+        all: bool,
+    },
+    /// `v IS [NOT] DISTINCT FROM col` (either side) with a plain column reference written
+    /// `text`: v's place takes `(CASE WHEN col = ANY(<ciphertexts>) THEN col ELSE
+    /// <first ciphertext> END)`, which is col exactly when col holds the value under some
+    /// key, and NULL when v is.
+    Distinct { text: String },
+    /// A comparison whose form cannot hold several ciphertexts (`CASE col WHEN v`,
+    /// `IN (SELECT v)`, `v = <computed>`): refused (`0A000`) while
+    /// several keys are configured; `op` names the operation.
+    Unsupported { op: String },
+}
+
+/// One place a parameter bound to a protected column occurs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParamUse {
+    pub number: u32,
+    /// `$n`, or the whole `$n::type` (which [`StatementPlan::rewrites`] then also replaces
+    /// by `$n::bytea`).
+    pub byte_range: Range<usize>,
+    /// How it is compared with its column (`None`: written into it).
+    pub matching: Option<KeyMatch>,
 }
 
 /// Why a statement is refused before it reaches the database.
@@ -138,9 +190,17 @@ pub struct StatementPlan {
     pub literals: Vec<LiteralBinding>,
     /// Parameters (`$n`) bound to protected columns (deduplicated).
     pub params: Vec<(u32, ColumnRef)>,
+    /// Every occurrence of those parameters, with how it is compared: with several master
+    /// keys, a parameter compared anywhere is declared `bytea[]` and carries its ciphertext
+    /// under every key (see [`KeyMatch`]); its other uses take the first (current key).
+    pub param_uses: Vec<ParamUse>,
     /// Array parameters (`UNNEST($n::text[])`) whose elements are bound to a protected
     /// column: each non-NULL element is encrypted for it and the parameter declared `bytea[]`.
     pub array_params: Vec<(u32, ColumnRef)>,
+    /// Those of `array_params` compared with their column (`col = ANY($n)`, `col <> ALL($n)`)
+    /// rather than written into it: with several master keys, each element is encrypted
+    /// under every key.
+    pub array_matches: Vec<u32>,
     /// Protected columns whose values the statement returns.
     pub reads: Vec<ColumnRef>,
     /// Protected columns used in conditions, grouping, DISTINCT, count, joins.
@@ -158,6 +218,35 @@ pub struct StatementPlan {
     pub rewrites: Vec<(Range<usize>, String)>,
     /// Set for a COPY whose rows carry protected columns: the session rewrites its rows.
     pub copy: Option<CopyPlan>,
+    /// Protected columns the statement uses that are still plaintext in the database (being
+    /// migrated): their values are compared and written as plaintext, and the session
+    /// re-reads the catalog after the statement, to see the migration's swap.
+    pub migrating: Vec<ColumnRef>,
+    /// Ciphertexts the session inserts for the shadow columns of migrating columns.
+    pub shadow_writes: Vec<ShadowWrite>,
+    /// The highest `$n` the statement names (0: none).
+    pub max_param: u32,
+}
+
+/// The ciphertext of a value written into a migrating column, also written into its shadow
+/// column: the session inserts `prefix` and then the ciphertext at `insert_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowWrite {
+    pub insert_at: usize,
+    pub column: ColumnRef,
+    /// `, ` in an INSERT's row, `, "<col>__pgveil" = ` in a SET list.
+    pub prefix: String,
+    pub value: ShadowValue,
+}
+
+/// Where a shadow ciphertext comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShadowValue {
+    /// A literal's text, unescaped: a ciphertext literal.
+    Literal(String),
+    /// Parameter `$n`: an extra parameter the session declares bytea and binds to the
+    /// ciphertext of `$n`'s value.
+    Param(u32),
 }
 
 impl StatementPlan {
@@ -168,13 +257,18 @@ impl StatementPlan {
             tables: Vec::new(),
             literals: Vec::new(),
             params: Vec::new(),
+            param_uses: Vec::new(),
             array_params: Vec::new(),
+            array_matches: Vec::new(),
             reads: Vec::new(),
             conditions: Vec::new(),
             writes: Vec::new(),
             refusal: None,
             result_columns: Vec::new(),
             subject: SubjectPlan::default(),
+            migrating: Vec::new(),
+            shadow_writes: Vec::new(),
+            max_param: 0,
             rewrites: Vec::new(),
             copy: None,
         }
@@ -186,6 +280,7 @@ impl StatementPlan {
             || !self.params.is_empty()
             || !self.array_params.is_empty()
             || !self.rewrites.is_empty()
+            || !self.shadow_writes.is_empty()
     }
 }
 

@@ -665,10 +665,12 @@ impl<'a> Backend<'a> {
             let session = self.session;
             let mut state = lock(&session.state);
             if let Some(catalog) = facts.catalog {
-                state.database = session.veil.install_database(
-                    &session.database_name,
-                    Database::new(catalog, &facts.views, &session.veil.protection),
-                );
+                let fresh = Database::new(catalog, &facts.views, &session.veil.protection);
+                // Read again after each statement on a column being migrated: an unchanged
+                // catalog keeps the database's plans.
+                if fresh.tables != state.database.tables {
+                    state.database = session.veil.install_database(&session.database_name, fresh);
+                }
             }
             if let Some(path) = facts.search_path {
                 state.search_path = path;
@@ -720,6 +722,7 @@ impl<'a> Backend<'a> {
         let mut plan = RowPlan {
             columns: Vec::with_capacity(fields.len()),
             strip,
+            stored_types: fields.iter().map(|f| f.type_oid).collect(),
         };
         for (index, (field, column)) in fields.iter_mut().zip(columns).enumerate() {
             let Some((column, spec)) = column.and_then(|c| Some((c, veil.protection.column(c)?)))
@@ -844,12 +847,17 @@ fn parameter_description(
     prepared: &Prepared,
     veil: &Veil,
 ) -> Action {
-    if prepared.param_columns.iter().all(Option::is_none) {
+    // pgveil's own parameters (shadow ciphertexts) are not the client's to see.
+    let visible = prepared.shadow.as_ref().map(|s| s.visible);
+    if prepared.param_columns.iter().all(Option::is_none) && visible.is_none() {
         return Action::Forward;
     }
     let Ok(mut types) = description.types() else {
         return Action::Forward;
     };
+    if let Some(visible) = visible {
+        types.truncate(visible);
+    }
     for (index, column) in prepared.param_columns.iter().enumerate() {
         let (Some(column), Some(slot)) = (column, types.get_mut(index)) else {
             continue;
@@ -914,6 +922,7 @@ fn portal_rows(portal: Option<&Portal>) -> Result<RowPlan, PgError> {
                 .map(|(i, c)| c.map(|c| (c, result_format(&portal.result_formats, i))))
                 .collect(),
             strip: portal.prepared.injected,
+            stored_types: info.types.clone(),
         }),
         None if portal.prepared.analysis.is_none() => Ok(RowPlan::default()),
         None => Err(PgError::error(

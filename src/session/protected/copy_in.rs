@@ -13,7 +13,7 @@ use super::Session;
 use crate::net::copy::{encode_copy_data, encode_copy_done, encode_copy_fail, CopyMessage};
 use crate::net::copy_rows::{encode_row, CopyFormat, CopyRowError, Fields, Out, RowSplitter, Unit};
 use crate::pgerror::{sqlstate, PgError};
-use crate::pgtype::SessionTime;
+use crate::pgtype::{push_bytea_hex, SessionTime};
 use crate::session::relay::Action;
 use crate::sql::CopyPlan;
 use crate::veil::Veil;
@@ -119,9 +119,8 @@ impl CopyIn {
             } else {
                 // bytea's text input: `\x` and hex (escaped again by the row's encoding).
                 let ciphertext = encrypt_text(veil, *column, &value, time)?;
-                let mut text = Vec::with_capacity(2 + 2 * ciphertext.len());
-                text.extend_from_slice(b"\\x");
-                text.extend_from_slice(hex::encode(ciphertext).as_bytes());
+                let mut text = Vec::new();
+                push_bytea_hex(&ciphertext, &mut text);
                 text
             };
             if let Some(slot) = encrypted.get_mut(index) {

@@ -7,10 +7,11 @@
 use bytes::Bytes;
 
 use super::state::State;
-use super::values::reveal;
+use super::values::{corrupt_value, reveal, reveal_ciphertext};
 use crate::net::copy::{encode_copy_data, CopyResponse};
 use crate::net::copy_rows::{encode_row, CopyFormat, CopyRowError, Fields, Out, RowSplitter, Unit};
 use crate::pgerror::{sqlstate, PgError};
+use crate::pgtype;
 use crate::session::recording::Recording;
 use crate::sql::{ColumnRef, CopyPlan};
 use crate::veil::Veil;
@@ -105,9 +106,25 @@ impl CopyOut {
         let mut revealed: Vec<Option<Option<Vec<u8>>>> = vec![None; shown];
         for (index, slot) in revealed.iter_mut().enumerate() {
             let column: Option<ColumnRef> = self.plan.fields.get(index).copied().flatten();
-            if let (Some(column), Some(stored)) = (column, fields.value(index)) {
-                *slot = Some(reveal(&stored, column, format, veil, state)?);
-            }
+            let Some(column) = column else {
+                continue;
+            };
+            // The database prints a bytea as `\x` and hex, which text format escapes to
+            // `\\x`: decoded straight from the row, without unescaping it first.
+            let hex = fields
+                .raw(index)
+                .filter(|_| self.plan.options.format == CopyFormat::Text)
+                .and_then(|raw| raw.strip_prefix(b"\\"))
+                .filter(|rest| rest.starts_with(b"\\x") && !rest[1..].contains(&b'\\'));
+            *slot = match (hex, fields.value(index)) {
+                (Some(hex), _) => {
+                    let ciphertext = pgtype::decode_bytea_text(hex)
+                        .ok_or_else(|| corrupt_value(veil, column))?;
+                    Some(reveal_ciphertext(&ciphertext, column, format, veil, state)?)
+                }
+                (None, Some(stored)) => Some(reveal(&stored, column, format, veil, state)?),
+                (None, None) => None,
+            };
         }
         let fields_out: Vec<Out<'_>> = revealed
             .iter()

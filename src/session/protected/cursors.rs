@@ -213,6 +213,7 @@ pub(super) fn fetch_rows(source: &CursorSource, formats: &[i16]) -> RowPlan {
             .map(|(i, c)| c.map(|c| (c, result_format(formats, i))))
             .collect(),
         strip: source.injected,
+        stored_types: source.types.clone().unwrap_or_default(),
     }
 }
 

@@ -11,9 +11,10 @@ use super::audit::{refusal_recording, QueryAudit};
 use super::copy_in::{self, CopyIn};
 use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
+use super::migrating;
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
 use super::state::{Expect, Portal, Prepared, State};
-use super::values::{encrypt_array_param, encrypt_param};
+use super::values::{encrypt_array_param, encrypt_param, encrypt_param_every_key};
 use super::Session;
 use crate::metrics;
 use crate::net::frontend::{
@@ -233,6 +234,14 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
     // Text that is not UTF-8 cannot be read for what it changes.
     let text = std::str::from_utf8(raw).ok();
     let refresh = text.and_then(|text| refresh_needed(text).or(state.search_path_follow()));
+    let refresh = match (refresh, migrating_refresh(&admission)) {
+        (Some(a), Some(b)) => Some(Wanted {
+            catalog: a.catalog || b.catalog,
+            search_path: true,
+            roles: a.roles,
+        }),
+        (a, b) => a.or(b),
+    };
     let (action, analysis, audit, fetches, settings) = match admission {
         Admission::Forward {
             fingerprint,
@@ -317,6 +326,17 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
     }
 }
 
+/// The catalog refresh a Query's statements on migrating columns ask for.
+fn migrating_refresh(admission: &Admission) -> Option<Wanted> {
+    let Admission::Analysed(admitted) = admission else {
+        return None;
+    };
+    let plans = admitted.analysis.as_ref().as_ref().ok()?;
+    plans
+        .iter()
+        .find_map(|plan| migrating::refresh_after(Some(plan)))
+}
+
 /// The COPY FROM STDIN into protected columns a statement is, if it is one: its rows are
 /// encrypted as they stream in (from the moment it is sent, so no row can slip past).
 fn copy_into_protected(plan: &StatementPlan) -> Option<&CopyPlan> {
@@ -362,6 +382,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         }
         Admission::Analysed(admitted) => admitted,
     };
+    let mut admitted = admitted;
     if let Some((index, error)) = admitted.refused.clone() {
         let fingerprint = admitted.statements[index].fingerprint.clone();
         return refuse_parse(
@@ -393,7 +414,12 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
             None => Action::Forward,
         };
     };
-    let (param_columns, param_arrays, param_types) = parameters(plan, &parse.param_types);
+    let mut params = parameters(plan, &parse.param_types, &session.veil);
+    let (shadow_params, shadow) = migrating::shadow_params(plan, &mut params.types);
+    if let Some(wanted) = migrating::refresh_after(Some(plan)) {
+        refresh_at_sync(state, wanted);
+    }
+    admitted.statements[0].replacements.extend(shadow_params);
     let query = match std::str::from_utf8(&parse.query)
         .ok()
         .and_then(|text| admitted.rewrite(text))
@@ -404,13 +430,14 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     let rewritten = Parse {
         name: parse.name.clone(),
         query,
-        param_types,
+        param_types: params.types,
     };
     let statement = &admitted.statements[0];
     let prepared = Arc::new(Prepared {
         analysis: Some(admitted.analysis.clone()),
-        param_columns,
-        param_arrays,
+        param_columns: params.columns,
+        param_arrays: params.arrays,
+        param_keyed: params.keyed,
         client_param_types: parse.param_types,
         row: OnceLock::new(),
         fingerprint: statement.fingerprint.clone(),
@@ -418,6 +445,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         refused: None,
         cursor: prepared_cursor(&parse.query, state),
         context: admitted.settings.ops.first().map(|(_, op)| op.clone()),
+        shadow,
     });
     state.insert_statement(parse.name.clone(), prepared.clone());
     // pgveil describes the statement itself, so it knows which result columns to decrypt
@@ -446,15 +474,21 @@ fn refresh_at_sync(state: &mut State, wanted: Wanted) {
     state.refresh_at_sync = Some(merged);
 }
 
-/// The protected column each parameter is bound for, which of them are arrays of values
-/// for it, and the parameter types declared upstream: those bound for protected columns are
-/// declared bytea (or bytea[]), as they carry ciphertext.
-fn parameters(
-    plan: &StatementPlan,
-    declared: &[u32],
-) -> (Vec<Option<ColumnRef>>, Vec<bool>, Vec<u32>) {
+/// How a statement's parameters go up: per position, the protected column it is bound for,
+/// whether it is an array of values for it, whether it carries its ciphertext under every
+/// key ([`super::matching`]), and the types declared upstream: those bound for protected
+/// columns are declared bytea (or bytea[]), as they carry ciphertext.
+struct Parameters {
+    columns: Vec<Option<ColumnRef>>,
+    arrays: Vec<bool>,
+    keyed: Vec<bool>,
+    types: Vec<u32>,
+}
+
+fn parameters(plan: &StatementPlan, declared: &[u32], veil: &crate::veil::Veil) -> Parameters {
     let mut param_columns: Vec<Option<ColumnRef>> = Vec::new();
     let mut param_arrays: Vec<bool> = Vec::new();
+    let keyed_numbers = super::matching::keyed_params(plan, veil);
     let bound = plan.params.iter().map(|&(n, c)| (n, c, false));
     let arrays = plan.array_params.iter().map(|&(n, c)| (n, c, true));
     for (n, column, array) in bound.chain(arrays) {
@@ -466,20 +500,28 @@ fn parameters(
         param_columns[index] = Some(column);
         param_arrays[index] = array;
     }
+    let keyed: Vec<bool> = (1..=param_columns.len() as u32)
+        .map(|n| keyed_numbers.contains(&n))
+        .collect();
     let mut param_types = declared.to_vec();
     for (index, column) in param_columns.iter().enumerate() {
         if column.is_some() {
             if param_types.len() <= index {
                 param_types.resize(index + 1, 0);
             }
-            param_types[index] = if param_arrays[index] {
+            param_types[index] = if param_arrays[index] || keyed[index] {
                 crate::pgtype::oid::BYTEA_ARRAY
             } else {
                 LogicalType::Bytea.oid()
             };
         }
     }
-    (param_columns, param_arrays, param_types)
+    Parameters {
+        columns: param_columns,
+        arrays: param_arrays,
+        keyed,
+        types: param_types,
+    }
 }
 
 fn bind_message(
@@ -508,6 +550,20 @@ fn bind_message(
     }
     let mut bind = header.bind().map_err(|e| SessionError::Malformed(e.0))?;
     let mut changed = false;
+    if let Some(wanted) = migrating::refresh_after(prepared.plan()) {
+        refresh_at_sync(state, wanted);
+    }
+    if let Some(shadow) = &prepared.shadow {
+        let declared = &prepared.client_param_types;
+        if let Err(error) = migrating::bind_shadow_params(&mut bind, shadow, declared, veil, state)
+        {
+            let recording = refusal_recording(session, state, prepared.plan(), || {
+                prepared.fingerprint.clone().unwrap_or_default()
+            });
+            return Ok(injected_error(&error, state, recording));
+        }
+        changed = true;
+    }
     if prepared.param_columns.iter().any(Option::is_some) {
         bind.expand_param_formats();
         for (index, column) in prepared.param_columns.iter().enumerate() {
@@ -516,8 +572,11 @@ fn bind_message(
             };
             let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
             let format = bind.param_format(index);
+            let keyed = prepared.param_keyed.get(index).copied().unwrap_or(false);
             let encrypted = if prepared.param_arrays.get(index).copied().unwrap_or(false) {
-                encrypt_array_param(veil, *column, value, format, &state.time)
+                encrypt_array_param(veil, *column, value, format, &state.time, keyed)
+            } else if keyed {
+                encrypt_param_every_key(veil, *column, value, format, declared, &state.time)
             } else {
                 encrypt_param(veil, *column, value, format, declared, &state.time)
             };

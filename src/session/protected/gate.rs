@@ -12,7 +12,6 @@ use super::context::Settings;
 use super::cursors::Fetch;
 use super::refusal::cannot_analyse;
 use super::state::State;
-use super::values::{bytea_literal, encrypt_text, encrypt_text_array};
 use super::Session;
 use crate::audit::AuditSink;
 use crate::config::AuditScope;
@@ -293,25 +292,8 @@ fn statement_replacements(
             ));
         }
     }
-    let mut out = plan.rewrites.clone();
-    for literal in &plan.literals {
-        let Some(value) = &literal.value else {
-            continue;
-        };
-        let replacement = if literal.array {
-            encrypt_text_array(
-                veil,
-                literal.column,
-                value.as_bytes(),
-                &state.time,
-                state.standard_strings,
-            )?
-        } else {
-            let ciphertext = encrypt_text(veil, literal.column, value.as_bytes(), &state.time)?;
-            bytea_literal(&ciphertext, state.standard_strings)
-        };
-        out.push((literal.byte_range.clone(), replacement));
-    }
+    let mut out = super::matching::replacements(plan, state, veil)?;
+    out.extend(super::migrating::shadow_literals(plan, veil, state)?);
     Ok(out)
 }
 

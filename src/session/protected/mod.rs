@@ -23,6 +23,8 @@ mod cursors;
 mod fetch;
 mod frontend;
 mod gate;
+mod matching;
+mod migrating;
 mod refusal;
 mod state;
 mod values;

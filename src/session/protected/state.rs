@@ -27,6 +27,10 @@ pub(super) struct Prepared {
     /// Parameter position (0-based) → true when it is an array whose elements are bound for
     /// its column (`UNNEST($1::text[])`): encrypted element by element, declared `bytea[]`.
     pub param_arrays: Vec<bool>,
+    /// Parameter position (0-based) → true when it is compared with its column while several
+    /// master keys are configured: declared `bytea[]`, bound as its ciphertext under every
+    /// key (the client still sees and sends the column's type).
+    pub param_keyed: Vec<bool>,
     /// The types the client declared (0: unspecified).
     pub client_param_types: Vec<u32>,
     /// Result columns, from the statement's RowDescription.
@@ -43,6 +47,8 @@ pub(super) struct Prepared {
     pub cursor: Option<PreparedCursor>,
     /// The pgveil setting it changes, or the transaction boundary it is, when executed.
     pub context: Option<super::context::ContextOp>,
+    /// pgveil's extra parameters: ciphertexts for the shadow columns of migrating columns.
+    pub shadow: Option<super::migrating::ShadowParams>,
 }
 
 /// A prepared statement that opens, reads or closes a cursor.
@@ -73,6 +79,7 @@ impl Prepared {
             analysis: None,
             param_columns: Vec::new(),
             param_arrays: Vec::new(),
+            param_keyed: Vec::new(),
             client_param_types: Vec::new(),
             row: OnceLock::new(),
             fingerprint: None,
@@ -80,6 +87,7 @@ impl Prepared {
             refused: None,
             cursor: None,
             context: None,
+            shadow: None,
         }
     }
 

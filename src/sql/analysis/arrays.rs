@@ -4,16 +4,20 @@
 //! (array parameters in the session, array literals' elements here), and every other use
 //! keeps them plain (text-form array literals, `'{a,b}'::text[]`, are taken apart in the
 //! session). What cannot be taken apart element by element is a computed value,
-//! refused when it would be written into a protected column.
+//! refused when it would be written into a protected column. Also the array of
+//! `col = ANY(…)` / `col <> ALL(…)` (membership in a list of values), each element bound to
+//! the column.
 
 use std::ops::Range;
 
-use sqlparser::ast::{CastKind, DataType, Expr, Ident, TableAlias};
+use sqlparser::ast::{BinaryOperator, CastKind, DataType, Expr, Ident, TableAlias};
 use sqlparser::tokenizer::Token;
 
+use super::comparisons::cast_accepted;
 use super::scopes::*;
 use super::values::*;
 use super::{unsupported, Analyzer, Outcome};
+use crate::sql::{ColumnRef, KeyMatch, LiteralBinding};
 
 /// The element type of an array type as written (`varchar(20)[]` → `varchar(20)`).
 fn element_type(data_type: &DataType) -> Option<String> {
@@ -33,6 +37,105 @@ fn array_elements(e: &Expr) -> Option<&[Expr]> {
 }
 
 impl Analyzer<'_> {
+    /// `x op ANY(array)` / `x op ALL(array)`. With a protected column on the left only
+    /// membership is offered, `= ANY` and `<> ALL`: each element of the array is bound to
+    /// the column (with several master keys, compared under every key).
+    pub(super) fn quantified(
+        &mut self,
+        left: &Expr,
+        op: &BinaryOperator,
+        right: &Expr,
+        all: bool,
+    ) -> Outcome<Value> {
+        let l = self.expression(left)?;
+        let Some(c) = l.protected() else {
+            self.plain_use(&l, "ANY/ALL")?;
+            let r = self.expression(right)?;
+            self.plain_use(&r, "ANY/ALL")?;
+            return Ok(Value::Other);
+        };
+        let name = format!("{op} {}(…)", if all { "ALL" } else { "ANY" });
+        let membership = matches!(
+            (op, all),
+            (BinaryOperator::Eq, false) | (BinaryOperator::NotEq, true)
+        );
+        if !membership {
+            return self.refuse(&name, c);
+        }
+        self.require_deterministic(c, &name)?;
+        self.compared_array(c, right, &name)?;
+        Ok(Value::Other)
+    }
+
+    /// The array of `col = ANY(…)`: an `ARRAY[…]` of literals and parameters (each bound as
+    /// one value), a text-form array literal (`'{a,b}'::text[]`, taken apart in the
+    /// session) or an array parameter (encrypted element by element in Bind).
+    fn compared_array(&mut self, c: ColumnRef, right: &Expr, name: &str) -> Outcome<()> {
+        let ty = self.column(c)?.logical_type;
+        let (inner, cast) = match right {
+            Expr::Cast {
+                kind: CastKind::DoubleColon,
+                expr,
+                data_type,
+                format: None,
+            } => (&**expr, Some(data_type)),
+            other => (other, None),
+        };
+        if let Some(elements) = array_elements(inner) {
+            if let Some(data_type) = cast {
+                let element = element_type(data_type).unwrap_or_default();
+                if element.is_empty() || !cast_accepted(ty, &element) {
+                    return self.refuse(&format!("{name} with a cast to {data_type}"), c);
+                }
+                let Some(range) = self.array_cast_suffix(inner) else {
+                    return unsupported("cannot locate the array's cast");
+                };
+                self.rewrites.push((range, "::bytea[]".into()));
+            }
+            for element in elements {
+                let v = self.expression(element)?;
+                if !matches!(v, Value::Null) && !self.bind(c, &v, Some(KeyMatch::List))? {
+                    return self.refuse(&format!("{name} with a computed element"), c);
+                }
+            }
+            return Ok(());
+        }
+        match self.expression(right)? {
+            Value::Parameter(p) => {
+                if let Some((range, cast)) = &p.cast {
+                    let element = cast.strip_suffix("[]").unwrap_or("");
+                    if element.is_empty() || !cast_accepted(ty, element) {
+                        return self.refuse(&format!("{name} with a cast to {cast}"), c);
+                    }
+                    self.rewrites
+                        .push((range.clone(), format!("${}::bytea[]", p.number)));
+                }
+                self.array_params.push((p.number, c));
+                self.array_matches.push(p.number);
+                Ok(())
+            }
+            Value::Literal(l) => {
+                if let Some(cast) = &l.cast {
+                    let element = cast.strip_suffix("[]").unwrap_or("");
+                    if element.is_empty() || !cast_accepted(ty, element) {
+                        return self.refuse(&format!("{name} with a cast to {cast}"), c);
+                    }
+                }
+                self.literals.push(LiteralBinding {
+                    byte_range: l.range,
+                    column: c,
+                    value: Some(l.value),
+                    cast: l.cast,
+                    array: true,
+                    matching: Some(KeyMatch::List),
+                });
+                Ok(())
+            }
+            Value::Null => Ok(()),
+            _ => self.refuse(&format!("{name} with a computed array"), c),
+        }
+    }
+
     /// `UNNEST(a, b, …) [WITH ORDINALITY] [AS u(x, y, …)]`: one pending column per array.
     pub(super) fn unnest(
         &mut self,

@@ -1,14 +1,80 @@
-//! Binding values to protected columns: plain uses, comparisons, writes, accepted casts,
-//! and the statement-wide consistency checks on parameters and literal ranges.
+//! Binding values to protected columns: plain uses, comparisons (with how each value is
+//! compared, for several master keys: [`KeyMatch`]), writes, accepted casts, and the
+//! statement-wide consistency checks on parameters and literal ranges.
+
+use std::ops::Range;
 
 use sqlparser::ast::Expr;
 
 use crate::schema::{EncryptionMode, LogicalType};
 use crate::sql::catalog::ColumnRef;
-use crate::sql::LiteralBinding;
+use crate::sql::{KeyMatch, LiteralBinding, ParamUse};
 
 use super::values::*;
 use super::{column_name, dedup, unsupported, Analyzer, Halt, Outcome};
+
+/// How a comparison holds its operands: what a literal or parameter compared with a
+/// protected column becomes when several master keys are configured ([`KeyMatch`]).
+pub(super) enum Shape {
+    /// `l = r` (`all`: `l <> r`); `right_column`: r's range and text when it is a plain
+    /// column reference (a value on the left then trades places with it).
+    Operator {
+        all: bool,
+        right_column: Option<(Range<usize>, String)>,
+    },
+    /// `l [NOT] IN (…, r, …)`.
+    List,
+    /// `l IS [NOT] DISTINCT FROM r`; each side's text when it is a plain column reference.
+    Distinct {
+        left_column: Option<String>,
+        right_column: Option<String>,
+    },
+    /// Anything else (CASE operand, IN subquery, JOIN USING).
+    Other,
+}
+
+impl Shape {
+    /// The match of a value on the right (`right`) or the left of the comparison.
+    fn matching(&self, right: bool, op: &str) -> KeyMatch {
+        match (self, right) {
+            (Shape::Operator { all, .. }, true) => {
+                if *all {
+                    KeyMatch::All
+                } else {
+                    KeyMatch::Any
+                }
+            }
+            (
+                Shape::Operator {
+                    all,
+                    right_column: Some((column, text)),
+                    ..
+                },
+                false,
+            ) => KeyMatch::Swapped {
+                column: column.clone(),
+                text: text.clone(),
+                all: *all,
+            },
+            (Shape::List, true) => KeyMatch::List,
+            (
+                Shape::Distinct {
+                    left_column: Some(text),
+                    ..
+                },
+                true,
+            )
+            | (
+                Shape::Distinct {
+                    right_column: Some(text),
+                    ..
+                },
+                false,
+            ) => KeyMatch::Distinct { text: text.clone() },
+            _ => KeyMatch::Unsupported { op: op.to_string() },
+        }
+    }
+}
 
 /// Is a cast of a literal or parameter to `cast` acceptable for a column of type `ty`?
 pub(super) fn cast_accepted(ty: LogicalType, cast: &str) -> bool {
@@ -117,6 +183,7 @@ impl Analyzer<'_> {
                 value: Some(l.value.clone()),
                 cast: l.cast.clone(),
                 array: true,
+                matching: None,
             });
         }
         Ok(())
@@ -138,8 +205,17 @@ impl Analyzer<'_> {
         self.plain_use(&v, "use as a boolean")
     }
 
-    /// Binds a literal or parameter to a protected column.
-    pub(super) fn bind(&mut self, c: ColumnRef, v: &Value) -> Outcome<bool> {
+    /// Binds a literal or parameter to a protected column; `matching` when it is compared
+    /// with it.
+    pub(super) fn bind(
+        &mut self,
+        c: ColumnRef,
+        v: &Value,
+        matching: Option<KeyMatch>,
+    ) -> Outcome<bool> {
+        if self.is_plaintext(c) {
+            return self.bind_plaintext(c, v);
+        }
         let ty = self.column(c)?.logical_type;
         match v {
             Value::Literal(l) => {
@@ -154,6 +230,7 @@ impl Analyzer<'_> {
                     value: Some(l.value.clone()),
                     cast: l.cast.clone(),
                     array: false,
+                    matching,
                 });
                 Ok(true)
             }
@@ -166,6 +243,11 @@ impl Analyzer<'_> {
                         .push((range.clone(), format!("${}::bytea", p.number)));
                 }
                 self.params.push((p.number, c));
+                self.param_uses.push(ParamUse {
+                    number: p.number,
+                    byte_range: p.cast.as_ref().map_or(p.range.clone(), |(r, _)| r.clone()),
+                    matching,
+                });
                 Ok(true)
             }
             _ => Ok(false),
@@ -173,6 +255,17 @@ impl Analyzer<'_> {
     }
 
     pub(super) fn compare(&mut self, l: &Value, r: &Value, op: &str) -> Outcome<()> {
+        self.compare_shaped(l, r, op, &Shape::Other)
+    }
+
+    /// [`Self::compare`], knowing how the comparison holds its operands.
+    pub(super) fn compare_shaped(
+        &mut self,
+        l: &Value,
+        r: &Value,
+        op: &str,
+        shape: &Shape,
+    ) -> Outcome<()> {
         match (l.protected(), r.protected()) {
             (Some(a), Some(b)) => {
                 let (ca, cb) = (self.column(a)?, self.column(b)?);
@@ -186,8 +279,8 @@ impl Analyzer<'_> {
                 self.require_deterministic(a, op)?;
                 self.require_deterministic(b, op)
             }
-            (Some(a), None) => self.compare_value(a, r, op),
-            (None, Some(b)) => self.compare_value(b, l, op),
+            (Some(a), None) => self.compare_value(a, r, op, shape.matching(true, op)),
+            (None, Some(b)) => self.compare_value(b, l, op, shape.matching(false, op)),
             (None, None) => {
                 self.plain_use(l, op)?;
                 self.plain_use(r, op)
@@ -195,10 +288,18 @@ impl Analyzer<'_> {
         }
     }
 
-    pub(super) fn compare_value(&mut self, c: ColumnRef, other: &Value, op: &str) -> Outcome<()> {
+    pub(super) fn compare_value(
+        &mut self,
+        c: ColumnRef,
+        other: &Value,
+        op: &str,
+        matching: KeyMatch,
+    ) -> Outcome<()> {
         self.require_deterministic(c, op)?;
         match other {
-            Value::Literal(_) | Value::Parameter(_) => self.bind(c, other).map(|_| ()),
+            Value::Literal(_) | Value::Parameter(_) => {
+                self.bind(c, other, Some(matching)).map(|_| ())
+            }
             Value::Null => Ok(()),
             Value::Column {
                 protected: None, ..
@@ -215,9 +316,12 @@ impl Analyzer<'_> {
             }
             return self.plain_use(v, "write");
         };
+        if self.is_plaintext(c) {
+            return self.refuse_migrating(c, "this form of write");
+        }
         self.writes.push(c);
         match v {
-            Value::Literal(_) | Value::Parameter(_) => self.bind(c, v).map(|_| ()),
+            Value::Literal(_) | Value::Parameter(_) => self.bind(c, v, None).map(|_| ()),
             Value::Null | Value::Default => Ok(()),
             Value::Column {
                 protected: Some(src),
@@ -286,6 +390,19 @@ impl Analyzer<'_> {
             ))
         });
         self.literals.dedup();
+        merge_matchings(
+            &mut self.literals,
+            |l| (l.byte_range.clone(), l.column),
+            |l| &mut l.matching,
+        );
+        self.param_uses
+            .sort_by_key(|u| (u.byte_range.start, u.byte_range.end));
+        self.param_uses.dedup();
+        merge_matchings(
+            &mut self.param_uses,
+            |u| u.byte_range.clone(),
+            |u| &mut u.matching,
+        );
         for w in self.literals.windows(2) {
             if w[1].byte_range.start < w[0].byte_range.end {
                 if w[1].byte_range == w[0].byte_range {
@@ -305,7 +422,19 @@ impl Analyzer<'_> {
     /// protected column are used nowhere else (that use would see plaintext, or ciphertext
     /// where plaintext was meant).
     fn check_pending(&mut self) -> Outcome<()> {
+        // An array compared with a column (`= ANY($n)`) is encrypted under every key when
+        // several are configured: it cannot also be unnested into a column.
+        for &n in &self.array_matches {
+            let used = self.array_params.iter().filter(|&&(m, _)| m == n).count();
+            let compared = self.array_matches.iter().filter(|&&m| m == n).count();
+            if used > compared {
+                return Err(Halt::Refuse(format!(
+                    "pgveil: array parameter ${n} is compared with an encrypted column and also unnested into one"
+                )));
+            }
+        }
         dedup(&mut self.array_params);
+        dedup(&mut self.array_matches);
         for &(n, c) in &self.array_params {
             let scalar = self.params.iter().any(|&(m, _)| m == n);
             let twice = self.array_params.iter().any(|&(m, d)| m == n && d != c);
@@ -325,5 +454,29 @@ impl Analyzer<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// One value bound twice at the same place with different matchings (`'x' IN (a, a)`)
+/// keeps one binding, whose matching cannot serve both: unsupported with several keys.
+fn merge_matchings<T, K: PartialEq>(
+    items: &mut Vec<T>,
+    key: impl Fn(&T) -> K,
+    matching: impl Fn(&mut T) -> &mut Option<KeyMatch>,
+) {
+    let mut i = 1;
+    while i < items.len() {
+        if key(&items[i]) == key(&items[i - 1]) {
+            let mut removed = items.remove(i);
+            let theirs = matching(&mut removed).clone();
+            let ours = matching(&mut items[i - 1]);
+            if *ours != theirs {
+                *ours = Some(KeyMatch::Unsupported {
+                    op: "a value compared twice".into(),
+                });
+            }
+        } else {
+            i += 1;
+        }
     }
 }

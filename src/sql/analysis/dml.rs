@@ -62,8 +62,9 @@ impl Analyzer<'_> {
         if !insert.assignments.is_empty() {
             return unsupported("INSERT … SET");
         }
+        let migrating = self.migrating_targets(insert, &targets)?;
         self.scopes.push(Vec::new());
-        let result = self.insert_source(insert, &targets);
+        let result = self.insert_source(insert, &targets, &migrating);
         self.scopes.pop();
         result?;
         self.scopes.push(vec![target.clone()]);
@@ -91,8 +92,39 @@ impl Analyzer<'_> {
         })
     }
 
+    /// The targets that are plaintext in the database (being migrated), by position: only
+    /// `INSERT … (columns) VALUES` writes them (with their shadow columns named after them).
+    fn migrating_targets(
+        &mut self,
+        insert: &Insert,
+        targets: &[Option<ColumnRef>],
+    ) -> Outcome<Vec<bool>> {
+        let mut migrating = vec![false; targets.len()];
+        for (i, target) in targets.iter().enumerate() {
+            let Some(c) = *target else { continue };
+            if !self.is_plaintext(c) {
+                continue;
+            }
+            let values = insert
+                .source
+                .as_ref()
+                .is_some_and(|q| q.with.is_none() && matches!(&*q.body, SetExpr::Values(_)));
+            if insert.columns.is_empty() || !values {
+                return self.refuse_migrating(c, "an INSERT without a column list or from a query");
+            }
+            self.shadow_target(c, &insert.columns[i])?;
+            migrating[i] = true;
+        }
+        Ok(migrating)
+    }
+
     /// The inserted rows: VALUES are bound one by one, a query's outputs are copied.
-    fn insert_source(&mut self, insert: &Insert, targets: &[Option<ColumnRef>]) -> Outcome<()> {
+    fn insert_source(
+        &mut self,
+        insert: &Insert,
+        targets: &[Option<ColumnRef>],
+        migrating: &[bool],
+    ) -> Outcome<()> {
         let target_at = |i: usize| targets.get(i).copied().flatten();
         let Some(q) = &insert.source else {
             return Ok(());
@@ -102,7 +134,12 @@ impl Analyzer<'_> {
                 for row in &values.rows {
                     for (i, e) in row.iter().enumerate() {
                         let v = self.expression(e)?;
-                        self.write(target_at(i), &v)?;
+                        match target_at(i) {
+                            Some(c) if migrating.get(i).copied().unwrap_or(false) => {
+                                self.write_migrating(c, e, &v, ", ".into())?
+                            }
+                            target => self.write(target, &v)?,
+                        }
                     }
                 }
                 if let Some(order_by) = &q.order_by {
@@ -185,7 +222,13 @@ impl Analyzer<'_> {
             AssignmentTarget::ColumnName(name) => {
                 let target = target_of(self, name)?;
                 let v = self.expression(&a.value)?;
-                self.write(target, &v)
+                match target {
+                    Some(c) if self.is_plaintext(c) => {
+                        let prefix = self.shadow_assignment(c)?;
+                        self.write_migrating(c, &a.value, &v, prefix)
+                    }
+                    _ => self.write(target, &v),
+                }
             }
             AssignmentTarget::Tuple(names) => {
                 let targets: Vec<Option<ColumnRef>> = names

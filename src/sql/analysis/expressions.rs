@@ -6,6 +6,9 @@ use sqlparser::ast::{
     UnaryOperator, Value as SqlValue, ValueWithSpan,
 };
 
+use std::ops::Range;
+
+use super::comparisons::Shape;
 use super::values::{Literal, Parameter, Value};
 use super::{unsupported, Analyzer, Outcome};
 
@@ -60,7 +63,11 @@ impl Analyzer<'_> {
             Expr::IsNull(inner) | Expr::IsNotNull(inner) => self.null_test(inner),
             Expr::IsDistinctFrom(l, r) | Expr::IsNotDistinctFrom(l, r) => {
                 let (lv, rv) = (self.expression(l)?, self.expression(r)?);
-                self.compare(&lv, &rv, "IS DISTINCT FROM")?;
+                let shape = Shape::Distinct {
+                    left_column: self.column_text(l).map(|(_, text)| text),
+                    right_column: self.column_text(r).map(|(_, text)| text),
+                };
+                self.compare_shaped(&lv, &rv, "IS DISTINCT FROM", &shape)?;
                 Ok(Value::Other)
             }
             Expr::InList {
@@ -106,9 +113,17 @@ impl Analyzer<'_> {
                 self.no_wildcard_arg(&FunctionArgExpr::Wildcard, "a whole-row reference (*)")?;
                 Ok(Value::Other)
             }
-            Expr::AnyOp { left, right, .. } | Expr::AllOp { left, right, .. } => {
-                self.plain_operands([&**left, &**right], "ANY/ALL")
-            }
+            Expr::AnyOp {
+                left,
+                compare_op,
+                right,
+                ..
+            } => self.quantified(left, compare_op, right, false),
+            Expr::AllOp {
+                left,
+                compare_op,
+                right,
+            } => self.quantified(left, compare_op, right, true),
             Expr::Collate { expr: inner, .. } => self.plain_operands([&**inner], "COLLATE"),
             Expr::IsTrue(inner)
             | Expr::IsFalse(inner)
@@ -247,8 +262,14 @@ impl Analyzer<'_> {
                 self.plain_use(&l, "use as a boolean")?;
                 self.plain_use(&r, "use as a boolean")?;
             }
-            BinaryOperator::Eq => self.compare(&l, &r, "=")?,
-            BinaryOperator::NotEq => self.compare(&l, &r, "<>")?,
+            BinaryOperator::Eq | BinaryOperator::NotEq => {
+                let all = matches!(op, BinaryOperator::NotEq);
+                let shape = Shape::Operator {
+                    all,
+                    right_column: self.column_text(right),
+                };
+                self.compare_shaped(&l, &r, if all { "<>" } else { "=" }, &shape)?;
+            }
             other => {
                 let name = other.to_string();
                 self.plain_use(&l, &name)?;
@@ -256,6 +277,21 @@ impl Analyzer<'_> {
             }
         }
         Ok(Value::Other)
+    }
+
+    /// The range and text of a plain column reference (`ssn`, `p.ssn`), which a comparison
+    /// with several master keys may move ([`crate::sql::KeyMatch::Swapped`]).
+    fn column_text(&self, e: &Expr) -> Option<(Range<usize>, String)> {
+        let ids: &[Ident] = match e {
+            Expr::Identifier(id) => std::slice::from_ref(id),
+            Expr::CompoundIdentifier(ids) => ids,
+            _ => return None,
+        };
+        let first = self.tokens.index_at(ids.first()?.span.start)?;
+        let last = self.tokens.index_at(ids.last()?.span.start)?;
+        let range = self.tokens.ranges[first].start..self.tokens.ranges[last].end;
+        let text = self.sql.get(range.clone())?.to_string();
+        Some((range, text))
     }
 
     /// `x IS [NOT] NULL`: allowed on a protected column (NULL is stored as NULL).
@@ -277,7 +313,7 @@ impl Analyzer<'_> {
         let op = if negated { "NOT IN" } else { "IN" };
         for item in list {
             let r = self.expression(item)?;
-            self.compare(&l, &r, op)?;
+            self.compare_shaped(&l, &r, op, &Shape::List)?;
         }
         if list.is_empty() {
             self.plain_use(&l, op)?;

@@ -13,6 +13,7 @@ mod copy;
 mod dml;
 mod expressions;
 mod functions;
+mod migrating;
 mod queries;
 mod same_query;
 mod scopes;
@@ -73,7 +74,10 @@ struct Analyzer<'a> {
     tables: Vec<TableName>,
     literals: Vec<LiteralBinding>,
     params: Vec<(u32, ColumnRef)>,
+    param_uses: Vec<crate::sql::ParamUse>,
     array_params: Vec<(u32, ColumnRef)>,
+    /// Array parameters compared with their column (`col = ANY($n)`).
+    array_matches: Vec<u32>,
     plain_params: HashSet<u32>,
     /// Pending values (VALUES / UNNEST columns) used plainly, and those bound to a column.
     plain_pending: HashSet<u32>,
@@ -91,6 +95,9 @@ struct Analyzer<'a> {
     copy_plan: Option<crate::sql::CopyPlan>,
     /// The subjects of a `COPY table TO` (a `COPY (query)` has its query's).
     copy_subjects: Option<crate::sql::SubjectPlan>,
+    /// How each protected column met so far is stored (plaintext while being migrated).
+    stored: std::collections::HashMap<ColumnRef, migrating::Stored>,
+    shadow_writes: Vec<crate::sql::ShadowWrite>,
 }
 
 /// Analyses a query string: one plan per statement. See the module documentation.
@@ -252,7 +259,9 @@ fn analyze_one(
         tables: Vec::new(),
         literals: Vec::new(),
         params: Vec::new(),
+        param_uses: Vec::new(),
         array_params: Vec::new(),
+        array_matches: Vec::new(),
         plain_params: HashSet::new(),
         plain_pending: HashSet::new(),
         bound_pending: std::collections::HashMap::new(),
@@ -267,9 +276,12 @@ fn analyze_one(
         next_reference: std::cell::Cell::new(1),
         copy_plan: None,
         copy_subjects: None,
+        stored: std::collections::HashMap::new(),
+        shadow_writes: Vec::new(),
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
+    plan.max_param = migrating::max_param(tokens, first..last + 1);
     let conflict = touches && earlier.conflicts(&stmt);
     earlier.note(&stmt);
     if conflict {
@@ -295,10 +307,14 @@ fn analyze_one(
                 }
             };
             plan.copy = analyzer.copy_plan.take();
+            plan.migrating = analyzer.plaintext_columns();
+            plan.shadow_writes = std::mem::take(&mut analyzer.shadow_writes);
             plan.tables = analyzer.tables;
             plan.literals = analyzer.literals;
             plan.params = analyzer.params;
+            plan.param_uses = analyzer.param_uses;
             plan.array_params = analyzer.array_params;
+            plan.array_matches = analyzer.array_matches;
             plan.reads = analyzer.reads;
             plan.conditions = analyzer.conditions;
             plan.writes = analyzer.writes;

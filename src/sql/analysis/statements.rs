@@ -162,7 +162,9 @@ impl Analyzer<'_> {
     pub(super) fn clear_bindings(&mut self) {
         self.literals.clear();
         self.params.clear();
+        self.param_uses.clear();
         self.array_params.clear();
+        self.array_matches.clear();
         self.rewrites.clear();
         self.reads.clear();
         self.conditions.clear();
