@@ -12,6 +12,7 @@
 //! and then add the envelope constraint. Values are never printed: a bad row is reported by
 //! its primary key.
 
+mod batches;
 mod plaintext;
 pub mod progress;
 mod reencrypt;
