@@ -23,7 +23,7 @@ use super::batches;
 use super::progress::{self, Meter};
 use super::table::{plain_name, shadow_name};
 use super::{ColumnReport, Job, MigrateError};
-use crate::crypto::constraint::{quote_ident, truncate_identifier, EnvelopeConstraint};
+use crate::crypto::constraint::{quote_ident, truncate_identifier};
 use crate::pgtype::{canonical_from_text, SessionTime};
 
 /// How long a catalog change waits for its lock before giving up and trying again, so it
@@ -352,13 +352,7 @@ async fn swap(
     report: &mut ColumnReport,
 ) -> Result<(), MigrateError> {
     let info = job.info;
-    let constraint = EnvelopeConstraint::new(
-        &info.table,
-        &info.column,
-        &info.column,
-        job.column.mode,
-        &job.key_ids,
-    );
+    let constraint = job.constraint();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -464,13 +458,7 @@ async fn finish(
     report: &mut ColumnReport,
 ) -> Result<(), MigrateError> {
     let info = job.info;
-    let constraint = EnvelopeConstraint::new(
-        &info.table,
-        &info.column,
-        &info.column,
-        job.column.mode,
-        &job.key_ids,
-    );
+    let constraint = job.constraint();
     super::reencrypt::ensure_constraint(client, &constraint).await?;
     let sql = format!(
         "ALTER TABLE {t} DROP COLUMN IF EXISTS {plain};

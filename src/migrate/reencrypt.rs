@@ -38,13 +38,7 @@ pub async fn run(
     meter.start(format!("{} (verify)", job.column.qualified_name()), total);
     verify(client, job, meter, report).await?;
     meter.finish();
-    let constraint = EnvelopeConstraint::new(
-        &info.table,
-        &info.column,
-        &info.column,
-        job.column.mode,
-        &job.key_ids,
-    );
+    let constraint = job.constraint();
     if report.invalid.is_empty() {
         // Rows that do not decrypt would fail the validation; they are reported instead.
         ensure_constraint(client, &constraint).await?;
