@@ -27,6 +27,13 @@ and prints no ratio.
     python3 bench/phi.py --audit [--duration 5] [--rounds 3]
     python3 bench/phi.py --audit --select-only   # reads only: every record must be durable before its rows
     python3 bench/phi.py --quick            # one round, 3 s runs
+    python3 bench/phi.py --audit --context  # audit on in both: with vs without a context per transaction
+
+--audit --context: two audited pgveil processes, interleaved; each transaction first runs
+`SET pgveil.end_user = 'dr.bench'` (the context, in every audit record) or, in the baseline,
+`SET pgveil_bench.end_user = 'dr.bench'` (the same statement for the database, a setting
+pgveil does not follow). Prints the throughput ratio (goal: a context costs <= 3%) and checks
+that the records of the context run carry the end user.
 
 Needs the PostgreSQL server binaries, pgbench and perf (for --audit); builds pgveil in
 release mode unless --binary is given.
@@ -86,7 +93,7 @@ def preload_sql(table, rows):
     return "\n".join(out) + "\n"
 
 
-def script(table, mode, rows, select_only=False):
+def script(table, mode, rows, select_only=False, context=None):
     """pgbench script. Inserted ssns (200000000..) never collide with the preloaded ones the
     SELECT looks up (100000001..100000000+rows), so every SELECT returns exactly one row.
     Simple protocol: quoted literals (pgbench substitutes variables as raw text). Extended and
@@ -103,7 +110,9 @@ def script(table, mode, rows, select_only=False):
     else:
         insert = f"INSERT INTO {table} (ssn, birth_date, notes) VALUES (:nssn, :bd, :note);\n"
         select = f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = :lssn;\n"
-    return head + ("" if select_only else insert) + select
+    # The context statement is a literal in every mode: SET takes no parameters.
+    first = f"SET {context}.end_user = 'dr.bench';\n" if context else ""
+    return head + first + ("" if select_only else insert) + select
 
 
 class Env:
@@ -126,6 +135,10 @@ class Env:
                 path = self.work / f"{table}-{mode}.pgbench"
                 path.write_text(script(table, mode, rows, select_only))
                 self.scripts[(table, mode)] = path
+                for context in ("pgveil", "pgveil_bench"):
+                    path = self.work / f"{table}-{mode}-{context}.pgbench"
+                    path.write_text(script(table, mode, rows, select_only, context))
+                    self.scripts[(table, mode, context)] = path
 
     def start(self):
         self.cluster.start()
@@ -152,8 +165,9 @@ class Env:
         if str(1930 + self.rows % 80) not in out:
             raise RuntimeError(f"lookup through pgveil did not return the preloaded row: {out!r}")
 
-    def pgbench(self, port, table, mode, clients, duration):
-        args = ["-f", str(self.scripts[(table, mode)]), "-D", f"note={NOTE}"]
+    def pgbench(self, port, table, mode, clients, duration, context=None):
+        key = (table, mode, context) if context else (table, mode)
+        args = ["-f", str(self.scripts[key]), "-D", f"note={NOTE}"]
         return run_pgbench(self.cluster, port, args, mode, clients, duration)
 
     def close(self):
@@ -182,6 +196,8 @@ def main():
     ap.add_argument("--modes", default=None, help="comma-separated pgbench -M modes")
     ap.add_argument("--clients", default="1,8", help="comma-separated client counts")
     ap.add_argument("--audit", action="store_true", help="audit on vs off instead of (a)/(b)/(c)")
+    ap.add_argument("--context", action="store_true",
+                    help="with --audit: a context set per transaction vs none, both audited")
     ap.add_argument("--select-only", action="store_true",
                     help="transactions of the SELECT alone (no INSERT): a pure read workload")
     ap.add_argument("--binary", help="pgveil binary to use (default: cargo build --release)")
@@ -199,7 +215,9 @@ def main():
     env = Env(binary, args.rows, synchronous_commit=args.synchronous_commit, select_only=args.select_only)
     try:
         env.start()
-        if args.audit:
+        if args.audit and args.context:
+            context_cost(env, args, modes, clients)
+        elif args.audit:
             audit(env, args, modes, clients)
         else:
             compare(env, args, modes, clients)
@@ -321,6 +339,54 @@ def audit(env, args, modes, clients):
     verify = subprocess.run([str(env.binary), "audit", "verify", "--dir", str(audit_dir), "--public-key",
                              str(env.keys / "audit.pub")], capture_output=True, text=True)
     print(f"\naudit verify: exit {verify.returncode}: {(verify.stdout + verify.stderr).strip()}")
+
+
+def context_cost(env, args, modes, clients):
+    """Both pgveil processes audited (each its own log): a context per transaction or not."""
+    dirs = {"context-off": env.work / "audit-off", "context-on": env.work / "audit-on"}
+    targets = {}
+    for target, audit_dir in dirs.items():
+        audit_dir.mkdir()
+        port, proc = env.pgveil(audit_dir=audit_dir)
+        targets[target] = (port, proc.pid, "pgveil" if target == "context-on" else "pgveil_bench")
+    env.preload(targets["context-off"][0])
+    loads = [load_average()]
+    results = {}
+    configs = [(m, c) for m in modes for c in clients]
+    for rnd in range(args.rounds):
+        for mode, c in configs:
+            for target, (port, pid, context) in targets.items():
+                rec0 = count_records(dirs[target])
+                tps, lat, txs = env.pgbench(port, PROTECTED, mode, c, args.duration, context)
+                records = count_records(dirs[target]) - rec0
+                results.setdefault((mode, c, target), []).append((tps, lat, records, txs))
+                print(f"round {rnd + 1} {mode:8} c={c} {target:11} tps={tps:8.0f} lat={lat:7.3f} ms "
+                      f"records={records}", file=sys.stderr, flush=True)
+        loads.append(load_average())
+    print(f"\nContext cost, PHI workload with audit on{' (SELECT only)' if args.select_only else ''}, "
+          f"{args.rounds} rounds x {args.duration} s, synchronous_commit={args.synchronous_commit}, medians; "
+          "load average at start and after each round: " + "; ".join(loads))
+    print()
+    print("| mode | clients | no context TPS | context TPS | context/none | cost | records/tx none | records/tx context |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, c in configs:
+        on_r, off_r = results[(mode, c, "context-on")], results[(mode, c, "context-off")]
+        t_on, t_off = med(on_r, 0), med(off_r, 0)
+        per_tx = lambda rows: sum(r[2] for r in rows) / max(1, sum(r[3] for r in rows))  # noqa: E731
+        print(f"| {mode} | {c} | {t_off:.0f} | {t_on:.0f} | {t_on / t_off:.3f} | {(1 - t_on / t_off) * 100:.1f}% "
+              f"| {per_tx(off_r):.2f} | {per_tx(on_r):.2f} |")
+    # The context run's records carry the end user; the baseline's carry none.
+    for target, want in (("context-on", "dr.bench"), ("context-off", None)):
+        users = set()
+        for seg in sorted(dirs[target].glob("segment-*.jsonl")):
+            for line in seg.read_bytes().split(b"\n"):
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict) and "checkpoint" not in obj and obj.get("kind") == "select":
+                    users.add(obj.get("end_user"))
+        print(f"{target}: end_user in its SELECT records: {sorted(map(str, users))} (expected {want})")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ export PGVEIL_PYTHON="$PWD/.venv/bin/python"
 # by its package-lock.json).
 py_need=()
 .venv/bin/python -c 'import asyncpg' 2>/dev/null || py_need+=(asyncpg)
+.venv/bin/python -c 'import psycopg_pool' 2>/dev/null || py_need+=(psycopg-pool)
 .venv/bin/python -c 'import psycopg2' 2>/dev/null || py_need+=(psycopg2-binary)
 .venv/bin/python -c 'import sqlalchemy, greenlet; assert sqlalchemy.__version__ >= "2"' 2>/dev/null \
   || py_need+=('sqlalchemy>=2,<3' greenlet)

@@ -49,6 +49,8 @@ pub enum ServeError {
     Audit(#[from] crate::audit::AuditError),
     #[error("alerts: {0}")]
     Alerts(#[from] crate::alerts::AlertError),
+    #[error("{0}")]
+    Context(#[from] crate::context::ContextError),
 }
 
 /// Opens the audit log of `[audit]`, if configured, with the `[[alert]]` rules evaluated
@@ -165,6 +167,8 @@ struct Proxy {
     /// `auth = "scram"`: pgveil authenticates clients and logs in for them.
     terminator: Option<Terminator>,
     max_message_size: usize,
+    /// The token key and `[policy]`'s context rules, for every session.
+    context: Arc<session::protected::ContextRules>,
 }
 
 /// Serves clients from `listener` until `shutdown` resolves, then stops accepting, lets
@@ -212,6 +216,10 @@ pub async fn serve_with_reload(
         connector,
         terminator,
         max_message_size: config.server.max_message_size,
+        context: Arc::new(session::protected::ContextRules {
+            verifier: crate::context::TokenVerifier::from_config(&config.context)?,
+            policy: Some(config.policy.clone()),
+        }),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -482,6 +490,7 @@ async fn handle_client(
                         veil,
                         policy: proxy.policy.clone(),
                         audit: proxy.audit.clone(),
+                        context: proxy.context.clone(),
                     },
                     stop,
                 )

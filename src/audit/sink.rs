@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::{AuditError, AuditLog, RecordDraft};
+use super::{AuditError, AuditLog, RecordContext, RecordDraft};
 use crate::config::AuditScope;
 use crate::sql::{Protection, StatementPlan};
 
@@ -42,10 +42,15 @@ impl AuditSink {
         }
     }
 
-    /// Appends a record; the outcome also marks the log's health for later statements.
-    pub async fn append(&self, draft: RecordDraft) -> Result<u64, AuditError> {
+    /// Appends a record with the session context it ran in; the outcome also marks the
+    /// log's health for later statements.
+    pub async fn append(
+        &self,
+        draft: RecordDraft,
+        context: RecordContext,
+    ) -> Result<u64, AuditError> {
         let failures_before = self.failures.load(Ordering::SeqCst);
-        let result = self.log.append(draft).await;
+        let result = self.log.append_in_context(draft, context).await;
         match &result {
             Err(_) => {
                 self.failures.fetch_add(1, Ordering::SeqCst);

@@ -136,6 +136,18 @@ impl AccessMap {
     pub fn is_denied(&self, column: ColumnRef) -> bool {
         self.get(column) == Access::Deny
     }
+
+    /// The access under break-glass: every column readable at all becomes plaintext, a
+    /// denied one stays denied ([`crate::policy::break_glass::raise`]).
+    pub fn raised(&self) -> AccessMap {
+        AccessMap {
+            columns: self
+                .columns
+                .iter()
+                .map(|&a| crate::policy::break_glass::raise(a))
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,8 @@ pub struct Recording {
     rows: u64,
     held: Vec<Bytes>,
     pub refused: bool,
+    /// The session context the statement runs in.
+    pub context: crate::audit::RecordContext,
 }
 
 impl Recording {
@@ -143,6 +145,7 @@ impl Recording {
             rows: 0,
             held: Vec::new(),
             refused: false,
+            context: crate::audit::RecordContext::default(),
         }
     }
 
@@ -267,6 +270,7 @@ impl Recording {
         };
         Box::new(Audited {
             draft,
+            context: self.context,
             frames: self.held,
         })
     }

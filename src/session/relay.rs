@@ -22,6 +22,8 @@ pub enum Action {
 
 pub struct Audited {
     pub draft: RecordDraft,
+    /// The session context the statement ran in (end user, purpose, break-glass).
+    pub context: crate::audit::RecordContext,
     pub frames: Vec<Bytes>,
 }
 
@@ -76,13 +78,17 @@ impl Outbox {
             match item {
                 Item::Bytes(chunk) => gather.push(writer, chunk).await?,
                 Item::Audited(audited) => {
-                    let Audited { draft, frames } = *audited;
+                    let Audited {
+                        draft,
+                        context,
+                        frames,
+                    } = *audited;
                     let written = match audit {
                         Some(sink) => {
                             // What is already gathered leaves now; this response waits.
                             gather.send(writer).await?;
                             writer.flush().await?;
-                            sink.append(draft).await.map(|_| ())
+                            sink.append(draft, context).await.map(|_| ())
                         }
                         None => Ok(()),
                     };

@@ -35,6 +35,7 @@ mod cursor;
 mod encoding;
 mod fast;
 mod fingerprint;
+mod settings;
 mod tokens;
 
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub use cursor::{cursor_statements, mentions_cursor, CursorOp, CursorStatement};
 pub use encoding::{encoding_refusal, is_refused_encoding};
 pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
+pub use settings::{mentions_setting, setting_statements, SettingOp, SettingStatement};
 
 use crate::schema::TableName;
 

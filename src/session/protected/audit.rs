@@ -37,6 +37,7 @@ pub(super) fn recording(
 ) -> Recording {
     let mut recording = Recording::new(plan, fingerprint, &session.veil.protection, &state.access);
     recording.refused = refused;
+    recording.context = state.context.current().record_context();
     recording
 }
 

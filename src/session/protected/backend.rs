@@ -23,7 +23,7 @@ use crate::net::frontend::result_format;
 use crate::pgerror::{sqlstate, PgError};
 use crate::session::introspect::Collector;
 use crate::session::recording::{Identity, Recording};
-use crate::session::relay::Action;
+use crate::session::relay::{Action, Audited};
 use crate::sql::{self, ColumnRef, StatementPlan};
 use crate::veil::{Database, Veil};
 
@@ -127,11 +127,17 @@ impl<'a> Backend<'a> {
             };
         }
         match message.1 {
-            BackendMessage::ErrorResponse(_) => state.cursors.error(),
-            BackendMessage::CommandComplete(complete)
-                if complete.tag().is_some_and(|t| t.starts_with(b"ROLLBACK")) =>
-            {
-                state.cursors.rolled_back()
+            BackendMessage::ErrorResponse(_) => {
+                state.cursors.error();
+                super::context::failed(&mut state);
+            }
+            BackendMessage::CommandComplete(complete) => {
+                let tag = complete.tag().unwrap_or_default();
+                if tag.starts_with(b"ROLLBACK") {
+                    state.cursors.rolled_back()
+                }
+                let op = context_op(&state);
+                super::context::completed(&mut state, tag, op.as_ref());
             }
             _ => {}
         }
@@ -164,8 +170,11 @@ impl<'a> Backend<'a> {
         match message {
             BackendMessage::ParseComplete | BackendMessage::BindComplete => Action::Drop,
             BackendMessage::ErrorResponse(_) => {
+                let context = state.context.current().record_context();
                 if let Some(Expect::Injected(recording)) = state.expect.front_mut() {
-                    if let Some(recording) = recording.take() {
+                    if let Some(mut recording) = recording.take() {
+                        // In order now: the context the refused message met.
+                        recording.context = context;
                         self.recording = Some(*recording);
                     }
                 }
@@ -561,10 +570,11 @@ impl<'a> Backend<'a> {
             if ends {
                 if let (Some(recording), Some(sink)) = (self.recording.take(), self.session.sink())
                 {
-                    let draft = recording.finish(self.identity(), &message).draft;
+                    let audited = recording.finish(self.identity(), &message);
                     let sink = Arc::clone(sink);
                     tokio::spawn(async move {
-                        if let Err(e) = sink.append(draft).await {
+                        let Audited { draft, context, .. } = *audited;
+                        if let Err(e) = sink.append(draft, context).await {
                             tracing::error!(error = %e, "audit record of a write not written");
                         }
                     });
@@ -611,6 +621,7 @@ impl<'a> Backend<'a> {
                     }
                     Expect::Refresh(collector) => {
                         self.refreshed.push(collector);
+                        super::context::ready(state, status);
                         return self.held_ready.take().map_or(Action::Drop, Action::Replace);
                     }
                     _ => {}
@@ -619,6 +630,7 @@ impl<'a> Backend<'a> {
             }
         }
         state.status = status;
+        super::context::ready(state, status);
         if raised {
             // pgveil's own error: the transaction must not keep what it opened.
             state.cursors.error();
@@ -745,10 +757,33 @@ impl<'a> Backend<'a> {
         if rows.is_plain() {
             return Action::Forward;
         }
+        if state.require_purpose && rows.columns.iter().any(Option::is_some) {
+            // The backstop behind the gate: the context the database confirmed.
+            if let Err(error) = super::context::check_rows_purpose(state) {
+                return self.raise(error);
+            }
+        }
         match decrypt_row(row, rows, &self.session.veil, state) {
             Ok(row) => Action::Replace(row),
             Err(error) => self.raise(error),
         }
+    }
+}
+
+/// The pgveil setting or transaction boundary of the statement whose CommandComplete is
+/// arriving: a simple query's current statement, or an Execute's prepared statement.
+fn context_op(state: &State) -> Option<super::context::ContextOp> {
+    match state.expect.front()? {
+        Expect::Query {
+            statement,
+            settings,
+            ..
+        } => settings
+            .iter()
+            .find(|(at, _)| at == statement)
+            .map(|(_, op)| op.clone()),
+        Expect::Execute(Some(portal), _) => portal.prepared.context.clone(),
+        _ => None,
     }
 }
 

@@ -129,9 +129,14 @@ fn apply(
         }
     }
     match admission {
-        Admission::Forward { fingerprint, .. } => Admission::Forward {
+        Admission::Forward {
+            fingerprint,
+            settings,
+            ..
+        } => Admission::Forward {
             fingerprint,
             fetches,
+            settings,
         },
         Admission::Analysed(mut admitted) => {
             admitted.fetches = fetches;

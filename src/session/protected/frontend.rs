@@ -96,7 +96,9 @@ pub(super) fn message(
 fn follow_policy(session: &Session, state: &mut State) {
     let current = session.policy.load();
     if !Arc::ptr_eq(&current, &state.policy) {
-        state.access = current.access_for(&session.veil.protection, &state.roles);
+        state.policy_access = current.access_for(&session.veil.protection, &state.roles);
+        state.access = state.policy_access.clone();
+        state.follow_break_glass();
         state.policy = Arc::clone(&current);
     }
 }
@@ -106,6 +108,12 @@ fn execute_message(name: &[u8], session: &Session, state: &mut State) -> Action 
     let portal = state.portals.get(name).cloned();
     if portal.is_none() {
         if let Err(error) = execute_unbound(name, session, state) {
+            let recording = refusal_recording(session, state, None, String::new);
+            return injected_error(&error, state, recording);
+        }
+    }
+    if let Some(op) = portal.as_ref().and_then(|p| p.prepared.context.as_ref()) {
+        if let Err(error) = super::context::execute(op, state) {
             let recording = refusal_recording(session, state, None, String::new);
             return injected_error(&error, state, recording);
         }
@@ -169,6 +177,7 @@ fn describe(target: Target, state: &mut State) {
 /// A Sync, followed by pgveil's own query when the batch changed what it must know.
 fn sync(frame: &[u8], state: &mut State) -> Action {
     state.cursors.cycle_sent();
+    state.context_sent.end_of_cycle();
     state.expect.push_back(Expect::Sync(Instant::now()));
     let follow_path = state.search_path_follow();
     match state.refresh_at_sync.take().or(follow_path) {
@@ -233,20 +242,32 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
         }),
         (a, b) => a.or(b),
     };
-    let (action, analysis, audit, fetches) = match admission {
+    let (action, analysis, audit, fetches, settings) = match admission {
         Admission::Forward {
             fingerprint,
             fetches,
-        } => (
-            Action::Forward,
-            None,
-            fingerprint.map(|f| QueryAudit::single(f, false)),
-            fetches,
-        ),
+            settings,
+        } => {
+            // A token's literal never goes upstream.
+            let action = match text {
+                Some(text) if !settings.replacements.is_empty() => Action::Replace(encode_query(
+                    crate::sql::rewrite(text, &settings.replacements).as_bytes(),
+                )),
+                _ => Action::Forward,
+            };
+            (
+                action,
+                None,
+                fingerprint.map(|f| QueryAudit::single(f, false)),
+                fetches,
+                settings.ops,
+            )
+        }
         Admission::Refuse { error, fingerprint } => (
             Action::Replace(raising_query(&error)),
             None,
             fingerprint.map(|f| QueryAudit::single(f, true)),
+            Vec::new(),
             Vec::new(),
         ),
         Admission::Analysed(admitted) => {
@@ -272,7 +293,13 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
                 Some(text) => Action::Replace(encode_query(text.as_bytes())),
                 None => Action::Forward,
             };
-            (action, Some(admitted.analysis), audit, admitted.fetches)
+            (
+                action,
+                Some(admitted.analysis),
+                audit,
+                admitted.fetches,
+                admitted.settings.ops,
+            )
         }
     };
     state.expect.push_back(Expect::Query {
@@ -281,6 +308,7 @@ fn simple_query(frame: &[u8], raw: &[u8], session: &Session, state: &mut State) 
         statement: 0,
         audit,
         fetches,
+        settings,
     });
     state.cursors.cycle_sent();
     match refresh {
@@ -325,14 +353,29 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         refresh_at_sync(state, wanted);
     }
     let admitted = match admit(&parse.query, Protocol::Extended, session, state) {
-        Admission::Forward { fingerprint, .. } => {
+        Admission::Forward {
+            fingerprint,
+            settings,
+            ..
+        } => {
             let prepared = Arc::new(Prepared {
                 fingerprint,
                 cursor: prepared_cursor(&parse.query, state),
+                context: settings.ops.into_iter().next().map(|(_, op)| op),
                 ..Prepared::unprotected()
             });
-            state.insert_statement(parse.name, prepared);
-            return Action::Forward;
+            state.insert_statement(parse.name.clone(), prepared);
+            // A token's literal never goes upstream.
+            return match std::str::from_utf8(&parse.query) {
+                Ok(text) if !settings.replacements.is_empty() => {
+                    let rewritten = Parse {
+                        query: Bytes::from(crate::sql::rewrite(text, &settings.replacements)),
+                        ..parse
+                    };
+                    Action::Replace(rewritten.encode())
+                }
+                _ => Action::Forward,
+            };
         }
         Admission::Refuse { error, fingerprint } => {
             return refuse_parse(session, state, parse.name, None, fingerprint, error);
@@ -357,8 +400,24 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         );
     }
     let Some(plan) = admitted.plan(0) else {
-        state.insert_statement(parse.name, Prepared::plain());
-        return Action::Forward;
+        let prepared = Prepared {
+            context: admitted.settings.ops.first().map(|(_, op)| op.clone()),
+            ..Prepared::unprotected()
+        };
+        state.insert_statement(parse.name.clone(), Arc::new(prepared));
+        return match std::str::from_utf8(&parse.query)
+            .ok()
+            .and_then(|text| admitted.rewrite(text))
+        {
+            Some(text) => Action::Replace(
+                Parse {
+                    query: Bytes::from(text),
+                    ..parse
+                }
+                .encode(),
+            ),
+            None => Action::Forward,
+        };
     };
     let mut params = parameters(plan, &parse.param_types, &session.veil);
     let (shadow_params, shadow) = migrating::shadow_params(plan, &mut params.types);
@@ -390,6 +449,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         injected: statement.injected,
         refused: None,
         cursor: prepared_cursor(&parse.query, state),
+        context: admitted.settings.ops.first().map(|(_, op)| op.clone()),
         shadow,
     });
     state.insert_statement(parse.name.clone(), prepared.clone());

@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::context::Settings;
 use super::cursors::Fetch;
 use super::refusal::cannot_analyse;
 use super::state::State;
@@ -35,6 +36,8 @@ pub(super) enum Admission {
     Forward {
         fingerprint: Option<String>,
         fetches: Vec<(usize, Arc<Fetch>)>,
+        /// Its pgveil setting statements and the token literals they replace.
+        settings: Settings,
     },
     /// None of it may run; `fingerprint` is set when the session is audited.
     Refuse {
@@ -54,6 +57,8 @@ pub(super) struct Admitted {
     pub refused: Option<(usize, PgError)>,
     /// Its FETCH statements (by index) and the cursors they read.
     pub fetches: Vec<(usize, Arc<Fetch>)>,
+    /// Its pgveil setting statements and the token literals they replace.
+    pub settings: Settings,
 }
 
 pub(super) struct AdmittedStatement {
@@ -78,6 +83,7 @@ impl Admitted {
             .statements
             .iter()
             .flat_map(|s| s.replacements.iter().cloned())
+            .chain(self.settings.replacements.iter().cloned())
             .collect();
         if let Some((index, error)) = &self.refused {
             let start = self.plan(*index).map_or(0, |p| p.byte_range.start);
@@ -96,7 +102,8 @@ pub(super) fn admit(
     state: &mut State,
 ) -> Admission {
     let admission = admit_text(raw, protocol, session, state);
-    super::fetch::admit_cursors(admission, raw, protocol, session, state)
+    let admission = super::fetch::admit_cursors(admission, raw, protocol, session, state);
+    super::context::admit_settings(admission, raw, protocol, session, state)
 }
 
 /// A FETCH of cursor or portal `name`: its rows are the rows of the statement that opened
@@ -145,6 +152,7 @@ fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) 
             Admission::Forward {
                 fingerprint: audit_all.then(|| sql::fingerprint(&lossy)),
                 fetches: Vec::new(),
+                settings: Settings::default(),
             }
         };
     };
@@ -160,6 +168,7 @@ fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) 
         return Admission::Forward {
             fingerprint: audit_all.then(fingerprint),
             fetches: Vec::new(),
+            settings: Settings::default(),
         };
     }
     let analysis = analyze(text, state, veil);
@@ -168,6 +177,7 @@ fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) 
             return Admission::Forward {
                 fingerprint: None,
                 fetches: Vec::new(),
+                settings: Settings::default(),
             }
         }
         Ok(plans) if protocol == Protocol::Simple || plans.len() == 1 => plans,
@@ -198,6 +208,7 @@ fn admit_text(raw: &[u8], protocol: Protocol, session: &Session, state: &State) 
         statements,
         refused,
         fetches: Vec::new(),
+        settings: Settings::default(),
     })
 }
 
@@ -290,6 +301,9 @@ fn statement_replacements(
 pub(super) fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Result<(), PgError> {
     if let Some(refusal) = &plan.refusal {
         return Err(PgError::error(refusal.sqlstate, refusal.message.clone()));
+    }
+    if state.require_purpose && !plan.reads.is_empty() {
+        super::context::check_gate_purpose(state)?;
     }
     for &column in plan.reads.iter().chain(plan.conditions.iter()) {
         if state.access.is_denied(column) {

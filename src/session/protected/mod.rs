@@ -16,6 +16,7 @@
 
 mod audit;
 mod backend;
+mod context;
 mod copy_in;
 mod copy_out;
 mod cursors;
@@ -47,6 +48,7 @@ use crate::pgtype::SessionTime;
 use crate::policy::Policy;
 use crate::veil::{Database, Veil};
 use backend::Backend;
+pub use context::{ContextRules, TOKEN_PLACEHOLDER};
 use refusal::{abort_first, take_pending_abort};
 use state::{lock, State};
 
@@ -58,6 +60,8 @@ pub struct Session {
     policy: Arc<ArcSwap<Policy>>,
     database_name: String,
     audit: Option<(Arc<AuditSink>, Identity)>,
+    /// The token key and `[policy]`'s context rules.
+    rules: Arc<ContextRules>,
 }
 
 /// What pgveil learned about a session as it started.
@@ -77,6 +81,8 @@ pub struct Engine {
     pub veil: Arc<Veil>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub audit: Option<Arc<AuditSink>>,
+    /// How sessions may set their context (token key, require_purpose, break-glass roles).
+    pub context: Arc<ContextRules>,
 }
 
 impl Session {
@@ -85,6 +91,7 @@ impl Session {
             veil,
             policy,
             audit,
+            context: rules,
         } = engine;
         let current = policy.load_full();
         let access = current.access_for(&veil.protection, &facts.roles);
@@ -103,7 +110,11 @@ impl Session {
                 encoding_readable: true,
                 search_path: facts.search_path,
                 database: facts.database,
+                policy_access: access.clone(),
                 access,
+                require_purpose: rules.require_purpose(),
+                context: context::ContextModel::default(),
+                context_sent: context::ContextModel::default(),
                 roles: facts.roles,
                 policy: current,
                 status: b'I',
@@ -120,6 +131,7 @@ impl Session {
             policy,
             database_name: facts.database_name,
             audit: audit.zip(identity),
+            rules,
         }
     }
 

@@ -45,6 +45,8 @@ pub(super) struct Prepared {
     /// What the statement does to a cursor by name (DECLARE, FETCH, CLOSE), done when a
     /// portal of it is executed.
     pub cursor: Option<PreparedCursor>,
+    /// The pgveil setting it changes, or the transaction boundary it is, when executed.
+    pub context: Option<super::context::ContextOp>,
     /// pgveil's extra parameters: ciphertexts for the shadow columns of migrating columns.
     pub shadow: Option<super::migrating::ShadowParams>,
 }
@@ -84,6 +86,7 @@ impl Prepared {
             injected: 0,
             refused: None,
             cursor: None,
+            context: None,
             shadow: None,
         }
     }
@@ -147,6 +150,8 @@ pub(super) enum Expect {
         audit: Option<Arc<QueryAudit>>,
         /// The FETCH statements (by index) and the cursors they read.
         fetches: Vec<(usize, Arc<Fetch>)>,
+        /// The pgveil setting statements and transaction boundaries (by index).
+        settings: Vec<(usize, super::context::ContextOp)>,
     },
     Function(Instant),
     DescribeStatement {
@@ -191,7 +196,16 @@ pub(super) struct State {
     pub encoding_readable: bool,
     pub search_path: Vec<String>,
     pub database: Arc<Database>,
+    /// The access in effect: the policy's, raised while break-glass is on.
     pub access: AccessMap,
+    /// The access the policy gives the session's roles.
+    pub policy_access: AccessMap,
+    /// `[policy] require_purpose`.
+    pub require_purpose: bool,
+    /// The session context as the database confirmed it (see [`super::context`]).
+    pub context: super::context::ContextModel,
+    /// The session context once every statement already sent has run (the gate's view).
+    pub context_sent: super::context::ContextModel,
     /// The login's roles (memberships read at session start; `SET ROLE` changes nothing).
     pub roles: Vec<String>,
     /// The policy `access` was computed from.
@@ -241,6 +255,17 @@ impl State {
             search_path: true,
             roles: false,
         })
+    }
+
+    /// Break-glass in the confirmed context raises the session's access; off, the policy's
+    /// access is back.
+    pub fn follow_break_glass(&mut self) {
+        let on = self.context.current().break_glass.is_some();
+        let raised = self.policy_access.raised();
+        let want = if on { &raised } else { &self.policy_access };
+        if &self.access != want {
+            self.access = want.clone();
+        }
     }
 
     /// A TimeZone or DateStyle the database reported.
