@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from common import (  # noqa: E402
-    IS_ROOT, Cluster, SyscallCount, build_pgveil, free_port, load_average, pgveil_keys, run_pgbench,
-    start_pgbouncer, start_pgveil,
+    IS_ROOT, Cluster, SyscallCount, build_pgveil, free_port, load_average, pgveil_keys, protected_config,
+    run_pgbench, start_pgbouncer, start_pgveil,
 )
 
 TABLE = "audit_bench"
@@ -111,14 +111,7 @@ def count_records(audit_dir):
 
 
 def veil_config(keys, audit_dir=None):
-    audit = ""
-    if audit_dir:
-        audit = (f'[audit]\ndir = "{audit_dir}"\nscope = "protected"\n'
-                 f'signing_key_file = "{keys / "audit.key"}"\n\n')
-    return (f'\n[keys]\nmaster_key_file = "{keys / "master.key"}"\n\n{audit}'
-            '[policy]\ndefault_access = "plaintext"\n\n'
-            f'[[table]]\nname = "public.{TABLE}"\nsubject = "id"\n\n'
-            f'[[column]]\ntable = "public.{TABLE}"\ncolumn = "ssn"\ntype = "text"\nencryption = "deterministic"\n')
+    return protected_config(keys, TABLE, (("ssn", "text", "deterministic"),), audit_dir)
 
 
 def median(xs):

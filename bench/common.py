@@ -136,6 +136,23 @@ def start_pgbouncer(work, port, upstream_port):
     return proc
 
 
+def protected_config(keys, table, columns, audit_dir=None):
+    """The pgveil config beyond [server]/[upstream] for one protected table: the master key in
+    `keys`, an audit log in `audit_dir` when given (scope "protected", signed with `keys`'s
+    audit key), plaintext access by default, `public.<table>` with subject `id`, and its
+    `columns` as (name, type, encryption)."""
+    audit = ""
+    if audit_dir:
+        audit = (f'[audit]\ndir = "{audit_dir}"\nscope = "protected"\n'
+                 f'signing_key_file = "{keys / "audit.key"}"\n\n')
+    column_tables = "".join(
+        f'\n[[column]]\ntable = "public.{table}"\ncolumn = "{name}"\ntype = "{ty}"\nencryption = "{mode}"\n'
+        for name, ty, mode in columns)
+    return (f'\n[keys]\nmaster_key_file = "{keys / "master.key"}"\n\n{audit}'
+            '[policy]\ndefault_access = "plaintext"\n\n'
+            f'[[table]]\nname = "public.{table}"\nsubject = "id"\n{column_tables}')
+
+
 def pgveil_keys(binary, directory):
     """`pgveil keys init`: DIR/master.key, DIR/audit.key, DIR/audit.pub."""
     subprocess.run([str(binary), "keys", "init", "--dir", str(directory)], check=True, capture_output=True)

@@ -29,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from common import Cluster, build_pgveil, free_port, load_average, pgveil_keys, proc_cpu_seconds, start_pgveil  # noqa: E402
+from common import (  # noqa: E402
+    Cluster, build_pgveil, free_port, load_average, pgveil_keys, proc_cpu_seconds, protected_config, start_pgveil,
+)
 
 PROTECTED = "copy_patients"
 # Must not contain the protected table's name (pgveil's fast path matches table names).
@@ -42,33 +44,8 @@ CREATE TABLE {TWIN} (id bigint, name text, ssn text, birth_date date);
 
 
 def veil_config(keys, audit_dir):
-    audit = ""
-    if audit_dir:
-        audit = (f'[audit]\ndir = "{audit_dir}"\nscope = "protected"\n'
-                 f'signing_key_file = "{keys / "audit.key"}"\n\n')
-    return f'''
-[keys]
-master_key_file = "{keys / "master.key"}"
-
-{audit}[policy]
-default_access = "plaintext"
-
-[[table]]
-name = "public.{PROTECTED}"
-subject = "id"
-
-[[column]]
-table = "public.{PROTECTED}"
-column = "ssn"
-type = "text"
-encryption = "deterministic"
-
-[[column]]
-table = "public.{PROTECTED}"
-column = "birth_date"
-type = "date"
-encryption = "randomized"
-'''
+    return protected_config(keys, PROTECTED, (("ssn", "text", "deterministic"), ("birth_date", "date", "randomized")),
+                            audit_dir)
 
 
 def write_data(path, rows):

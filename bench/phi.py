@@ -52,8 +52,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from common import (  # noqa: E402
-    Cluster, SyscallCount, build_pgveil, free_port, load_average, pgveil_keys, proc_cpu_seconds, run_pgbench,
-    start_pgveil,
+    Cluster, SyscallCount, build_pgveil, free_port, load_average, pgveil_keys, proc_cpu_seconds, protected_config,
+    run_pgbench, start_pgveil,
 )
 
 PROTECTED = "phi_patients"
@@ -67,39 +67,8 @@ MODES = ("simple", "extended", "prepared")
 
 def veil_config(keys, audit_dir=None):
     """The pgveil config beyond [server]/[upstream]: the PHI table protected, the twin not."""
-    audit = ""
-    if audit_dir:
-        audit = (f'[audit]\ndir = "{audit_dir}"\nscope = "protected"\n'
-                 f'signing_key_file = "{keys / "audit.key"}"\n\n')
-    return f'''
-[keys]
-master_key_file = "{keys / "master.key"}"
-
-{audit}[policy]
-default_access = "plaintext"
-
-[[table]]
-name = "public.{PROTECTED}"
-subject = "id"
-
-[[column]]
-table = "public.{PROTECTED}"
-column = "ssn"
-type = "text"
-encryption = "deterministic"
-
-[[column]]
-table = "public.{PROTECTED}"
-column = "birth_date"
-type = "date"
-encryption = "randomized"
-
-[[column]]
-table = "public.{PROTECTED}"
-column = "notes"
-type = "text"
-encryption = "randomized"
-'''
+    return protected_config(keys, PROTECTED, (("ssn", "text", "deterministic"), ("birth_date", "date", "randomized"),
+                                              ("notes", "text", "randomized")), audit_dir)
 
 
 SCHEMA = f"""

@@ -89,43 +89,12 @@ fn setup() -> &'static Setup {
 
 /// Runs a psql script against database `db` at `port` as the superuser; Err holds stderr.
 fn psql_db(port: u16, db: &str, sql: &str) -> Result<String, String> {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), sql).unwrap();
-    psql_file(port, db, file.path())
+    psql_script_in(port, SUPERUSER, db, sql)
 }
 
+/// Runs the psql script in `file` (a plain-format dump) like [`psql_db`].
 fn psql_file(port: u16, db: &str, file: &Path) -> Result<String, String> {
-    let out = Command::new(bindir().join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-P",
-            "null=<NULL>",
-        ])
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            SUPERUSER,
-            "-d",
-            db,
-        ])
-        .arg("-f")
-        .arg(file)
-        .envs(pg_env())
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    psql_db(port, db, &std::fs::read_to_string(file).unwrap())
 }
 
 fn pg_env() -> [(&'static str, &'static str); 4] {

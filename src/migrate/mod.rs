@@ -12,6 +12,7 @@
 //! and then add the envelope constraint. Values are never printed: a bad row is reported by
 //! its primary key.
 
+mod batches;
 mod plaintext;
 pub mod progress;
 mod reencrypt;
@@ -22,6 +23,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use crate::config::Config;
+use crate::crypto::constraint::EnvelopeConstraint;
 use crate::crypto::envelope::ColumnCipher;
 use crate::crypto::keyring::KeyRing;
 use crate::schema::{ProtectedColumn, TableName};
@@ -162,4 +164,17 @@ pub(crate) struct Job<'a> {
     pub info: &'a table::TableInfo,
     pub key_ids: Vec<u32>,
     pub batch_size: i64,
+}
+
+impl Job<'_> {
+    /// The column's envelope constraint, naming the key ring's key ids.
+    pub fn constraint(&self) -> EnvelopeConstraint {
+        EnvelopeConstraint::new(
+            &self.info.table,
+            &self.info.column,
+            &self.info.column,
+            self.column.mode,
+            &self.key_ids,
+        )
+    }
 }

@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use super::batches;
 use super::progress::{self, Meter};
 use super::table::{plain_name, shadow_name};
 use super::{ColumnReport, Job, MigrateError};
-use crate::crypto::constraint::{quote_ident, truncate_identifier, EnvelopeConstraint};
+use crate::crypto::constraint::{quote_ident, truncate_identifier};
 use crate::pgtype::{canonical_from_text, SessionTime};
 
 /// How long a catalog change waits for its lock before giving up and trying again, so it
@@ -202,7 +203,7 @@ fn encrypt(job: &Job<'_>, text: &str) -> Option<Vec<u8>> {
 async fn copy_pass(
     client: &mut Client,
     job: &Job<'_>,
-    mut from: Option<String>,
+    from: Option<String>,
     meter: &mut Meter,
     report: &mut ColumnReport,
 ) -> Result<(), MigrateError> {
@@ -227,56 +228,51 @@ async fn copy_pass(
         pk_type = info.pk_type,
     );
     let (table, column) = (info.table.to_string(), info.column.clone());
-    loop {
-        let rows = client
-            .query(&select, &[&from])
-            .await
-            .map_err(MigrateError::db(format!(
-                "reading {}",
-                job.column.qualified_name()
-            )))?;
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        let last_key: String = last.try_get(0).map_err(MigrateError::db("reading keys"))?;
-        let (mut keys, mut cts, mut xmins) = (Vec::new(), Vec::new(), Vec::new());
-        for row in &rows {
-            let key: String = row.try_get(0).map_err(MigrateError::db("reading keys"))?;
-            let text: String = row.try_get(1).map_err(MigrateError::db("reading values"))?;
-            let xmin: String = row.try_get(2).map_err(MigrateError::db("reading xmin"))?;
-            match encrypt(job, &text) {
-                Some(ct) => {
-                    keys.push(key);
-                    cts.push(ct);
-                    xmins.push(xmin);
-                }
-                None => {
-                    report.invalid.insert(key);
+    let what = format!("reading {}", job.column.qualified_name());
+    batches::walk(
+        client,
+        job,
+        &select,
+        from,
+        &what,
+        meter,
+        async |client, rows, last_key| {
+            let (mut keys, mut cts, mut xmins) = (Vec::new(), Vec::new(), Vec::new());
+            for row in rows {
+                let key: String = row.try_get(0).map_err(MigrateError::db("reading keys"))?;
+                let text: String = row.try_get(1).map_err(MigrateError::db("reading values"))?;
+                let xmin: String = row.try_get(2).map_err(MigrateError::db("reading xmin"))?;
+                match encrypt(job, &text) {
+                    Some(ct) => {
+                        keys.push(key);
+                        cts.push(ct);
+                        xmins.push(xmin);
+                    }
+                    None => {
+                        report.invalid.insert(key);
+                    }
                 }
             }
-        }
-        let tx = client
-            .transaction()
-            .await
-            .map_err(MigrateError::db("starting a batch"))?;
-        let written =
-            tx.execute(&update, &[&keys, &cts, &xmins])
+            let tx = client
+                .transaction()
                 .await
-                .map_err(MigrateError::db(format!(
-                    "writing {}",
-                    job.column.qualified_name()
-                )))?;
-        progress::save(&tx, &table, &column, "copy", Some(&last_key)).await?;
-        tx.commit()
-            .await
-            .map_err(MigrateError::db("committing a batch"))?;
-        report.written += written;
-        meter.advance(rows.len() as u64);
-        if (rows.len() as i64) < job.batch_size {
-            return Ok(());
-        }
-        from = Some(last_key);
-    }
+                .map_err(MigrateError::db("starting a batch"))?;
+            let written =
+                tx.execute(&update, &[&keys, &cts, &xmins])
+                    .await
+                    .map_err(MigrateError::db(format!(
+                        "writing {}",
+                        job.column.qualified_name()
+                    )))?;
+            progress::save(&tx, &table, &column, "copy", Some(last_key)).await?;
+            tx.commit()
+                .await
+                .map_err(MigrateError::db("committing a batch"))?;
+            report.written += written;
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Decrypts every shadow value and compares it with the plaintext; a mismatch (which the
@@ -306,47 +302,46 @@ async fn verify_shadow(
         pk = info.pk,
         p1 = info.pk_param(1),
     );
-    let mut from: Option<String> = None;
-    loop {
-        let rows = client
-            .query(&select, &[&from])
-            .await
-            .map_err(MigrateError::db("verifying"))?;
-        for row in &rows {
-            let key: String = row.try_get(0).map_err(MigrateError::db("verifying"))?;
-            let text: Option<String> = row.try_get(1).map_err(MigrateError::db("verifying"))?;
-            let stored: Option<Vec<u8>> = row.try_get(2).map_err(MigrateError::db("verifying"))?;
-            let xmin: String = row.try_get(3).map_err(MigrateError::db("verifying"))?;
-            let agrees = match (&text, &stored) {
-                (None, None) => true,
-                (Some(text), Some(stored)) => {
-                    let expected = canonical_from_text(
-                        job.column.logical_type,
-                        text.as_bytes(),
-                        &SessionTime::utc(),
-                    );
-                    matches!((expected, job.cipher.decrypt(stored)), (Ok(a), Ok(b)) if a == b)
+    batches::walk(
+        client,
+        job,
+        &select,
+        None,
+        "verifying",
+        meter,
+        async |client, rows, _| {
+            for row in rows {
+                let key: String = row.try_get(0).map_err(MigrateError::db("verifying"))?;
+                let text: Option<String> = row.try_get(1).map_err(MigrateError::db("verifying"))?;
+                let stored: Option<Vec<u8>> =
+                    row.try_get(2).map_err(MigrateError::db("verifying"))?;
+                let xmin: String = row.try_get(3).map_err(MigrateError::db("verifying"))?;
+                let agrees = match (&text, &stored) {
+                    (None, None) => true,
+                    (Some(text), Some(stored)) => {
+                        let expected = canonical_from_text(
+                            job.column.logical_type,
+                            text.as_bytes(),
+                            &SessionTime::utc(),
+                        );
+                        matches!((expected, job.cipher.decrypt(stored)), (Ok(a), Ok(b)) if a == b)
+                    }
+                    // Pending: written since the copy; the swap takes it.
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                };
+                if !agrees {
+                    client
+                        .execute(&reset, &[&key, &xmin])
+                        .await
+                        .map_err(MigrateError::db("verifying"))?;
                 }
-                // Pending: written since the copy; the swap takes it.
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-            };
-            if !agrees {
-                client
-                    .execute(&reset, &[&key, &xmin])
-                    .await
-                    .map_err(MigrateError::db("verifying"))?;
+                report.verified += 1;
             }
-            report.verified += 1;
-        }
-        meter.advance(rows.len() as u64);
-        match rows.last() {
-            Some(last) if (rows.len() as i64) == job.batch_size => {
-                from = Some(last.try_get(0).map_err(MigrateError::db("verifying"))?);
-            }
-            _ => return Ok(()),
-        }
-    }
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// The swap, in one transaction under the table's lock: what is still pending is encrypted,
@@ -357,13 +352,7 @@ async fn swap(
     report: &mut ColumnReport,
 ) -> Result<(), MigrateError> {
     let info = job.info;
-    let constraint = EnvelopeConstraint::new(
-        &info.table,
-        &info.column,
-        &info.column,
-        job.column.mode,
-        &job.key_ids,
-    );
+    let constraint = job.constraint();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -469,13 +458,7 @@ async fn finish(
     report: &mut ColumnReport,
 ) -> Result<(), MigrateError> {
     let info = job.info;
-    let constraint = EnvelopeConstraint::new(
-        &info.table,
-        &info.column,
-        &info.column,
-        job.column.mode,
-        &job.key_ids,
-    );
+    let constraint = job.constraint();
     super::reencrypt::ensure_constraint(client, &constraint).await?;
     let sql = format!(
         "ALTER TABLE {t} DROP COLUMN IF EXISTS {plain};

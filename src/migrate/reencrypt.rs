@@ -10,6 +10,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use super::batches;
 use super::progress::{self, Meter};
 use super::{ColumnReport, Job, MigrateError};
 use crate::crypto::constraint::{quote_ident, EnvelopeConstraint};
@@ -37,13 +38,7 @@ pub async fn run(
     meter.start(format!("{} (verify)", job.column.qualified_name()), total);
     verify(client, job, meter, report).await?;
     meter.finish();
-    let constraint = EnvelopeConstraint::new(
-        &info.table,
-        &info.column,
-        &info.column,
-        job.column.mode,
-        &job.key_ids,
-    );
+    let constraint = job.constraint();
     if report.invalid.is_empty() {
         // Rows that do not decrypt would fail the validation; they are reported instead.
         ensure_constraint(client, &constraint).await?;
@@ -93,7 +88,7 @@ fn select_sql(job: &Job<'_>) -> String {
 async fn pass(
     client: &mut Client,
     job: &Job<'_>,
-    mut from: Option<String>,
+    from: Option<String>,
     meter: &mut Meter,
     report: &mut ColumnReport,
 ) -> Result<(), MigrateError> {
@@ -108,52 +103,46 @@ async fn pass(
         pk_type = info.pk_type,
     );
     let (table, column) = (info.table.to_string(), info.column.clone());
-    loop {
-        let rows = client
-            .query(&select, &[&from])
-            .await
-            .map_err(MigrateError::db(format!(
-                "reading {}",
-                job.column.qualified_name()
-            )))?;
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        let last_key: String = last.try_get(0).map_err(MigrateError::db("reading keys"))?;
-        let mut batch: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
-        for row in &rows {
-            let key: String = row.try_get(0).map_err(MigrateError::db("reading keys"))?;
-            let stored: Option<Vec<u8>> =
-                row.try_get(1).map_err(MigrateError::db("reading values"))?;
-            let Some(stored) = stored else { continue };
-            if job.cipher.is_current(&stored) {
-                continue;
-            }
-            match job.cipher.decrypt(&stored) {
-                Ok(plain) => {
-                    let fresh = job.cipher.encrypt(&plain);
-                    batch.push((key, stored, fresh));
+    let what = format!("reading {}", job.column.qualified_name());
+    batches::walk(
+        client,
+        job,
+        &select,
+        from,
+        &what,
+        meter,
+        async |client, rows, last_key| {
+            let mut batch: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+            for row in rows {
+                let key: String = row.try_get(0).map_err(MigrateError::db("reading keys"))?;
+                let stored: Option<Vec<u8>> =
+                    row.try_get(1).map_err(MigrateError::db("reading values"))?;
+                let Some(stored) = stored else { continue };
+                if job.cipher.is_current(&stored) {
+                    continue;
                 }
-                Err(_) => {
-                    report.invalid.insert(key);
+                match job.cipher.decrypt(&stored) {
+                    Ok(plain) => {
+                        let fresh = job.cipher.encrypt(&plain);
+                        batch.push((key, stored, fresh));
+                    }
+                    Err(_) => {
+                        report.invalid.insert(key);
+                    }
                 }
             }
-        }
-        write_batch(client, job, &update, &batch, report).await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(MigrateError::db("recording progress"))?;
-        progress::save(&tx, &table, &column, "reencrypt", Some(&last_key)).await?;
-        tx.commit()
-            .await
-            .map_err(MigrateError::db("recording progress"))?;
-        meter.advance(rows.len() as u64);
-        if (rows.len() as i64) < job.batch_size {
-            return Ok(());
-        }
-        from = Some(last_key);
-    }
+            write_batch(client, job, &update, &batch, report).await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(MigrateError::db("recording progress"))?;
+            progress::save(&tx, &table, &column, "reencrypt", Some(last_key)).await?;
+            tx.commit()
+                .await
+                .map_err(MigrateError::db("recording progress"))
+        },
+    )
+    .await
 }
 
 /// The batch as the three arrays the update takes.
@@ -208,30 +197,29 @@ async fn verify(
     report: &mut ColumnReport,
 ) -> Result<(), MigrateError> {
     let select = select_sql(job);
-    let mut from: Option<String> = None;
-    loop {
-        let rows = client
-            .query(&select, &[&from])
-            .await
-            .map_err(MigrateError::db("verifying"))?;
-        for row in &rows {
-            let key: String = row.try_get(0).map_err(MigrateError::db("verifying"))?;
-            let stored: Option<Vec<u8>> = row.try_get(1).map_err(MigrateError::db("verifying"))?;
-            report.verified += 1;
-            let Some(stored) = stored else { continue };
-            let good = job.cipher.is_current(&stored) && job.cipher.decrypt(&stored).is_ok();
-            if !good && !report.duplicates.contains(&key) {
-                report.invalid.insert(key);
+    batches::walk(
+        client,
+        job,
+        &select,
+        None,
+        "verifying",
+        meter,
+        async |_, rows, _| {
+            for row in rows {
+                let key: String = row.try_get(0).map_err(MigrateError::db("verifying"))?;
+                let stored: Option<Vec<u8>> =
+                    row.try_get(1).map_err(MigrateError::db("verifying"))?;
+                report.verified += 1;
+                let Some(stored) = stored else { continue };
+                let good = job.cipher.is_current(&stored) && job.cipher.decrypt(&stored).is_ok();
+                if !good && !report.duplicates.contains(&key) {
+                    report.invalid.insert(key);
+                }
             }
-        }
-        meter.advance(rows.len() as u64);
-        match rows.last() {
-            Some(last) if (rows.len() as i64) == job.batch_size => {
-                from = Some(last.try_get(0).map_err(MigrateError::db("verifying"))?);
-            }
-            _ => return Ok(()),
-        }
-    }
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Adds the envelope constraint when it is missing or names other key ids (`NOT VALID`, a

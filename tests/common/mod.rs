@@ -453,6 +453,11 @@ pub fn group_role(name: &str, member_of: &[&str]) {
 /// unaligned, tuples only, NULL shown as `<NULL>`, stopping at the first error.
 /// Ok: stdout; Err: stderr.
 pub fn psql_script(port: u16, user: &str, sql: &str) -> Result<String, String> {
+    psql_script_in(port, user, "postgres", sql)
+}
+
+/// [`psql_script`] in database `db`.
+pub fn psql_script_in(port: u16, user: &str, db: &str, sql: &str) -> Result<String, String> {
     use std::io::Write;
     let mut child = Command::new(bindir().join("psql"))
         .args([
@@ -471,7 +476,7 @@ pub fn psql_script(port: u16, user: &str, sql: &str) -> Result<String, String> {
             "-U",
             user,
             "-d",
-            "postgres",
+            db,
             "-f",
             "-",
         ])
