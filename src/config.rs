@@ -227,7 +227,8 @@ impl Config {
         self.columns.iter().map(|c| c.column.clone()).collect()
     }
 
-    /// Who may see what, as a reload hands it to open sessions.
+    /// Who may see what (and `[policy]`'s context rules), as a reload hands it to open
+    /// sessions.
     pub fn access_policy(&self) -> crate::policy::Policy {
         crate::policy::Policy::new(
             self.columns
@@ -236,6 +237,7 @@ impl Config {
                 .collect(),
             self.policy.default_access,
         )
+        .with_context_rules(self.policy.require_purpose, &self.policy.break_glass_roles)
     }
 
     pub fn subjects(&self) -> HashMap<TableName, String> {

@@ -167,7 +167,7 @@ struct Proxy {
     /// `auth = "scram"`: pgveil authenticates clients and logs in for them.
     terminator: Option<Terminator>,
     max_message_size: usize,
-    /// The token key and `[policy]`'s context rules, for every session.
+    /// The token key, for every session (`[policy]`'s context rules are in `policy`).
     context: Arc<session::protected::ContextRules>,
 }
 
@@ -218,7 +218,6 @@ pub async fn serve_with_reload(
         max_message_size: config.server.max_message_size,
         context: Arc::new(session::protected::ContextRules {
             verifier: crate::context::TokenVerifier::from_config(&config.context)?,
-            policy: Some(config.policy.clone()),
         }),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -543,3 +543,243 @@ async fn readme_web_examples_declare_the_context_per_request() {
     let expected: Vec<Option<String>> = (0..8).map(|n| s(&format!("dr.web{}", n % 2))).collect();
     assert_eq!(users, expected);
 }
+
+/// A SHOW answered as PostgreSQL answers it: one text column named after the parameter, one
+/// row, tag `SHOW`. Returns the value shown.
+fn shown(msgs: &[Msg], name: &str) -> String {
+    let row_description = msgs.iter().find(|m| m.tag == b'T').expect("RowDescription");
+    assert_eq!(
+        row_description.fields(),
+        vec![(name.to_string(), 0, 0, 25, 0)]
+    );
+    let rows: Vec<&Msg> = msgs.iter().filter(|m| m.tag == b'D').collect();
+    assert_eq!(rows.len(), 1, "{}", tags(msgs));
+    let complete = msgs
+        .iter()
+        .find(|m| m.tag == b'C')
+        .expect("CommandComplete");
+    assert_eq!(complete.body, b"SHOW\0");
+    String::from_utf8(rows[0].values()[0].clone().unwrap()).unwrap()
+}
+
+/// Each message's answer in a raw response: splits at CommandComplete and ErrorResponse.
+fn statements(msgs: &[Msg]) -> Vec<Vec<Msg>> {
+    let mut out = vec![Vec::new()];
+    for m in msgs {
+        out.last_mut().unwrap().push(m.clone());
+        if matches!(m.tag, b'C' | b'E') {
+            out.push(Vec::new());
+        }
+    }
+    out.pop();
+    out
+}
+
+async fn show_extended(client: &tokio_postgres::Client, name: &str) -> String {
+    let row = client
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.columns()[0].name(), name);
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_answers_pgveils_own_context_in_both_protocols() {
+    let table = "ctx_show";
+    setup(table);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&config(dir.path(), table, ""), dir.path());
+    let mut raw = Raw::connect(proxy.port()).await;
+
+    // Never set: an empty string (the database has no such setting yet).
+    let msgs = raw.simple("SHOW pgveil.end_user").await;
+    assert_eq!(tags(&msgs), "TDCZ");
+    assert_eq!(shown(&msgs, "pgveil.end_user"), "");
+    // A plain SET, then SHOW in the same Query: in order, the value as of that statement.
+    let msgs = raw
+        .simple(
+            "SHOW pgveil.end_user; SET pgveil.end_user = 'dr.show'; SHOW PGVEIL.End_User; \
+             SHOW pgveil.context",
+        )
+        .await;
+    assert_eq!(tags(&msgs), "TDCCTDCTDCZ");
+    let parts = statements(&msgs);
+    assert_eq!(shown(&parts[0], "pgveil.end_user"), "");
+    assert_eq!(parts[1][0].body, b"SET\0");
+    assert_eq!(shown(&parts[2], "pgveil.end_user"), "dr.show");
+    assert_eq!(shown(&parts[3], "pgveil.context"), "");
+
+    // Extended protocol: a prepared SHOW, described and executed; it shows the value as of
+    // each Execute, not as of its Parse.
+    let msgs = raw
+        .batch(&[
+            Raw::parse("show_user", "SHOW pgveil.end_user", &[]),
+            Raw::describe(b'S', "show_user"),
+            Raw::bind("", "show_user", &[], &[], 0),
+            Raw::describe(b'P', ""),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "1tT2TDCZ");
+    assert_eq!(
+        msgs[2].fields(),
+        vec![("pgveil.end_user".to_string(), 0, 0, 25, 0)]
+    );
+    assert_eq!(shown(&msgs[4..], "pgveil.end_user"), "dr.show");
+    // A pipeline: SET and SHOW, twice, before one Sync.
+    let mut pipeline = Vec::new();
+    for user in ["dr.p1", "dr.p2"] {
+        pipeline.extend([
+            Raw::parse("", &format!("SET pgveil.end_user = '{user}'"), &[]),
+            Raw::bind("", "", &[], &[], 0),
+            Raw::execute("", 0),
+            Raw::bind("", "show_user", &[], &[], 0),
+            Raw::execute("", 0),
+        ]);
+    }
+    pipeline.push(Raw::sync());
+    let msgs = raw.batch(&pipeline).await;
+    assert_eq!(tags(&msgs), "12C2DC12C2DCZ");
+    let parts = statements(&msgs);
+    let value = |part: &[Msg]| String::from_utf8(part[1].values()[0].clone().unwrap()).unwrap();
+    assert_eq!(value(&parts[1]), "dr.p1");
+    assert_eq!(parts[1][2].body, b"SHOW\0");
+    assert_eq!(value(&parts[3]), "dr.p2");
+
+    // RESET: empty again (simple and extended).
+    let msgs = raw
+        .simple("RESET pgveil.end_user; SHOW pgveil.end_user")
+        .await;
+    assert_eq!(shown(&statements(&msgs)[1], "pgveil.end_user"), "");
+    let msgs = raw
+        .batch(&[
+            Raw::bind("", "show_user", &[], &[], 1),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "2DCZ");
+    assert_eq!(msgs[1].values(), vec![Some(Vec::new())]);
+
+    // A SET LOCAL shows until its transaction is rolled back.
+    let msgs = raw
+        .simple("BEGIN; SET LOCAL pgveil.purpose = 'research'; SHOW pgveil.purpose")
+        .await;
+    assert_eq!(shown(&statements(&msgs)[2], "pgveil.purpose"), "research");
+    let msgs = raw.simple("ROLLBACK; SHOW pgveil.purpose").await;
+    assert_eq!(shown(&statements(&msgs)[1], "pgveil.purpose"), "");
+    // In a failed transaction SHOW fails, as PostgreSQL's does.
+    let code = |msgs: &[Msg]| {
+        msgs.iter()
+            .filter(|m| m.tag == b'E')
+            .find_map(|m| m.field(b'C'))
+    };
+    let msgs = raw.simple("BEGIN; SELECT 1/0").await;
+    assert_eq!(code(&msgs).as_deref(), Some("22012"));
+    let msgs = raw.simple("SHOW pgveil.purpose").await;
+    assert_eq!(code(&msgs).as_deref(), Some("25P02"));
+    raw.simple("ROLLBACK").await;
+    let err = simple(&connect(proxy.port()).await, "SHOW pgveil.nope")
+        .await
+        .unwrap_err();
+    assert_eq!(err.0, "42704");
+
+    // Through a client library: break-glass and a rolled-back SET LOCAL, both protocols.
+    let client = connect(proxy.port()).await;
+    simple(&client, "SET pgveil.break_glass = 'code blue'")
+        .await
+        .unwrap();
+    assert_eq!(
+        show_extended(&client, "pgveil.break_glass").await,
+        "code blue"
+    );
+    client.execute("BEGIN", &[]).await.unwrap();
+    client
+        .execute("SET LOCAL pgveil.break_glass = 'code red'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        show_extended(&client, "pgveil.break_glass").await,
+        "code red"
+    );
+    client.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(
+        simple(&client, "SHOW pgveil.break_glass").await.unwrap(),
+        ["code blue"]
+    );
+    simple(&client, "RESET ALL").await.unwrap();
+    assert_eq!(show_extended(&client, "pgveil.break_glass").await, "");
+    drop(client);
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_answers_what_a_token_set_and_never_the_token() {
+    let table = "ctx_show_token";
+    setup(table);
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let key_text = format!("{}\n", STANDARD.encode(key.verifying_key().as_bytes()));
+    std::fs::write(dir.path().join("keys/context.pub"), &key_text).unwrap();
+    let extra = "[context]\ntoken_public_key_file = \"keys/context.pub\"\n";
+    let proxy = Proxy::start(&config(dir.path(), table, extra), dir.path());
+    let client = connect(proxy.port()).await;
+    let header = json!({"alg": "EdDSA", "typ": "JWT"});
+    let claims = |user: &str, glass: Option<&str>| {
+        let mut c = json!({"sub": user, "purpose": "treatment", "exp": now() + 300});
+        if let Some(reason) = glass {
+            c["break_glass"] = json!(reason);
+        }
+        sign(&header, &c, &key)
+    };
+    let session = claims("dr.session", Some("code blue"));
+    let local = claims("dr.local", None);
+    secret(&session);
+    secret(&local);
+    let all = "SHOW pgveil.end_user; SHOW pgveil.purpose; SHOW pgveil.break_glass; \
+               SHOW pgveil.context";
+    // Never set (no plain SET is allowed here, so the database has no copy): empty.
+    assert_eq!(simple(&client, all).await.unwrap(), ["", "", "", ""]);
+    assert_eq!(show_extended(&client, "pgveil.end_user").await, "");
+    // A session token: the three settings from its claims; pgveil.context shows nothing.
+    simple(&client, &format!("SET pgveil.context = '{session}'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        simple(&client, all).await.unwrap(),
+        ["dr.session", "treatment", "code blue", ""]
+    );
+    assert_eq!(
+        show_extended(&client, "pgveil.end_user").await,
+        "dr.session"
+    );
+    assert_eq!(show_extended(&client, "pgveil.purpose").await, "treatment");
+    assert_eq!(
+        show_extended(&client, "pgveil.break_glass").await,
+        "code blue"
+    );
+    assert_eq!(show_extended(&client, "pgveil.context").await, "");
+    // A SET LOCAL token (extended protocol), rolled back: the session token's again.
+    client.execute("BEGIN", &[]).await.unwrap();
+    client
+        .execute(&format!("SET LOCAL pgveil.context = '{local}'"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        simple(&client, all).await.unwrap(),
+        ["dr.local", "treatment", "", ""]
+    );
+    client.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(
+        show_extended(&client, "pgveil.end_user").await,
+        "dr.session"
+    );
+    // RESET of the token clears all three.
+    simple(&client, "RESET pgveil.context").await.unwrap();
+    assert_eq!(simple(&client, all).await.unwrap(), ["", "", "", ""]);
+    drop(client);
+    proxy.shutdown();
+}

@@ -119,23 +119,20 @@ impl SessionContext {
     /// Whether a session with `roles` (its login and every role it is a member of) may use
     /// break-glass: one of them is in `[policy] break_glass_roles`. Exact names, as
     /// PostgreSQL role names compare.
-    pub fn may_break_glass(roles: &[String], policy: &PolicyConfig) -> bool {
-        roles.iter().any(|role| {
-            policy
-                .break_glass_roles
-                .iter()
-                .any(|allowed| allowed == role)
-        })
+    pub fn may_break_glass(roles: &[String], break_glass_roles: &[String]) -> bool {
+        roles
+            .iter()
+            .any(|role| break_glass_roles.iter().any(|allowed| allowed == role))
     }
 
     /// Refuses a context that asks for break-glass (by setting or token claim) for a
-    /// session that may not use it.
+    /// session that may not use it (`break_glass_roles`: `[policy] break_glass_roles`).
     pub fn check_break_glass(
         &self,
         roles: &[String],
-        policy: &PolicyConfig,
+        break_glass_roles: &[String],
     ) -> Result<(), ContextError> {
-        if self.break_glass.is_some() && !Self::may_break_glass(roles, policy) {
+        if self.break_glass.is_some() && !Self::may_break_glass(roles, break_glass_roles) {
             return Err(ContextError::BreakGlassNotAllowed);
         }
         Ok(())
@@ -231,14 +228,17 @@ mod tests {
             break_glass: Some("code blue".into()),
         };
         assert!(context
-            .check_break_glass(&strings(&["app", "clinician"]), &policy)
+            .check_break_glass(&strings(&["app", "clinician"]), &policy.break_glass_roles)
             .is_ok());
         let e = context
-            .check_break_glass(&strings(&["app", "clinician_x", "billing"]), &policy)
+            .check_break_glass(
+                &strings(&["app", "clinician_x", "billing"]),
+                &policy.break_glass_roles,
+            )
             .unwrap_err();
         assert_eq!(e.sqlstate(), "42501");
         assert!(SessionContext::default()
-            .check_break_glass(&strings(&["app"]), &policy)
+            .check_break_glass(&strings(&["app"]), &policy.break_glass_roles)
             .is_ok());
         assert_eq!(
             context.access(Access::Mask(MaskKind::Last4)),

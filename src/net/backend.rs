@@ -316,6 +316,14 @@ impl CommandComplete<'_> {
         read_cstr(&mut rest)
     }
 
+    /// Builds a CommandComplete with `tag`.
+    pub fn encode(tag: &[u8]) -> Bytes {
+        let mut out = begin(b'C', tag.len() + 1);
+        out.put_slice(tag);
+        out.put_u8(0);
+        finish(out)
+    }
+
     /// The row count at the end of the tag (`SELECT 3`, `INSERT 0 1`).
     pub fn rows(&self) -> Option<u64> {
         let mut rest = self.body;

@@ -80,6 +80,10 @@ pub struct Policy {
     /// `schema.table.column` → role → access.
     rules: HashMap<String, BTreeMap<String, Access>>,
     default_access: Access,
+    /// `[policy] require_purpose`.
+    require_purpose: bool,
+    /// `[policy] break_glass_roles`.
+    break_glass_roles: Vec<String>,
 }
 
 impl Policy {
@@ -87,7 +91,30 @@ impl Policy {
         Self {
             rules,
             default_access,
+            require_purpose: false,
+            break_glass_roles: Vec::new(),
         }
+    }
+
+    /// With `[policy]`'s session-context rules (`require_purpose`, `break_glass_roles`).
+    pub fn with_context_rules(
+        mut self,
+        require_purpose: bool,
+        break_glass_roles: &[String],
+    ) -> Self {
+        self.require_purpose = require_purpose;
+        self.break_glass_roles = break_glass_roles.to_vec();
+        self
+    }
+
+    /// Reads of protected columns need a declared purpose of use.
+    pub fn require_purpose(&self) -> bool {
+        self.require_purpose
+    }
+
+    /// The roles that may use break-glass.
+    pub fn break_glass_roles(&self) -> &[String] {
+        &self.break_glass_roles
     }
 
     /// The access a session with `roles` has to each column of `protection`: the most

@@ -6,8 +6,8 @@
 //! database runs.
 //!
 //! Forms recognised: `SET [SESSION | LOCAL] name {= | TO} value | DEFAULT`, `RESET name`,
-//! `RESET ALL`, `DISCARD ALL`, `SHOW name`, `SELECT [pg_catalog.]set_config('name', 'value',
-//! true | false)` as a whole statement, and `BEGIN`, `START TRANSACTION`, `COMMIT`, `END`,
+//! `RESET ALL`, `DISCARD ALL`, `SHOW name` (pgveil answers it), `SELECT
+//! [pg_catalog.]set_config('name', 'value', true | false)` as a whole statement, and `BEGIN`, `START TRANSACTION`, `COMMIT`, `END`,
 //! `ROLLBACK`, `ABORT` (with `AND [NO] CHAIN`), `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`,
 //! `PREPARE TRANSACTION`. Any other statement that might set a `pgveil.` setting
 //! (`set_config` with a name pgveil cannot read, a pgveil name in any other form, a
@@ -50,7 +50,9 @@ pub enum SettingOp {
     Unknown(ContextError),
     /// A statement that may change a pgveil setting in a way pgveil cannot follow.
     Unprovable(&'static str),
-    /// Anything else (`SHOW pgveil.end_user` included: the database answers it).
+    /// `SHOW pgveil.name`: pgveil answers it from its own copy of the context.
+    Show(Setting),
+    /// Anything else.
     Other,
 }
 
@@ -184,8 +186,9 @@ impl Statement<'_> {
         }
         if self.keyword(0, "show") {
             return match self.name(1) {
-                Some((name, _)) => match Setting::parse(&name) {
+                Some((name, next)) => match Setting::parse(&name) {
                     Err(e) => SettingOp::Unknown(e),
+                    Ok(Some(setting)) if next == self.solid.len() => SettingOp::Show(setting),
                     Ok(_) => SettingOp::Other,
                 },
                 None => SettingOp::Other,
@@ -493,7 +496,7 @@ mod tests {
                 set(Setting::Purpose, false, None),
                 SettingOp::ResetAll,
                 SettingOp::ResetAll,
-                SettingOp::Other,
+                SettingOp::Show(Setting::EndUser),
             ]
         );
         let text = "SET LOCAL pgveil.context = 'a.b.c'";
@@ -513,6 +516,14 @@ mod tests {
         assert_eq!(
             without_ranges(ops("SELECT set_config('pgveil.purpose', 'research', true)")),
             vec![set(Setting::Purpose, true, Some("research"))]
+        );
+        assert_eq!(
+            ops("show PGVEIL.Context; SHOW pgveil.purpose; SHOW search_path"),
+            vec![
+                SettingOp::Show(Setting::Context),
+                SettingOp::Show(Setting::Purpose),
+                SettingOp::Other
+            ]
         );
         assert_eq!(
             ops("SET search_path = app; SELECT set_config('search_path', '', false)"),

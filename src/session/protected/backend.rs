@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::audit::recording;
+use super::context::ContextOp;
 use super::copy_in::take_copy_error;
 use super::copy_out::CopyOut;
 use super::cursors::{
@@ -17,8 +18,11 @@ use super::cursors::{
 use super::state::{lock, plan_at, Expect, Portal, Prepared, RowInfo, State};
 use super::values::{decrypt_row, denied_read, RowPlan};
 use super::Session;
+use crate::context::Setting;
 use crate::metrics::{self, ErrorKind};
-use crate::net::backend::{BackendMessage, DataRow, Field, ParameterDescription, RowDescription};
+use crate::net::backend::{
+    BackendMessage, CommandComplete, DataRow, Field, ParameterDescription, RowDescription,
+};
 use crate::net::frontend::result_format;
 use crate::pgerror::{sqlstate, PgError};
 use crate::session::introspect::Collector;
@@ -282,7 +286,12 @@ impl<'a> Backend<'a> {
                 _ => {}
             }
         }
+        let show = match portal.as_deref().and_then(|p| p.prepared.context.as_ref()) {
+            Some(ContextOp::Show(setting)) => Some(*setting),
+            _ => None,
+        };
         let (action, ends) = match message {
+            BackendMessage::DataRow(_) if show.is_some() => (show_row(show, state), false),
             BackendMessage::DataRow(row) => {
                 if self.rows.is_none() {
                     let rows = match (fetch.as_deref(), portal.as_deref()) {
@@ -321,7 +330,11 @@ impl<'a> Backend<'a> {
                 self.rows = None;
                 self.copy_out = None;
                 state.copy_in_started = false;
-                (Action::Forward, true)
+                let complete = matches!(message, BackendMessage::CommandComplete(_));
+                match show {
+                    Some(_) if complete => (show_complete(), true),
+                    _ => (Action::Forward, true),
+                }
             }
             BackendMessage::ErrorResponse(_) => {
                 self.rows = None;
@@ -340,12 +353,17 @@ impl<'a> Backend<'a> {
             statement,
             audit,
             fetches,
+            settings,
             ..
         }) = state.expect.front_mut()
         else {
             return Action::Forward;
         };
         let (analysis, index, audit) = (analysis.clone(), *statement, audit.clone());
+        let show = settings.iter().find_map(|(at, op)| match op {
+            ContextOp::Show(setting) if *at == index => Some(*setting),
+            _ => None,
+        });
         let fetch = fetches
             .iter()
             .find(|(at, _)| *at == index)
@@ -414,7 +432,12 @@ impl<'a> Backend<'a> {
                 self.rows = rows;
                 (action, false)
             }
+            BackendMessage::DataRow(_) if show.is_some() => (show_row(show, state), false),
             BackendMessage::DataRow(row) => (self.data_row(&row, state), false),
+            BackendMessage::CommandComplete(_) if show.is_some() => {
+                self.rows = None;
+                (show_complete(), true)
+            }
             BackendMessage::CopyOutResponse(body) => match plan.and_then(|p| p.copy.as_ref()) {
                 Some(copy) if copy.is_protected() => {
                     (self.start_copy_out(body, copy, injected), false)
@@ -757,7 +780,7 @@ impl<'a> Backend<'a> {
         if rows.is_plain() {
             return Action::Forward;
         }
-        if state.require_purpose && rows.columns.iter().any(Option::is_some) {
+        if state.policy.require_purpose() && rows.columns.iter().any(Option::is_some) {
             // The backstop behind the gate: the context the database confirmed.
             if let Err(error) = super::context::check_rows_purpose(state) {
                 return self.raise(error);
@@ -768,6 +791,19 @@ impl<'a> Backend<'a> {
             Err(error) => self.raise(error),
         }
     }
+}
+
+/// The row of a `SHOW pgveil.name` (sent upstream as a `SELECT` of one text column): the
+/// value pgveil's context has now, as the statements before it were confirmed.
+fn show_row(show: Option<Setting>, state: &State) -> Action {
+    let value = show.map(|setting| super::context::show_value(state, setting));
+    let value = value.unwrap_or_default();
+    Action::Replace(DataRow::encode(std::iter::once(Some(value.as_bytes()))))
+}
+
+/// The CommandComplete of a `SHOW pgveil.name`: `SHOW`, as PostgreSQL tags it.
+fn show_complete() -> Action {
+    Action::Replace(CommandComplete::encode(super::context::SHOW_TAG))
 }
 
 /// The pgveil setting or transaction boundary of the statement whose CommandComplete is

@@ -1,15 +1,19 @@
 //! The session context (DESIGN.md "Session context"): who is reading and why, followed as
 //! PostgreSQL follows a setting, transactions included.
 //!
-//! Design. pgveil keeps the authoritative context itself; the database only keeps a copy
-//! for `SHOW`. Each `SET`/`RESET`/`set_config` of a `pgveil.*` setting is recognised by
+//! Design. pgveil keeps the authoritative context itself; the database keeps a copy (the
+//! placeholder settings `current_setting` reads), never what `SHOW` answers. Each
+//! `SET`/`RESET`/`set_config` of a `pgveil.*` setting is recognised by
 //! [`crate::sql::setting_statements`], checked here (value, token, break-glass role) and
 //! forwarded upstream as itself, so the client gets the database's own answer
 //! (CommandComplete `SET`, or the `set_config` row) in protocol order, in either protocol
 //! and in pipelines; a token's literal is replaced by [`TOKEN_PLACEHOLDER`] first, so the
-//! token never leaves pgveil and `SHOW pgveil.context` can only show the placeholder. A
-//! refused one is replaced by a statement raising pgveil's error (as every refusal is), so
-//! it aborts the transaction as the database's own errors do and the connection stays usable.
+//! token never leaves pgveil. `SHOW pgveil.name` is answered from the authoritative copy
+//! (below): it goes upstream as a `SELECT` of the same response shape, so it always runs and
+//! keeps its place in the response order, and the backend puts pgveil's value and the `SHOW`
+//! tag in its answer. A refused setting statement is replaced by a statement raising
+//! pgveil's error (as every refusal is), so it aborts the transaction as the database's own
+//! errors do and the connection stays usable.
 //!
 //! Two copies of the [`ContextModel`] are kept:
 //! - `State::context`, the authoritative one, changes only as the database confirms: a
@@ -32,7 +36,6 @@ use std::ops::Range;
 use super::gate::{Admission, Protocol};
 use super::state::State;
 use super::Session;
-use crate::config::PolicyConfig;
 use crate::context::{check_value, ContextError, SessionContext, Setting, TokenVerifier};
 use crate::pgerror::{sqlstate, PgError};
 use crate::sql::{self, SettingOp};
@@ -40,17 +43,12 @@ use crate::sql::{self, SettingOp};
 /// What replaces a token's literal in the text sent upstream.
 pub const TOKEN_PLACEHOLDER: &str = "'(signed context token)'";
 
-/// What all sessions share for the context: the token key and `[policy]`'s rules.
+/// What all sessions share for the context: the token key. (`[policy]`'s rules,
+/// `require_purpose` and `break_glass_roles`, live in the session's [`crate::policy::Policy`],
+/// which a reload replaces.)
 #[derive(Debug, Default)]
 pub struct ContextRules {
     pub verifier: Option<TokenVerifier>,
-    pub policy: Option<PolicyConfig>,
-}
-
-impl ContextRules {
-    pub fn require_purpose(&self) -> bool {
-        self.policy.as_ref().is_some_and(|p| p.require_purpose)
-    }
 }
 
 /// A checked setting statement or a transaction boundary.
@@ -80,6 +78,8 @@ pub(super) enum ContextOp {
     RollbackTo,
     Release,
     Prepare,
+    /// `SHOW pgveil.name`: sent upstream as [`show_sql`], answered with [`show_value`].
+    Show(Setting),
 }
 
 impl ContextOp {
@@ -204,7 +204,7 @@ impl ContextModel {
                     txn.failed = false;
                 }
             }
-            ContextOp::Release => {}
+            ContextOp::Release | ContextOp::Show(_) => {}
         }
     }
 
@@ -264,6 +264,7 @@ type Resolved = (Option<ContextOp>, Option<(Range<usize>, String)>);
 fn resolve(op: SettingOp, rules: &ContextRules, state: &State) -> Result<Resolved, PgError> {
     let resolved = match op {
         SettingOp::Other => return Ok((None, None)),
+        SettingOp::Show(setting) => ContextOp::Show(setting),
         SettingOp::Unknown(error) => return Err(pg_error(&error)),
         SettingOp::Unprovable(why) => {
             return Err(PgError::error(
@@ -286,7 +287,7 @@ fn resolve(op: SettingOp, rules: &ContextRules, state: &State) -> Result<Resolve
             let claims = verifier.verify(&token).map_err(|e| pg_error(&e))?;
             let expires_at = claims.expires_at;
             let context = SessionContext::from_token(claims);
-            check_break_glass(&context, rules, state)?;
+            check_break_glass(&context, state)?;
             let replacement = literal.map(|range| (range, TOKEN_PLACEHOLDER.to_string()));
             return Ok((
                 Some(ContextOp::Token {
@@ -312,7 +313,7 @@ fn resolve(op: SettingOp, rules: &ContextRules, state: &State) -> Result<Resolve
                         break_glass: Some(value.clone()),
                         ..SessionContext::default()
                     };
-                    check_break_glass(&asks, rules, state)?;
+                    check_break_glass(&asks, state)?;
                 }
             }
             ContextOp::Set {
@@ -333,19 +334,11 @@ fn resolve(op: SettingOp, rules: &ContextRules, state: &State) -> Result<Resolve
     Ok((Some(resolved), None))
 }
 
-fn check_break_glass(
-    context: &SessionContext,
-    rules: &ContextRules,
-    state: &State,
-) -> Result<(), PgError> {
-    let default = PolicyConfig {
-        default_access: crate::policy::Access::Deny,
-        require_purpose: false,
-        break_glass_roles: Vec::new(),
-    };
-    let policy = rules.policy.as_ref().unwrap_or(&default);
+/// Break-glass asked for by a session whose roles are not in the live policy's
+/// `break_glass_roles` is refused.
+fn check_break_glass(context: &SessionContext, state: &State) -> Result<(), PgError> {
     context
-        .check_break_glass(&state.roles, policy)
+        .check_break_glass(&state.roles, state.policy.break_glass_roles())
         .map_err(|e| pg_error(&e))
 }
 
@@ -427,6 +420,11 @@ pub(super) fn admit_settings(
         });
         match checked {
             Ok((op, replacement)) => {
+                if let Some(ContextOp::Show(setting)) = &op {
+                    settings
+                        .replacements
+                        .push((statement.byte_range.clone(), show_sql(*setting)));
+                }
                 if let Some(op) = op {
                     if protocol == Protocol::Simple {
                         state.context_sent.apply(&op, false);
@@ -559,6 +557,33 @@ pub(super) fn ready(state: &mut State, status: u8) {
         state.context_sent = state.context.clone();
     }
     state.follow_break_glass();
+}
+
+/// What goes upstream for `SHOW pgveil.name`: a statement that always runs (the database
+/// may have no copy of the setting) and is answered as `SHOW` is, one text column named after
+/// the setting and one row; the backend puts [`show_value`] in that row and [`SHOW_TAG`] in
+/// its CommandComplete.
+fn show_sql(setting: Setting) -> String {
+    format!("SELECT NULL::text AS \"{}\"", setting.name())
+}
+
+/// The CommandComplete tag PostgreSQL gives `SHOW`.
+pub(super) const SHOW_TAG: &[u8] = b"SHOW";
+
+/// What `SHOW pgveil.name` answers: pgveil's confirmed context as of that statement (the
+/// statements before it in the same response have been confirmed by now). A setting not set
+/// shows an empty string, as PostgreSQL shows a placeholder setting that was reset;
+/// `pgveil.context` always shows an empty string (a token is never shown; the three settings
+/// show what it set).
+pub(super) fn show_value(state: &State, setting: Setting) -> String {
+    let current = state.context.current();
+    let value = match setting {
+        Setting::EndUser => &current.end_user,
+        Setting::Purpose => &current.purpose,
+        Setting::BreakGlass => &current.break_glass,
+        Setting::Context => &None,
+    };
+    value.clone().unwrap_or_default()
 }
 
 /// `require_purpose` (the caller checked it is on), for rows about to carry protected

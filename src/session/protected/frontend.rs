@@ -98,8 +98,9 @@ fn follow_policy(session: &Session, state: &mut State) {
     if !Arc::ptr_eq(&current, &state.policy) {
         state.policy_access = current.access_for(&session.veil.protection, &state.roles);
         state.access = state.policy_access.clone();
-        state.follow_break_glass();
+        // `require_purpose` and `break_glass_roles` are read from it from now on.
         state.policy = Arc::clone(&current);
+        state.follow_break_glass();
     }
 }
 

@@ -302,7 +302,7 @@ pub(super) fn check_plan(plan: &StatementPlan, state: &State, veil: &Veil) -> Re
     if let Some(refusal) = &plan.refusal {
         return Err(PgError::error(refusal.sqlstate, refusal.message.clone()));
     }
-    if state.require_purpose && !plan.reads.is_empty() {
+    if state.policy.require_purpose() && !plan.reads.is_empty() {
         super::context::check_gate_purpose(state)?;
     }
     for &column in plan.reads.iter().chain(plan.conditions.iter()) {

@@ -56,11 +56,12 @@ use state::{lock, State};
 pub struct Session {
     state: Mutex<State>,
     veil: Arc<Veil>,
-    /// The live policy; a reload swaps it and the session picks it up at its next message.
+    /// The live policy (`require_purpose` and `break_glass_roles` included); a reload swaps
+    /// it and the session picks it up at its next message.
     policy: Arc<ArcSwap<Policy>>,
     database_name: String,
     audit: Option<(Arc<AuditSink>, Identity)>,
-    /// The token key and `[policy]`'s context rules.
+    /// The token key.
     rules: Arc<ContextRules>,
 }
 
@@ -81,7 +82,7 @@ pub struct Engine {
     pub veil: Arc<Veil>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub audit: Option<Arc<AuditSink>>,
-    /// How sessions may set their context (token key, require_purpose, break-glass roles).
+    /// How sessions may set their context (the token key; `[policy]`'s rules are in `policy`).
     pub context: Arc<ContextRules>,
 }
 
@@ -112,7 +113,6 @@ impl Session {
                 database: facts.database,
                 policy_access: access.clone(),
                 access,
-                require_purpose: rules.require_purpose(),
                 context: context::ContextModel::default(),
                 context_sent: context::ContextModel::default(),
                 roles: facts.roles,

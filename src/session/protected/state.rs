@@ -200,8 +200,6 @@ pub(super) struct State {
     pub access: AccessMap,
     /// The access the policy gives the session's roles.
     pub policy_access: AccessMap,
-    /// `[policy] require_purpose`.
-    pub require_purpose: bool,
     /// The session context as the database confirmed it (see [`super::context`]).
     pub context: super::context::ContextModel,
     /// The session context once every statement already sent has run (the gate's view).
@@ -257,10 +255,15 @@ impl State {
         })
     }
 
-    /// Break-glass in the confirmed context raises the session's access; off, the policy's
+    /// Break-glass in the confirmed context raises the session's access while the live
+    /// policy's `break_glass_roles` still name one of its roles; otherwise the policy's
     /// access is back.
     pub fn follow_break_glass(&mut self) {
-        let on = self.context.current().break_glass.is_some();
+        let on = self.context.current().break_glass.is_some()
+            && crate::context::SessionContext::may_break_glass(
+                &self.roles,
+                self.policy.break_glass_roles(),
+            );
         let raised = self.policy_access.raised();
         let want = if on { &raised } else { &self.policy_access };
         if &self.access != want {
