@@ -3,33 +3,32 @@
 //! logical types shown in RowDescription and ParameterDescription, values decrypted and
 //! masked in DataRow, pgveil's own subject columns removed. Statements in the audit log's
 //! scope have their response held until their record is written.
+//!
+//! Beside this file: `describe.rs` the answers to Describe (and which result columns are
+//! protected), `hold.rs` the audit records of responses and the holding of them.
 
-use std::sync::Arc;
+mod describe;
+mod hold;
 
 use bytes::Bytes;
+use describe::{fields_of, portal_rows};
 
-use super::audit::recording;
 use super::context::ContextOp;
 use super::copy_in::take_copy_error;
 use super::copy_out::CopyOut;
-use super::cursors::{
-    fetch_columns, fetch_row_types, fetch_rows, unattributed, CursorSource, Fetch,
-};
-use super::state::{lock, plan_at, Expect, Portal, Prepared, RowInfo, State};
-use super::values::{decrypt_row, denied_read, RowPlan};
+use super::cursors::{fetch_rows, unattributed};
+use super::state::{lock, plan_at, Expect, State};
+use super::values::{decrypt_row, RowPlan};
 use super::Session;
 use crate::context::Setting;
 use crate::metrics::{self, ErrorKind};
-use crate::net::backend::{
-    BackendMessage, CommandComplete, DataRow, Field, ParameterDescription, RowDescription,
-};
-use crate::net::frontend::result_format;
+use crate::net::backend::{BackendMessage, CommandComplete, DataRow};
 use crate::pgerror::{sqlstate, PgError};
 use crate::session::introspect::Collector;
-use crate::session::recording::{Identity, Recording};
-use crate::session::relay::{Action, Audited};
-use crate::sql::{self, ColumnRef, StatementPlan};
-use crate::veil::{Database, Veil};
+use crate::session::recording::Recording;
+use crate::session::relay::Action;
+use crate::sql;
+use crate::veil::Database;
 
 pub(super) struct Backend<'a> {
     session: &'a Session,
@@ -183,88 +182,6 @@ impl<'a> Backend<'a> {
                     }
                 }
                 self.record(Action::Forward, (frame, message), true)
-            }
-            _ => Action::Forward,
-        }
-    }
-
-    /// A Describe of a statement: pgveil's own after a Parse (`internal`, never shown) or
-    /// the client's.
-    fn describe_statement(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
-        let Some(Expect::DescribeStatement {
-            prepared,
-            internal,
-            cursor,
-        }) = state.expect.front()
-        else {
-            return Action::Forward;
-        };
-        let (prepared, internal, cursor) = (prepared.clone(), *internal, cursor.clone());
-        match message {
-            BackendMessage::ParameterDescription(_) if internal => Action::Drop,
-            BackendMessage::ParameterDescription(description) => {
-                parameter_description(&description, &prepared, &self.session.veil)
-            }
-            BackendMessage::RowDescription(_) | BackendMessage::NoData => {
-                state.expect.pop_front();
-                let fields = fields_of(&message);
-                let columns = match self.columns(&fields, prepared.plan(), cursor.as_deref(), state)
-                {
-                    Ok(columns) => columns,
-                    Err(error) => return self.raise(error),
-                };
-                let strip = cursor.as_ref().map_or(prepared.injected, |c| c.injected);
-                let types = fields.iter().map(|f| f.type_oid).collect();
-                let _ = prepared.row.set(RowInfo {
-                    columns: columns.clone(),
-                    types,
-                });
-                match message {
-                    _ if internal => Action::Drop,
-                    // Formats belong to a portal, not to a statement: the rows of each
-                    // Execute are decoded from its own portal (`portal_rows`).
-                    BackendMessage::RowDescription(_) => {
-                        self.describe_rows(&fields, &columns, &[], strip, state).0
-                    }
-                    _ => Action::Forward,
-                }
-            }
-            _ => Action::Forward,
-        }
-    }
-
-    fn describe_portal(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
-        let Some(Expect::DescribePortal(portal, cursor)) = state.expect.front() else {
-            return Action::Forward;
-        };
-        let (portal, cursor) = (portal.clone(), cursor.clone());
-        match message {
-            BackendMessage::NoData => {
-                state.expect.pop_front();
-                Action::Forward
-            }
-            BackendMessage::RowDescription(_) => {
-                state.expect.pop_front();
-                let fields = fields_of(&message);
-                let prepared = portal.as_ref().map(|p| &p.prepared);
-                let plan = prepared.and_then(|p| p.plan());
-                let columns = match self.columns(&fields, plan, cursor.as_deref(), state) {
-                    Ok(columns) => columns,
-                    Err(error) => return self.raise(error),
-                };
-                let formats = portal
-                    .as_ref()
-                    .map(|p| p.result_formats.clone())
-                    .unwrap_or_default();
-                let strip = match &cursor {
-                    Some(cursor) => cursor.injected,
-                    None => prepared.map_or(0, |p| p.injected),
-                };
-                let (action, plan) = self.describe_rows(&fields, &columns, &formats, strip, state);
-                if let (Some(portal), Some(plan)) = (portal, plan) {
-                    let _ = portal.described.set(plan);
-                }
-                action
             }
             _ => Action::Forward,
         }
@@ -485,136 +402,6 @@ impl<'a> Backend<'a> {
         }
     }
 
-    fn identity(&self) -> &Identity {
-        // Only called while recording, which needs an audit sink and so an identity.
-        static NOBODY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
-        self.session
-            .audit
-            .as_ref()
-            .map(|(_, identity)| identity)
-            .unwrap_or_else(|| {
-                NOBODY.get_or_init(|| Identity {
-                    session: String::new(),
-                    client: String::new(),
-                    user: String::new(),
-                    roles: Vec::new(),
-                    application: String::new(),
-                })
-            })
-    }
-
-    /// Starts the record of the statement whose response is arriving: a simple query's
-    /// statement or an Execute. `row_types` is the row layout when already known.
-    fn begin_recording(
-        &mut self,
-        plan: Option<&StatementPlan>,
-        fingerprint: String,
-        refused: bool,
-        row_types: Option<(Vec<(u32, i16)>, usize)>,
-        state: &State,
-    ) {
-        let mut recording = recording(self.session, state, plan, fingerprint, refused);
-        if let Some((types, injected)) = row_types {
-            recording.set_row_types(types, injected);
-        }
-        self.recording = Some(recording);
-    }
-
-    /// Starts the record of an Execute of a statement in scope.
-    fn begin_execute(&mut self, portal: &Portal, state: &State) {
-        let prepared = &portal.prepared;
-        let Some(fingerprint) = &prepared.fingerprint else {
-            return;
-        };
-        let row_types = prepared.row.get().map(|info| {
-            let types = info
-                .types
-                .iter()
-                .enumerate()
-                .map(|(i, oid)| (*oid, result_format(&portal.result_formats, i)))
-                .collect();
-            (types, prepared.injected)
-        });
-        self.begin_recording(
-            prepared.plan(),
-            fingerprint.clone(),
-            false,
-            row_types,
-            state,
-        );
-    }
-
-    /// Starts the record of an Execute of a FETCH, with the plan of its cursor.
-    fn begin_fetch(&mut self, fetch: &Fetch, portal: &Portal, state: &State) {
-        let Some(fingerprint) = &fetch.fingerprint else {
-            return;
-        };
-        let described = portal.prepared.row.get().map(|row| row.types.as_slice());
-        let row_types = fetch_row_types(&fetch.source, described, &portal.result_formats);
-        let plan = fetch.source.plan();
-        self.begin_recording(plan, fingerprint.clone(), false, row_types, state);
-    }
-
-    /// The protected column behind each result column: for a FETCH from its cursor's plan,
-    /// otherwise from the database's report and the statement's plan.
-    fn columns(
-        &self,
-        fields: &[Field],
-        plan: Option<&StatementPlan>,
-        cursor: Option<&CursorSource>,
-        state: &State,
-    ) -> Result<Vec<Option<ColumnRef>>, PgError> {
-        match cursor {
-            Some(cursor) => fetch_columns(fields, &state.database, cursor),
-            None => Ok(result_columns(fields, &state.database, plan)),
-        }
-    }
-
-    /// Routes a frame of a recorded statement into its held response; at the statement's
-    /// end, the response leaves with its record.
-    fn record(&mut self, action: Action, (frame, message): Message<'_>, ends: bool) -> Action {
-        let Some(recording) = self.recording.as_mut() else {
-            return action;
-        };
-        if self.copy_out.is_some()
-            && matches!(
-                message,
-                BackendMessage::CopyOutResponse(_) | BackendMessage::CopyData(_)
-            )
-        {
-            // A COPY streams: holding a whole table would take unbounded memory. Its end
-            // (CopyDone, CommandComplete) still waits for the record.
-            return action;
-        }
-        if !recording.discloses() {
-            // Nothing protected is released (a write without RETURNING, a refusal): the
-            // response need not wait for the record, which is written in the background.
-            // While the log is failing, writes are refused before they run.
-            if ends {
-                if let (Some(recording), Some(sink)) = (self.recording.take(), self.session.sink())
-                {
-                    let audited = recording.finish(self.identity(), &message);
-                    let sink = Arc::clone(sink);
-                    tokio::spawn(async move {
-                        let Audited { draft, context, .. } = *audited;
-                        if let Err(e) = sink.append(draft, context).await {
-                            tracing::error!(error = %e, "audit record of a write not written");
-                        }
-                    });
-                }
-            }
-            return action;
-        }
-        recording.hold(action, frame);
-        if !ends {
-            return Action::Drop;
-        }
-        match self.recording.take() {
-            Some(recording) => Action::Audited(recording.finish(self.identity(), &message)),
-            None => Action::Drop,
-        }
-    }
-
     fn parameter_status(&mut self, name: &[u8], value: &[u8]) {
         let value = || String::from_utf8_lossy(value).into_owned();
         let mut state = lock(&self.session.state);
@@ -723,52 +510,6 @@ impl<'a> Backend<'a> {
         }
     }
 
-    /// Rewrites a RowDescription: logical types for protected columns, pgveil's own subject
-    /// columns removed, and (the backstop) a result that carries a denied column refused.
-    /// Returns how rows described so would be decoded (`None` when refused); the caller
-    /// decides whom that belongs to, as a Describe is answered before its rows and
-    /// possibly long before (asyncpg: Parse, Describe, Flush, later Bind, Execute).
-    fn describe_rows(
-        &mut self,
-        fields: &[Field],
-        columns: &[Option<ColumnRef>],
-        formats: &[i16],
-        strip: usize,
-        state: &State,
-    ) -> (Action, Option<RowPlan>) {
-        let strip = strip.min(fields.len());
-        if strip == 0 && columns.iter().all(Option::is_none) {
-            return (Action::Forward, Some(RowPlan::default()));
-        }
-        let veil = &self.session.veil;
-        let mut fields = fields[..fields.len() - strip].to_vec();
-        let mut plan = RowPlan {
-            columns: Vec::with_capacity(fields.len()),
-            strip,
-            stored_types: fields.iter().map(|f| f.type_oid).collect(),
-        };
-        for (index, (field, column)) in fields.iter_mut().zip(columns).enumerate() {
-            let Some((column, spec)) = column.and_then(|c| Some((c, veil.protection.column(c)?)))
-            else {
-                plan.columns.push(None);
-                continue;
-            };
-            if state.access.is_denied(column) {
-                return (self.raise(denied_read(spec)), None);
-            }
-            field.type_oid = spec.logical_type.oid();
-            field.type_size = spec.logical_type.type_size();
-            field.type_modifier = -1;
-            let format = if formats.is_empty() {
-                field.format
-            } else {
-                result_format(formats, index)
-            };
-            plan.columns.push(Some((column, format)));
-        }
-        (Action::Replace(RowDescription::encode(&fields)), Some(plan))
-    }
-
     /// A row: counted and read for subject ids when recorded, then decrypted and masked.
     fn data_row(&mut self, row: &DataRow<'_>, state: &State) -> Action {
         if let Some(recording) = self.recording.as_mut() {
@@ -869,101 +610,4 @@ fn complete(state: &mut State, completed: bool) -> Action {
         state.expect.pop_front();
     }
     Action::Forward
-}
-
-fn fields_of(message: &BackendMessage<'_>) -> Vec<Field> {
-    match message {
-        BackendMessage::RowDescription(description) => description.fields().unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-fn parameter_description(
-    description: &ParameterDescription<'_>,
-    prepared: &Prepared,
-    veil: &Veil,
-) -> Action {
-    // pgveil's own parameters (shadow ciphertexts) are not the client's to see.
-    let visible = prepared.shadow.as_ref().map(|s| s.visible);
-    if prepared.param_columns.iter().all(Option::is_none) && visible.is_none() {
-        return Action::Forward;
-    }
-    let Ok(mut types) = description.types() else {
-        return Action::Forward;
-    };
-    if let Some(visible) = visible {
-        types.truncate(visible);
-    }
-    for (index, column) in prepared.param_columns.iter().enumerate() {
-        let (Some(column), Some(slot)) = (column, types.get_mut(index)) else {
-            continue;
-        };
-        let declared = prepared.client_param_types.get(index).copied().unwrap_or(0);
-        let array = prepared.param_arrays.get(index).copied().unwrap_or(false);
-        *slot = if declared != 0 {
-            declared
-        } else {
-            veil.protection.column(*column).map_or(*slot, |c| {
-                if array {
-                    c.logical_type.array_oid()
-                } else {
-                    c.logical_type.oid()
-                }
-            })
-        };
-    }
-    Action::Replace(ParameterDescription::encode(&types))
-}
-
-/// Which result columns are protected: from the table OID and column number the database
-/// reports, or where it reports none (an expression, a set operation), from the analysis.
-fn result_columns(
-    fields: &[Field],
-    database: &Database,
-    plan: Option<&StatementPlan>,
-) -> Vec<Option<ColumnRef>> {
-    fields
-        .iter()
-        .enumerate()
-        .map(|(index, field)| {
-            let from_plan = || plan.and_then(|p| p.result_columns.get(index).copied().flatten());
-            if field.table_oid != 0 {
-                // A table dropped and recreated around pgveil has an OID the catalog does not
-                // know yet; the analysis (by name) still knows the column is protected.
-                database
-                    .by_attribute
-                    .get(&(field.table_oid, field.column))
-                    .copied()
-                    .or_else(from_plan)
-            } else {
-                from_plan()
-            }
-        })
-        .collect()
-}
-
-fn portal_rows(portal: Option<&Portal>) -> Result<RowPlan, PgError> {
-    let Some(portal) = portal else {
-        return Ok(RowPlan::default());
-    };
-    if let Some(described) = portal.described.get() {
-        return Ok(described.clone());
-    }
-    match portal.prepared.row.get() {
-        Some(info) => Ok(RowPlan {
-            columns: info
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| c.map(|c| (c, result_format(&portal.result_formats, i))))
-                .collect(),
-            strip: portal.prepared.injected,
-            stored_types: info.types.clone(),
-        }),
-        None if portal.prepared.analysis.is_none() => Ok(RowPlan::default()),
-        None => Err(PgError::error(
-            sqlstate::INTERNAL_ERROR,
-            "pgveil: the result columns of this statement are unknown, so its rows are withheld",
-        )),
-    }
 }
