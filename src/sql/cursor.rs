@@ -60,17 +60,7 @@ fn contains_word(text: &str, word: &str) -> bool {
 pub fn cursor_statements(sql: &str) -> Option<Vec<CursorStatement>> {
     let tokens = Tokens::new(sql).ok()?;
     let mut out = Vec::new();
-    let mut start = 0;
-    for i in 0..=tokens.spanned.len() {
-        let boundary = match tokens.token(i) {
-            None => true,
-            Some(t) => matches!(t, Token::SemiColon | Token::EOF),
-        };
-        if !boundary {
-            continue;
-        }
-        let solid: Vec<usize> = (start..i).filter(|&j| !tokens.is_trivia(j)).collect();
-        start = i + 1;
+    for solid in tokens.statements() {
         let (Some(&first), Some(&last)) = (solid.first(), solid.last()) else {
             continue;
         };

@@ -91,6 +91,28 @@ impl Tokens {
         (i + 1..self.spanned.len()).find(|&j| !self.is_trivia(j))
     }
 
+    /// The non-whitespace token indices of each statement, split at semicolons as the
+    /// database splits a Query (empty statements left out).
+    pub fn statements(&self) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 0..=self.spanned.len() {
+            let boundary = match self.token(i) {
+                None => true,
+                Some(t) => matches!(t, Token::SemiColon | Token::EOF),
+            };
+            if !boundary {
+                continue;
+            }
+            let solid: Vec<usize> = (start..i).filter(|&j| !self.is_trivia(j)).collect();
+            start = i + 1;
+            if !solid.is_empty() {
+                out.push(solid);
+            }
+        }
+        out
+    }
+
     pub fn token(&self, i: usize) -> Option<&Token> {
         self.spanned.get(i).map(|t| &t.token)
     }

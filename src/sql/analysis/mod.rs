@@ -110,17 +110,7 @@ pub fn analyze(
     let tokens = Tokens::new(sql).map_err(|e| AnalyzeError::Parse(sanitize(&e)))?;
     let mut plans = Vec::new();
     let mut earlier = same_query::EarlierDdl::default();
-    let mut seg_start = 0;
-    for i in 0..=tokens.spanned.len() {
-        let boundary = match tokens.token(i) {
-            None => true,
-            Some(t) => matches!(t, Token::SemiColon | Token::EOF),
-        };
-        if !boundary {
-            continue;
-        }
-        let solid: Vec<usize> = (seg_start..i).filter(|&j| !tokens.is_trivia(j)).collect();
-        seg_start = i + 1;
+    for solid in tokens.statements() {
         let (Some(&first), Some(&last)) = (solid.first(), solid.last()) else {
             continue;
         };
