@@ -451,23 +451,13 @@ fn names_pgveil(text: &str) -> bool {
     lower.contains("pgveil") || lower.contains("set_config")
 }
 
-fn with_settings(admission: Admission, settings: Settings) -> Admission {
-    match admission {
-        Admission::Forward {
-            fingerprint,
-            fetches,
-            ..
-        } => Admission::Forward {
-            fingerprint,
-            fetches,
-            settings,
-        },
-        Admission::Analysed(mut admitted) => {
-            admitted.settings = settings;
-            Admission::Analysed(admitted)
-        }
-        refused @ Admission::Refuse { .. } => refused,
+fn with_settings(mut admission: Admission, settings: Settings) -> Admission {
+    match &mut admission {
+        Admission::Forward { settings: slot, .. } => *slot = settings,
+        Admission::Analysed(admitted) => admitted.settings = settings,
+        Admission::Refuse { .. } => {}
     }
+    admission
 }
 
 fn refuse_whole(error: PgError, text: &str, session: &Session, state: &State) -> Admission {

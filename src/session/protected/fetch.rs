@@ -128,22 +128,13 @@ fn apply(
             return refuse_at(admission, index, own_text, error, done, session, state);
         }
     }
-    match admission {
-        Admission::Forward {
-            fingerprint,
-            settings,
-            ..
-        } => Admission::Forward {
-            fingerprint,
-            fetches,
-            settings,
-        },
-        Admission::Analysed(mut admitted) => {
-            admitted.fetches = fetches;
-            Admission::Analysed(admitted)
-        }
-        refused @ Admission::Refuse { .. } => refused,
+    let mut admission = admission;
+    match &mut admission {
+        Admission::Forward { fetches: slot, .. } => *slot = fetches,
+        Admission::Analysed(admitted) => admitted.fetches = fetches,
+        Admission::Refuse { .. } => {}
     }
+    admission
 }
 
 /// Statement `index` must raise `error`: an analysed text runs up to it, a text on the fast
