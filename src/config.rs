@@ -87,6 +87,21 @@ pub struct UpstreamConfig {
     /// How long an `auth_query` answer is reused (`auth_cache_secs`); zero: not at all.
     pub auth_cache_ttl: Duration,
     pub connect_timeout: Duration,
+    /// With `auth = "scram"`: database connections kept for the next client of the same login.
+    pub reuse: ServerReuse,
+}
+
+/// `[upstream] server_reuse` and its limits (README, "Server connection reuse").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerReuse {
+    /// `server_reuse`: keep connections at all.
+    pub enabled: bool,
+    /// `server_idle_timeout_secs`: an unused connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// `server_lifetime_secs`: a connection is not reused once this old.
+    pub lifetime: Duration,
+    /// `server_max_idle`: connections kept at most, all logins together.
+    pub max_idle: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -552,6 +567,7 @@ impl Walker<'_> {
         let connect_timeout = self
             .opt_int(s, "connect_timeout_secs", 1, 3600)
             .map_or(Duration::from_secs(10), |v| Duration::from_secs(v as u64));
+        let reuse = self.server_reuse(s);
         UpstreamConfig {
             host,
             port,
@@ -563,6 +579,20 @@ impl Walker<'_> {
             auth_dbname,
             auth_cache_ttl,
             connect_timeout,
+            reuse,
+        }
+    }
+
+    fn server_reuse(&mut self, s: &mut Section<'_>) -> ServerReuse {
+        let secs =
+            |v: Option<i64>, default: u64| Duration::from_secs(v.map_or(default, |v| v as u64));
+        ServerReuse {
+            enabled: self.opt_bool(s, "server_reuse").unwrap_or(true),
+            idle_timeout: secs(self.opt_int(s, "server_idle_timeout_secs", 1, 86_400), 60),
+            lifetime: secs(self.opt_int(s, "server_lifetime_secs", 1, 604_800), 3600),
+            max_idle: self
+                .opt_int(s, "server_max_idle", 0, 10_000)
+                .map_or(20, |v| v as usize),
         }
     }
 
@@ -1229,5 +1259,47 @@ access = { clinician = "plaintext", billing = "mask:year", researcher = "mask:ye
         assert_eq!(config.upstream.auth_dbname.as_deref(), Some("postgres"));
         assert!(config.upstream.auth_cache_ttl.is_zero());
         assert!(config.upstream.auth_query.contains("$1"));
+    }
+
+    #[test]
+    fn server_reuse_defaults_and_limits() {
+        let config = parse(
+            "[upstream]
+",
+        )
+        .unwrap();
+        let reuse = config.upstream.reuse;
+        assert!(reuse.enabled);
+        assert_eq!(reuse.idle_timeout, Duration::from_secs(60));
+        assert_eq!(reuse.lifetime, Duration::from_secs(3600));
+        assert_eq!(reuse.max_idle, 20);
+        let config = parse(
+            "[upstream]
+server_reuse = false
+server_idle_timeout_secs = 5
+server_lifetime_secs = 30
+server_max_idle = 0
+",
+        )
+        .unwrap();
+        let reuse = config.upstream.reuse;
+        assert!(!reuse.enabled);
+        assert_eq!(reuse.idle_timeout, Duration::from_secs(5));
+        assert_eq!(reuse.lifetime, Duration::from_secs(30));
+        assert_eq!(reuse.max_idle, 0);
+        let lines = problems(
+            "[upstream]
+server_reuse = 1
+server_idle_timeout_secs = 0
+",
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("server_reuse")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("server_idle_timeout_secs")),
+            "{lines:?}"
+        );
     }
 }

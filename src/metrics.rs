@@ -61,6 +61,11 @@ pub struct Metrics {
     pub plan_cache_misses: Counter,
     pub fingerprint_cache_hits: Counter,
     pub fingerprint_cache_misses: Counter,
+    /// `auth = "scram"`: database logins made, and database connections reused instead.
+    pub upstream_logins_new: Counter,
+    pub upstream_logins_reused: Counter,
+    /// Database connections kept for reuse now.
+    pub upstream_idle: Gauge,
     errors: Vec<Counter>,
 }
 
@@ -118,6 +123,8 @@ pub fn get() -> &'static Metrics {
         metrics::describe_counter!("pgveil_errors_total", "Errors by kind");
         describe_alerts();
         describe_caches();
+        metrics::describe_counter!("pgveil_upstream_logins_total", "auth = \"scram\": clients given a new database login (kind=new) or a kept connection (kind=reused)");
+        metrics::describe_gauge!("pgveil_upstream_idle_connections", "auth = \"scram\": database connections kept for reuse");
         Metrics {
             connections_open: metrics::gauge!("pgveil_connections_open"),
             connections_total: metrics::counter!("pgveil_connections_total"),
@@ -130,6 +137,9 @@ pub fn get() -> &'static Metrics {
             plan_cache_misses: metrics::counter!("pgveil_plan_cache_misses_total"),
             fingerprint_cache_hits: metrics::counter!("pgveil_fingerprint_cache_hits_total"),
             fingerprint_cache_misses: metrics::counter!("pgveil_fingerprint_cache_misses_total"),
+            upstream_logins_new: metrics::counter!("pgveil_upstream_logins_total", "kind" => "new"),
+            upstream_logins_reused: metrics::counter!("pgveil_upstream_logins_total", "kind" => "reused"),
+            upstream_idle: metrics::gauge!("pgveil_upstream_idle_connections"),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| metrics::counter!("pgveil_errors_total", "kind" => k.label()))

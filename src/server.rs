@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::crypto::keyring::{KeyRing, MasterSource};
 use crate::metrics::{self, ErrorKind};
 use crate::net::handshake::{Accepted, Handshake};
-use crate::net::stream::MaybeTls;
+use crate::net::stream::{MaybeTls, SplitConnection};
 use crate::net::tls::{self, TlsError};
 use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
@@ -244,6 +244,14 @@ pub async fn serve_with_reload(
         addr: "worker threads".into(),
         source,
     })?;
+    if let Some(reuse) = proxy
+        .terminator
+        .as_ref()
+        .map(|_| config.upstream.reuse)
+        .filter(|r| r.enabled)
+    {
+        tokio::spawn(reap_idle(proxy.clone(), reuse, stop_rx.clone()));
+    }
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -290,6 +298,10 @@ pub async fn serve_with_reload(
             "shutdown deadline passed; closing remaining sessions"
         );
         sessions.shutdown().await;
+    }
+    if let Some(terminator) = &proxy.terminator {
+        // Before the workers stop: the kept connections' sockets are theirs.
+        terminator.reap(true).await;
     }
     drop(workers);
     if let Some(audit) = audit {
@@ -398,6 +410,28 @@ impl Proxy {
     }
 }
 
+/// Closes kept database connections as they pass their idle time or lifetime.
+async fn reap_idle(
+    proxy: Arc<Proxy>,
+    reuse: crate::config::ServerReuse,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (reuse.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    let Some(terminator) = &proxy.terminator else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => terminator.reap(false).await,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Decrements the open-connections gauge however the session ends.
 struct OpenConnection;
 
@@ -433,7 +467,12 @@ async fn handle_client(
     };
     match accepted {
         Ok(Accepted::Cancel { pid, secret }) => {
-            if let Err(e) = proxy.connector.cancel(pid, &secret).await {
+            // With auth = "scram" clients hold pgveil's keys, mapped to their backends'.
+            let forwarded = match &proxy.terminator {
+                Some(terminator) => terminator.cancel(pid, &secret).await,
+                None => proxy.connector.cancel(pid, &secret).await,
+            };
+            if let Err(e) = forwarded {
                 tracing::warn!(client = %addr, error = %e, "could not forward cancel request");
             }
         }
@@ -442,17 +481,22 @@ async fn handle_client(
             startup,
             tls_end_point,
         }) => {
-            let connected = match &proxy.terminator {
+            let (connected, lease) = match &proxy.terminator {
                 Some(terminator) => {
                     match terminator
                         .login(&mut stream, &startup, addr, tls_end_point.as_deref())
                         .await
                     {
-                        Some(upstream) => Ok(upstream),
+                        Some((upstream, lease)) => (Ok(upstream), Some(lease)),
                         None => return,
                     }
                 }
-                None => connect_upstream(&proxy.connector, &startup.raw).await,
+                None => (
+                    connect_upstream(&proxy.connector, &startup.raw)
+                        .await
+                        .map(|u| SplitConnection::new(u, bytes::BytesMut::new())),
+                    None,
+                ),
             };
             let upstream = match connected {
                 Ok(upstream) => upstream,
@@ -470,10 +514,12 @@ async fn handle_client(
             let config = SessionConfig {
                 client_addr: addr,
                 max_message_size: proxy.max_message_size,
+                reuse: lease.is_some(),
             };
             let veil = proxy.veil.load_full();
-            if veil.is_empty() {
-                session::run(stream, upstream, config, stop).await;
+            let stopping = stop.clone();
+            let returned = if veil.is_empty() {
+                session::run(stream, upstream, config, stop).await
             } else {
                 let login = session::startup::Login {
                     database: startup.database().to_string(),
@@ -493,7 +539,11 @@ async fn handle_client(
                     },
                     stop,
                 )
-                .await;
+                .await
+            };
+            if let (Some(terminator), Some(lease)) = (&proxy.terminator, lease) {
+                let stopping = *stopping.borrow();
+                terminator.release(lease, returned, stopping).await;
             }
         }
         Err((stream, error)) => {

@@ -1,17 +1,22 @@
 //! One terminated login: the client's exchange with pgveil, then pgveil's with the database
-//! as the same user. The client is told AuthenticationOk only once the database has said it;
-//! what comes after (ParameterStatus, BackendKeyData, ReadyForQuery) is relayed by the
-//! session as usual.
+//! as the same user, or a database connection of an earlier client of the same login, reset
+//! ([`super::reuse`]). The client is told AuthenticationOk only once the database connection
+//! is ready; pgveil reads the login's end itself (ParameterStatus, BackendKeyData,
+//! ReadyForQuery) and hands the session those messages to relay, with a cancel key of its own
+//! in place of the database's ([`super::cancel`]).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use zeroize::Zeroizing;
 
 use super::auth_query::{Lookup, LookupError, VerifierSource};
+use super::cancel::{BackendKey, CancelKeys};
 use super::md5;
+use super::reuse::{encode_welcome, Lease, ServerPool, Welcome};
 use super::scram::{
     Binding, ClientExchange, Credentials, ScramError, ServerExchange, SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,
@@ -25,8 +30,9 @@ use crate::net::auth::{
     AuthMessageError, Message, AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE,
     AUTH_SASL_FINAL, MAX_AUTH_MESSAGE,
 };
+use crate::net::backend::BackendMessage;
 use crate::net::startup::StartupMessage;
-use crate::net::stream::MaybeTls;
+use crate::net::stream::{MaybeTls, SplitConnection};
 use crate::net::tls::end_point_hash;
 use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
@@ -137,6 +143,10 @@ pub struct Terminator {
     /// Derives mock verifiers; lives only in this process.
     mock_secret: Zeroizing<[u8; 32]>,
     connector: Connector,
+    /// Database connections kept for the next client of the same login.
+    pool: ServerPool,
+    /// The cancel keys clients hold, mapped to their backends'.
+    cancel: Arc<CancelKeys>,
 }
 
 impl Terminator {
@@ -154,19 +164,45 @@ impl Terminator {
             source: VerifierSource::new(upstream, user, password),
             mock_secret,
             connector,
+            pool: ServerPool::new(upstream.reuse),
+            cancel: Arc::new(CancelKeys::default()),
         }
     }
 
+    /// Forwards a client's CancelRequest to the backend its key maps to; a key no client
+    /// connected now holds is ignored, as PostgreSQL ignores one.
+    pub async fn cancel(&self, pid: u32, secret: &[u8]) -> Result<(), UpstreamError> {
+        let Some(matched) = self.cancel.matching(pid, secret) else {
+            tracing::debug!("cancel request with a key no client holds: ignored");
+            return Ok(());
+        };
+        self.connector
+            .cancel(matched.backend.pid, &matched.backend.secret)
+            .await
+    }
+
+    /// The end of a client's session: its database connection, when the session handed it
+    /// back, is reset and kept for the next client of the same login, or closed.
+    pub async fn release(&self, lease: Lease, connection: Option<SplitConnection>, stopping: bool) {
+        self.pool.release(lease, connection, stopping).await;
+    }
+
+    /// Closes kept connections past their idle time or lifetime (all of them when `all`).
+    pub async fn reap(&self, all: bool) {
+        self.pool.reap(all).await;
+    }
+
     /// Authenticates the client and logs in to the database as the same user. Some: the
-    /// database connection, just past AuthenticationOk, which the client has been sent too.
-    /// None: the client has been told why, where it could be, and should be dropped.
+    /// database connection, its pending bytes the messages the client is to be relayed
+    /// (AuthenticationOk through ReadyForQuery), and its lease, for [`Self::release`]. None:
+    /// the client has been told why, where it could be, and should be dropped.
     pub async fn login(
         &self,
         client: &mut MaybeTls,
         startup: &StartupMessage,
         client_addr: SocketAddr,
         tls_end_point: Option<&[u8]>,
-    ) -> Option<MaybeTls> {
+    ) -> Option<(SplitConnection, Lease)> {
         let result = tokio::time::timeout(LOGIN_TIMEOUT, self.run(client, startup, tls_end_point))
             .await
             .unwrap_or(Err(AuthError::Timeout(LOGIN_TIMEOUT)));
@@ -201,7 +237,7 @@ impl Terminator {
         client: &mut MaybeTls,
         startup: &StartupMessage,
         tls_end_point: Option<&[u8]>,
-    ) -> Result<MaybeTls, AuthError> {
+    ) -> Result<(SplitConnection, Lease), AuthError> {
         let user = startup.user();
         if user.is_empty() {
             return Err(AuthError::NoUser);
@@ -231,25 +267,49 @@ impl Terminator {
                 return Err(e);
             }
         };
-        let upstream = match self.open_upstream(startup, &proof).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                self.source.forget(database, user);
-                return Err(e);
-            }
-        };
         let mut reply = BytesMut::new();
         if let Proof::Scram { server_final, .. } = &proof {
             reply.extend_from_slice(&encode_auth(AUTH_SASL_FINAL, server_final.as_bytes()));
         }
         reply.extend_from_slice(&encode_auth(AUTH_OK, &[]));
+        let key = self.pool.key_for(startup);
+        let taken = match &key {
+            Some(key) => self.pool.take(key).await,
+            None => None,
+        };
+        let (mut connection, welcome, origin) = match taken {
+            Some(taken) => {
+                metrics::get().upstream_logins_reused.increment(1);
+                (taken.connection, taken.welcome, taken.lease_parts)
+            }
+            None => {
+                let mut upstream = match self.open_upstream(startup, &proof).await {
+                    Ok(upstream) => upstream,
+                    Err(e) => {
+                        self.source.forget(database, user);
+                        return Err(e);
+                    }
+                };
+                let welcome = finish_login(&mut upstream, &mut reply).await?;
+                metrics::get().upstream_logins_new.increment(1);
+                let origin = (Instant::now(), std::thread::current().id());
+                (
+                    SplitConnection::new(upstream, BytesMut::new()),
+                    welcome,
+                    origin,
+                )
+            }
+        };
         drop(proof);
-        client
-            .write_all(&reply)
-            .await
-            .map_err(|_| AuthError::ClientClosed)?;
-        client.flush().await.map_err(|_| AuthError::ClientClosed)?;
-        Ok(upstream)
+        let registration = self.cancel.register(welcome.backend.clone());
+        reply.extend_from_slice(&encode_welcome(
+            &welcome.statuses,
+            registration.client_key(),
+        ));
+        reply.extend_from_slice(&connection.pending);
+        connection.pending = reply;
+        let lease = ServerPool::lease(key, startup, &welcome, origin, registration);
+        Ok((connection, lease))
     }
 
     /// The client's side: SCRAM against the verifier (a mock one for a login that cannot
@@ -341,6 +401,43 @@ impl Terminator {
                         char::from(tag)
                     )))
                 }
+            }
+        }
+    }
+}
+
+/// The rest of the database's login after AuthenticationOk, through ReadyForQuery: the
+/// parameter values and the backend's key. Notices are added to `reply` for the client.
+async fn finish_login(upstream: &mut MaybeTls, reply: &mut BytesMut) -> Result<Welcome, AuthError> {
+    let mut statuses = Vec::new();
+    let mut backend = None;
+    loop {
+        let message = read_upstream(upstream).await?;
+        let frame = message.frame();
+        match BackendMessage::decode(&frame) {
+            BackendMessage::ParameterStatus(parameter) => statuses.push((
+                String::from_utf8_lossy(parameter.name).into_owned(),
+                String::from_utf8_lossy(parameter.value).into_owned(),
+            )),
+            BackendMessage::BackendKeyData(Some(pid)) if message.body.len() >= 8 => {
+                backend = Some(BackendKey {
+                    pid,
+                    secret: message.body[4..].to_vec(),
+                });
+            }
+            BackendMessage::NoticeResponse => reply.extend_from_slice(&frame),
+            BackendMessage::ErrorResponse(_) => return Err(database_error(&message, false)),
+            BackendMessage::ReadyForQuery(b'I') => {
+                let backend = backend.ok_or_else(|| {
+                    AuthError::UpstreamProtocol("no BackendKeyData before ReadyForQuery".into())
+                })?;
+                return Ok(Welcome { statuses, backend });
+            }
+            _ => {
+                return Err(AuthError::UpstreamProtocol(format!(
+                    "unexpected message type '{}' after AuthenticationOk",
+                    char::from(message.tag)
+                )))
             }
         }
     }

@@ -6,11 +6,15 @@
 //! certificate (`SCRAM-SHA-256-PLUS`), or with md5 where that is what the database stores
 //! (`scram`, `md5`, `verifier`); then pgveil logs in to the database as the same user, over
 //! TLS with channel binding, with the ClientKey recovered from the client's proof (`login`).
-//! No password is ever seen, stored or logged.
+//! No password is ever seen, stored or logged. Database connections are kept for the next
+//! client of the same login (`reuse`), and clients hold cancel keys of pgveil's own
+//! (`cancel`).
 
 pub mod auth_query;
+pub mod cancel;
 mod login;
 pub mod md5;
+pub mod reuse;
 pub mod scram;
 pub mod verifier;
 

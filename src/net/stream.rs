@@ -10,6 +10,25 @@ use tokio::net::TcpStream;
 pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// A database connection split for the relay, with what was read from it and not yet
+/// relayed (with `auth = "scram"`, the end of the login pgveil composed for the client).
+pub struct SplitConnection {
+    pub read: ReadHalf,
+    pub write: WriteHalf,
+    pub pending: bytes::BytesMut,
+}
+
+impl SplitConnection {
+    pub fn new(stream: MaybeTls, pending: bytes::BytesMut) -> Self {
+        let (read, write) = stream.split();
+        Self {
+            read,
+            write,
+            pending,
+        }
+    }
+}
+
 pub enum MaybeTls {
     Plain(TcpStream),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),

@@ -4,6 +4,11 @@
 //! writing never stalls the rows coming back and vice versa; each direction has its own
 //! backpressure. The two halves share only a small, briefly locked state: the queue of
 //! requests awaiting their ReadyForQuery, and the transaction status.
+//!
+//! With `auth = "scram"` and server reuse, a session hands its database connection back when
+//! the client leaves (Terminate, not forwarded, or EOF) and the connection is provably at
+//! rest: every request answered, the last ReadyForQuery idle, no extended-protocol message
+//! sent since the last Sync ([`ClientEnd`]), no COPY. Anything else closes it.
 
 pub mod introspect;
 pub mod protected;
@@ -23,7 +28,7 @@ use crate::metrics::{self, ErrorKind};
 use crate::net::backend::BackendMessage;
 use crate::net::frame::FrameError;
 use crate::net::frontend::FrontendTag;
-use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
+use crate::net::stream::{MaybeTls, ReadHalf, SplitConnection, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use relay::{drain_frames, new_buffer, Action, Outbox};
 
@@ -60,6 +65,36 @@ impl SessionError {
 pub struct SessionConfig {
     pub client_addr: SocketAddr,
     pub max_message_size: usize,
+    /// Hand the database connection back when the client leaves it at rest (the client's
+    /// Terminate is then not forwarded).
+    pub reuse: bool,
+}
+
+/// What the client half tracks for handing the connection back: whether an extended-protocol
+/// message went up since the last Sync (the database may hold an open implicit transaction
+/// and unanswered messages that no ReadyForQuery has accounted for yet).
+#[derive(Default)]
+pub(crate) struct ClientEnd {
+    pub unsynced: bool,
+}
+
+impl ClientEnd {
+    /// Notes a client message; true when it must be forwarded (a Terminate is not, when the
+    /// connection may be reused).
+    pub fn note(&mut self, tag: FrontendTag, reuse: bool) -> bool {
+        match tag {
+            FrontendTag::Sync => self.unsynced = false,
+            FrontendTag::Parse
+            | FrontendTag::Bind
+            | FrontendTag::Describe
+            | FrontendTag::Execute
+            | FrontendTag::Close
+            | FrontendTag::Flush => self.unsynced = true,
+            FrontendTag::Terminate => return !reuse,
+            _ => {}
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -84,38 +119,58 @@ fn lock(shared: &Mutex<PlainState>) -> std::sync::MutexGuard<'_, PlainState> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Relays one session until either side ends it or shutdown finds it idle.
+/// Relays one session until either side ends it or shutdown finds it idle. Returns the
+/// database connection when `config.reuse` and the client left it at rest.
 pub async fn run(
     client: MaybeTls,
-    upstream: MaybeTls,
+    upstream: SplitConnection,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Option<SplitConnection> {
     let (mut client_read, mut client_write) = client.split();
-    let (mut server_read, mut server_write) = upstream.split();
+    let SplitConnection {
+        read: mut server_read,
+        write: mut server_write,
+        pending: mut server_buf,
+    } = upstream;
     let shared = Mutex::new(PlainState::default());
+    let mut end = ClientEnd::default();
     // Boxed: the channel allocates its slots up front (32 of them), per session.
     let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
-    let upstream_bound = client_to_server(&mut client_read, &mut server_write, &shared, &config);
+    let upstream_bound = client_to_server(
+        &mut client_read,
+        &mut server_write,
+        &shared,
+        &config,
+        &mut end,
+    );
     let client_bound = server_to_client(
         &mut server_read,
         &mut client_write,
+        &mut server_buf,
         &shared,
         fatal_rx,
         shutdown,
         &config,
     );
-    drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+    let left = drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+    let at_rest = left && lock(&shared).idle() && !end.unsynced;
+    (config.reuse && at_rest).then_some(SplitConnection {
+        read: server_read,
+        write: server_write,
+        pending: server_buf,
+    })
 }
 
 /// Runs a session's two halves until either ends. When the client half fails with an error
 /// the client should see, the server half delivers it at a frame boundary before the end.
+/// True when the client left (its half ended cleanly first).
 pub(crate) async fn drive(
     upstream_bound: impl std::future::Future<Output = Result<(), SessionError>>,
     client_bound: impl std::future::Future<Output = Result<(), SessionError>>,
     fatal: mpsc::Sender<Box<PgError>>,
     client: SocketAddr,
-) {
+) -> bool {
     let upstream_bound = async {
         let result = upstream_bound.await;
         if let Err(e) = &result {
@@ -132,9 +187,11 @@ pub(crate) async fn drive(
         result = &mut upstream_bound => {
             if result.is_err() {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut client_bound).await;
+                return false;
             }
+            true
         }
-        _ = &mut client_bound => {}
+        _ = &mut client_bound => false,
     }
 }
 
@@ -143,6 +200,7 @@ async fn client_to_server(
     writer: &mut WriteHalf,
     shared: &Mutex<PlainState>,
     config: &SessionConfig,
+    end: &mut ClientEnd,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
     let mut buf = new_buffer();
@@ -156,6 +214,7 @@ async fn client_to_server(
         let mut terminated = false;
         drain_frames(&mut buf, config.max_message_size, &mut out, |frame| {
             let tag = FrontendTag::of(frame).map_err(SessionError::UnknownMessage)?;
+            let forward = end.note(tag, config.reuse);
             if tag.awaits_ready() {
                 lock(shared).awaiting_ready.push_back(Instant::now());
                 metrics.queries.increment(1);
@@ -163,7 +222,11 @@ async fn client_to_server(
                 terminated = true;
                 lock(shared).client_terminated = true;
             }
-            Ok::<_, SessionError>(Action::Forward)
+            Ok::<_, SessionError>(if forward {
+                Action::Forward
+            } else {
+                Action::Drop
+            })
         })?;
         out.flush_to(writer.as_mut()).await?;
         if terminated {
@@ -264,33 +327,38 @@ async fn send_error(writer: &mut WriteHalf, error: &PgError) -> std::io::Result<
     writer.flush().await
 }
 
+/// `buf` starts with what was read from the database before the relay (the end of the
+/// login), and keeps what was read and not yet relayed when the session ends.
 async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
+    buf: &mut bytes::BytesMut,
     shared: &Mutex<PlainState>,
     fatal: mpsc::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
-    let mut buf = new_buffer();
     let mut out = Outbox::default();
     let mut upstream_said_fatal = false;
     let mut wait = ServerWait::new(fatal, shutdown, config.client_addr);
+    let mut primed = !buf.is_empty();
     loop {
-        let read = wait
-            .read(
-                reader,
-                writer,
-                &mut buf,
-                || lock(shared).idle(),
-                || upstream_said_fatal || lock(shared).client_terminated,
-            )
-            .await?;
-        if read.is_none() {
-            return Ok(());
+        if !std::mem::take(&mut primed) {
+            let read = wait
+                .read(
+                    reader,
+                    writer,
+                    buf,
+                    || lock(shared).idle(),
+                    || upstream_said_fatal || lock(shared).client_terminated,
+                )
+                .await?;
+            if read.is_none() {
+                return Ok(());
+            }
         }
-        drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
+        drain_frames(buf, usize::MAX >> 1, &mut out, |frame| {
             Ok::<_, SessionError>(match BackendMessage::decode(frame) {
                 BackendMessage::ReadyForQuery(status) => {
                     let mut state = lock(shared);
@@ -312,5 +380,33 @@ async fn server_to_client(
             })
         })?;
         out.flush_to(writer.as_mut()).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_messages_leave_the_connection_unsynced_until_sync() {
+        let mut end = ClientEnd::default();
+        assert!(end.note(FrontendTag::Query, true));
+        assert!(!end.unsynced);
+        for tag in [FrontendTag::Parse, FrontendTag::Bind, FrontendTag::Execute] {
+            assert!(end.note(tag, true));
+            assert!(end.unsynced, "{tag:?}");
+            end.note(FrontendTag::Sync, true);
+            assert!(!end.unsynced);
+        }
+        end.note(FrontendTag::Flush, true);
+        end.note(FrontendTag::Query, true);
+        assert!(end.unsynced, "only Sync ends an extended batch");
+    }
+
+    #[test]
+    fn terminate_is_kept_back_only_when_the_connection_may_be_reused() {
+        let mut end = ClientEnd::default();
+        assert!(!end.note(FrontendTag::Terminate, true));
+        assert!(end.note(FrontendTag::Terminate, false));
     }
 }

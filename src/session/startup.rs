@@ -1,6 +1,8 @@
 //! A protected session's start: the login is relayed as is, then pgveil reads what it needs
 //! (catalog, search path, the login's roles) on the same connection before the client gets
-//! its first ReadyForQuery.
+//! its first ReadyForQuery. A database connection handed on from an earlier client (server
+//! reuse) starts here the same way: its login messages are composed by pgveil, and the
+//! session's state (statements, catalog facts, context) is built anew.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{SessionConfig, SessionError};
 use crate::net::backend::BackendMessage;
-use crate::net::stream::{MaybeTls, ReadHalf, WriteHalf};
+use crate::net::stream::{MaybeTls, ReadHalf, SplitConnection, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use crate::veil::Database;
 
@@ -34,22 +36,28 @@ pub struct Login {
     pub application: String,
 }
 
+/// Runs a protected session; returns the database connection when `config.reuse` and the
+/// client left it at rest.
 pub async fn run(
     client: MaybeTls,
-    upstream: MaybeTls,
+    upstream: SplitConnection,
     login: Login,
     config: SessionConfig,
     engine: Engine,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Option<SplitConnection> {
     let veil = engine.veil.clone();
     let (mut client_read, mut client_write) = client.split();
-    let (mut server_read, mut server_write) = upstream.split();
+    let SplitConnection {
+        read: mut server_read,
+        write: mut server_write,
+        pending,
+    } = upstream;
     let established = match establish(
         &mut client_read,
         &mut client_write,
-        &mut server_read,
-        &mut server_write,
+        (&mut server_read, &mut server_write),
+        pending,
         &config,
     )
     .await
@@ -57,7 +65,7 @@ pub async fn run(
         Ok(established) => established,
         Err(e) => {
             tracing::debug!(client = %config.client_addr, error = %e, "session ended during startup");
-            return;
+            return None;
         }
     };
     // A cached catalog that lacks a configured column is re-read: the table may have been
@@ -79,19 +87,15 @@ pub async fn run(
                 "pgveil: cannot read the database catalog, so the session is refused",
             );
             let _ = client_write.write_all(&error.encode()).await;
-            return;
+            return None;
         }
     };
-    let Some((facts, identity)) =
-        session_facts(facts, cached, &login, &established, &engine, &config)
-    else {
-        return;
-    };
+    let (facts, identity) = session_facts(facts, cached, &login, &established, &engine, &config)?;
     let session = Session::new(engine, facts, identity);
     if client_write.write_all(&established.ready).await.is_err()
         || client_write.flush().await.is_err()
     {
-        return;
+        return None;
     }
     protected::relay(
         (client_read, client_write),
@@ -101,7 +105,7 @@ pub async fn run(
         config,
         shutdown,
     )
-    .await;
+    .await
 }
 
 /// What the session starts with, from what pgveil's own query found, and who is talking
@@ -146,22 +150,23 @@ fn session_facts(
     Some((facts, identity))
 }
 
-/// Relays the authentication exchange; holds back the first ReadyForQuery.
+/// Relays the authentication exchange; holds back the first ReadyForQuery. `from_server`:
+/// what was read from the database before (with `auth = "scram"`, the login's end).
 async fn establish(
     client_read: &mut ReadHalf,
     client_write: &mut WriteHalf,
-    server_read: &mut ReadHalf,
-    server_write: &mut WriteHalf,
+    (server_read, server_write): (&mut ReadHalf, &mut WriteHalf),
+    mut from_server: bytes::BytesMut,
     config: &SessionConfig,
 ) -> Result<Established, SessionError> {
-    let mut from_server = new_buffer();
     let mut from_client = new_buffer();
     let mut out = Outbox::default();
     let mut timezone = String::from("UTC");
     let mut datestyle = String::from("ISO, MDY");
     let mut backend_pid = None;
+    let mut primed = !from_server.is_empty();
     loop {
-        if server_read.read_buf(&mut from_server).await? == 0 {
+        if !std::mem::take(&mut primed) && server_read.read_buf(&mut from_server).await? == 0 {
             return Err(SessionError::Startup);
         }
         let mut ready = None;

@@ -38,11 +38,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
-use super::{drive, ServerWait, SessionConfig, SessionError};
+use super::{drive, ClientEnd, ServerWait, SessionConfig, SessionError};
 use crate::audit::AuditSink;
 use crate::metrics;
 use crate::net::frontend::FrontendTag;
-use crate::net::stream::{ReadHalf, WriteHalf};
+use crate::net::stream::{ReadHalf, SplitConnection, WriteHalf};
 use crate::pgerror::PgError;
 use crate::pgtype::SessionTime;
 use crate::policy::Policy;
@@ -140,7 +140,8 @@ impl Session {
     }
 }
 
-/// Relays an established session.
+/// Relays an established session; returns the database connection when `config.reuse` and
+/// the client left it at rest (see [`super`]).
 pub async fn relay(
     mut client: (ReadHalf, WriteHalf),
     mut server: (ReadHalf, WriteHalf),
@@ -148,19 +149,42 @@ pub async fn relay(
     session: Session,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Option<SplitConnection> {
     let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
-    let upstream_bound =
-        client_to_server(&mut client.0, &mut server.1, leftover, &session, &config);
+    let mut end = ClientEnd::default();
+    let mut server_buf = new_buffer();
+    let upstream_bound = client_to_server(
+        &mut client.0,
+        &mut server.1,
+        leftover,
+        &session,
+        &config,
+        &mut end,
+    );
     let client_bound = server_to_client(
         &mut server.0,
         &mut client.1,
+        &mut server_buf,
         &session,
         fatal_rx,
         shutdown,
         &config,
     );
-    drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+    let left = drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+    let at_rest = {
+        let state = lock(&session.state);
+        state.expect.is_empty()
+            && state.status == b'I'
+            && state.copy_in.is_none()
+            && !state.copy_in_started
+            && !state.abort_before_next
+            && !state.discarding
+    };
+    (config.reuse && left && at_rest && !end.unsynced).then_some(SplitConnection {
+        read: server.0,
+        write: server.1,
+        pending: server_buf,
+    })
 }
 
 async fn client_to_server(
@@ -169,6 +193,7 @@ async fn client_to_server(
     leftover: bytes::BytesMut,
     session: &Session,
     config: &SessionConfig,
+    end: &mut ClientEnd,
 ) -> Result<(), SessionError> {
     let metrics = metrics::get();
     // The startup's buffer (with what the client sent after its login) is this direction's.
@@ -189,11 +214,16 @@ async fn client_to_server(
         let mut terminated = false;
         drain_frames(&mut buf, config.max_message_size, &mut out, |frame| {
             let tag = FrontendTag::of(frame).map_err(SessionError::UnknownMessage)?;
+            let forward = end.note(tag, config.reuse);
             let mut state = lock(&session.state);
             if tag == FrontendTag::Terminate {
                 terminated = true;
                 state.client_terminated = true;
-                return Ok::<_, SessionError>(Action::Forward);
+                return Ok::<_, SessionError>(if forward {
+                    Action::Forward
+                } else {
+                    Action::Drop
+                });
             }
             let abort_at = take_pending_abort(&mut state);
             let action = frontend::message(tag, frame, session, &mut state)?;
@@ -212,12 +242,12 @@ async fn client_to_server(
 async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
+    buf: &mut bytes::BytesMut,
     session: &Session,
     fatal: mpsc::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
-    let mut buf = new_buffer();
     let mut out = Outbox::default();
     let mut backend = Backend::new(session);
     let sink = session.sink().map(Arc::as_ref);
@@ -230,13 +260,13 @@ async fn server_to_client(
         let expected_close =
             || backend.upstream_said_fatal || lock(&session.state).client_terminated;
         if wait
-            .read(reader, writer, &mut buf, idle, expected_close)
+            .read(reader, writer, buf, idle, expected_close)
             .await?
             .is_none()
         {
             return Ok(());
         }
-        drain_frames(&mut buf, usize::MAX >> 1, &mut out, |frame| {
+        drain_frames(buf, usize::MAX >> 1, &mut out, |frame| {
             Ok::<_, SessionError>(backend.frame(frame))
         })?;
         backend.apply_refreshes();
