@@ -41,6 +41,7 @@ fn setup() -> &'static PathBuf {
              CREATE ROLE reuse_a LOGIN PASSWORD '{USER_PASSWORD}' IN ROLE reuse_group;
              CREATE ROLE reuse_b LOGIN PASSWORD '{USER_PASSWORD}';
              CREATE ROLE reuse_super LOGIN SUPERUSER PASSWORD '{USER_PASSWORD}';
+             CREATE ROLE reuse_pw LOGIN PASSWORD 'first-password';
              CREATE TABLE reuse_t (id int);
              GRANT ALL ON reuse_t TO reuse_a, reuse_b;"
         ));
@@ -278,6 +279,31 @@ async fn connections_serve_only_the_same_login() {
         backend_pid(&same).await,
         pid,
         "the kept connection is still there"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_password_takes_effect_at_once_for_kept_connections() {
+    let dir = setup();
+    // Cached verifiers would let the old password through for an hour.
+    let proxy = Proxy::start(&config("auth_cache_secs = 3600"), dir);
+    let port = proxy.port();
+    let first = login(port, "reuse_pw", "first-password", "").await.unwrap();
+    let pid = backend_pid(&first).await;
+    drop(first);
+    parked(pid).await;
+    tls_cluster().psql("ALTER ROLE reuse_pw PASSWORD 'second-password'");
+    let old = login(port, "reuse_pw", "first-password", "")
+        .await
+        .expect_err("the old password is refused");
+    assert_eq!(old.code(), Some(&SqlState::INVALID_PASSWORD), "{old}");
+    let new = login(port, "reuse_pw", "second-password", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        backend_pid(&new).await,
+        pid,
+        "the kept connection serves the new password"
     );
 }
 

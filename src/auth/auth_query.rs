@@ -96,10 +96,17 @@ impl VerifierSource {
         )
     }
 
-    /// The login's verifier, from the cache while it is fresh.
-    pub async fn lookup(&self, database: &str, user: &str) -> Result<Arc<Lookup>, LookupError> {
+    /// The login's verifier, from the cache while it is fresh unless `fresh` (a login that
+    /// will get a kept database connection is checked against the database's current answer,
+    /// since no database login follows that would refuse an outdated one).
+    pub async fn lookup(
+        &self,
+        database: &str,
+        user: &str,
+        fresh: bool,
+    ) -> Result<Arc<Lookup>, LookupError> {
         let key = self.key(database, user);
-        if let Some(hit) = self.cached(&key) {
+        if let Some(hit) = self.cached(&key).filter(|_| !fresh) {
             return Ok(hit);
         }
         let timeout = self.upstream.connect_timeout;

@@ -243,9 +243,12 @@ impl Terminator {
             return Err(AuthError::NoUser);
         }
         let database = startup.database();
+        // A kept connection is taken only after a lookup that bypassed the cache.
+        let key = self.pool.key_for(startup);
+        let reuse = key.as_ref().is_some_and(|key| self.pool.has_idle(key));
         let lookup = self
             .source
-            .lookup(database, user)
+            .lookup(database, user, reuse)
             .await
             .map_err(AuthError::Lookup)?;
         let proof = match self
@@ -272,10 +275,9 @@ impl Terminator {
             reply.extend_from_slice(&encode_auth(AUTH_SASL_FINAL, server_final.as_bytes()));
         }
         reply.extend_from_slice(&encode_auth(AUTH_OK, &[]));
-        let key = self.pool.key_for(startup);
         let taken = match &key {
-            Some(key) => self.pool.take(key).await,
-            None => None,
+            Some(key) if reuse => self.pool.take(key).await,
+            _ => None,
         };
         let (mut connection, welcome, origin) = match taken {
             Some(taken) => {

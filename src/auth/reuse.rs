@@ -19,7 +19,10 @@
 //! reported at login (so the next client is told the values as they are now). Any answer but
 //! the expected one (an error, a transaction still open, another user) closes the connection.
 //!
-//! Taking. A parked connection that sent anything while parked (the server closing it, a
+//! Taking. The client's password is checked against a verifier `auth_query` returned for this
+//! login (never a cached one: no database login follows that would refuse an outdated one, so
+//! a changed password or a role `auth_query` no longer returns takes effect at once). A parked
+//! connection that sent anything while parked (the server closing it, a
 //! notice) is closed instead of used; so is one past `server_idle_timeout_secs` idle or
 //! `server_lifetime_secs` old. At most `server_max_idle` are kept; the rest are closed.
 //!
@@ -281,9 +284,9 @@ impl ServerPool {
         }
     }
 
-    /// Connections parked now.
-    pub fn idle_count(&self) -> usize {
-        self.lock().count
+    /// Whether a connection is parked for `key` now.
+    pub fn has_idle(&self, key: &PoolKey) -> bool {
+        self.lock().by_key.contains_key(key)
     }
 }
 
