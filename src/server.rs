@@ -514,7 +514,9 @@ async fn handle_client(
             let config = SessionConfig {
                 client_addr: addr,
                 max_message_size: proxy.max_message_size,
-                reuse: lease.is_some(),
+                reuse: lease
+                    .as_ref()
+                    .is_some_and(crate::auth::reuse::ServerPool::reusable),
             };
             let veil = proxy.veil.load_full();
             let stopping = stop.clone();

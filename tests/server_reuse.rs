@@ -486,3 +486,15 @@ async fn a_protected_session_starts_fresh_on_a_reused_connection() {
     assert!(!second.contains("treatment"), "{second}");
     assert_eq!(lines.last().copied(), Some("123-45-6789"), "{second}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reuse_false_gives_every_client_its_own_login() {
+    let proxy = Proxy::start(&config("server_reuse = false"), setup());
+    let port = proxy.port();
+    let first = connect(port, "reuse_a").await;
+    let pid = backend_pid(&first).await;
+    drop(first);
+    gone(pid).await;
+    let second = connect(port, "reuse_a").await;
+    assert_ne!(backend_pid(&second).await, pid);
+}

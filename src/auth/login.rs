@@ -32,7 +32,7 @@ use crate::net::auth::{
 };
 use crate::net::backend::BackendMessage;
 use crate::net::startup::StartupMessage;
-use crate::net::stream::{MaybeTls, SplitConnection};
+use crate::net::stream::{HandedBack, MaybeTls, SplitConnection};
 use crate::net::tls::end_point_hash;
 use crate::net::upstream::{Connector, UpstreamError};
 use crate::pgerror::{sqlstate, PgError};
@@ -183,7 +183,7 @@ impl Terminator {
 
     /// The end of a client's session: its database connection, when the session handed it
     /// back, is reset and kept for the next client of the same login, or closed.
-    pub async fn release(&self, lease: Lease, connection: Option<SplitConnection>, stopping: bool) {
+    pub async fn release(&self, lease: Lease, connection: Option<HandedBack>, stopping: bool) {
         self.pool.release(lease, connection, stopping).await;
     }
 

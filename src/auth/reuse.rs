@@ -45,7 +45,7 @@ use crate::metrics;
 use crate::net::auth::{read_message, AuthMessageError};
 use crate::net::backend::BackendMessage;
 use crate::net::startup::StartupMessage;
-use crate::net::stream::{ReadHalf, SplitConnection};
+use crate::net::stream::{HandedBack, ReadHalf, SplitConnection};
 
 /// How long the reset may take before the connection is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -209,9 +209,14 @@ impl ServerPool {
         }
     }
 
+    /// Whether the sessions of a lease may hand their connection back at all.
+    pub fn reusable(lease: &Lease) -> bool {
+        lease.key.is_some()
+    }
+
     /// Takes back a client's connection: retires its cancel key, then resets and parks the
-    /// connection if it was handed back and may be reused, or closes it.
-    pub async fn release(&self, lease: Lease, connection: Option<SplitConnection>, stopping: bool) {
+    /// connection if it was handed back at rest and may be reused, or closes it.
+    pub async fn release(&self, lease: Lease, handed: Option<HandedBack>, stopping: bool) {
         let Lease {
             key,
             user,
@@ -222,10 +227,15 @@ impl ServerPool {
         } = lease;
         let backend = registration.backend().clone();
         registration.retire().await;
-        let Some(mut connection) = connection else {
+        let Some(HandedBack {
+            mut connection,
+            at_rest,
+        }) = handed
+        else {
             return;
         };
-        let Some(key) = key.filter(|_| !stopping && born.elapsed() < self.settings.lifetime) else {
+        let keep = at_rest && !stopping && born.elapsed() < self.settings.lifetime;
+        let Some(key) = key.filter(|_| keep) else {
             close(connection).await;
             return;
         };

@@ -29,6 +29,13 @@ impl SplitConnection {
     }
 }
 
+/// A database connection a session hands back when its client left (its Terminate withheld):
+/// `at_rest` when it may serve another client, otherwise only to be closed politely.
+pub struct HandedBack {
+    pub connection: SplitConnection,
+    pub at_rest: bool,
+}
+
 pub enum MaybeTls {
     Plain(TcpStream),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),

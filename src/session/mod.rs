@@ -28,7 +28,7 @@ use crate::metrics::{self, ErrorKind};
 use crate::net::backend::BackendMessage;
 use crate::net::frame::FrameError;
 use crate::net::frontend::FrontendTag;
-use crate::net::stream::{MaybeTls, ReadHalf, SplitConnection, WriteHalf};
+use crate::net::stream::{HandedBack, MaybeTls, ReadHalf, SplitConnection, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use relay::{drain_frames, new_buffer, Action, Outbox};
 
@@ -120,13 +120,13 @@ fn lock(shared: &Mutex<PlainState>) -> std::sync::MutexGuard<'_, PlainState> {
 }
 
 /// Relays one session until either side ends it or shutdown finds it idle. Returns the
-/// database connection when `config.reuse` and the client left it at rest.
+/// database connection when `config.reuse` and the client left.
 pub async fn run(
     client: MaybeTls,
     upstream: SplitConnection,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
-) -> Option<SplitConnection> {
+) -> Option<HandedBack> {
     let (mut client_read, mut client_write) = client.split();
     let SplitConnection {
         read: mut server_read,
@@ -154,11 +154,14 @@ pub async fn run(
         &config,
     );
     let left = drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
-    let at_rest = left && lock(&shared).idle() && !end.unsynced;
-    (config.reuse && at_rest).then_some(SplitConnection {
-        read: server_read,
-        write: server_write,
-        pending: server_buf,
+    let at_rest = lock(&shared).idle() && !end.unsynced;
+    (config.reuse && left).then_some(HandedBack {
+        connection: SplitConnection {
+            read: server_read,
+            write: server_write,
+            pending: server_buf,
+        },
+        at_rest,
     })
 }
 

@@ -16,7 +16,7 @@ use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
 use super::{SessionConfig, SessionError};
 use crate::net::backend::BackendMessage;
-use crate::net::stream::{MaybeTls, ReadHalf, SplitConnection, WriteHalf};
+use crate::net::stream::{HandedBack, MaybeTls, ReadHalf, SplitConnection, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
 use crate::veil::Database;
 
@@ -37,7 +37,7 @@ pub struct Login {
 }
 
 /// Runs a protected session; returns the database connection when `config.reuse` and the
-/// client left it at rest.
+/// client left.
 pub async fn run(
     client: MaybeTls,
     upstream: SplitConnection,
@@ -45,7 +45,7 @@ pub async fn run(
     config: SessionConfig,
     engine: Engine,
     shutdown: watch::Receiver<bool>,
-) -> Option<SplitConnection> {
+) -> Option<HandedBack> {
     let veil = engine.veil.clone();
     let (mut client_read, mut client_write) = client.split();
     let SplitConnection {

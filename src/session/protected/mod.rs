@@ -42,7 +42,7 @@ use super::{drive, ClientEnd, ServerWait, SessionConfig, SessionError};
 use crate::audit::AuditSink;
 use crate::metrics;
 use crate::net::frontend::FrontendTag;
-use crate::net::stream::{ReadHalf, SplitConnection, WriteHalf};
+use crate::net::stream::{HandedBack, ReadHalf, SplitConnection, WriteHalf};
 use crate::pgerror::PgError;
 use crate::pgtype::SessionTime;
 use crate::policy::Policy;
@@ -141,7 +141,7 @@ impl Session {
 }
 
 /// Relays an established session; returns the database connection when `config.reuse` and
-/// the client left it at rest (see [`super`]).
+/// the client left (see [`super`]).
 pub async fn relay(
     mut client: (ReadHalf, WriteHalf),
     mut server: (ReadHalf, WriteHalf),
@@ -149,7 +149,7 @@ pub async fn relay(
     session: Session,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
-) -> Option<SplitConnection> {
+) -> Option<HandedBack> {
     let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
     let mut end = ClientEnd::default();
     let mut server_buf = new_buffer();
@@ -180,10 +180,13 @@ pub async fn relay(
             && !state.abort_before_next
             && !state.discarding
     };
-    (config.reuse && left && at_rest && !end.unsynced).then_some(SplitConnection {
-        read: server.0,
-        write: server.1,
-        pending: server_buf,
+    (config.reuse && left).then_some(HandedBack {
+        connection: SplitConnection {
+            read: server.0,
+            write: server.1,
+            pending: server_buf,
+        },
+        at_rest: at_rest && !end.unsynced,
     })
 }
 
