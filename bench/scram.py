@@ -10,8 +10,8 @@ Every login is SCRAM-SHA-256 against a verifier fetched with the same SECURITY D
 function (README, "SCRAM termination"); with TLS, libpq binds to the certificate of whoever
 it talks to (SCRAM-SHA-256-PLUS) and the upstream leg is `verify-full`. PgBouncer runs in
 session mode twice: as usual (it keeps database connections and reuses them for the next
-client) and with `server_lifetime = 0` (a database connection is used once), which is the
-work pgveil does for every client, since pgveil does not pool.
+client) and with `server_lifetime = 0` (a database connection is used once); pgveil likewise
+with its defaults (`server_reuse = true`: the same reuse) and with `server_reuse = false`.
 
 Needs the PostgreSQL server binaries, pgbench, openssl and pgbouncer (installed with
 apt-get when missing and run as root); builds pgveil in release mode.
@@ -101,7 +101,7 @@ def prepare_cluster(cluster, work):
     cluster.psql("GRANT SELECT ON pgbench_accounts, pgbench_branches TO bench")
 
 
-def start_pgveil(binary, work, port, upstream_port, tls):
+def start_pgveil(binary, work, port, upstream_port, tls, reuse=True):
     config = work / f"pgveil-{port}.toml"
     server_tls = 'tls_cert = "server.crt"\ntls_key = "server.key"\n' if tls else ""
     upstream_tls = 'tls = "verify-full"\nca_file = "ca.crt"\n' if tls else 'tls = "disable"\n'
@@ -109,6 +109,7 @@ def start_pgveil(binary, work, port, upstream_port, tls):
         f'[server]\nlisten = "127.0.0.1:{port}"\nlog_level = "warn"\n{server_tls}\n'
         f'[upstream]\nhost = "localhost"\nport = {upstream_port}\n{upstream_tls}'
         f'auth = "scram"\nauth_user = "pgveil_auth"\nauth_query = "{LOOKUP}"\n'
+        + ("" if reuse else "server_reuse = false\n")
     )
     proc = subprocess.Popen([str(binary), "serve", "--config", str(config)],
                             stderr=open(work / f"pgveil-{port}.log", "w"),
@@ -185,10 +186,12 @@ def main():
         targets = []  # (tls, name, port, proc or None)
         for tls in (True, False):
             targets.append((tls, "PostgreSQL direct", cluster.port, None))
-            veil_port = free_port()
-            veil = start_pgveil(binary, work, veil_port, cluster.port, tls)
-            procs.append(veil)
-            targets.append((tls, "pgveil auth=scram", veil_port, veil))
+            for reuse in (True, False):
+                veil_port = free_port()
+                veil = start_pgveil(binary, work, veil_port, cluster.port, tls, reuse)
+                procs.append(veil)
+                label = "pgveil auth=scram" + ("" if reuse else ", server_reuse=false")
+                targets.append((tls, label, veil_port, veil))
             for reuse in (True, False):
                 port = free_port()
                 bouncer = start_pgbouncer(work, port, cluster.port, tls, reuse)
