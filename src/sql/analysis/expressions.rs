@@ -457,6 +457,7 @@ impl Analyzer<'_> {
         };
         let range = self.span_range(v.span)?;
         Ok(Value::Literal(Literal {
+            token: range.clone(),
             range,
             value: text,
             cast: None,
