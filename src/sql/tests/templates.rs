@@ -443,5 +443,8 @@ fn an_insert_of_protected_values_only_shares_by_its_bindings() {
     assert!(plans[0].opaque_literals.is_empty());
     let t = Template::new(&Shape::of(&a).unwrap(), &a, &plans).unwrap();
     let b = sql("899999999", "20151228");
-    assert_eq!(t.apply(&Shape::of(&b).unwrap(), &b), Some(analysed(&b).unwrap()));
+    assert_eq!(
+        t.apply(&Shape::of(&b).unwrap(), &b),
+        Some(analysed(&b).unwrap())
+    );
 }
