@@ -529,21 +529,9 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
         })
     };
 
-    let out = tokio::task::spawn_blocking({
-        let config = config_path.display().to_string();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
-                .args(["migrate", "--config", &config, "--batch-size", "200"])
-                .env("PGUSER", common::SUPERUSER)
-                .env("PGPASSWORD", PASSWORD)
-                .env("PGDATABASE", "postgres")
-                .env_remove("PGVEIL_MASTER_KEY")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || migrate(&config_path, &["--batch-size", "200"]))
+        .await
+        .unwrap();
     // Let the sessions run on past the swap a little.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -719,17 +707,17 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     assert!(reads >= 4, "{reads} audited reads");
 }
 
-/// Runs `pgveil migrate` on the configuration at `config` to its end.
-fn migrate(config: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
+/// Runs `pgveil migrate` on the configuration at `config` to its end, as the superuser.
+fn migrate(config: &Path, options: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
         .args(["migrate", "--config", &config.display().to_string()])
+        .args(options)
         .env("PGUSER", common::SUPERUSER)
         .env("PGPASSWORD", PASSWORD)
         .env("PGDATABASE", "postgres")
         .env_remove("PGVEIL_MASTER_KEY")
         .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+        .unwrap()
 }
 
 /// Statements a client keeps by name across the migration (a driver's statement cache):
@@ -771,7 +759,8 @@ async fn statements_kept_by_name_are_prepared_again_after_the_swap() {
     let v7 = value(7, 0);
     assert_eq!(client.query(&kept, &[&v7]).await.unwrap().len(), 1);
 
-    migrate(&config_path);
+    let out = migrate(&config_path, &[]);
+    assert!(out.status.success(), "{out:?}");
 
     // The first statement after the swap may fail (the session reads the new catalog after
     // it); from then on the kept statements are prepared again and work.
@@ -817,17 +806,22 @@ async fn statements_kept_by_name_are_prepared_again_after_the_swap() {
         "2CZ",
         "the refused write is prepared again: {msgs:?}"
     );
-    let mut found = 0;
-    for attempt in 0..2 {
+    // tokio-postgres sends its next statement as soon as it has read an error, before the
+    // ReadyForQuery behind which pgveil reads the catalog: that one may fail too.
+    let mut failures = 0;
+    loop {
         match client.query(&kept, &[&v7]).await {
             Ok(rows) => {
                 assert_eq!(rows[0].get::<_, Option<String>>(1), Some(v7.clone()));
-                found += 1;
+                break;
             }
-            Err(e) => assert!(attempt == 0 && swap_error(&e), "{:?}", common::db_error(&e)),
+            Err(e) => {
+                assert!(swap_error(&e), "{:?}", common::db_error(&e));
+                failures += 1;
+                assert!(failures <= 2, "{failures} failures");
+            }
         }
     }
-    assert!(found >= 1);
     let rows = client.query(&kept, &[&v9]).await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 900);
 
