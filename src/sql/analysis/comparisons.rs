@@ -218,7 +218,7 @@ impl Analyzer<'_> {
 
     pub(super) fn condition(&mut self, e: &Expr) -> Outcome<()> {
         let v = self.expression(e)?;
-        self.plain_use(&v, "use as a boolean")
+        self.truth(e, &v)
     }
 
     /// Binds a literal or parameter to a protected column; `matching` when it is compared
