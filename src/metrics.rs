@@ -66,6 +66,8 @@ pub struct Metrics {
     pub upstream_logins_reused: Counter,
     /// Database connections kept for reuse now.
     pub upstream_idle: Gauge,
+    /// Statements pgveil prepared again after a migration changed their columns.
+    pub statements_renewed: Counter,
     errors: Vec<Counter>,
 }
 
@@ -121,6 +123,10 @@ pub fn get() -> &'static Metrics {
         metrics::describe_counter!("pgveil_queries_total", "Queries and extended-protocol syncs relayed");
         metrics::describe_histogram!("pgveil_query_duration_seconds", "Time from a query (or Sync) to ReadyForQuery");
         metrics::describe_counter!("pgveil_errors_total", "Errors by kind");
+        metrics::describe_counter!(
+            "pgveil_statements_renewed_total",
+            "Prepared statements pgveil prepared again after a migration changed their columns"
+        );
         describe_alerts();
         describe_caches();
         metrics::describe_counter!("pgveil_upstream_logins_total", "auth = \"scram\": clients given a new database login (kind=new) or a kept connection (kind=reused)");
@@ -140,6 +146,7 @@ pub fn get() -> &'static Metrics {
             upstream_logins_new: metrics::counter!("pgveil_upstream_logins_total", "kind" => "new"),
             upstream_logins_reused: metrics::counter!("pgveil_upstream_logins_total", "kind" => "reused"),
             upstream_idle: metrics::gauge!("pgveil_upstream_idle_connections"),
+            statements_renewed: metrics::counter!("pgveil_statements_renewed_total"),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| metrics::counter!("pgveil_errors_total", "kind" => k.label()))

@@ -13,7 +13,8 @@ use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
 use super::migrating;
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
-use super::state::{Expect, Portal, Prepared, State};
+use super::renew::{self, renew, Renewal};
+use super::state::{Expect, Origin, Portal, Prepared, State};
 use super::values::{encrypt_array_param, encrypt_param, encrypt_param_every_key};
 use super::Session;
 use crate::metrics;
@@ -67,7 +68,13 @@ pub(super) fn message(
     Ok(match message {
         FrontendMessage::Query(text) => simple_query(frame, text, session, state),
         FrontendMessage::Parse(parse) => parse_message(parse, session, state),
-        FrontendMessage::Bind(bind) => bind_message(&bind, session, state)?,
+        FrontendMessage::Bind(bind) => match renew(bind.statement, session, state) {
+            Renewal::Current => bind_message(&bind, session, state)?,
+            Renewal::Ahead(ahead) => {
+                renew::after(ahead, bind_message(&bind, session, state)?, frame)
+            }
+            Renewal::Refused(action) => action,
+        },
         FrontendMessage::Describe(target) => {
             describe(target, state);
             Action::Forward
@@ -346,7 +353,7 @@ fn copy_into_protected(plan: &StatementPlan) -> Option<&CopyPlan> {
         .filter(|copy| copy.direction == CopyDirection::In && copy.is_protected())
 }
 
-fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
+pub(super) fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     if let Some(wanted) = std::str::from_utf8(&parse.query)
         .ok()
         .and_then(refresh_needed)
@@ -379,22 +386,29 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
             };
         }
         Admission::Refuse { error, fingerprint } => {
-            return refuse_parse(session, state, parse.name, None, fingerprint, error);
+            return refuse_parse(session, state, (parse.name, None), None, fingerprint, error);
         }
         Admission::Analysed(admitted) => admitted,
     };
     let mut admitted = admitted;
     if let Some((index, error)) = admitted.refused.clone() {
         // Refused because a column is not migrated yet: the catalog is read again, so the
-        // statement sent again after migrate prepared the column is not refused.
+        // statement sent again after migrate prepared the column is not refused, and one
+        // kept by name is prepared again at its next Bind.
+        let mut origin = None;
         if let Some(wanted) = migrating::refresh_after(admitted.plan(index)) {
             refresh_at_sync(state, wanted);
+            origin = Some(Origin::new(
+                parse.query.clone(),
+                parse.param_types.clone(),
+                &state.database,
+            ));
         }
         let fingerprint = admitted.statements[index].fingerprint.clone();
         return refuse_parse(
             session,
             state,
-            parse.name,
+            (parse.name, origin),
             admitted.plan(index),
             fingerprint,
             error,
@@ -422,8 +436,15 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     };
     let mut params = parameters(plan, &parse.param_types, &session.veil);
     let (shadow_params, shadow) = migrating::shadow_params(plan, &mut params.types);
+    let mut origin = None;
     if let Some(wanted) = migrating::refresh_after(Some(plan)) {
         refresh_at_sync(state, wanted);
+        // Planned on a plaintext or migrating column: prepared again after the swap.
+        origin = Some(Origin::new(
+            parse.query.clone(),
+            parse.param_types.clone(),
+            &state.database,
+        ));
     }
     admitted.statements[0].replacements.extend(shadow_params);
     let query = match std::str::from_utf8(&parse.query)
@@ -452,6 +473,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         cursor: prepared_cursor(&parse.query, state),
         context: admitted.settings.ops.first().map(|(_, op)| op.clone()),
         shadow,
+        origin,
     });
     state.insert_statement(parse.name.clone(), prepared.clone());
     // pgveil describes the statement itself, so it knows which result columns to decrypt
