@@ -620,7 +620,13 @@ async fn tls_1_2_and_1_3_are_accepted_and_older_versions_refused() {
 fn a_changed_password_is_seen_after_one_failure() {
     let setup = setup();
     let proxy = Proxy::start(
-        &scram_config("pgveil_auth", AUTH_QUERY, "auth_cache_secs = 3600"),
+        // Without kept connections: a login that takes one is checked against a fresh
+        // verifier (tests/server_reuse.rs).
+        &scram_config(
+            "pgveil_auth",
+            AUTH_QUERY,
+            "auth_cache_secs = 3600\nserver_reuse = false",
+        ),
         &setup.dir,
     );
     let conninfo = tls_conninfo(proxy.port(), "veil_change", "sslmode=require");
