@@ -26,6 +26,7 @@ mod gate;
 mod matching;
 mod migrating;
 mod refusal;
+mod renew;
 mod state;
 mod values;
 
