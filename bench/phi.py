@@ -27,6 +27,7 @@ and prints no ratio.
     python3 bench/phi.py --audit [--duration 5] [--rounds 3]
     python3 bench/phi.py --audit --select-only   # reads only: every record must be durable before its rows
     python3 bench/phi.py --quick            # one round, 3 s runs
+    python3 bench/phi.py --plain-literal    # the INSERT also writes a plain column (issue #14)
     python3 bench/phi.py --audit --context  # audit on in both: with vs without a context per transaction
 
 --audit --context: two audited pgveil processes, interleaved; each transaction first runs
@@ -93,7 +94,7 @@ def preload_sql(table, rows):
     return "\n".join(out) + "\n"
 
 
-def script(table, mode, rows, select_only=False, context=None):
+def script(table, mode, rows, select_only=False, context=None, plain=False):
     """pgbench script. Inserted ssns (200000000..) never collide with the preloaded ones the
     SELECT looks up (100000001..100000000+rows), so every SELECT returns exactly one row.
     Simple protocol: quoted literals (pgbench substitutes variables as raw text). Extended and
@@ -104,7 +105,14 @@ def script(table, mode, rows, select_only=False, context=None):
             "\\set nssn random(200000000, 899999999)\n"
             "\\set bd random(1930, 2015) * 10000 + random(1, 12) * 100 + random(1, 28)\n"
             "\\set lssn 100000000 + :id\n")
-    if mode == "simple":
+    if plain and mode == "simple":
+        # A plain column whose literal differs on every statement (issue #14).
+        insert = f"INSERT INTO {table} (ssn, birth_date, notes, name) VALUES (':nssn', ':bd', '{NOTE}', 'n:nssn');\n"
+        select = f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = ':lssn';\n"
+    elif plain:
+        insert = f"INSERT INTO {table} (ssn, birth_date, notes, name) VALUES (:nssn, :bd, :note, :nssn);\n"
+        select = f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = :lssn;\n"
+    elif mode == "simple":
         insert = f"INSERT INTO {table} (ssn, birth_date, notes) VALUES (':nssn', ':bd', '{NOTE}');\n"
         select = f"SELECT id, ssn, birth_date, notes FROM {table} WHERE ssn = ':lssn';\n"
     else:
@@ -118,8 +126,9 @@ def script(table, mode, rows, select_only=False, context=None):
 class Env:
     """Throwaway cluster with both tables preloaded, keys, and pgveil processes."""
 
-    def __init__(self, binary, rows, keep=False, synchronous_commit="off", select_only=False):
+    def __init__(self, binary, rows, keep=False, synchronous_commit="off", select_only=False, plain=False):
         self.binary = binary
+        self.plain = plain
         self.statements = 1 if select_only else STATEMENTS_PER_TX
         self.rows = rows
         self.synchronous_commit = synchronous_commit
@@ -133,7 +142,7 @@ class Env:
         for table in (PROTECTED, TWIN):
             for mode in MODES:
                 path = self.work / f"{table}-{mode}.pgbench"
-                path.write_text(script(table, mode, rows, select_only))
+                path.write_text(script(table, mode, rows, select_only, plain=plain))
                 self.scripts[(table, mode)] = path
                 for context in ("pgveil", "pgveil_bench"):
                     path = self.work / f"{table}-{mode}-{context}.pgbench"
@@ -145,6 +154,8 @@ class Env:
         self.cluster.psql(f"ALTER SYSTEM SET synchronous_commit = '{self.synchronous_commit}'")
         self.cluster.psql("SELECT pg_reload_conf()")
         self.cluster.psql(SCHEMA)
+        if self.plain:
+            self.cluster.psql(f"ALTER TABLE {PROTECTED} ADD COLUMN name text; ALTER TABLE {TWIN} ADD COLUMN name text")
         return self
 
     def pgveil(self, audit_dir=None):
@@ -200,6 +211,9 @@ def main():
                     help="with --audit: a context set per transaction vs none, both audited")
     ap.add_argument("--select-only", action="store_true",
                     help="transactions of the SELECT alone (no INSERT): a pure read workload")
+    ap.add_argument("--plain-literal", action="store_true",
+                    help="the INSERT also writes a plain column `name` whose simple-protocol literal differs "
+                         "on every statement (a shared plan must generalize it)")
     ap.add_argument("--binary", help="pgveil binary to use (default: cargo build --release)")
     ap.add_argument("--synchronous-commit", default="off", choices=("on", "off"),
                     help="the cluster's synchronous_commit (default off: the disk is shared with concurrent "
@@ -212,7 +226,8 @@ def main():
     clients = [int(c) for c in args.clients.split(",")]
 
     binary = build_pgveil(args.binary)
-    env = Env(binary, args.rows, synchronous_commit=args.synchronous_commit, select_only=args.select_only)
+    env = Env(binary, args.rows, synchronous_commit=args.synchronous_commit, select_only=args.select_only,
+              plain=args.plain_literal)
     try:
         env.start()
         if args.audit and args.context:
@@ -248,6 +263,8 @@ def compare(env, args, modes, clients):
         loads.append(load_average())
 
     what = "SELECT by ssn" if args.select_only else "INSERT + SELECT by ssn"
+    if args.plain_literal and not args.select_only:
+        what = "INSERT with a plain name + SELECT by ssn"
     print(f"\nPHI workload ({what}, {env.statements} statements/tx), {args.rounds} rounds x "
           f"{args.duration} s, synchronous_commit={args.synchronous_commit}, medians; load average (1/5/15 min) at start and after each round: "
           + "; ".join(loads))

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub plan_cache_misses: Counter,
     pub fingerprint_cache_hits: Counter,
     pub fingerprint_cache_misses: Counter,
+    /// Statements pgveil prepared again after a migration changed their columns.
+    pub statements_renewed: Counter,
     errors: Vec<Counter>,
 }
 
@@ -116,6 +118,10 @@ pub fn get() -> &'static Metrics {
         metrics::describe_counter!("pgveil_queries_total", "Queries and extended-protocol syncs relayed");
         metrics::describe_histogram!("pgveil_query_duration_seconds", "Time from a query (or Sync) to ReadyForQuery");
         metrics::describe_counter!("pgveil_errors_total", "Errors by kind");
+        metrics::describe_counter!(
+            "pgveil_statements_renewed_total",
+            "Prepared statements pgveil prepared again after a migration changed their columns"
+        );
         describe_alerts();
         describe_caches();
         Metrics {
@@ -130,6 +136,7 @@ pub fn get() -> &'static Metrics {
             plan_cache_misses: metrics::counter!("pgveil_plan_cache_misses_total"),
             fingerprint_cache_hits: metrics::counter!("pgveil_fingerprint_cache_hits_total"),
             fingerprint_cache_misses: metrics::counter!("pgveil_fingerprint_cache_misses_total"),
+            statements_renewed: metrics::counter!("pgveil_statements_renewed_total"),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| metrics::counter!("pgveil_errors_total", "kind" => k.label()))

@@ -424,13 +424,16 @@ async fn handle_client(
 ) {
     let _open = OpenConnection::new();
     let _ = tcp.set_nodelay(true);
-    let accepted = match tokio::time::timeout(STARTUP_TIMEOUT, proxy.handshake.accept(tcp)).await {
-        Ok(accepted) => accepted,
-        Err(_) => {
-            tracing::info!(client = %addr, "client did not complete startup in time");
-            return;
-        }
-    };
+    // The login steps run boxed: the task keeps this future for as long as the session is
+    // open, and it should not carry room for steps long done (issue #14: idle memory).
+    let accepted =
+        match tokio::time::timeout(STARTUP_TIMEOUT, Box::pin(proxy.handshake.accept(tcp))).await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                tracing::info!(client = %addr, "client did not complete startup in time");
+                return;
+            }
+        };
     match accepted {
         Ok(Accepted::Cancel { pid, secret }) => {
             if let Err(e) = proxy.connector.cancel(pid, &secret).await {
@@ -444,15 +447,19 @@ async fn handle_client(
         }) => {
             let connected = match &proxy.terminator {
                 Some(terminator) => {
-                    match terminator
-                        .login(&mut stream, &startup, addr, tls_end_point.as_deref())
-                        .await
+                    match Box::pin(terminator.login(
+                        &mut stream,
+                        &startup,
+                        addr,
+                        tls_end_point.as_deref(),
+                    ))
+                    .await
                     {
                         Some(upstream) => Ok(upstream),
                         None => return,
                     }
                 }
-                None => connect_upstream(&proxy.connector, &startup.raw).await,
+                None => Box::pin(connect_upstream(&proxy.connector, &startup.raw)).await,
             };
             let upstream = match connected {
                 Ok(upstream) => upstream,
@@ -473,6 +480,7 @@ async fn handle_client(
             };
             let veil = proxy.veil.load_full();
             if veil.is_empty() {
+                drop(startup);
                 session::run(stream, upstream, config, stop).await;
             } else {
                 let login = session::startup::Login {
@@ -480,6 +488,8 @@ async fn handle_client(
                     user: startup.user().to_string(),
                     application: startup.param("application_name").unwrap_or("").to_string(),
                 };
+                // Not needed while the session relays: its memory goes back now.
+                drop(startup);
                 session::startup::run(
                     stream,
                     upstream,

@@ -249,30 +249,10 @@ async fn statements_through_a_view_over_a_protected_table_are_refused() {
         .unwrap();
 }
 
-/// The value of one sample line of a Prometheus text page (0 when absent).
-fn sample(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics_page(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// Simple-protocol statements that differ only in the values bound for protected columns
 /// share one analysis (counted as shape hits); every value is still encrypted for its own
-/// row and reads back, whichever way the literal is written. (A literal for a plain column
-/// is part of the key: `name` is the same in every row.)
+/// row and reads back, whichever way the literal is written. (Plain literals:
+/// tests/shared_plans.rs.)
 #[tokio::test(flavor = "multi_thread")]
 async fn distinct_literal_values_share_one_plan() {
     let dir = tempfile::tempdir().unwrap();

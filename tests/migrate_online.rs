@@ -529,21 +529,9 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
         })
     };
 
-    let out = tokio::task::spawn_blocking({
-        let config = config_path.display().to_string();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
-                .args(["migrate", "--config", &config, "--batch-size", "200"])
-                .env("PGUSER", common::SUPERUSER)
-                .env("PGPASSWORD", PASSWORD)
-                .env("PGDATABASE", "postgres")
-                .env_remove("PGVEIL_MASTER_KEY")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || migrate(&config_path, &["--batch-size", "200"]))
+        .await
+        .unwrap();
     // Let the sessions run on past the swap a little.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -717,4 +705,133 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(reads >= 4, "{reads} audited reads");
+}
+
+/// Runs `pgveil migrate` on the configuration at `config` to its end, as the superuser.
+fn migrate(config: &Path, options: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["migrate", "--config", &config.display().to_string()])
+        .args(options)
+        .env("PGUSER", common::SUPERUSER)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGDATABASE", "postgres")
+        .env_remove("PGVEIL_MASTER_KEY")
+        .output()
+        .unwrap()
+}
+
+/// Statements a client keeps by name across the migration (a driver's statement cache):
+/// planned on the plaintext column, or refused because it was not migrated yet, each is
+/// prepared again by pgveil at its first Bind after the session has seen the swap, so it
+/// fails at most once and then returns and stores the right values, the client seeing only
+/// the answers to what it sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_kept_by_name_are_prepared_again_after_the_swap() {
+    use common::{tags, Raw};
+    roles();
+    let dir = tempfile::tempdir().unwrap();
+    let table = "public.mo_renew";
+    cluster().psql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint PRIMARY KEY, ssn text, birth date, note text);
+         INSERT INTO {table} SELECT g, 'mo-' || lpad(g::text, 6, '0') || '-v0-7731', NULL, 'n' FROM generate_series(1, 50) g;
+         GRANT ALL ON {table} TO PUBLIC"
+    ));
+    let config_text = config(dir.path(), table);
+    let config_path = dir.path().join("pgveil.toml");
+    std::fs::write(&config_path, &config_text).unwrap();
+    let proxy = Proxy::start(&config_text, dir.path());
+    let mut raw = Raw::connect(proxy.port()).await;
+    let client = common::connect(proxy.port()).await;
+
+    // Before the migration: a read planned on the plaintext column, a write refused.
+    let read = format!("SELECT id, ssn FROM {table} WHERE ssn = $1");
+    let msgs = raw
+        .batch(&[Raw::parse("rd", &read, &[]), Raw::sync()])
+        .await;
+    assert_eq!(tags(&msgs), "1Z");
+    let write = format!("INSERT INTO {table} (id, ssn) VALUES ($1, $2)");
+    let msgs = raw
+        .batch(&[Raw::parse("wr", &write, &[]), Raw::sync()])
+        .await;
+    assert_eq!(tags(&msgs), "EZ", "refused before the migration");
+    assert_eq!(msgs[0].field(b'C').as_deref(), Some("0A000"));
+    let kept = client.prepare(&read).await.unwrap();
+    let v7 = value(7, 0);
+    assert_eq!(client.query(&kept, &[&v7]).await.unwrap().len(), 1);
+
+    let out = migrate(&config_path, &[]);
+    assert!(out.status.success(), "{out:?}");
+
+    // The first statement after the swap may fail (the session reads the new catalog after
+    // it); from then on the kept statements are prepared again and work.
+    let lookup = value(3, 0);
+    let read = [
+        Raw::bind("", "rd", &[Some(lookup.as_bytes())], &[0], 0),
+        Raw::execute("", 0),
+        Raw::sync(),
+    ];
+    let first = raw.batch(&read).await;
+    if tags(&first) != "2DCZ" {
+        assert_eq!(tags(&first), "EZ", "{first:?}");
+        let code = first[0].field(b'C').unwrap_or_default();
+        assert!(
+            matches!(code.as_str(), "42804" | "42883" | "0A000"),
+            "{code}"
+        );
+    }
+    for _ in 0..2 {
+        let msgs = raw.batch(&read).await;
+        assert_eq!(
+            tags(&msgs),
+            "2DCZ",
+            "only the Bind's own answers reach the client"
+        );
+        assert_eq!(
+            msgs[1].values()[1]
+                .clone()
+                .map(|v| String::from_utf8(v).unwrap()),
+            Some(value(3, 0))
+        );
+    }
+    let v9 = value(900, 1);
+    let msgs = raw
+        .batch(&[
+            Raw::bind("", "wr", &[Some(b"900"), Some(v9.as_bytes())], &[0, 0], 0),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(
+        tags(&msgs),
+        "2CZ",
+        "the refused write is prepared again: {msgs:?}"
+    );
+    // tokio-postgres sends its next statement as soon as it has read an error, before the
+    // ReadyForQuery behind which pgveil reads the catalog: that one may fail too.
+    let mut failures = 0;
+    loop {
+        match client.query(&kept, &[&v7]).await {
+            Ok(rows) => {
+                assert_eq!(rows[0].get::<_, Option<String>>(1), Some(v7.clone()));
+                break;
+            }
+            Err(e) => {
+                assert!(swap_error(&e), "{:?}", common::db_error(&e));
+                failures += 1;
+                assert!(failures <= 2, "{failures} failures");
+            }
+        }
+    }
+    let rows = client.query(&kept, &[&v9]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 900);
+
+    // What the renewed write stored is ciphertext.
+    let stored = cluster().psql(&format!(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'ssn';
+         SELECT count(*) FROM {table} WHERE id = 900 AND substring(ssn FROM 1 FOR 1) = '\\x01'::bytea"
+    ));
+    assert_eq!(
+        stored.split_whitespace().collect::<Vec<_>>(),
+        ["bytea", "1"]
+    );
 }

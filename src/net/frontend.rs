@@ -364,6 +364,14 @@ impl Target {
         put_cstr(&mut out, name);
         finish(out)
     }
+
+    /// `C` of a statement: pgveil's own Close, ahead of preparing a name again.
+    pub fn close_statement(name: &[u8]) -> Bytes {
+        let mut out = begin(b'C', name.len() + 2);
+        out.put_u8(b'S');
+        put_cstr(&mut out, name);
+        finish(out)
+    }
 }
 
 /// `E`: run a portal.
@@ -458,6 +466,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Target::decode(b"Xname\0", "Describe").is_err());
+        let close = Target::close_statement(b"s1");
+        match FrontendTag::of(&close).unwrap().decode(&close).unwrap() {
+            FrontendMessage::Close(target) => assert_eq!(
+                target,
+                Target {
+                    kind: TargetKind::Statement,
+                    name: Bytes::from_static(b"s1")
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
         let exec = Execute {
             portal: Bytes::from_static(b"p"),
             max_rows: 7,

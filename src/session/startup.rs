@@ -34,6 +34,8 @@ pub struct Login {
     pub application: String,
 }
 
+/// Relays one protected session. Every login step runs boxed, so the future the session's
+/// task keeps while it relays holds only the relay's state (issue #14: idle memory).
 pub async fn run(
     client: MaybeTls,
     upstream: MaybeTls,
@@ -42,22 +44,52 @@ pub async fn run(
     engine: Engine,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Some(Started {
+        client,
+        server,
+        leftover,
+        session,
+    }) = Box::pin(start(client, upstream, login, &config, engine)).await
+    else {
+        return;
+    };
+    protected::relay(client, server, leftover, session, config, shutdown).await;
+}
+
+/// A session past its login and pgveil's own queries, its client sent ReadyForQuery.
+struct Started {
+    client: (ReadHalf, WriteHalf),
+    server: (ReadHalf, WriteHalf),
+    /// What the client sent after its login, not yet relayed.
+    leftover: BytesMut,
+    session: Box<Session>,
+}
+
+/// Relays the login, reads what pgveil needs, and hands the client its first ReadyForQuery.
+/// `None`: the session ended, the client told why where it could be.
+async fn start(
+    client: MaybeTls,
+    upstream: MaybeTls,
+    login: Login,
+    config: &SessionConfig,
+    engine: Engine,
+) -> Option<Started> {
     let veil = engine.veil.clone();
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = upstream.split();
-    let established = match establish(
+    let established = match Box::pin(establish(
         &mut client_read,
         &mut client_write,
         &mut server_read,
         &mut server_write,
-        &config,
-    )
+        config,
+    ))
     .await
     {
         Ok(established) => established,
         Err(e) => {
             tracing::debug!(client = %config.client_addr, error = %e, "session ended during startup");
-            return;
+            return None;
         }
     };
     // A cached catalog that lacks a configured column is re-read: the table may have been
@@ -70,7 +102,7 @@ pub async fn run(
         search_path: true,
         roles: true,
     };
-    let facts = match learn(&mut server_read, &mut server_write, wanted).await {
+    let facts = match Box::pin(learn(&mut server_read, &mut server_write, wanted)).await {
         Ok(Some(facts)) => facts,
         _ => {
             tracing::error!(client = %config.client_addr, "cannot read the catalog or roles; refusing the session");
@@ -79,29 +111,22 @@ pub async fn run(
                 "pgveil: cannot read the database catalog, so the session is refused",
             );
             let _ = client_write.write_all(&error.encode()).await;
-            return;
+            return None;
         }
     };
-    let Some((facts, identity)) =
-        session_facts(facts, cached, &login, &established, &engine, &config)
-    else {
-        return;
-    };
-    let session = Session::new(engine, facts, identity);
+    let (facts, identity) = session_facts(facts, cached, &login, &established, &engine, config)?;
+    let session = Box::new(Session::new(engine, facts, identity));
     if client_write.write_all(&established.ready).await.is_err()
         || client_write.flush().await.is_err()
     {
-        return;
+        return None;
     }
-    protected::relay(
-        (client_read, client_write),
-        (server_read, server_write),
-        established.leftover,
+    Some(Started {
+        client: (client_read, client_write),
+        server: (server_read, server_write),
+        leftover: established.leftover,
         session,
-        config,
-        shutdown,
-    )
-    .await;
+    })
 }
 
 /// What the session starts with, from what pgveil's own query found, and who is talking

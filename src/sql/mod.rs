@@ -11,7 +11,8 @@
 //! * [`rewrite`] / [`try_rewrite`]: applies byte-range replacements.
 //! * [`fingerprint`]: the literal-free statement text for the audit log.
 //! * [`Shape`] / [`Template`]: one analysis shared by texts that differ only in the values
-//!   of literals bound for protected columns.
+//!   of literals bound for protected columns or consumed as opaque plain values
+//!   ([`StatementPlan::opaque_literals`]).
 //!
 //! How the session uses a plan:
 //! 1. `Err(AnalyzeError)` when `may_touch_protected` was true → refuse the whole query
@@ -57,6 +58,7 @@ pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
 pub use settings::{mentions_setting, setting_statements, SettingOp, SettingStatement};
 pub use template::{Shape, Template};
+pub use tokens::words;
 
 use crate::schema::TableName;
 
@@ -230,6 +232,11 @@ pub struct StatementPlan {
     pub shadow_writes: Vec<ShadowWrite>,
     /// The highest `$n` the statement names (0: none).
     pub max_param: u32,
+    /// The literal tokens the analysis consumed only as opaque plain values (written into
+    /// an unprotected column, compared with no protected side, returned as output), sorted:
+    /// their text decided nothing, so a [`Template`] may generalize them. Informational for
+    /// the session, which forwards them as written.
+    pub opaque_literals: Vec<Range<usize>>,
 }
 
 /// The ciphertext of a value written into a migrating column, also written into its shadow
@@ -275,6 +282,7 @@ impl StatementPlan {
             max_param: 0,
             rewrites: Vec::new(),
             copy: None,
+            opaque_literals: Vec::new(),
         }
     }
 

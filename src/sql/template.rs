@@ -6,12 +6,16 @@
 //! only inside literal tokens. A [`Template`] is the analysis of one text of that shape,
 //! made shareable:
 //!
-//! * A literal is *generalized* only when it is the value of a literal binding (a literal
-//!   encrypted for a protected column): the analysis never looks at such a literal's text,
-//!   it only carries it to the binding. Every other literal (`ORDER BY 1`, `LIMIT 10`, a
-//!   typmod, `set_config`'s name, a client-encoding SET, a literal compared with a plain
-//!   column) is *fixed*: another text matches the template only when its literal is written
-//!   the same, byte for byte. So a template answers exactly what analysing the text would.
+//! * A literal is *generalized* only when the analysis proved its text decides nothing:
+//!   it is the value of a literal binding (a literal encrypted for a protected column: the
+//!   analysis only carries its text to the binding), or the analysis reported it in
+//!   [`StatementPlan::opaque_literals`] (consumed only as an opaque plain value: written
+//!   into an unprotected column, compared with no protected side, returned as output; the
+//!   rule is `Analyzer::opaque_plain`, a positive list). Such a plain literal is passed on
+//!   as the client wrote it. Every other literal (`ORDER BY 1`, `LIMIT 10`, a typmod,
+//!   `set_config`'s arguments, a SET, COPY options, an array taken apart) is *fixed*:
+//!   another text matches the template only when its literal is written the same, byte for
+//!   byte. So a template answers exactly what analysing the text would.
 //! * Byte offsets in the plans are re-based: each lies outside every generalized literal
 //!   (checked when the template is made) and moves by the difference in length of the
 //!   generalized literals before it. A binding's value is that of its literal (by ordinal),
@@ -189,6 +193,9 @@ fn offsets(plan: &StatementPlan) -> Vec<usize> {
     for (r, _) in &plan.rewrites {
         out.extend([r.start, r.end]);
     }
+    for r in &plan.opaque_literals {
+        out.extend([r.start, r.end]);
+    }
     for u in &plan.param_uses {
         out.extend([u.byte_range.start, u.byte_range.end]);
     }
@@ -235,6 +242,13 @@ impl Template {
                 sources.push(source);
             }
             values.push(sources);
+            // A literal the analysis consumed only as an opaque plain value (its token, as
+            // the shape found it): passed on as the client wrote it.
+            for range in &plan.opaque_literals {
+                if let Some(i) = shape.literals.iter().position(|l| l.range == *range) {
+                    generalized[i] = true;
+                }
+            }
         }
         let origin: Vec<(usize, Range<usize>)> = shape
             .literals
@@ -328,6 +342,9 @@ impl Template {
             }
             for u in &mut plan.param_uses {
                 u.byte_range = at(u.byte_range.start)?..at(u.byte_range.end)?;
+            }
+            for r in &mut plan.opaque_literals {
+                *r = at(r.start)?..at(r.end)?;
             }
             for source in &mut plan.subject.sources {
                 if let crate::sql::SubjectSource::Injectable { insert_at, .. } = source {

@@ -33,6 +33,8 @@ fn protection() -> Protection {
         pc("visits", "note", Text, Randomized, None),
         pc("ehr.records", "ssn", Text, Deterministic, None),
         pc("patients", "Weird", Text, Deterministic, None),
+        pc("consents", "flag", Bool, Deterministic, None),
+        pc("consents", "vip", Bool, Randomized, None),
     ];
     let mut subjects = HashMap::new();
     subjects.insert(TableName::new("public", "patients"), "id".to_string());
@@ -66,6 +68,7 @@ fn catalog() -> StaticCatalog {
     c.add_table("ehr", "records", 1003, &["id", "ssn", "data"]);
     c.add_table("public", "staff", 1004, &["id", "name", "ssn_plain"]);
     c.add_table("public", "Patients", 1005, &["id", "ssn"]);
+    c.add_table("public", "consents", 1006, &["id", "flag", "vip", "ok"]);
     c
 }
 
@@ -636,6 +639,71 @@ fn booleans_and_multiline_ranges() {
         out,
         "SELECT 1\nFROM patients\nWHERE\n  ssn = X\n  AND age = X"
     );
+}
+
+#[test]
+fn deterministic_booleans_are_conditions_by_their_ciphertext_of_true() {
+    let cases = [
+        (
+            "SELECT id FROM consents WHERE flag",
+            "SELECT id FROM consents WHERE flag = X",
+        ),
+        (
+            "SELECT id FROM consents WHERE NOT \"flag\"",
+            "SELECT id FROM consents WHERE NOT \"flag\" = X",
+        ),
+        (
+            "SELECT id FROM consents c WHERE (c.flag) AND ok OR NOT ((c.flag))",
+            "SELECT id FROM consents c WHERE (c.flag = X) AND ok OR NOT ((c.flag = X))",
+        ),
+        (
+            "UPDATE consents SET ok = true WHERE public.consents.flag",
+            "UPDATE consents SET ok = true WHERE public.consents.flag = X",
+        ),
+        (
+            "SELECT CASE WHEN flag THEN 1 END FROM consents",
+            "SELECT CASE WHEN flag = X THEN 1 END FROM consents",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let p = ok(sql);
+        assert!(!p.literals.is_empty(), "{sql}");
+        for l in &p.literals {
+            assert_eq!(name(l.column), "public.consents.flag", "{sql}");
+            assert_eq!(l.value.as_deref(), Some("true"), "{sql}");
+            assert_eq!(l.matching, Some(KeyMatch::Any), "{sql}");
+        }
+        assert_eq!(names(&p.conditions)[0], "public.consents.flag");
+        // The session applies the analysis' rewrites before the literals at one offset.
+        let replacements: Vec<_> = p
+            .rewrites
+            .iter()
+            .cloned()
+            .chain(
+                p.literals
+                    .iter()
+                    .map(|l| (l.byte_range.clone(), "X".to_string())),
+            )
+            .collect();
+        assert_eq!(rewrite(sql, &replacements), expected, "{sql}");
+    }
+    // A randomized boolean has no comparable ciphertext; other boolean uses stay refused.
+    for sql in [
+        "SELECT id FROM consents WHERE vip",
+        "SELECT id FROM consents WHERE NOT vip",
+        "SELECT id FROM consents WHERE flag::boolean",
+        "SELECT id FROM consents WHERE coalesce(flag, false)",
+        "SELECT id FROM patients WHERE NOT ssn",
+    ] {
+        let m = refused(sql);
+        assert!(
+            m.contains("randomized")
+                || m.contains("boolean")
+                || m.contains("cast")
+                || m.contains("coalesce"),
+            "{sql}: {m}"
+        );
+    }
 }
 
 // ----- INSERT --------------------------------------------------------------------------

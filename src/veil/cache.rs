@@ -1,7 +1,8 @@
 //! One database's caches of analyses and audit fingerprints, bounded by least-recent use.
 //!
 //! Analyses are keyed by search path and text. A text whose literals bound for protected
-//! columns are all that differs from an earlier one shares that one's analysis through a
+//! columns or consumed as opaque plain values (see `sql::template`) are all that differs
+//! from an earlier one shares that one's analysis through a
 //! [`sql::Template`] (keyed by search path and [`sql::Shape`]); texts that cannot share
 //! (see `sql::template`) are cached by their exact text. Hits and misses are counted in
 //! Prometheus metrics, which never carry SQL.
@@ -169,18 +170,21 @@ mod tests {
         };
         assert_eq!(first[0].literals[0].value.as_deref(), Some("a"));
         assert_eq!(second[0].literals[0].value.as_deref(), Some("bcd"));
-        // Another search path resolves p elsewhere (unprotected): cached by itself.
+        // Another search path resolves p elsewhere (unprotected): a template of its own,
+        // whose literal is plain (compared with an unprotected column).
         let elsewhere = run("SELECT id FROM p WHERE ssn = 'a'", &other);
-        assert_eq!(sizes(&caches), (1, 1));
+        assert_eq!(sizes(&caches), (0, 2));
+        run("SELECT id FROM p WHERE ssn = 'b'", &other);
+        assert_eq!(sizes(&caches), (0, 2));
         let Ok(elsewhere) = &*elsewhere else {
             panic!("not analysed")
         };
         assert_eq!(elsewhere[0].tables, vec![TableName::new("other", "p")]);
         assert!(elsewhere[0].literals.is_empty());
-        // Nothing to generalize: by exact text.
+        // Nothing to generalize: by exact text (also with a LIMIT, which is read).
         run("SELECT id FROM p WHERE ssn = $1", &public);
         run("SELECT id FROM p WHERE ssn = $1", &public);
-        assert_eq!(sizes(&caches), (2, 1));
+        assert_eq!(sizes(&caches), (1, 2));
         // Bounded: the least recently used entries go first.
         for i in 0..10 {
             run(
@@ -188,7 +192,7 @@ mod tests {
                 &public,
             );
         }
-        assert_eq!(sizes(&caches), (4, 1));
+        assert_eq!(sizes(&caches), (4, 2));
         assert!(lock(&caches.plans)
             .exact
             .peek(&key(&public, "SELECT id FROM p WHERE ssn = $1 LIMIT 9"))

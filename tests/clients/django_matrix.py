@@ -66,8 +66,12 @@ check.row(COLUMNS, [getattr(empty, c) for c in COLUMNS], want_null=True)
 check.equal("filter", list(Row.objects.filter(d_text=VALUES["text"], d_date=VALUES["date"],
                                               d_uuid=VALUES["uuid"], d_int8=VALUES["int8"])
                            .values_list("id", flat=True)), [1])
-# Not filter(d_bool=True): Django renders it as a bare `WHERE "d_bool"`, which pgveil
-# refuses (0A000, "use as a boolean"; issue 10, README "Drivers and ORMs").
+# filter(d_bool=True) is rendered as a bare `WHERE "d_bool"`, False as `WHERE NOT "d_bool"`,
+# exclude(d_bool=True) as `WHERE NOT ("d_bool" AND "d_bool" IS NOT NULL)`: pgveil compares
+# the deterministic column with the ciphertext of true.
+check.equal("filter bool true", list(Row.objects.filter(d_bool=True).values_list("id", flat=True)), [1])
+check.equal("filter bool false", Row.objects.filter(d_bool=False).count(), 0)
+check.equal("exclude bool true", list(Row.objects.exclude(d_bool=True).values_list("id", flat=True)), [2])
 check.equal("filter decimal and float", list(Row.objects.filter(
     d_numeric=VALUES["numeric"], d_float8=VALUES["float8"]).values_list("id", flat=True)), [1])
 check.equal("exclude NULL", Row.objects.filter(d_varchar__isnull=False).count(), 1)

@@ -360,7 +360,7 @@ fn django_orm() {
         .arg("drv_django"),
     );
     setup.proxy.assert_no_leaks();
-    assert_ok(&out, "django", 5 * 28 + 28 + 6);
+    assert_ok(&out, "django", 5 * 28 + 28 + 9);
     check_table("drv_django", 28);
 }
 

@@ -13,7 +13,8 @@ use super::fetch::{execute_cursor, execute_unbound, prepared_cursor};
 use super::gate::{admit, Admission, Protocol};
 use super::migrating;
 use super::refusal::{injected_error, join, raising_query, refuse_parse};
-use super::state::{Expect, Portal, Prepared, State};
+use super::renew::{self, renew, Renewal};
+use super::state::{Expect, Origin, Portal, Prepared, State};
 use super::values::{encrypt_array_param, encrypt_param, encrypt_param_every_key};
 use super::Session;
 use crate::metrics;
@@ -67,7 +68,13 @@ pub(super) fn message(
     Ok(match message {
         FrontendMessage::Query(text) => simple_query(frame, text, session, state),
         FrontendMessage::Parse(parse) => parse_message(parse, session, state),
-        FrontendMessage::Bind(bind) => bind_message(&bind, session, state)?,
+        FrontendMessage::Bind(bind) => match renew(bind.statement, session, state) {
+            Renewal::Current => bind_message(&bind, session, state)?,
+            Renewal::Ahead(ahead) => {
+                renew::after(ahead, bind_message(&bind, session, state)?, frame)
+            }
+            Renewal::Refused(action) => action,
+        },
         FrontendMessage::Describe(target) => {
             describe(target, state);
             Action::Forward
@@ -192,40 +199,35 @@ fn sync(frame: &[u8], state: &mut State) -> Action {
     }
 }
 
-/// What pgveil's own bookkeeping must refresh after a statement went through.
+/// What pgveil's own bookkeeping must refresh after a statement went through. One pass over
+/// the text's words, as it runs on every statement.
 fn refresh_needed(text: &str) -> Option<Wanted> {
-    let catalog = ["create", "alter", "drop"]
-        .iter()
-        .any(|k| contains_keyword(text, k));
-    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user";
-    // set_config may name its setting at run time (pg_dump: `set_config(name, ...) FROM
-    // pg_settings`).
-    let search_path = [
-        "search_path",
-        "reset",
-        "discard",
-        "authorization",
-        "set_config",
-    ]
-    .iter()
-    .any(|k| contains_keyword(text, k))
-        || (contains_keyword(text, "set") && contains_keyword(text, "role"));
+    let (mut catalog, mut search_path, mut set, mut role) = (false, false, false, false);
+    for word in crate::sql::words(text) {
+        let is = |k: &str| word.eq_ignore_ascii_case(k.as_bytes());
+        if is("create") || is("alter") || is("drop") {
+            catalog = true;
+        } else if is("search_path")
+            // RESET ALL and DISCARD ALL put the session default back; a role change moves
+            // "$user"; set_config may name its setting at run time (pg_dump:
+            // `set_config(name, ...) FROM pg_settings`).
+            || is("reset")
+            || is("discard")
+            || is("authorization")
+            || is("set_config")
+        {
+            search_path = true;
+        } else if is("set") {
+            set = true;
+        } else if is("role") {
+            role = true;
+        }
+    }
+    let search_path = search_path || (set && role);
     (catalog || search_path).then_some(Wanted {
         catalog,
         search_path: search_path || catalog,
         roles: false,
-    })
-}
-
-/// Whether `word` occurs in `text` (ASCII case ignored) as a whole word; no allocation, as
-/// it runs on every statement.
-fn contains_keyword(text: &str, word: &str) -> bool {
-    let (text, word) = (text.as_bytes(), word.as_bytes());
-    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    text.windows(word.len()).enumerate().any(|(at, window)| {
-        window.eq_ignore_ascii_case(word)
-            && (at == 0 || !is_ident(text[at - 1]))
-            && text.get(at + word.len()).is_none_or(|&b| !is_ident(b))
     })
 }
 
@@ -346,7 +348,7 @@ fn copy_into_protected(plan: &StatementPlan) -> Option<&CopyPlan> {
         .filter(|copy| copy.direction == CopyDirection::In && copy.is_protected())
 }
 
-fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
+pub(super) fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     if let Some(wanted) = std::str::from_utf8(&parse.query)
         .ok()
         .and_then(refresh_needed)
@@ -379,22 +381,29 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
             };
         }
         Admission::Refuse { error, fingerprint } => {
-            return refuse_parse(session, state, parse.name, None, fingerprint, error);
+            return refuse_parse(session, state, (parse.name, None), None, fingerprint, error);
         }
         Admission::Analysed(admitted) => admitted,
     };
     let mut admitted = admitted;
     if let Some((index, error)) = admitted.refused.clone() {
         // Refused because a column is not migrated yet: the catalog is read again, so the
-        // statement sent again after migrate prepared the column is not refused.
+        // statement sent again after migrate prepared the column is not refused, and one
+        // kept by name is prepared again at its next Bind.
+        let mut origin = None;
         if let Some(wanted) = migrating::refresh_after(admitted.plan(index)) {
             refresh_at_sync(state, wanted);
+            origin = Some(Origin::new(
+                parse.query.clone(),
+                parse.param_types.clone(),
+                &state.database,
+            ));
         }
         let fingerprint = admitted.statements[index].fingerprint.clone();
         return refuse_parse(
             session,
             state,
-            parse.name,
+            (parse.name, origin),
             admitted.plan(index),
             fingerprint,
             error,
@@ -422,8 +431,15 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
     };
     let mut params = parameters(plan, &parse.param_types, &session.veil);
     let (shadow_params, shadow) = migrating::shadow_params(plan, &mut params.types);
+    let mut origin = None;
     if let Some(wanted) = migrating::refresh_after(Some(plan)) {
         refresh_at_sync(state, wanted);
+        // Planned on a plaintext or migrating column: prepared again after the swap.
+        origin = Some(Origin::new(
+            parse.query.clone(),
+            parse.param_types.clone(),
+            &state.database,
+        ));
     }
     admitted.statements[0].replacements.extend(shadow_params);
     let query = match std::str::from_utf8(&parse.query)
@@ -452,6 +468,7 @@ fn parse_message(parse: Parse, session: &Session, state: &mut State) -> Action {
         cursor: prepared_cursor(&parse.query, state),
         context: admitted.settings.ops.first().map(|(_, op)| op.clone()),
         shadow,
+        origin,
     });
     state.insert_statement(parse.name.clone(), prepared.clone());
     // pgveil describes the statement itself, so it knows which result columns to decrypt
@@ -624,6 +641,22 @@ fn bind_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refresh_detection_is_by_whole_words() {
+        assert!(refresh_needed("ALTER TABLE t ADD x int").unwrap().catalog);
+        assert!(refresh_needed("select 1; Drop view v").unwrap().catalog);
+        assert!(refresh_needed("SET ROLE app").unwrap().search_path);
+        assert!(refresh_needed("RESET ALL").is_some());
+        for text in [
+            "SELECT created_at, dropped, altered FROM t",
+            "SELECT settle, roles FROM t",
+            "SELECT 1 FROM role_set",
+            "INSERT INTO resets (search_path_x) VALUES (1)",
+        ] {
+            assert!(refresh_needed(text).is_none(), "{text}");
+        }
+    }
 
     #[test]
     fn refresh_detection() {

@@ -26,15 +26,16 @@ mod gate;
 mod matching;
 mod migrating;
 mod refusal;
+mod renew;
 mod state;
 mod values;
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
@@ -140,26 +141,32 @@ impl Session {
     }
 }
 
-/// Relays an established session.
+/// Relays an established session. The session comes boxed: an async fn keeps its arguments
+/// beside its locals, and this future lives as long as the connection.
 pub async fn relay(
     mut client: (ReadHalf, WriteHalf),
     mut server: (ReadHalf, WriteHalf),
     leftover: bytes::BytesMut,
-    session: Session,
+    session: Box<Session>,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
-    let upstream_bound =
-        client_to_server(&mut client.0, &mut server.1, leftover, &session, &config);
-    let client_bound = server_to_client(
+    let (fatal_tx, fatal_rx) = oneshot::channel::<Box<PgError>>();
+    let upstream_bound = pin!(client_to_server(
+        &mut client.0,
+        &mut server.1,
+        leftover,
+        &session,
+        &config
+    ));
+    let client_bound = pin!(server_to_client(
         &mut server.0,
         &mut client.1,
         &session,
         fatal_rx,
         shutdown,
         &config,
-    );
+    ));
     drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
 }
 
@@ -180,7 +187,7 @@ async fn client_to_server(
             first = false;
             buf.len()
         } else {
-            reader.read_buf(&mut buf).await?
+            super::relay::read_more(reader, &mut buf).await?
         };
         if n == 0 {
             return Ok(());
@@ -213,7 +220,7 @@ async fn server_to_client(
     reader: &mut ReadHalf,
     writer: &mut WriteHalf,
     session: &Session,
-    fatal: mpsc::Receiver<Box<PgError>>,
+    fatal: oneshot::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {

@@ -5,7 +5,9 @@
 
 use bytes::Bytes;
 
-use super::state::{Expect, Prepared, State};
+use std::sync::Arc;
+
+use super::state::{Expect, Origin, Prepared, State};
 use super::Session;
 use crate::net::frontend::{encode_query, Bind, Execute, Parse};
 use crate::pgerror::{sqlstate, PgError};
@@ -82,12 +84,13 @@ pub(super) fn injected_error(
 }
 
 /// Refuses a Parse: the database raises `error` in its place, and the name is remembered as
-/// refused so later Binds to it are refused too instead of carrying parameters upstream.
+/// refused so later Binds to it are refused too instead of carrying parameters upstream
+/// (until the catalog changes, when `origin` is given: see [`super::renew`]).
 /// `fingerprint` is set when the session is audited.
 pub(super) fn refuse_parse(
     session: &Session,
     state: &mut State,
-    name: Bytes,
+    (name, origin): (Bytes, Option<Box<Origin>>),
     plan: Option<&StatementPlan>,
     fingerprint: Option<String>,
     error: PgError,
@@ -101,7 +104,12 @@ pub(super) fn refuse_parse(
             true,
         ))
     });
-    state.statements.insert(name, Prepared::refused(&error));
+    let refused = Prepared {
+        refused: Some(error.clone()),
+        origin,
+        ..Prepared::unprotected()
+    };
+    state.statements.insert(name, Arc::new(refused));
     injected_error(&error, state, recording)
 }
 

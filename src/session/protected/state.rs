@@ -3,7 +3,7 @@
 //! Both halves of the relay share it behind one lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -49,6 +49,28 @@ pub(super) struct Prepared {
     pub context: Option<super::context::ContextOp>,
     /// pgveil's extra parameters: ciphertexts for the shadow columns of migrating columns.
     pub shadow: Option<super::migrating::ShadowParams>,
+    /// For a statement planned while a column was plaintext or migrating: what the client
+    /// parsed, so the statement is prepared again once the catalog has changed.
+    pub origin: Option<Box<Origin>>,
+}
+
+/// What a client's Parse was, and the catalog its plan was made against.
+pub(super) struct Origin {
+    pub query: Bytes,
+    pub param_types: Vec<u32>,
+    /// Weak, so an old catalog is not kept alive; its address is not reused while this
+    /// lives, so comparing addresses tells whether the catalog is still the same.
+    pub catalog: Weak<Database>,
+}
+
+impl Origin {
+    pub fn new(query: Bytes, param_types: Vec<u32>, catalog: &Arc<Database>) -> Box<Self> {
+        Box::new(Self {
+            query,
+            param_types,
+            catalog: Arc::downgrade(catalog),
+        })
+    }
 }
 
 /// A prepared statement that opens, reads or closes a cursor.
@@ -88,7 +110,16 @@ impl Prepared {
             cursor: None,
             context: None,
             shadow: None,
+            origin: None,
         }
+    }
+
+    /// What the client parsed, when the statement was planned against a catalog the
+    /// session no longer has (a migration's swap, or its prepare step, came in between).
+    pub fn stale(&self, state: &State) -> Option<&Origin> {
+        self.origin
+            .as_deref()
+            .filter(|origin| !std::ptr::eq(origin.catalog.as_ptr(), Arc::as_ptr(&state.database)))
     }
 
     /// The cursor a FETCH statement reads, as pgveil knows it now.
@@ -97,13 +128,6 @@ impl Prepared {
             CursorOp::Fetch { name } => state.cursors.lookup(name, &state.portals),
             _ => None,
         }
-    }
-
-    pub fn refused(error: &crate::pgerror::PgError) -> Arc<Self> {
-        Arc::new(Self {
-            refused: Some(error.clone()),
-            ..Self::unprotected()
-        })
     }
 }
 
@@ -168,6 +192,9 @@ pub(super) enum Expect {
     Injected(Option<Box<Recording>>),
     /// pgveil's own query; nothing of it reaches the client.
     Refresh(Collector),
+    /// pgveil's own Close or Parse of a statement it prepares again ahead of the client's
+    /// Bind ([`super::renew`]): its completion is dropped, an error forwarded.
+    Silent,
 }
 
 impl Expect {
@@ -268,6 +295,17 @@ impl State {
         let want = if on { &raised } else { &self.policy_access };
         if &self.access != want {
             self.access = want.clone();
+        }
+    }
+
+    /// Gives back the room a finished exchange left allocated: a session spends most of its
+    /// life waiting for its client, and then needs no queue and no portals (issue #14).
+    pub fn release_idle(&mut self) {
+        if self.expect.is_empty() {
+            self.expect = VecDeque::new();
+        }
+        if self.portals.is_empty() {
+            self.portals = HashMap::new();
         }
     }
 

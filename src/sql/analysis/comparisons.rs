@@ -140,6 +140,22 @@ impl Analyzer<'_> {
         }
     }
 
+    /// Records a literal consumed as an opaque plain value: its text goes to the database
+    /// as the client wrote it and decides nothing in the analysis, so a shared plan may take
+    /// it from another text of the same shape (`sql::template`). This is the one rule, and
+    /// it is a positive list: it is called only where the consumer is known to be opaque (a
+    /// write into an unprotected column, a comparison with no protected side, a top-level
+    /// output, a subquery's or CTE's output column). Every other consumer (function
+    /// arguments such as `set_config`'s, LIMIT, ORDER BY / GROUP BY positions, casts, SET,
+    /// COPY options, arrays taken apart, migrating columns) leaves the literal fixed. Only the
+    /// literal token is reported, never a cast's typmod or a sign. The statement-level
+    /// conditions under which the reports are kept are in `analyze_one`.
+    pub(super) fn opaque_plain(&mut self, v: &Value) {
+        if let Value::Literal(l) = v {
+            self.opaque.push(l.token.clone());
+        }
+    }
+
     /// Pending values written into protected column `c`: each value is written into it,
     /// each array parameter's elements are encrypted for it, each cast becomes bytea.
     fn write_pending(&mut self, c: ColumnRef, pending: &Pending) -> Outcome<()> {
@@ -202,7 +218,7 @@ impl Analyzer<'_> {
 
     pub(super) fn condition(&mut self, e: &Expr) -> Outcome<()> {
         let v = self.expression(e)?;
-        self.plain_use(&v, "use as a boolean")
+        self.truth(e, &v)
     }
 
     /// Binds a literal or parameter to a protected column; `matching` when it is compared
@@ -283,7 +299,10 @@ impl Analyzer<'_> {
             (None, Some(b)) => self.compare_value(b, l, op, shape.matching(false, op)),
             (None, None) => {
                 self.plain_use(l, op)?;
-                self.plain_use(r, op)
+                self.plain_use(r, op)?;
+                self.opaque_plain(l);
+                self.opaque_plain(r);
+                Ok(())
             }
         }
     }
@@ -314,7 +333,9 @@ impl Analyzer<'_> {
             if let Some(src) = v.protected() {
                 return self.refuse("copying into an unencrypted column", src);
             }
-            return self.plain_use(v, "write");
+            self.plain_use(v, "write")?;
+            self.opaque_plain(v);
+            return Ok(());
         };
         if self.is_plaintext(c) {
             return self.refuse_migrating(c, "this form of write");

@@ -11,6 +11,8 @@ use std::ops::Range;
 use super::comparisons::Shape;
 use super::values::{Literal, Parameter, Value};
 use super::{unsupported, Analyzer, Outcome};
+use crate::schema::{EncryptionMode, LogicalType};
+use crate::sql::{KeyMatch, LiteralBinding};
 
 fn is_number(e: &Expr) -> bool {
     matches!(
@@ -46,6 +48,14 @@ impl Analyzer<'_> {
                 op: op @ (UnaryOperator::Minus | UnaryOperator::Plus),
                 expr: inner,
             } if is_signed_number_operand(inner) => self.signed_number(op, inner),
+            Expr::UnaryOp {
+                op: UnaryOperator::Not,
+                expr: inner,
+            } => {
+                let v = self.expression(inner)?;
+                self.truth(inner, &v)?;
+                Ok(Value::Other)
+            }
             Expr::UnaryOp { op, expr: inner } => {
                 self.plain_operands([&**inner], &format!("operator {op}"))
             }
@@ -259,8 +269,8 @@ impl Analyzer<'_> {
         let r = self.expression(right)?;
         match op {
             BinaryOperator::And | BinaryOperator::Or => {
-                self.plain_use(&l, "use as a boolean")?;
-                self.plain_use(&r, "use as a boolean")?;
+                self.truth(left, &l)?;
+                self.truth(right, &r)?;
             }
             BinaryOperator::Eq | BinaryOperator::NotEq => {
                 let all = matches!(op, BinaryOperator::NotEq);
@@ -277,6 +287,43 @@ impl Analyzer<'_> {
             }
         }
         Ok(Value::Other)
+    }
+
+    /// A value used as a condition (`WHERE v`, `v AND …`, `NOT v`, `CASE WHEN v`). A
+    /// deterministic encrypted boolean column, written as a plain reference, is compared
+    /// with the ciphertext of true (`flag` → `flag = '\x…'::bytea`, under every key when
+    /// several are configured): `=` binds tighter than NOT, AND and OR, and a NULL stays
+    /// NULL, so the condition keeps its meaning (ORMs write `filter(flag=True)` this way).
+    /// Anything else protected is refused, as its ciphertext has no truth value.
+    pub(super) fn truth(&mut self, e: &Expr, v: &Value) -> Outcome<()> {
+        let Some(c) = v.protected() else {
+            return self.plain_use(v, "use as a boolean");
+        };
+        let column = self.column(c)?;
+        let comparable = column.logical_type == LogicalType::Bool
+            && column.mode == EncryptionMode::Deterministic
+            && !self.is_plaintext(c);
+        let mut reference = e;
+        while let Expr::Nested(inner) = reference {
+            reference = inner;
+        }
+        match self.column_text(reference) {
+            Some((range, _)) if comparable => {
+                let after = range.end..range.end;
+                self.conditions.push(c);
+                self.rewrites.push((after.clone(), " = ".to_string()));
+                self.literals.push(LiteralBinding {
+                    byte_range: after,
+                    column: c,
+                    value: Some("true".to_string()),
+                    cast: None,
+                    array: false,
+                    matching: Some(KeyMatch::Any),
+                });
+                Ok(())
+            }
+            _ => self.plain_use(v, "use as a boolean"),
+        }
     }
 
     /// The range and text of a plain column reference (`ssn`, `p.ssn`), which a comparison
@@ -457,6 +504,7 @@ impl Analyzer<'_> {
         };
         let range = self.span_range(v.span)?;
         Ok(Value::Literal(Literal {
+            token: range.clone(),
             range,
             value: text,
             cast: None,

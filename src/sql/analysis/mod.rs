@@ -25,6 +25,7 @@ mod values;
 use std::collections::HashSet;
 use std::ops::Range;
 
+use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan};
@@ -98,6 +99,8 @@ struct Analyzer<'a> {
     /// How each protected column met so far is stored (plaintext while being migrated).
     stored: std::collections::HashMap<ColumnRef, migrating::Stored>,
     shadow_writes: Vec<crate::sql::ShadowWrite>,
+    /// Literal tokens consumed as opaque plain values ([`Analyzer::opaque_plain`]).
+    opaque: Vec<Range<usize>>,
 }
 
 /// Analyses a query string: one plan per statement. See the module documentation.
@@ -268,10 +271,12 @@ fn analyze_one(
         copy_subjects: None,
         stored: std::collections::HashMap::new(),
         shadow_writes: Vec::new(),
+        opaque: Vec::new(),
     };
     let kind = statement_kind(&stmt);
     let mut plan = StatementPlan::empty(kind, range.clone());
     plan.max_param = migrating::max_param(tokens, first..last + 1);
+    let keeps_opaque = keeps_opaque_literals(&stmt, earlier);
     let conflict = touches && earlier.conflicts(&stmt);
     earlier.note(&stmt);
     if conflict {
@@ -310,6 +315,12 @@ fn analyze_one(
             plan.writes = analyzer.writes;
             plan.rewrites = analyzer.rewrites;
             plan.result_columns = analyzer.result_columns;
+            if keeps_opaque {
+                let mut opaque = analyzer.opaque;
+                opaque.sort_by_key(|r| (r.start, r.end));
+                opaque.dedup();
+                plan.opaque_literals = opaque;
+            }
         }
         Err(Halt::Refuse(message)) => {
             // A refusal because a column is not migrated yet must still make the session
@@ -325,6 +336,19 @@ fn analyze_one(
         Err(Halt::Error(_)) => {}
     }
     Ok(plan)
+}
+
+/// Whether the opaque plain literals [`Analyzer::opaque_plain`] reports for `statement` may
+/// be generalized: only for a query, INSERT, UPDATE or DELETE (what `EarlierDdl::note`
+/// ignores, so no later statement depends on their text) that no earlier DDL of the same
+/// Query conflicts with. Then the statement's text, which the literals are part of, decides
+/// nothing else: whether it may touch a protected table (`touches`) matters only for such a
+/// conflict or for an error, and a refused or failed statement reports no literal.
+fn keeps_opaque_literals(statement: &Statement, earlier: &same_query::EarlierDdl) -> bool {
+    matches!(
+        statement,
+        Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
+    ) && !earlier.conflicts(statement)
 }
 
 /// Parser messages quote the offending token, which may be a value: keep only where.

@@ -78,6 +78,7 @@ impl Analyzer<'_> {
                 Value::Pending(p) => (None, None, Some(p.clone())),
                 other => {
                     self.plain_use(other, "subquery output")?;
+                    self.opaque_plain(other);
                     (None, None, None)
                 }
             };

@@ -304,6 +304,7 @@ impl Analyzer<'_> {
                 self.reads.push(c);
             } else {
                 self.plain_use(&o.value, "output")?;
+                self.opaque_plain(&o.value);
             }
             self.result_columns.push(protected);
         }

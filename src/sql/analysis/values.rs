@@ -15,6 +15,9 @@ pub(super) type Origin = (TableName, String, u32);
 pub(super) struct Literal {
     /// The whole literal expression in the query string (sign, cast, type prefix included).
     pub(super) range: Range<usize>,
+    /// The literal token alone (no sign, cast or type prefix): what
+    /// [`Analyzer::opaque_plain`](super::Analyzer::opaque_plain) reports.
+    pub(super) token: Range<usize>,
     /// The literal's text, unescaped.
     pub(super) value: String,
     /// The type it is cast to, lower-case as written.

@@ -165,6 +165,7 @@ impl<'a> Backend<'a> {
             Some(Expect::Execute(..)) => self.execute_response(&mut state, message),
             Some(Expect::Query { .. }) => self.query_response(&mut state, message),
             Some(Expect::Sync(_) | Expect::Function(_)) => Action::Forward,
+            Some(Expect::Silent) => silent(&mut state, &message.1),
         }
     }
 
@@ -450,6 +451,7 @@ impl<'a> Backend<'a> {
         }
         if state.status == b'I' {
             state.portals.clear();
+            state.release_idle();
         }
         let mut ready = None;
         if raised && state.status == b'T' {
@@ -602,6 +604,18 @@ fn parse_response(state: &mut State, message: &BackendMessage<'_>) -> Action {
         _ => {}
     }
     Action::Forward
+}
+
+/// pgveil's own Close or Parse ahead of a client's Bind: the client never sent it, so its
+/// completion is dropped; an error is the batch's and goes to the client.
+fn silent(state: &mut State, message: &BackendMessage<'_>) -> Action {
+    match message {
+        BackendMessage::CloseComplete | BackendMessage::ParseComplete => {
+            state.expect.pop_front();
+            Action::Drop
+        }
+        _ => Action::Forward,
+    }
 }
 
 /// A Bind or Close: done once its completion arrives.
