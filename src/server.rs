@@ -458,13 +458,16 @@ async fn handle_client(
 ) {
     let _open = OpenConnection::new();
     let _ = tcp.set_nodelay(true);
-    let accepted = match tokio::time::timeout(STARTUP_TIMEOUT, proxy.handshake.accept(tcp)).await {
-        Ok(accepted) => accepted,
-        Err(_) => {
-            tracing::info!(client = %addr, "client did not complete startup in time");
-            return;
-        }
-    };
+    // The login steps run boxed: the task keeps this future for as long as the session is
+    // open, and it should not carry room for steps long done (issue #14: idle memory).
+    let accepted =
+        match tokio::time::timeout(STARTUP_TIMEOUT, Box::pin(proxy.handshake.accept(tcp))).await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                tracing::info!(client = %addr, "client did not complete startup in time");
+                return;
+            }
+        };
     match accepted {
         Ok(Accepted::Cancel { pid, secret }) => {
             // With auth = "scram" clients hold pgveil's keys, mapped to their backends'.
@@ -483,16 +486,20 @@ async fn handle_client(
         }) => {
             let (connected, lease) = match &proxy.terminator {
                 Some(terminator) => {
-                    match terminator
-                        .login(&mut stream, &startup, addr, tls_end_point.as_deref())
-                        .await
+                    match Box::pin(terminator.login(
+                        &mut stream,
+                        &startup,
+                        addr,
+                        tls_end_point.as_deref(),
+                    ))
+                    .await
                     {
                         Some((upstream, lease)) => (Ok(upstream), Some(lease)),
                         None => return,
                     }
                 }
                 None => (
-                    connect_upstream(&proxy.connector, &startup.raw)
+                    Box::pin(connect_upstream(&proxy.connector, &startup.raw))
                         .await
                         .map(|u| SplitConnection::new(u, bytes::BytesMut::new())),
                     None,
@@ -521,6 +528,7 @@ async fn handle_client(
             let veil = proxy.veil.load_full();
             let stopping = stop.clone();
             let returned = if veil.is_empty() {
+                drop(startup);
                 session::run(stream, upstream, config, stop).await
             } else {
                 let login = session::startup::Login {
@@ -528,6 +536,8 @@ async fn handle_client(
                     user: startup.user().to_string(),
                     application: startup.param("application_name").unwrap_or("").to_string(),
                 };
+                // Not needed while the session relays: its memory goes back now.
+                drop(startup);
                 session::startup::run(
                     stream,
                     upstream,

@@ -388,7 +388,7 @@ fn draft(user: &str, minute: u32, subject: Option<&str>, outcome: Outcome) -> Re
     let subjects = match subject {
         Some(id) => Subjects::Known(BTreeMap::from([(
             "public.patients".to_string(),
-            vec![id.to_string()],
+            vec![id].into(),
         )])),
         None => Subjects::Unknown("statement without a subject column".into()),
     };

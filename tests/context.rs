@@ -106,7 +106,7 @@ fn draft(minute: u32, id: &str) -> RecordDraft {
         sqlstate: None,
         subjects: Subjects::Known(BTreeMap::from([(
             "public.patients".to_string(),
-            vec![id.to_string()],
+            vec![id].into(),
         )])),
     }
 }

@@ -488,7 +488,7 @@ async fn pooled_connections_switch_end_users_between_transactions() {
         let Subjects::Known(subjects) = &record.subjects else {
             panic!("unknown subjects: {record:?}");
         };
-        let ids: Vec<&String> = subjects.values().flatten().collect();
+        let ids: Vec<&str> = subjects.values().flat_map(|ids| ids.iter()).collect();
         assert_eq!(ids.len(), 1, "{record:?}");
         assert_eq!(
             record.context.end_user.as_deref(),

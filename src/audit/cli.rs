@@ -123,7 +123,13 @@ fn subjects_text(s: &Subjects) -> String {
         Subjects::Known(map) if map.is_empty() => "none".into(),
         Subjects::Known(map) => map
             .iter()
-            .map(|(t, ids)| format!("{}:[{}]", clean(t), clean(&ids.join(","))))
+            .map(|(t, ids)| {
+                format!(
+                    "{}:[{}]",
+                    clean(t),
+                    clean(&ids.iter().collect::<Vec<_>>().join(","))
+                )
+            })
             .collect::<Vec<_>>()
             .join(" "),
         Subjects::Unknown(why) => format!("unknown ({})", clean(why)),

@@ -27,6 +27,7 @@ pub mod report;
 pub mod search;
 pub(crate) mod segment;
 pub mod sink;
+pub mod subjects;
 pub mod verify;
 pub mod writer;
 
@@ -45,6 +46,7 @@ pub use record::{
 pub use report::{report, DisclosureReport, ReportEntry};
 pub use search::{search, SearchFilter};
 pub use sink::AuditSink;
+pub use subjects::SubjectIds;
 pub use verify::{verify_dir, VerifyFailure, VerifySummary};
 pub use writer::{AuditLog, AuditOptions, AuditStats};
 

@@ -63,6 +63,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use super::subjects::SubjectIds;
+
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -166,7 +168,7 @@ impl ColumnAccess {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subjects {
     /// `{"schema.table": ["id", …]}`.
-    Known(BTreeMap<String, Vec<String>>),
+    Known(BTreeMap<String, SubjectIds>),
     /// `subjects_unknown`: the reason.
     Unknown(String),
 }
@@ -177,7 +179,7 @@ impl Subjects {
         match self {
             Self::Known(map) => map
                 .iter()
-                .any(|(t, ids)| t.eq_ignore_ascii_case(table) && ids.iter().any(|i| i == id)),
+                .any(|(t, ids)| t.eq_ignore_ascii_case(table) && ids.contains(id)),
             Self::Unknown(_) => false,
         }
     }
@@ -333,7 +335,7 @@ struct WireOut<'a> {
     outcome: Outcome,
     sqlstate: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    subjects: Option<&'a BTreeMap<String, Vec<String>>>,
+    subjects: Option<&'a BTreeMap<String, SubjectIds>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subjects_unknown: Option<&'a str>,
     end_user: Option<&'a str>,
@@ -360,7 +362,7 @@ struct WireIn {
     outcome: Outcome,
     sqlstate: Option<String>,
     #[serde(default)]
-    subjects: Option<BTreeMap<String, Vec<String>>>,
+    subjects: Option<BTreeMap<String, SubjectIds>>,
     #[serde(default)]
     subjects_unknown: Option<String>,
     #[serde(default)]
@@ -638,7 +640,7 @@ pub(crate) mod tests {
 
     pub(crate) fn draft(user: &str, id: &str) -> RecordDraft {
         let mut subjects = BTreeMap::new();
-        subjects.insert("public.patients".to_string(), vec![id.to_string()]);
+        subjects.insert("public.patients".to_string(), vec![id].into());
         RecordDraft {
             time: Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
             session: "s-1".into(),

@@ -591,10 +591,7 @@ fn rec(
 
 fn subj(table: &str, ids: &[&str]) -> Subjects {
     let mut m = BTreeMap::new();
-    m.insert(
-        table.to_string(),
-        ids.iter().map(|s| s.to_string()).collect(),
-    );
+    m.insert(table.to_string(), ids.iter().collect());
     Subjects::Known(m)
 }
 
@@ -938,7 +935,7 @@ fn records_contain_only_what_the_caller_gave() {
     }
     if let Subjects::Known(m) = &d.subjects {
         for ids in m.values() {
-            allowed.extend(ids.iter().cloned());
+            allowed.extend(ids.iter().map(str::to_string));
         }
     }
     allowed.insert("2026-01-05T10:00:00.000000Z".into());

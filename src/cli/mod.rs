@@ -12,6 +12,7 @@ pub mod apply;
 mod audit;
 mod check;
 pub mod defense;
+mod fdlimit;
 mod keys;
 pub mod live;
 mod migrate;

@@ -12,15 +12,14 @@ pub fn serve(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), Cl
         log_format.unwrap_or(config.server.log_format),
         &config.server.log_level,
     );
+    super::fdlimit::raise_open_files_limit();
     // The accept loop only; sessions run on their own per-core threads.
     let runtime = super::runtime()?;
     let pid_file = config.server.pid_file.clone();
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&config.server.listen)
-            .await
-            .map_err(|e| {
-                CliError::CannotRun(format!("cannot listen on {}: {e}", config.server.listen))
-            })?;
+        let listener = listen(&config.server.listen).await.map_err(|e| {
+            CliError::CannotRun(format!("cannot listen on {}: {e}", config.server.listen))
+        })?;
         let local = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -40,6 +39,36 @@ pub fn serve(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), Cl
         // Keys, the audit log, TLS material: what serve could not open, it could not run with.
         result.map_err(|e| CliError::CannotRun(e.to_string()))
     })
+}
+
+/// Room for this many connections that arrived but were not accepted yet (the kernel caps
+/// it at net.core.somaxconn): many clients connecting at once, a pool filling up, should
+/// wait in the queue rather than be refused. tokio's `bind` listens with 1,024.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `listen` resolves to that can be bound, as `TcpListener::bind`
+/// does, with [`LISTEN_BACKLOG`].
+async fn listen(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's and tokio's bind do on Unix: a restart need not wait out TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
 }
 
 /// On each SIGHUP, re-reads the configuration: a valid one goes to the server, an invalid

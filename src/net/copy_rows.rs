@@ -4,8 +4,9 @@
 //! A stream arrives in CopyData chunks that need not align with rows (psql sends fixed-size
 //! chunks; a binary row may span messages), so [`RowSplitter`] keeps the incomplete tail and
 //! hands out whole units: the header (binary file header, or a csv/text HEADER line), each
-//! row, and the end marker. [`Fields`] reads one row's fields and [`encode_row`] writes one,
-//! so a caller rewrites only the fields it must and passes the others as they came.
+//! row, and the end marker. [`Fields`] reads one row's fields and
+//! [`super::copy_write::RowWriter`] writes one, so a caller rewrites only the fields it must
+//! and passes the others as they came.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -155,18 +156,23 @@ impl RowSplitter {
         }
     }
 
-    /// Text: a newline not escaped by a backslash ends the row.
+    /// Text: a newline not escaped by a backslash ends the row. Found by `memchr` rather
+    /// than byte by byte: every byte of a copy passes here.
     fn text_end(&mut self) -> Option<usize> {
-        let mut i = self.scan;
-        while i < self.buf.len() {
-            match self.buf[i] {
-                b'\\' if i + 1 >= self.buf.len() => break,
-                b'\\' => i += 2,
-                b'\n' => return Some(i + 1),
-                _ => i += 1,
+        let len = self.buf.len();
+        let mut i = self.scan.min(len);
+        while let Some(at) = memchr::memchr2(b'\\', b'\n', &self.buf[i..]).map(|at| i + at) {
+            if self.buf[at] == b'\n' {
+                return Some(at + 1);
             }
+            if at + 1 >= len {
+                // The escaped byte has not arrived: looked at again with it.
+                self.scan = at;
+                return None;
+            }
+            i = at + 2;
         }
-        self.scan = i.min(self.buf.len());
+        self.scan = len;
         None
     }
 
@@ -258,6 +264,11 @@ struct Span {
     null: bool,
 }
 
+/// Room for the field positions of a row, handed from one row to the next
+/// ([`Fields::parse_in`], [`Fields::recycle`]): a copy parses millions of rows.
+#[derive(Debug, Default)]
+pub struct FieldBuf(Vec<Span>);
+
 /// The fields of one row (or header line).
 pub struct Fields<'r> {
     options: &'r CopyOptions,
@@ -276,14 +287,25 @@ pub enum Out<'a> {
 
 impl<'r> Fields<'r> {
     pub fn parse(options: &'r CopyOptions, row: &'r [u8]) -> Result<Self, CopyRowError> {
+        Self::parse_in(options, row, FieldBuf::default())
+    }
+
+    /// [`Fields::parse`] into the room of an earlier row.
+    pub fn parse_in(
+        options: &'r CopyOptions,
+        row: &'r [u8],
+        buf: FieldBuf,
+    ) -> Result<Self, CopyRowError> {
+        let mut spans = buf.0;
+        spans.clear();
         match options.format {
-            CopyFormat::Binary => binary_fields(options, row),
+            CopyFormat::Binary => binary_fields(options, row, spans),
             CopyFormat::Text | CopyFormat::Csv => {
                 let (line, terminator) = split_terminator(row);
-                let spans = if options.format == CopyFormat::Text {
-                    text_spans(options, line)
+                if options.format == CopyFormat::Text {
+                    text_spans(options, line, &mut spans)
                 } else {
-                    csv_spans(options, line)
+                    csv_spans(options, line, &mut spans)
                 };
                 Ok(Self {
                     options,
@@ -293,6 +315,11 @@ impl<'r> Fields<'r> {
                 })
             }
         }
+    }
+
+    /// The room of this row's field positions, for the next row.
+    pub fn recycle(self) -> FieldBuf {
+        FieldBuf(self.spans)
     }
 
     pub fn len(&self) -> usize {
@@ -340,12 +367,14 @@ impl<'r> Fields<'r> {
         }
         let line = &self.row[..self.row.len() - self.terminator.len()];
         let mut i = 0;
-        while i < line.len() {
-            match line[i] {
-                b'\\' => i += 2,
-                b'\r' => return true,
-                _ => i += 1,
+        while let Some(at) = line
+            .get(i..)
+            .and_then(|rest| memchr::memchr2(b'\\', b'\r', rest))
+        {
+            if line[i + at] == b'\r' {
+                return true;
             }
+            i += at + 2;
         }
         false
     }
@@ -366,31 +395,38 @@ fn split_terminator(row: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-fn text_spans(options: &CopyOptions, line: &[u8]) -> Vec<Span> {
-    let mut spans = Vec::new();
+/// Text: fields end at a delimiter not escaped by a backslash. (A line that ends in a lone
+/// backslash loses its last field, so the row's field count is wrong and it is refused.)
+fn text_spans(options: &CopyOptions, line: &[u8], spans: &mut Vec<Span>) {
+    let delimiter = options.delimiter;
+    let mut push = |range: Range<usize>| {
+        let null = &line[range.clone()] == options.null.as_slice();
+        spans.push(Span { range, null });
+    };
     let mut start = 0;
     let mut i = 0;
-    while i <= line.len() {
-        if i == line.len() || line[i] == options.delimiter {
-            let raw = &line[start..i];
-            spans.push(Span {
-                range: start..i,
-                null: raw == options.null.as_slice(),
-            });
-            start = i + 1;
-            i += 1;
-        } else if line[i] == b'\\' {
-            i += 2;
-        } else {
-            i += 1;
+    loop {
+        let found = line
+            .get(i..)
+            .map(|rest| memchr::memchr2(delimiter, b'\\', rest));
+        match found {
+            Some(Some(at)) if line[i + at] == delimiter => {
+                push(start..i + at);
+                start = i + at + 1;
+                i = start;
+            }
+            Some(Some(at)) => i += at + 2,
+            Some(None) => {
+                push(start..line.len());
+                return;
+            }
+            None => return,
         }
     }
-    spans
 }
 
-fn csv_spans(options: &CopyOptions, line: &[u8]) -> Vec<Span> {
+fn csv_spans(options: &CopyOptions, line: &[u8], spans: &mut Vec<Span>) {
     let (quote, escape, delimiter) = (options.quote, options.escape, options.delimiter);
-    let mut spans = Vec::new();
     let mut start = 0;
     let mut in_quote = false;
     let mut quoted = false;
@@ -426,16 +462,19 @@ fn csv_spans(options: &CopyOptions, line: &[u8]) -> Vec<Span> {
         }
         i += 1;
     }
-    spans
 }
 
-fn binary_fields<'r>(options: &'r CopyOptions, row: &'r [u8]) -> Result<Fields<'r>, CopyRowError> {
+fn binary_fields<'r>(
+    options: &'r CopyOptions,
+    row: &'r [u8],
+    mut spans: Vec<Span>,
+) -> Result<Fields<'r>, CopyRowError> {
     let err = CopyRowError::Malformed("bad binary COPY row");
     let count = row
         .get(..2)
         .map(|c| i16::from_be_bytes([c[0], c[1]]))
         .ok_or(err.clone())?;
-    let mut spans = Vec::with_capacity(count.max(0) as usize);
+    spans.reserve(count.max(0) as usize);
     let mut at = 2;
     for _ in 0..count.max(0) {
         let len = i32_at(row, at).ok_or(err.clone())?;
@@ -556,81 +595,10 @@ fn csv_unquote<'r>(options: &CopyOptions, raw: &'r [u8]) -> Cow<'r, [u8]> {
     Cow::Owned(out)
 }
 
-/// Writes one row.
-pub fn encode_row(options: &CopyOptions, fields: &[Out<'_>], terminator: &[u8], out: &mut Vec<u8>) {
-    if options.format == CopyFormat::Binary {
-        out.extend_from_slice(&(fields.len() as i16).to_be_bytes());
-        for field in fields {
-            match field {
-                Out::Raw(v) | Out::Value(Some(v)) => {
-                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    out.extend_from_slice(v);
-                }
-                Out::Value(None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-        }
-        return;
-    }
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(options.delimiter);
-        }
-        match field {
-            Out::Raw(raw) => out.extend_from_slice(raw),
-            Out::Value(None) => out.extend_from_slice(&options.null),
-            Out::Value(Some(v)) if options.format == CopyFormat::Text => {
-                text_escape(options, v, out)
-            }
-            Out::Value(Some(v)) => csv_quote(options, v, out),
-        }
-    }
-    out.extend_from_slice(terminator);
-}
-
-fn text_escape(options: &CopyOptions, value: &[u8], out: &mut Vec<u8>) {
-    for &b in value {
-        let escaped = match b {
-            b'\\' => Some(b'\\'),
-            b'\n' => Some(b'n'),
-            b'\r' => Some(b'r'),
-            b'\t' => Some(b't'),
-            0x08 => Some(b'b'),
-            0x0c => Some(b'f'),
-            0x0b => Some(b'v'),
-            _ if b == options.delimiter => Some(b),
-            _ => None,
-        };
-        match escaped {
-            Some(e) => out.extend_from_slice(&[b'\\', e]),
-            None => out.push(b),
-        }
-    }
-}
-
-fn csv_quote(options: &CopyOptions, value: &[u8], out: &mut Vec<u8>) {
-    let (quote, escape) = (options.quote, options.escape);
-    let needs = value == options.null.as_slice()
-        || value == b"\\."
-        || value
-            .iter()
-            .any(|&b| b == options.delimiter || b == quote || b == b'\n' || b == b'\r');
-    if !needs {
-        out.extend_from_slice(value);
-        return;
-    }
-    out.push(quote);
-    for &b in value {
-        if b == quote || b == escape {
-            out.push(escape);
-        }
-        out.push(b);
-    }
-    out.push(quote);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::copy_write::encode_row;
 
     fn units(options: &CopyOptions, chunks: &[&[u8]]) -> Vec<Unit> {
         let mut splitter = RowSplitter::new(options.clone(), 1 << 20);
@@ -727,6 +695,37 @@ mod tests {
         encode_row(&options, &[fields.out(0), fields.out(1)], &[], &mut out);
         assert_eq!(out, row);
         assert!(matches!(&got[2], Unit::End(_)));
+    }
+
+    #[test]
+    fn text_fields_skip_escapes_and_reuse_their_room() {
+        let options = CopyOptions::defaults(CopyFormat::Text);
+        let fields = Fields::parse(&options, b"a\\\tb\\\\\tc\t\n").unwrap();
+        assert_eq!(fields.len(), 3);
+        assert_eq!(fields.raw(0), Some(&b"a\\\tb\\\\"[..]));
+        assert_eq!(fields.value(0).unwrap().as_ref(), b"a\tb\\");
+        assert_eq!(fields.raw(1), Some(&b"c"[..]));
+        assert_eq!(fields.raw(2), Some(&b""[..]));
+        let fields = Fields::parse_in(&options, b"\n", fields.recycle()).unwrap();
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields.raw(0), Some(&b""[..]));
+        // A lone backslash at the end loses the last field: the count check refuses it.
+        let fields = Fields::parse_in(&options, b"x\ty\\", fields.recycle()).unwrap();
+        assert_eq!(fields.len(), 1);
+        assert!(!Fields::parse(&options, b"a\\\rb\\").unwrap().has_bare_cr());
+        assert!(Fields::parse(&options, b"a\\\\\rb").unwrap().has_bare_cr());
+    }
+
+    #[test]
+    fn text_rows_found_in_any_chunking() {
+        let options = CopyOptions::defaults(CopyFormat::Text);
+        let stream: &[u8] = b"1\ta\\\nb\n2\t\\\\\n\n3\tc\\";
+        let whole = units(&options, &[stream]);
+        assert_eq!(whole.len(), 4);
+        for size in 1..stream.len() {
+            let chunks: Vec<&[u8]> = stream.chunks(size).collect();
+            assert_eq!(units(&options, &chunks), whole, "chunks of {size}");
+        }
     }
 
     #[test]

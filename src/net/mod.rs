@@ -5,6 +5,7 @@ pub mod auth;
 pub mod backend;
 pub mod copy;
 pub mod copy_rows;
+pub mod copy_write;
 pub mod frame;
 pub mod frontend;
 pub mod handshake;

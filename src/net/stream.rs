@@ -5,10 +5,32 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
-pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The read side of a connection. Plain TCP stays visible as such: it can wait for bytes
+/// without a buffer to put them in, so an idle session need hold none
+/// ([`crate::session::relay::read_more`]). TLS cannot: rustls may already hold
+/// decrypted bytes that no socket readiness announces.
+pub enum ReadHalf {
+    Plain(OwnedReadHalf),
+    Tls(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
 
 /// A database connection split for the relay, with what was read from it and not yet
 /// relayed (with `auth = "scram"`, the end of the login pgveil composed for the client).
@@ -65,15 +87,15 @@ impl MaybeTls {
         match self {
             Self::Plain(tcp) => {
                 let (r, w) = tcp.into_split();
-                (Box::new(r), Box::new(w))
+                (ReadHalf::Plain(r), Box::new(w))
             }
             Self::ServerTls(tls) => {
                 let (r, w) = tokio::io::split(*tls);
-                (Box::new(r), Box::new(w))
+                (ReadHalf::Tls(Box::new(r)), Box::new(w))
             }
             Self::ClientTls(tls) => {
                 let (r, w) = tokio::io::split(*tls);
-                (Box::new(r), Box::new(w))
+                (ReadHalf::Tls(Box::new(r)), Box::new(w))
             }
         }
     }

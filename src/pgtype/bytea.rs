@@ -72,11 +72,13 @@ pub(super) fn bytea_out(raw: &[u8]) -> Vec<u8> {
 /// temporary string.
 pub fn push_bytea_hex(raw: &[u8], out: &mut Vec<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(2 + 2 * raw.len());
     out.extend_from_slice(b"\\x");
-    for &byte in raw {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 0x0f)]);
+    // Sized once and filled by pairs: a push per digit checked the capacity each time.
+    let start = out.len();
+    out.resize(start + 2 * raw.len(), 0);
+    for (pair, &byte) in out[start..].chunks_exact_mut(2).zip(raw) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
 }
 
@@ -118,16 +120,19 @@ fn decode_hex_pairs(hex: &[u8]) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
         return None;
     }
-    let mut out = vec![0u8; hex.len() / 2];
+    // Collected from an exact-size iterator: one allocation, not zeroed first.
     let mut seen = 0u8;
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let (high, low) = (
-            HEX_DIGITS[usize::from(pair[0])],
-            HEX_DIGITS[usize::from(pair[1])],
-        );
-        seen |= high | low;
-        *byte = high << 4 | low;
-    }
+    let out: Vec<u8> = hex
+        .chunks_exact(2)
+        .map(|pair| {
+            let (high, low) = (
+                HEX_DIGITS[usize::from(pair[0])],
+                HEX_DIGITS[usize::from(pair[1])],
+            );
+            seen |= high | low;
+            high << 4 | low
+        })
+        .collect();
     (seen & 0xf0 == 0).then_some(out)
 }
 

@@ -17,12 +17,13 @@ pub mod relay;
 pub mod startup;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::metrics::{self, ErrorKind};
 use crate::net::backend::BackendMessage;
@@ -30,7 +31,7 @@ use crate::net::frame::FrameError;
 use crate::net::frontend::FrontendTag;
 use crate::net::stream::{HandedBack, MaybeTls, ReadHalf, SplitConnection, WriteHalf};
 use crate::pgerror::{sqlstate, PgError};
-use relay::{drain_frames, new_buffer, Action, Outbox};
+use relay::{drain_frames, new_buffer, read_more, Action, Outbox};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -119,8 +120,7 @@ fn lock(shared: &Mutex<PlainState>) -> std::sync::MutexGuard<'_, PlainState> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Relays one session until either side ends it or shutdown finds it idle. Returns the
-/// database connection when `config.reuse` and the client left.
+/// Relays one session until either side ends it or shutdown finds it idle.
 pub async fn run(
     client: MaybeTls,
     upstream: SplitConnection,
@@ -135,25 +135,29 @@ pub async fn run(
     } = upstream;
     let shared = Mutex::new(PlainState::default());
     let mut end = ClientEnd::default();
-    // Boxed: the channel allocates its slots up front (32 of them), per session.
-    let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
-    let upstream_bound = client_to_server(
-        &mut client_read,
-        &mut server_write,
-        &shared,
-        &config,
-        &mut end,
-    );
-    let client_bound = server_to_client(
-        &mut server_read,
-        &mut client_write,
-        &mut server_buf,
-        &shared,
-        fatal_rx,
-        shutdown,
-        &config,
-    );
-    let left = drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+    let (fatal_tx, fatal_rx) = oneshot::channel::<Box<PgError>>();
+    // Pinned where they are made: moved into `drive` by value they would take their room
+    // in this future twice (an async fn keeps its arguments beside its locals).
+    // The halves' futures end here, before the connection is handed back.
+    let left = {
+        let upstream_bound = pin!(client_to_server(
+            &mut client_read,
+            &mut server_write,
+            &shared,
+            &config,
+            &mut end,
+        ));
+        let client_bound = pin!(server_to_client(
+            &mut server_read,
+            &mut client_write,
+            &mut server_buf,
+            &shared,
+            fatal_rx,
+            shutdown,
+            &config,
+        ));
+        drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await
+    };
     let at_rest = lock(&shared).idle() && !end.unsynced;
     (config.reuse && left).then_some(HandedBack {
         connection: SplitConnection {
@@ -167,25 +171,31 @@ pub async fn run(
 
 /// Runs a session's two halves until either ends. When the client half fails with an error
 /// the client should see, the server half delivers it at a frame boundary before the end.
-/// True when the client left (its half ended cleanly first).
-pub(crate) async fn drive(
-    upstream_bound: impl std::future::Future<Output = Result<(), SessionError>>,
-    client_bound: impl std::future::Future<Output = Result<(), SessionError>>,
-    fatal: mpsc::Sender<Box<PgError>>,
+/// The halves are borrowed, pinned by the caller: every session's task holds its future for
+/// as long as it is open, and two copies of each half would be most of it.
+pub(crate) async fn drive<U, C>(
+    upstream_bound: Pin<&mut U>,
+    mut client_bound: Pin<&mut C>,
+    fatal: oneshot::Sender<Box<PgError>>,
     client: SocketAddr,
-) -> bool {
-    let upstream_bound = async {
+) -> bool
+where
+    U: Future<Output = Result<(), SessionError>>,
+    C: Future<Output = Result<(), SessionError>>,
+{
+    let upstream_bound = async move {
         let result = upstream_bound.await;
         if let Err(e) = &result {
             if let Some(error) = e.client_error() {
                 metrics::get().error(ErrorKind::Protocol);
                 tracing::warn!(client = %client, error = %e, "closing client connection");
-                let _ = fatal.send(Box::new(error)).await;
+                // The server half may be gone already; then nobody is left to tell.
+                let _ = fatal.send(Box::new(error));
             }
         }
         result
     };
-    tokio::pin!(upstream_bound, client_bound);
+    let mut upstream_bound = pin!(upstream_bound);
     tokio::select! {
         result = &mut upstream_bound => {
             if result.is_err() {
@@ -209,7 +219,7 @@ async fn client_to_server(
     let mut buf = new_buffer();
     let mut out = Outbox::default();
     loop {
-        let n = reader.read_buf(&mut buf).await?;
+        let n = read_more(reader, &mut buf).await?;
         if n == 0 {
             return Ok(());
         }
@@ -242,7 +252,8 @@ async fn client_to_server(
 /// error the client half asks to deliver, shutdown once the session is idle, and a database
 /// that went away all end the session here, with the client told why.
 pub(crate) struct ServerWait {
-    fatal: mpsc::Receiver<Box<PgError>>,
+    /// Polled only until it yields: a value or the client half's end both end the session.
+    fatal: oneshot::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     shutting_down: bool,
     client: SocketAddr,
@@ -250,7 +261,7 @@ pub(crate) struct ServerWait {
 
 impl ServerWait {
     pub(crate) fn new(
-        fatal: mpsc::Receiver<Box<PgError>>,
+        fatal: oneshot::Receiver<Box<PgError>>,
         shutdown: watch::Receiver<bool>,
         client: SocketAddr,
     ) -> Self {
@@ -286,8 +297,8 @@ impl ServerWait {
             }
             let n = tokio::select! {
                 biased;
-                error = self.fatal.recv() => {
-                    if let Some(error) = error {
+                error = &mut self.fatal => {
+                    if let Ok(error) = error {
                         send_error(writer, &error).await?;
                     }
                     return Ok(None);
@@ -297,7 +308,7 @@ impl ServerWait {
                     self.shutting_down = changed.is_err() || *self.shutdown.borrow();
                     continue;
                 }
-                n = reader.read_buf(buf) => n,
+                n = read_more(reader, buf) => n,
             };
             let n = match n {
                 Ok(n) => n,
@@ -337,7 +348,7 @@ async fn server_to_client(
     writer: &mut WriteHalf,
     buf: &mut bytes::BytesMut,
     shared: &Mutex<PlainState>,
-    fatal: mpsc::Receiver<Box<PgError>>,
+    fatal: oneshot::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {

@@ -4,11 +4,12 @@
 //! only frames that are replaced or dropped break a run.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::audit::AuditSink;
 use crate::audit::RecordDraft;
 use crate::net::frame::{announced_len, frame_len, FrameError};
+use crate::net::stream::ReadHalf;
 use crate::pgerror::{sqlstate, PgError};
 
 /// What to do with one complete frame.
@@ -70,11 +71,37 @@ impl Outbox {
         if let [Item::Bytes(only)] = self.items.as_slice() {
             // The plain relay's usual case: one zero-copy slice of the read buffer.
             writer.write_all(only).await?;
-            self.items.clear();
+            // Given back, not cleared: a session waits with an empty outbox most of its life.
+            self.items = Vec::new();
             return writer.flush().await;
         }
+        if self
+            .items
+            .iter()
+            .any(|item| matches!(item, Item::Audited(_)))
+        {
+            // Boxed: waiting for an audit record takes far more room than writing, and every
+            // session's future would otherwise carry that room while it sits idle.
+            return Box::pin(self.flush_records(writer, audit)).await;
+        }
         let mut gather = Gather::default();
-        for item in self.items.drain(..) {
+        for item in std::mem::take(&mut self.items) {
+            if let Item::Bytes(chunk) = item {
+                gather.push(writer, chunk).await?;
+            }
+        }
+        gather.send(writer).await?;
+        writer.flush().await
+    }
+
+    /// [`Self::flush_audited`] when some response waits for its audit record.
+    async fn flush_records<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        writer: &mut W,
+        audit: Option<&AuditSink>,
+    ) -> std::io::Result<()> {
+        let mut gather = Gather::default();
+        for item in std::mem::take(&mut self.items) {
             match item {
                 Item::Bytes(chunk) => gather.push(writer, chunk).await?,
                 Item::Audited(audited) => {
@@ -199,20 +226,19 @@ const IDLE_CAPACITY: usize = 2 * 1024;
 /// Makes room for the rest of a partly received frame (its length is known once five bytes
 /// are in), and gives back memory once everything received was handled: all of it after a
 /// small exchange (`received` bytes were handled this time), the excess after a large one.
+///
+/// An empty buffer that must grow is allocated afresh: `reserve` would take back the whole
+/// allocation the handled frames came from once they are dropped, however large it was.
 fn reserve_for_next(buf: &mut BytesMut, received: usize) {
     if buf.is_empty() && received >= IDLE_CAPACITY {
-        if buf.capacity() > 8 * READ_CHUNK {
+        if buf.capacity() > 8 * READ_CHUNK || buf.capacity() < READ_CHUNK / 4 {
             *buf = BytesMut::with_capacity(READ_CHUNK);
-        } else if buf.capacity() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
         }
         return;
     }
     if buf.is_empty() {
-        if buf.capacity() > 2 * IDLE_CAPACITY {
+        if buf.capacity() > 2 * IDLE_CAPACITY || buf.capacity() < IDLE_CAPACITY / 2 {
             *buf = BytesMut::with_capacity(IDLE_CAPACITY);
-        } else if buf.capacity() < IDLE_CAPACITY / 2 {
-            buf.reserve(IDLE_CAPACITY);
         }
         return;
     }
@@ -223,6 +249,25 @@ fn reserve_for_next(buf: &mut BytesMut, received: usize) {
     if buf.capacity() - buf.len() < wanted {
         buf.reserve(wanted.max(READ_CHUNK));
     }
+}
+
+/// Reads more of a relayed stream into `buf`, like `read_buf`. Once everything received was
+/// handled (`buf` empty) and nothing more is there yet, a plain TCP connection waits with its
+/// buffer given back: 1,000 idle sessions then hold no read buffers (issue #14). The buffer
+/// comes back, as large as it was, when bytes arrive. Cancel-safe, as `read_buf` is.
+pub async fn read_more(reader: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if let (ReadHalf::Plain(tcp), true) = (&mut *reader, buf.is_empty()) {
+        match tcp.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        let capacity = buf.capacity().max(IDLE_CAPACITY);
+        *buf = BytesMut::new();
+        tcp.readable().await?;
+        buf.reserve(capacity);
+    }
+    reader.read_buf(buf).await
 }
 
 pub fn new_buffer() -> BytesMut {
@@ -269,6 +314,58 @@ mod tests {
             vec![&frame(b'T', b"a")[..], b"X", &frame(b'C', b"c")[..]]
         );
         assert_eq!(&buf[..], &frame(b'Z', b"I")[..3]);
+    }
+
+    #[test]
+    fn a_large_message_leaves_no_large_buffer_behind() {
+        let big = frame(b'D', &vec![b'x'; 1 << 20]);
+        let mut buf = BytesMut::from(&big[..]);
+        let mut out = Outbox::default();
+        drain_frames::<FrameError>(&mut buf, usize::MAX >> 1, &mut out, |_| Ok(Action::Drop))
+            .unwrap();
+        assert!(buf.is_empty());
+        assert!(
+            buf.capacity() <= READ_CHUNK,
+            "kept {} bytes",
+            buf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_plain_connection_waits_without_its_read_buffer() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        use tokio::io::AsyncWriteExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let (read, _write) = accepted.into_split();
+        let mut reader = ReadHalf::Plain(read);
+
+        // Nothing sent: the wait is pending, and a cancelled wait leaves no buffer held.
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        {
+            let mut waiting = std::pin::pin!(read_more(&mut reader, &mut buf));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(matches!(waiting.as_mut().poll(&mut cx), Poll::Pending));
+        }
+        assert_eq!(buf.capacity(), 0);
+
+        // A wait that sees bytes arrive gets its buffer back, as large as it was.
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let read = {
+            let mut waiting = std::pin::pin!(read_more(&mut reader, &mut buf));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(matches!(waiting.as_mut().poll(&mut cx), Poll::Pending));
+            peer.write_all(b"Q\0\0\0\x0dSELECT 1\0").await.unwrap();
+            waiting.await.unwrap()
+        };
+        assert_eq!(read, 14);
+        assert_eq!(&buf[..], b"Q\0\0\0\x0dSELECT 1\0");
+        assert!(buf.capacity() >= READ_CHUNK);
     }
 
     #[test]

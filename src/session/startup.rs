@@ -36,8 +36,9 @@ pub struct Login {
     pub application: String,
 }
 
-/// Runs a protected session; returns the database connection when `config.reuse` and the
-/// client left.
+/// Relays one protected session. Every login step runs boxed, so the future the session's
+/// task keeps while it relays holds only the relay's state (issue #14: idle memory).
+/// Returns the database connection when `config.reuse` and the client left.
 pub async fn run(
     client: MaybeTls,
     upstream: SplitConnection,
@@ -46,6 +47,33 @@ pub async fn run(
     engine: Engine,
     shutdown: watch::Receiver<bool>,
 ) -> Option<HandedBack> {
+    let Started {
+        client,
+        server,
+        leftover,
+        session,
+    } = Box::pin(start(client, upstream, login, &config, engine)).await?;
+    protected::relay(client, server, leftover, session, config, shutdown).await
+}
+
+/// A session past its login and pgveil's own queries, its client sent ReadyForQuery.
+struct Started {
+    client: (ReadHalf, WriteHalf),
+    server: (ReadHalf, WriteHalf),
+    /// What the client sent after its login, not yet relayed.
+    leftover: BytesMut,
+    session: Box<Session>,
+}
+
+/// Relays the login, reads what pgveil needs, and hands the client its first ReadyForQuery.
+/// `None`: the session ended, the client told why where it could be.
+async fn start(
+    client: MaybeTls,
+    upstream: SplitConnection,
+    login: Login,
+    config: &SessionConfig,
+    engine: Engine,
+) -> Option<Started> {
     let veil = engine.veil.clone();
     let (mut client_read, mut client_write) = client.split();
     let SplitConnection {
@@ -53,13 +81,13 @@ pub async fn run(
         write: mut server_write,
         pending,
     } = upstream;
-    let established = match establish(
+    let established = match Box::pin(establish(
         &mut client_read,
         &mut client_write,
         (&mut server_read, &mut server_write),
         pending,
-        &config,
-    )
+        config,
+    ))
     .await
     {
         Ok(established) => established,
@@ -78,7 +106,7 @@ pub async fn run(
         search_path: true,
         roles: true,
     };
-    let facts = match learn(&mut server_read, &mut server_write, wanted).await {
+    let facts = match Box::pin(learn(&mut server_read, &mut server_write, wanted)).await {
         Ok(Some(facts)) => facts,
         _ => {
             tracing::error!(client = %config.client_addr, "cannot read the catalog or roles; refusing the session");
@@ -90,22 +118,19 @@ pub async fn run(
             return None;
         }
     };
-    let (facts, identity) = session_facts(facts, cached, &login, &established, &engine, &config)?;
-    let session = Session::new(engine, facts, identity);
+    let (facts, identity) = session_facts(facts, cached, &login, &established, &engine, config)?;
+    let session = Box::new(Session::new(engine, facts, identity));
     if client_write.write_all(&established.ready).await.is_err()
         || client_write.flush().await.is_err()
     {
         return None;
     }
-    protected::relay(
-        (client_read, client_write),
-        (server_read, server_write),
-        established.leftover,
+    Some(Started {
+        client: (client_read, client_write),
+        server: (server_read, server_write),
+        leftover: established.leftover,
         session,
-        config,
-        shutdown,
-    )
-    .await
+    })
 }
 
 /// What the session starts with, from what pgveil's own query found, and who is talking
@@ -150,8 +175,7 @@ fn session_facts(
     Some((facts, identity))
 }
 
-/// Relays the authentication exchange; holds back the first ReadyForQuery. `from_server`:
-/// what was read from the database before (with `auth = "scram"`, the login's end).
+/// Relays the authentication exchange; holds back the first ReadyForQuery.
 async fn establish(
     client_read: &mut ReadHalf,
     client_write: &mut WriteHalf,

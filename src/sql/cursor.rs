@@ -40,18 +40,10 @@ pub struct CursorStatement {
 /// scan, ASCII case ignored, no allocation: it runs on every statement). A keyword cannot be
 /// quoted or escaped, so a text without one of these words holds no such statement.
 pub fn mentions_cursor(text: &str) -> bool {
-    ["fetch", "declare", "close", "discard"]
-        .iter()
-        .any(|k| contains_word(text, k))
-}
-
-fn contains_word(text: &str, word: &str) -> bool {
-    let (text, word) = (text.as_bytes(), word.as_bytes());
-    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
-    text.windows(word.len()).enumerate().any(|(at, window)| {
-        window.eq_ignore_ascii_case(word)
-            && (at == 0 || !is_ident(text[at - 1]))
-            && text.get(at + word.len()).is_none_or(|&b| !is_ident(b))
+    super::tokens::words(text).any(|w| {
+        ["fetch", "declare", "close", "discard"]
+            .iter()
+            .any(|k| w.eq_ignore_ascii_case(k.as_bytes()))
     })
 }
 

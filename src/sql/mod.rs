@@ -58,6 +58,7 @@ pub use fast::may_touch_protected;
 pub use fingerprint::fingerprint;
 pub use settings::{mentions_setting, setting_statements, SettingOp, SettingStatement};
 pub use template::{Shape, Template};
+pub use tokens::words;
 
 use crate::schema::TableName;
 

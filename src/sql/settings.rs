@@ -83,28 +83,12 @@ pub fn mentions_setting(text: &str) -> bool {
         "discard",
         "set_config",
     ];
-    let bytes = text.as_bytes();
-    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
-    let mut at = 0;
-    while at < bytes.len() {
-        if !is_ident(bytes[at]) {
-            at += 1;
-            continue;
-        }
-        let start = at;
-        while at < bytes.len() && is_ident(bytes[at]) {
-            at += 1;
-        }
-        let word = &bytes[start..at];
-        if (3..=10).contains(&word.len())
+    super::tokens::words(text).any(|word| {
+        (3..=10).contains(&word.len())
             && WORDS
                 .iter()
                 .any(|w| w.as_bytes().eq_ignore_ascii_case(word))
-        {
-            return true;
-        }
-    }
-    false
+    })
 }
 
 /// Every statement of `sql` with its op; `None` when the text cannot be split into tokens

@@ -6,6 +6,15 @@ use std::ops::Range;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
+/// The whole words of `text`: maximal runs of the bytes an unquoted PostgreSQL identifier
+/// may hold (ASCII letters, digits, `_`, `$`, and every non-ASCII byte). A cheap pre-check
+/// for keywords, without tokenizing or allocating; it runs on every statement.
+pub fn words(text: &str) -> impl Iterator<Item = &[u8]> {
+    text.as_bytes()
+        .split(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80))
+        .filter(|w| !w.is_empty())
+}
+
 pub(crate) struct Tokens {
     pub spanned: Vec<TokenWithSpan>,
     /// Byte range of each token in the query string.

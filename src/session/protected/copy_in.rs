@@ -10,8 +10,9 @@ use super::refusal::join;
 use super::state::State;
 use super::values::{encrypt_param, encrypt_text};
 use super::Session;
-use crate::net::copy::{encode_copy_data, encode_copy_done, encode_copy_fail, CopyMessage};
-use crate::net::copy_rows::{encode_row, CopyFormat, CopyRowError, Fields, Out, RowSplitter, Unit};
+use crate::net::copy::{encode_copy_done, encode_copy_fail, CopyMessage};
+use crate::net::copy_rows::{CopyFormat, CopyRowError, FieldBuf, Fields, Out, RowSplitter, Unit};
+use crate::net::copy_write::{CopyDataWriter, Payload};
 use crate::pgerror::{sqlstate, PgError};
 use crate::pgtype::{push_bytea_hex, SessionTime};
 use crate::session::relay::Action;
@@ -31,6 +32,9 @@ pub(super) struct CopyIn {
     ended: bool,
     /// pgveil aborted it: what the client still sends is dropped.
     failed: bool,
+    /// Room reused from row to row.
+    fields: FieldBuf,
+    hex: Vec<u8>,
 }
 
 impl CopyIn {
@@ -41,19 +45,23 @@ impl CopyIn {
             rows: 0,
             ended: false,
             failed: false,
+            fields: FieldBuf::default(),
+            hex: Vec::new(),
         }
     }
 
-    /// The rewritten stream for what is complete after `payload` (all of it when `done`).
+    /// The CopyData of the rewritten stream for what is complete after `payload` (all of it
+    /// when `done`); `None` when nothing is.
     fn feed(
         &mut self,
         payload: &[u8],
         done: bool,
         veil: &Veil,
         time: &SessionTime,
-    ) -> Result<Vec<u8>, PgError> {
+    ) -> Result<Option<Bytes>, PgError> {
         self.splitter.push(payload);
-        let mut out = Vec::with_capacity(payload.len() * 2);
+        let mut frame = CopyDataWriter::with_capacity(payload.len() * 2);
+        let mut out = frame.payload();
         loop {
             let unit = match self.splitter.next_unit().map_err(row_error)? {
                 Some(unit) => unit,
@@ -79,65 +87,74 @@ impl CopyIn {
                 }
             }
         }
-        Ok(out)
+        Ok(frame.finish())
     }
 
+    /// Writes one row with its protected fields encrypted. (A row that fails leaves part of
+    /// itself in `out`, which is dropped with the copy.)
     fn row(
-        &self,
+        &mut self,
         row: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut Payload<'_>,
         veil: &Veil,
         time: &SessionTime,
     ) -> Result<(), PgError> {
-        let options = &self.plan.options;
-        let fields = Fields::parse(options, row).map_err(row_error)?;
-        // A row pgveil did not split as the database will would carry values past it
-        // unencrypted (in a field it leaves alone): refused before it leaves.
-        if fields.len() != self.plan.fields.len() {
-            return Err(PgError::error(
-                sqlstate::BAD_COPY_FILE_FORMAT,
-                format!(
-                    "pgveil: a COPY row has {} fields where {} are copied",
-                    fields.len(),
-                    self.plan.fields.len()
-                ),
-            ));
-        }
-        if fields.has_bare_cr() {
-            return Err(PgError::error(
-                sqlstate::BAD_COPY_FILE_FORMAT,
-                "pgveil: literal carriage return found in COPY data (write it as \\r)",
-            ));
-        }
-        let mut encrypted: Vec<Option<Vec<u8>>> = vec![None; fields.len()];
-        for (index, column) in self.plan.fields.iter().enumerate() {
-            let (Some(column), Some(value)) = (column, fields.value(index)) else {
-                continue;
-            };
-            let stored = if options.format == CopyFormat::Binary {
-                encrypt_param(veil, *column, &value, 1, 0, time)?
-            } else {
-                // bytea's text input: `\x` and hex (escaped again by the row's encoding).
-                let ciphertext = encrypt_text(veil, *column, &value, time)?;
-                let mut text = Vec::new();
-                push_bytea_hex(&ciphertext, &mut text);
-                text
-            };
-            if let Some(slot) = encrypted.get_mut(index) {
-                *slot = Some(stored);
-            }
-        }
-        let fields_out: Vec<Out<'_>> = encrypted
-            .iter()
-            .enumerate()
-            .map(|(index, value)| match value {
-                Some(v) => Out::Value(Some(v)),
-                None => fields.out(index),
-            })
-            .collect();
-        encode_row(options, &fields_out, fields.terminator(), out);
-        Ok(())
+        let fields = Fields::parse_in(&self.plan.options, row, std::mem::take(&mut self.fields))
+            .map_err(row_error)?;
+        let written = write_row(&self.plan, &mut self.hex, &fields, out, veil, time);
+        self.fields = fields.recycle();
+        written
     }
+}
+
+/// [`CopyIn::row`] once the row is split; `hex` is room for a ciphertext's text form.
+fn write_row(
+    plan: &CopyPlan,
+    hex: &mut Vec<u8>,
+    fields: &Fields<'_>,
+    out: &mut Payload<'_>,
+    veil: &Veil,
+    time: &SessionTime,
+) -> Result<(), PgError> {
+    let options = &plan.options;
+    // A row pgveil did not split as the database will would carry values past it
+    // unencrypted (in a field it leaves alone): refused before it leaves.
+    if fields.len() != plan.fields.len() {
+        return Err(PgError::error(
+            sqlstate::BAD_COPY_FILE_FORMAT,
+            format!(
+                "pgveil: a COPY row has {} fields where {} are copied",
+                fields.len(),
+                plan.fields.len()
+            ),
+        ));
+    }
+    if fields.has_bare_cr() {
+        return Err(PgError::error(
+            sqlstate::BAD_COPY_FILE_FORMAT,
+            "pgveil: literal carriage return found in COPY data (write it as \\r)",
+        ));
+    }
+    let mut row = out.row(options, fields.len());
+    for (index, column) in plan.fields.iter().enumerate() {
+        // Unescaped only when it is encrypted; NULL stays NULL.
+        let Some((column, value)) = column.and_then(|c| Some((c, fields.value(index)?))) else {
+            row.field(fields.out(index));
+            continue;
+        };
+        if options.format == CopyFormat::Binary {
+            let stored = encrypt_param(veil, column, &value, 1, 0, time)?;
+            row.field(Out::Value(Some(&stored)));
+        } else {
+            // bytea's text input: `\x` and hex (escaped again by the row's encoding).
+            let ciphertext = encrypt_text(veil, column, &value, time)?;
+            hex.clear();
+            push_bytea_hex(&ciphertext, hex);
+            row.field(Out::Value(Some(hex)));
+        }
+    }
+    row.finish(fields.terminator());
+    Ok(())
 }
 
 fn row_error(e: CopyRowError) -> PgError {
@@ -194,8 +211,7 @@ pub(super) fn message(frame: &[u8], session: &Session, state: &mut State) -> Act
         _ => &[],
     };
     match copy.feed(payload, done, &session.veil, time) {
-        Ok(stream) => {
-            let data = (!stream.is_empty()).then(|| encode_copy_data(&stream));
+        Ok(data) => {
             if done {
                 *copy_in = None;
                 return Action::Replace(match data {

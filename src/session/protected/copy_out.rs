@@ -8,8 +8,9 @@ use bytes::Bytes;
 
 use super::state::State;
 use super::values::{corrupt_value, reveal, reveal_ciphertext};
-use crate::net::copy::{encode_copy_data, CopyResponse};
-use crate::net::copy_rows::{encode_row, CopyFormat, CopyRowError, Fields, Out, RowSplitter, Unit};
+use crate::net::copy::CopyResponse;
+use crate::net::copy_rows::{CopyFormat, CopyRowError, FieldBuf, Fields, Out, RowSplitter, Unit};
+use crate::net::copy_write::{encode_row, CopyDataWriter, Payload};
 use crate::pgerror::{sqlstate, PgError};
 use crate::pgtype;
 use crate::session::recording::Recording;
@@ -24,6 +25,8 @@ pub(super) struct CopyOut {
     /// Fields the client sees; the rest are pgveil's subject columns.
     shown: usize,
     splitter: RowSplitter,
+    /// Room for field positions, reused from row to row.
+    fields: FieldBuf,
 }
 
 impl CopyOut {
@@ -48,6 +51,7 @@ impl CopyOut {
             plan: plan.clone(),
             shown: plan.fields.len(),
             splitter: RowSplitter::new(plan.options.clone(), MAX_COPY_ROW),
+            fields: FieldBuf::default(),
         };
         Ok((copy, response.encode(b'H')))
     }
@@ -67,7 +71,8 @@ impl CopyOut {
         mut recording: Option<&mut Recording>,
     ) -> Result<Option<Bytes>, PgError> {
         self.splitter.push(payload);
-        let mut out = Vec::with_capacity(payload.len() + payload.len() / 2);
+        let mut frame = CopyDataWriter::with_capacity(payload.len() + payload.len() / 2);
+        let mut out = frame.payload();
         while let Some(unit) = self.splitter.next_unit().map_err(row_error)? {
             match unit {
                 Unit::End(bytes) => out.extend_from_slice(&bytes),
@@ -80,33 +85,43 @@ impl CopyOut {
                     let shown: Vec<Out<'_>> = (0..self.shown.min(fields.len()))
                         .map(|i| fields.out(i))
                         .collect();
-                    encode_row(&self.plan.options, &shown, fields.terminator(), &mut out);
+                    let mut header = Vec::new();
+                    encode_row(&self.plan.options, &shown, fields.terminator(), &mut header);
+                    out.extend_from_slice(&header);
                 }
                 Unit::Row(row) => {
-                    let fields = Fields::parse(&self.plan.options, &row).map_err(row_error)?;
+                    let buf = std::mem::take(&mut self.fields);
+                    let fields =
+                        Fields::parse_in(&self.plan.options, &row, buf).map_err(row_error)?;
                     if let Some(recording) = recording.as_deref_mut() {
                         recording.observe_with(|i| fields.value(i));
                     }
-                    self.row(&fields, veil, state, &mut out)?;
+                    let written = self.row(&fields, veil, state, &mut out);
+                    self.fields = fields.recycle();
+                    written?;
                 }
             }
         }
-        Ok((!out.is_empty()).then(|| encode_copy_data(&out)))
+        Ok(frame.finish())
     }
 
+    /// Writes one row with its protected fields revealed as the policy allows and pgveil's
+    /// subject columns left out. (A row that fails leaves part of itself in `out`, which is
+    /// dropped with the copy.)
     fn row(
         &self,
         fields: &Fields<'_>,
         veil: &Veil,
         state: &State,
-        out: &mut Vec<u8>,
+        out: &mut Payload<'_>,
     ) -> Result<(), PgError> {
         let format = i16::from(self.plan.options.format == CopyFormat::Binary);
         let shown = self.shown.min(fields.len());
-        let mut revealed: Vec<Option<Option<Vec<u8>>>> = vec![None; shown];
-        for (index, slot) in revealed.iter_mut().enumerate() {
+        let mut row = out.row(&self.plan.options, shown);
+        for index in 0..shown {
             let column: Option<ColumnRef> = self.plan.fields.get(index).copied().flatten();
             let Some(column) = column else {
+                row.field(fields.out(index));
                 continue;
             };
             // The database prints a bytea as `\x` and hex, which text format escapes to
@@ -116,25 +131,24 @@ impl CopyOut {
                 .filter(|_| self.plan.options.format == CopyFormat::Text)
                 .and_then(|raw| raw.strip_prefix(b"\\"))
                 .filter(|rest| rest.starts_with(b"\\x") && !rest[1..].contains(&b'\\'));
-            *slot = match (hex, fields.value(index)) {
-                (Some(hex), _) => {
+            // The field is unescaped only when it is not that plain `\\x` form.
+            let shown = match hex {
+                Some(hex) => {
                     let ciphertext = pgtype::decode_bytea_text(hex)
                         .ok_or_else(|| corrupt_value(veil, column))?;
-                    Some(reveal_ciphertext(&ciphertext, column, format, veil, state)?)
+                    reveal_ciphertext(&ciphertext, column, format, veil, state)?
                 }
-                (None, Some(stored)) => Some(reveal(&stored, column, format, veil, state)?),
-                (None, None) => None,
+                None => match fields.value(index) {
+                    Some(stored) => reveal(&stored, column, format, veil, state)?,
+                    None => {
+                        row.field(fields.out(index));
+                        continue;
+                    }
+                },
             };
+            row.field(Out::Value(shown.as_deref()));
         }
-        let fields_out: Vec<Out<'_>> = revealed
-            .iter()
-            .enumerate()
-            .map(|(index, value)| match value {
-                Some(v) => Out::Value(v.as_deref()),
-                None => fields.out(index),
-            })
-            .collect();
-        encode_row(&self.plan.options, &fields_out, fields.terminator(), out);
+        row.finish(fields.terminator());
         Ok(())
     }
 }

@@ -199,40 +199,35 @@ fn sync(frame: &[u8], state: &mut State) -> Action {
     }
 }
 
-/// What pgveil's own bookkeeping must refresh after a statement went through.
+/// What pgveil's own bookkeeping must refresh after a statement went through. One pass over
+/// the text's words, as it runs on every statement.
 fn refresh_needed(text: &str) -> Option<Wanted> {
-    let catalog = ["create", "alter", "drop"]
-        .iter()
-        .any(|k| contains_keyword(text, k));
-    // RESET ALL and DISCARD ALL put the session default back; a role change moves "$user";
-    // set_config may name its setting at run time (pg_dump: `set_config(name, ...) FROM
-    // pg_settings`).
-    let search_path = [
-        "search_path",
-        "reset",
-        "discard",
-        "authorization",
-        "set_config",
-    ]
-    .iter()
-    .any(|k| contains_keyword(text, k))
-        || (contains_keyword(text, "set") && contains_keyword(text, "role"));
+    let (mut catalog, mut search_path, mut set, mut role) = (false, false, false, false);
+    for word in crate::sql::words(text) {
+        let is = |k: &str| word.eq_ignore_ascii_case(k.as_bytes());
+        if is("create") || is("alter") || is("drop") {
+            catalog = true;
+        } else if is("search_path")
+            // RESET ALL and DISCARD ALL put the session default back; a role change moves
+            // "$user"; set_config may name its setting at run time (pg_dump:
+            // `set_config(name, ...) FROM pg_settings`).
+            || is("reset")
+            || is("discard")
+            || is("authorization")
+            || is("set_config")
+        {
+            search_path = true;
+        } else if is("set") {
+            set = true;
+        } else if is("role") {
+            role = true;
+        }
+    }
+    let search_path = search_path || (set && role);
     (catalog || search_path).then_some(Wanted {
         catalog,
         search_path: search_path || catalog,
         roles: false,
-    })
-}
-
-/// Whether `word` occurs in `text` (ASCII case ignored) as a whole word; no allocation, as
-/// it runs on every statement.
-fn contains_keyword(text: &str, word: &str) -> bool {
-    let (text, word) = (text.as_bytes(), word.as_bytes());
-    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    text.windows(word.len()).enumerate().any(|(at, window)| {
-        window.eq_ignore_ascii_case(word)
-            && (at == 0 || !is_ident(text[at - 1]))
-            && text.get(at + word.len()).is_none_or(|&b| !is_ident(b))
     })
 }
 
@@ -646,6 +641,22 @@ fn bind_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refresh_detection_is_by_whole_words() {
+        assert!(refresh_needed("ALTER TABLE t ADD x int").unwrap().catalog);
+        assert!(refresh_needed("select 1; Drop view v").unwrap().catalog);
+        assert!(refresh_needed("SET ROLE app").unwrap().search_path);
+        assert!(refresh_needed("RESET ALL").is_some());
+        for text in [
+            "SELECT created_at, dropped, altered FROM t",
+            "SELECT settle, roles FROM t",
+            "SELECT 1 FROM role_set",
+            "INSERT INTO resets (search_path_x) VALUES (1)",
+        ] {
+            assert!(refresh_needed(text).is_none(), "{text}");
+        }
+    }
 
     #[test]
     fn refresh_detection() {

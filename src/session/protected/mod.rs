@@ -31,11 +31,11 @@ mod state;
 mod values;
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::recording::Identity;
 use super::relay::{drain_frames, new_buffer, Action, Outbox};
@@ -141,37 +141,41 @@ impl Session {
     }
 }
 
-/// Relays an established session; returns the database connection when `config.reuse` and
-/// the client left (see [`super`]).
+/// Relays an established session. The session comes boxed: an async fn keeps its arguments
+/// beside its locals, and this future lives as long as the connection.
 pub async fn relay(
     mut client: (ReadHalf, WriteHalf),
     mut server: (ReadHalf, WriteHalf),
     leftover: bytes::BytesMut,
-    session: Session,
+    session: Box<Session>,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Option<HandedBack> {
-    let (fatal_tx, fatal_rx) = mpsc::channel::<Box<PgError>>(1);
+    let (fatal_tx, fatal_rx) = oneshot::channel::<Box<PgError>>();
     let mut end = ClientEnd::default();
     let mut server_buf = new_buffer();
-    let upstream_bound = client_to_server(
-        &mut client.0,
-        &mut server.1,
-        leftover,
-        &session,
-        &config,
-        &mut end,
-    );
-    let client_bound = server_to_client(
-        &mut server.0,
-        &mut client.1,
-        &mut server_buf,
-        &session,
-        fatal_rx,
-        shutdown,
-        &config,
-    );
-    let left = drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await;
+    // The halves' futures end here, before the connection is handed back.
+    let left = {
+        let upstream_bound = pin!(client_to_server(
+            &mut client.0,
+            &mut server.1,
+            leftover,
+            &session,
+            &config,
+            &mut end,
+        ));
+        let client_bound = pin!(server_to_client(
+            &mut server.0,
+            &mut client.1,
+            &mut server_buf,
+            &session,
+            fatal_rx,
+            shutdown,
+            &config,
+        ));
+        drive(upstream_bound, client_bound, fatal_tx, config.client_addr).await
+    };
+    // The client left: the database connection goes back with whether it is at rest.
     let at_rest = {
         let state = lock(&session.state);
         state.expect.is_empty()
@@ -209,7 +213,7 @@ async fn client_to_server(
             first = false;
             buf.len()
         } else {
-            reader.read_buf(&mut buf).await?
+            super::relay::read_more(reader, &mut buf).await?
         };
         if n == 0 {
             return Ok(());
@@ -248,7 +252,7 @@ async fn server_to_client(
     writer: &mut WriteHalf,
     buf: &mut bytes::BytesMut,
     session: &Session,
-    fatal: mpsc::Receiver<Box<PgError>>,
+    fatal: oneshot::Receiver<Box<PgError>>,
     shutdown: watch::Receiver<bool>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {

@@ -298,6 +298,17 @@ impl State {
         }
     }
 
+    /// Gives back the room a finished exchange left allocated: a session spends most of its
+    /// life waiting for its client, and then needs no queue and no portals (issue #14).
+    pub fn release_idle(&mut self) {
+        if self.expect.is_empty() {
+            self.expect = VecDeque::new();
+        }
+        if self.portals.is_empty() {
+            self.portals = HashMap::new();
+        }
+    }
+
     /// A TimeZone or DateStyle the database reported.
     pub fn set_time(&mut self, timezone: Option<String>, datestyle: Option<String>) {
         if let Some(timezone) = timezone {

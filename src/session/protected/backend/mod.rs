@@ -451,6 +451,7 @@ impl<'a> Backend<'a> {
         }
         if state.status == b'I' {
             state.portals.clear();
+            state.release_idle();
         }
         let mut ready = None;
         if raised && state.status == b'T' {
