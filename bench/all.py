@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs every benchmark in bench/ once, in short form, and ends with one table of the ratios
-they print (and the issue #14 goals a script reports on its `RESULT {json}` line: goal,
-measured value, met or not).
+they print and one of the goals (issues #10, #11, #14): goal, measured value, met or not. A
+script reports its goals on its `RESULT {json}` line (audit.py), or they are read from the
+tables and lines it prints (`derived_goals`: phi, relay, idle, copy, scram).
 
     python3 bench/all.py [--budget 900] [--binary target/release/pgveil] [--only audit,relay]
 
@@ -74,6 +75,69 @@ def ratios(text):
     return found
 
 
+def cells(table, row):
+    """A table row as {header: cell}."""
+    return dict(zip(table[0], row))
+
+
+def number(cell):
+    return float(cell.replace(",", "").rstrip("%x"))
+
+
+def derived_goals(stem, text):
+    """The issue #14 (and #10, #11) goals of a script that prints no RESULT goals, read from
+    its printed tables and lines: (goal, target, measured, met)."""
+    goals = []
+    if stem == "phi":
+        for table in tables(text):
+            if "(a)/(b)" not in table[0]:
+                continue
+            for row in table[1:]:
+                c = cells(table, row)
+                if c.get("clients") == "8":
+                    v = number(c["(a)/(b)"])
+                    goals.append((f"PHI through pgveil / twin through pgveil, -c 8, {c['mode']}", ">= 0.85", v, v >= 0.85))
+    elif stem == "relay":
+        for table in tables(text):
+            if "proxy CPU µs/tx" not in table[0] or "target" not in table[0]:
+                continue
+            by = {}
+            for row in table[1:]:
+                c = cells(table, row)
+                if c.get("workload") == "select-only":
+                    by[(c["mode"], c["clients"], c["target"])] = c
+            for mode in ("simple", "extended", "prepared"):
+                veil, bouncer = by.get((mode, "8", "pgveil")), by.get((mode, "8", "pgbouncer"))
+                if veil and bouncer and number(bouncer["proxy CPU µs/tx"]) > 0:
+                    v = round(number(veil["proxy CPU µs/tx"]) / number(bouncer["proxy CPU µs/tx"]), 2)
+                    goals.append((f"relay: proxy CPU per tx / PgBouncer's, -c 8, {mode}", "<= 0.8", v, v <= 0.8))
+                veil, bouncer = by.get((mode, "1", "pgveil")), by.get((mode, "1", "pgbouncer"))
+                if veil and bouncer:
+                    a, b = number(veil["added µs/statement"]), number(bouncer["added µs/statement"])
+                    goals.append((f"relay: added µs per statement at -c 1, {mode} (PgBouncer {b:.0f})", "<= PgBouncer", a, a <= b))
+    elif stem == "idle":
+        m = re.search(r"per connection: ([\d.]+) KiB VmRSS", text)
+        if m:
+            v = float(m.group(1))
+            goals.append(("memory: KiB per idle logged-in connection (1,000)", "<= 16", v, v <= 16))
+    elif stem == "copy":
+        for direction in ("COPY FROM", "COPY TO"):
+            m = re.search(rf"^{direction}\s+[\d,]+\s+[\d,]+\s+([\d.]+)", text, re.M)
+            if m:
+                v = float(m.group(1))
+                goals.append((f"{direction} rows/s through pgveil / direct (#10)", ">= 0.5", v, v >= 0.5))
+        m = re.search(r"peak RSS \(VmHWM\): ([\d.]+) MiB", text)
+        if m:
+            v = float(m.group(1))
+            goals.append(("COPY: pgveil peak RSS MiB (#10)", "< 100", v, v < 100))
+    elif stem == "scram":
+        m = re.search(r"^TLS\s+pgveil auth=scram\s+[\d.]+\s+([\d.]+)x", text, re.M)
+        if m:
+            v = float(m.group(1))
+            goals.append(("connections/s, TLS both legs, auth=scram / PgBouncer auth_query (#11)", ">= 1.0", v, v >= 1.0))
+    return goals
+
+
 def has_option(script, option):
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
     return option in out.stdout
@@ -116,6 +180,7 @@ def main():
         status.append((script.stem, code, time.monotonic() - t0))
         for label, column, value in ratios(text):
             rows.append((script.stem, label, column, value))
+        goals += [(script.stem, *g) for g in derived_goals(script.stem, text)]
         for line in text.splitlines():
             if line.startswith("RESULT "):
                 try:
