@@ -786,29 +786,9 @@ async fn whole_rows_never_carry_a_denied_column() {
 // ---------------------------------------------------------------------------------------
 // 4. Every release is audited: cursors and portals fetched by name.
 
-/// Audit records (not checkpoints) in the log under `dir`.
-fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("audit"))
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    segments.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "jsonl"));
-    segments.sort();
-    let mut out = Vec::new();
-    for segment in segments {
-        for line in std::fs::read_to_string(segment).unwrap_or_default().lines() {
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
-                if value.get("checkpoint").is_none() && value.get("seq").is_some() {
-                    out.push(value);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Rows recorded as read from `table` in records after `after` records.
 fn audited_rows(dir: &Path, after: usize) -> u64 {
-    audit_records(dir)
+    common::audit_records(dir)
         .iter()
         .skip(after)
         .filter(|r| r["outcome"] == "ok")
@@ -823,7 +803,7 @@ async fn rows_fetched_from_a_cursor_are_audited() {
     let client = as_role(&proxy, CLINICIAN).await;
     insert_patient(&client, &s, "Quin", "444-55-6661").await;
     insert_patient(&client, &s, "Rae", "444-55-6662").await;
-    let before = audit_records(dir.path()).len();
+    let before = common::audit_records(dir.path()).len();
     let messages = client
         .simple_query(&format!(
             "BEGIN; DECLARE c CURSOR FOR SELECT id, ssn FROM {} ORDER BY id; FETCH ALL FROM c",
@@ -851,7 +831,7 @@ async fn rows_fetched_from_a_cursor_are_audited() {
 
 /// Records of FETCH statements that returned rows, after `after` records.
 fn fetch_records(dir: &Path, after: usize) -> Vec<serde_json::Value> {
-    audit_records(dir)
+    common::audit_records(dir)
         .into_iter()
         .skip(after)
         .filter(|r| r["outcome"] == "ok")
@@ -869,7 +849,7 @@ async fn a_protocol_portal_fetched_by_sql_is_audited_or_refused() {
     secrets(["454-55-6661"]);
     let client = as_role(&proxy, CLINICIAN).await;
     insert_patient(&client, &s, "Sol", "454-55-6661").await;
-    let before = audit_records(dir.path()).len();
+    let before = common::audit_records(dir.path()).len();
     let mut raw = Raw::connect(proxy.port()).await;
     raw.simple("BEGIN").await;
     raw.batch(&[

@@ -34,31 +34,6 @@ fn setup(dir: &Path, table: &str) -> String {
     config
 }
 
-fn records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("audit"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    segments.sort();
-    for segment in segments {
-        let text = std::fs::read_to_string(segment).unwrap();
-        // A segment's content ends at its zero-filled tail (left by a crash).
-        let content = text.split('\0').next().unwrap_or_default();
-        // Complete lines only: a final line cut short by a crash is not a record.
-        let complete = &content[..content.rfind('\n').map_or(0, |i| i + 1)];
-        for line in complete.lines() {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            if value.get("seq").is_some() && value.get("checkpoint").is_none() {
-                out.push(value);
-            }
-        }
-    }
-    out
-}
-
 fn pgveil(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pgveil"))
         .args(args)
@@ -152,7 +127,7 @@ async fn reads_and_writes_are_recorded_without_values() {
     drop(client);
     proxy.shutdown();
 
-    let mut recs = records(dir.path());
+    let mut recs = common::audit_records(dir.path());
     // Records of writes are appended in the background, so the log's order may differ from
     // the statements' order; their times are taken when each statement completes.
     recs.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
@@ -300,7 +275,7 @@ async fn an_unwritable_log_withholds_reads_and_recovers() {
         .unwrap();
     drop(client);
     proxy.shutdown();
-    let recs = records(dir.path());
+    let recs = common::audit_records(dir.path());
     let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     let config_path = dir.path().join("pgveil.toml");
@@ -345,7 +320,7 @@ async fn scope_all_records_every_statement() {
         .unwrap();
     drop(client);
     proxy.shutdown();
-    let recs = records(dir.path());
+    let recs = common::audit_records(dir.path());
     assert_eq!(recs.len(), 3, "{recs:#?}");
     assert!(
         recs[0]["fingerprint"]
@@ -468,7 +443,7 @@ async fn kill_9_during_reads_loses_no_released_read_and_verifies() {
         "{out}{err}"
     );
     // Every read released to a client has its record.
-    let reads = records(dir.path())
+    let reads = common::audit_records(dir.path())
         .iter()
         .filter(|r| r["kind"] == "select" && r["outcome"] == "ok")
         .count() as u64;
@@ -501,7 +476,7 @@ async fn kill_9_during_reads_loses_no_released_read_and_verifies() {
         !bytes.contains(&0),
         "a cleanly stopped segment is cut to its content"
     );
-    let after = records(dir.path());
+    let after = common::audit_records(dir.path());
     let seqs: Vec<u64> = after.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     tap.assert_no_leaks();

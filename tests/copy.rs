@@ -66,29 +66,6 @@ fn setup(dir: &Path, table: &str) -> Proxy {
     Proxy::start(&config, dir)
 }
 
-fn records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("audit"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    segments.sort();
-    for segment in segments {
-        let text = std::fs::read_to_string(segment).unwrap();
-        // A segment is preallocated: its content ends at the zero-filled tail.
-        let content = text.split('\0').next().unwrap_or_default();
-        for line in content.lines() {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            if value.get("seq").is_some() && value.get("checkpoint").is_none() {
-                out.push(value);
-            }
-        }
-    }
-    out
-}
-
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -120,7 +97,7 @@ fn psycopg_round_trips_every_type_in_text_csv_and_binary() {
     ));
     assert_eq!(plain.trim(), "0");
     // Every COPY TO is a read of the rows it sent, with their subjects; COPY FROM a write.
-    let recs = records(dir.path());
+    let recs = common::audit_records(dir.path());
     let copies: Vec<_> = recs
         .iter()
         .filter(|r| r["fingerprint"].as_str().unwrap_or("").starts_with("COPY"))
@@ -274,7 +251,7 @@ fn masks_and_denials_follow_the_policy() {
         ],
     ));
     assert_eq!(full["data"], "7\tMASK-SSN-6789\tDENIED-NOTE\n");
-    let recs = records(dir.path());
+    let recs = common::audit_records(dir.path());
     let refused = recs
         .iter()
         .filter(|r| r["outcome"] == "refused" && r["user"] == "copy_billing")
@@ -361,7 +338,7 @@ fn a_large_copy_streams_in_bounded_memory() {
     let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
     // About 130 MB crossed pgveil each way; holding it would show here.
     assert!(grown_mib < 64, "pgveil's memory grew by {grown_mib} MiB");
-    let recs = records(dir.path());
+    let recs = common::audit_records(dir.path());
     let read = recs
         .iter()
         .find(|r| {
@@ -428,7 +405,7 @@ async fn tokio_postgres_copy() {
         "SELECT count(*) FROM {table} WHERE position('TOKIO'::bytea in ssn) = 0"
     ));
     assert_eq!(raw.trim(), "2");
-    let recs = records(dir.path());
+    let recs = common::audit_records(dir.path());
     let read = recs
         .iter()
         .find(|r| {

@@ -51,28 +51,6 @@ fn config(dir: &Path, table: &str) -> String {
     )
 }
 
-fn records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("audit"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    segments.sort();
-    for segment in segments {
-        let text = std::fs::read_to_string(segment).unwrap();
-        let content = text.split('\0').next().unwrap_or("");
-        out.extend(
-            content
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-    }
-    out
-}
-
 /// A table as `pgveil migrate` leaves it after its prepare step: plaintext columns with
 /// their shadows beside them.
 fn prepared_table(table: &str) {
@@ -229,7 +207,7 @@ async fn a_migrating_column_is_read_written_and_refused_through_pgveil() {
     );
 
     // Reads were audited with their subjects.
-    let reads: Vec<_> = records(dir.path())
+    let reads: Vec<_> = common::audit_records(dir.path())
         .into_iter()
         .filter(|r| r["kind"] == "select")
         .collect();
@@ -691,7 +669,7 @@ async fn migrate_runs_while_sessions_read_and_write_through_pgveil() {
     assert_eq!(stored, model);
 
     // Reads during the run were recorded with their subjects.
-    let reads = records(dir.path())
+    let reads = common::audit_records(dir.path())
         .into_iter()
         .filter(|r| {
             r["kind"] == "select"

@@ -920,3 +920,27 @@ pub async fn metrics_page(port: u16) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// The audit records (not checkpoints) in the log under `dir/audit`, in order: each segment's
+/// content up to its zero-filled tail, complete lines only (a final line cut short by a
+/// crash is not a record).
+pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("audit"))
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    segments.retain(|p| p.extension().is_some_and(|x| x == "jsonl"));
+    segments.sort();
+    let mut out = Vec::new();
+    for segment in segments {
+        let text = std::fs::read_to_string(segment).unwrap();
+        let content = text.split('\0').next().unwrap_or_default();
+        let complete = &content[..content.rfind('\n').map_or(0, |i| i + 1)];
+        for line in complete.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            if value.get("seq").is_some() && value.get("checkpoint").is_none() {
+                out.push(value);
+            }
+        }
+    }
+    out
+}
