@@ -14,7 +14,13 @@ use tokio_postgres::{Client, Transaction};
 
 use super::MigrateError;
 
+/// Two migrate runs starting at once (two tables migrated in parallel) would race in
+/// `CREATE … IF NOT EXISTS`, which PostgreSQL does not make safe against concurrent
+/// creation (23505 on its catalog). The transaction-scoped advisory lock (a fixed key of
+/// pgveil's) lets the second wait for the first's commit and then find the table.
 const SQL_CREATE: &str = "\
+BEGIN;
+SELECT pg_advisory_xact_lock(7365836572416839);
 CREATE SCHEMA IF NOT EXISTS pgveil;
 CREATE TABLE IF NOT EXISTS pgveil.migration (
     table_name  text NOT NULL,
@@ -23,7 +29,8 @@ CREATE TABLE IF NOT EXISTS pgveil.migration (
     last_key    text,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (table_name, column_name)
-)";
+);
+COMMIT";
 
 /// How often a line is printed when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(5);
