@@ -160,13 +160,15 @@ async fn catalog_change(client: &mut Client, what: &str, sql: &str) -> Result<()
 async fn prepare(client: &mut Client, job: &Job<'_>) -> Result<(), MigrateError> {
     let info = job.info;
     let sql = format!(
-        "{TRIGGER_FUNCTION};
+        "{lock};
+         {TRIGGER_FUNCTION};
          ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {shadow} bytea;
          DROP TRIGGER IF EXISTS {trigger} ON {t};
          CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW
            EXECUTE PROCEDURE pgveil.clear_shadow({plain_arg}, {shadow_arg});
          INSERT INTO pgveil.migration (table_name, column_name, phase) VALUES ({tn}, {cn}, 'copy')
            ON CONFLICT (table_name, column_name) DO UPDATE SET phase = 'copy', updated_at = now()",
+        lock = progress::SHARED_OBJECTS_LOCK,
         t = info.quoted_table,
         shadow = info.quoted_shadow(),
         trigger = quote_ident(&trigger_name(&info.column)),

@@ -15,12 +15,14 @@ use tokio_postgres::{Client, Transaction};
 use super::MigrateError;
 
 /// Two migrate runs starting at once (two tables migrated in parallel) would race in
-/// `CREATE … IF NOT EXISTS`, which PostgreSQL does not make safe against concurrent
-/// creation (23505 on its catalog). The transaction-scoped advisory lock (a fixed key of
-/// pgveil's) lets the second wait for the first's commit and then find the table.
+/// `CREATE … IF NOT EXISTS` and `CREATE OR REPLACE FUNCTION`, which PostgreSQL does not make
+/// safe against concurrent creation (23505 on its catalog, or "tuple concurrently
+/// updated"). Every transaction that creates pgveil's shared objects first takes this
+/// transaction-scoped advisory lock (a fixed key of pgveil's), so the second waits for the
+/// first's commit and then finds them.
+pub const SHARED_OBJECTS_LOCK: &str = "SELECT pg_advisory_xact_lock(7365836572416839)";
+
 const SQL_CREATE: &str = "\
-BEGIN;
-SELECT pg_advisory_xact_lock(7365836572416839);
 CREATE SCHEMA IF NOT EXISTS pgveil;
 CREATE TABLE IF NOT EXISTS pgveil.migration (
     table_name  text NOT NULL,
@@ -29,15 +31,16 @@ CREATE TABLE IF NOT EXISTS pgveil.migration (
     last_key    text,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (table_name, column_name)
-);
-COMMIT";
+)";
 
 /// How often a line is printed when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn ensure_table(client: &Client) -> Result<(), MigrateError> {
     client
-        .batch_execute(SQL_CREATE)
+        .batch_execute(&format!(
+            "BEGIN; {SHARED_OBJECTS_LOCK}; {SQL_CREATE}; COMMIT"
+        ))
         .await
         .map_err(MigrateError::db("creating pgveil.migration"))
 }
