@@ -35,16 +35,9 @@ fn setup() -> &'static Setup {
         let cluster = tls_cluster();
         // Read by pgveil when it starts; set once, before any proxy of this binary runs.
         std::env::set_var("PGVEIL_AUTH_PASSWORD", AUTH_PASSWORD);
+        cluster.psql(&common::auth_lookup_sql(AUTH_PASSWORD));
         cluster.psql(&format!(
-            "CREATE ROLE pgveil_auth LOGIN PASSWORD '{AUTH_PASSWORD}';
-             CREATE SCHEMA pgveil;
-             CREATE FUNCTION pgveil.lookup(p_user text) RETURNS TABLE (usename name, passwd text)
-               LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-               AS $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = p_user $$;
-             REVOKE ALL ON FUNCTION pgveil.lookup(text) FROM PUBLIC;
-             GRANT USAGE ON SCHEMA pgveil TO pgveil_auth;
-             GRANT EXECUTE ON FUNCTION pgveil.lookup(text) TO pgveil_auth;
-             CREATE ROLE veil_scram LOGIN PASSWORD '{SCRAM_PASSWORD}';
+            "CREATE ROLE veil_scram LOGIN PASSWORD '{SCRAM_PASSWORD}';
              CREATE ROLE veil_quit LOGIN PASSWORD '{SCRAM_PASSWORD}';
              CREATE ROLE veil_change LOGIN PASSWORD 'first-password';
              CREATE ROLE veil_cert LOGIN PASSWORD '{SCRAM_PASSWORD}';

@@ -944,3 +944,18 @@ pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
     }
     out
 }
+
+/// pgveil's `auth_user` and the SECURITY DEFINER lookup function README recommends
+/// ("SCRAM termination") instead of granting `pg_shadow`: `pgveil.lookup($1)`.
+pub fn auth_lookup_sql(auth_password: &str) -> String {
+    format!(
+        "CREATE ROLE pgveil_auth LOGIN PASSWORD '{auth_password}';
+         CREATE SCHEMA pgveil;
+         CREATE FUNCTION pgveil.lookup(p_user text) RETURNS TABLE (usename name, passwd text)
+           LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+           AS $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = p_user $$;
+         REVOKE ALL ON FUNCTION pgveil.lookup(text) FROM PUBLIC;
+         GRANT USAGE ON SCHEMA pgveil TO pgveil_auth;
+         GRANT EXECUTE ON FUNCTION pgveil.lookup(text) TO pgveil_auth"
+    )
+}
