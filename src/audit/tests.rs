@@ -1138,3 +1138,102 @@ fn one_writer_per_directory() {
         again.shutdown().await;
     });
 }
+
+/// Appends on a current-thread runtime (how sessions run) commit on the caller's thread while
+/// the writer is idle; a commit slower than the limit sends later appends through the writer
+/// thread. Either way the chain is whole.
+#[test]
+fn idle_writer_commits_on_the_callers_thread_until_a_commit_is_slow() {
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = current().block_on(async {
+        let log = AuditLog::open(opts(dir.path())).unwrap();
+        for i in 1..=5 {
+            assert_eq!(log.append(draft_n(i)).await.unwrap(), i);
+        }
+        let stats = log.stats();
+        log.shutdown().await;
+        stats
+    });
+    assert_eq!(stats.direct_commits, 5, "{stats:?}");
+    assert_eq!(verify(dir.path()).unwrap().records, 5);
+
+    let dir = tempfile::tempdir().unwrap();
+    let stats = current().block_on(async {
+        let mut o = opts(dir.path());
+        o.direct_commit_limit = std::time::Duration::ZERO;
+        let log = AuditLog::open(o).unwrap();
+        for i in 1..=5 {
+            assert_eq!(log.append(draft_n(i)).await.unwrap(), i);
+        }
+        let stats = log.stats();
+        log.shutdown().await;
+        stats
+    });
+    assert_eq!(stats.direct_commits, 1, "paused after the first: {stats:?}");
+    assert_eq!(stats.records_written, 5);
+    assert_eq!(verify(dir.path()).unwrap().records, 5);
+}
+
+/// Sessions on several current-thread runtimes append at once: some commit on their own
+/// thread, the others queue for the writer thread; every seq is given once, in order per
+/// session, and the log verifies.
+#[test]
+fn direct_and_queued_commits_interleave_into_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(opts(dir.path())).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..4u64)
+                        .map(|k| {
+                            let log = log.clone();
+                            tokio::spawn(async move {
+                                let mut seqs = Vec::new();
+                                for i in 0..25 {
+                                    seqs.push(
+                                        log.append(draft_n(t * 10_000 + k * 100 + i))
+                                            .await
+                                            .unwrap(),
+                                    );
+                                }
+                                seqs
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::new();
+                    for task in tasks {
+                        let seqs = task.await.unwrap();
+                        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+                        all.extend(seqs);
+                    }
+                    all
+                })
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+    let stats = log.stats();
+    assert_eq!(stats.records_written, 400);
+    assert!(stats.direct_commits >= 1, "{stats:?}");
+    rt().block_on(log.shutdown());
+    let summary = verify(dir.path()).unwrap();
+    assert_eq!(summary.records, 400);
+    assert_eq!(summary.unsigned_tail, 0);
+}

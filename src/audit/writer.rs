@@ -1,11 +1,18 @@
 //! [`AuditLog`]: durable, hash-chained appends with group commit.
 //!
-//! A dedicated writer thread (blocking I/O) owns the segment files. Each batch it takes every
-//! draft waiting in the queue (those that arrived while the previous batch was being synced:
-//! group commit), assigns `seq`/`prev`/`hash`, and for the whole batch does: check the
-//! directory's identity (device, inode) against the one seen at open and that the segment's
-//! path still names the open file (two `stat` calls, see `active`), `pwrite` all lines at the
-//! last durable length over preallocated zeros, one data-only `fdatasync`. Only then are the
+//! The writer's state (the open segment, the chain head) sits behind one lock, taken for
+//! each commit. An append that finds the writer idle (nothing queued, the lock free) commits
+//! on its own thread; otherwise it is queued for the writer thread, which takes every draft
+//! waiting in the queue as one batch (those that arrived while the previous commit was being
+//! synced: group commit). Committing on the caller's thread saves two thread wake-ups per
+//! record at low concurrency; under load the queue batches. A commit on the caller's thread
+//! that was slow (a stalling disk) sends appends through the writer thread for a while, so a
+//! slow disk never holds up the other sessions of a thread (see `Inner::commit_here`).
+//!
+//! Every commit, on either thread, does: check the directory's identity (device, inode)
+//! against the one seen at open and that the segment's path still names the open file (two
+//! `stat` calls, see `active`), assign `seq`/`prev`/`hash`, `pwrite` all lines at the last
+//! durable length over preallocated zeros, one data-only `fdatasync`. Only then are the
 //! callers answered. The directory check means a directory that was deleted or renamed away
 //! is noticed, instead of the open descriptor silently writing into an unlinked file.
 //!
@@ -36,8 +43,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -62,12 +69,18 @@ pub struct AuditOptions {
     pub checkpoint_interval: Duration,
     /// Told about each statement record once it is durable (alerts). Default none.
     pub observer: Option<Box<dyn RecordObserver>>,
+    /// A commit on a session's thread that takes longer than this (a slow or stalling disk)
+    /// sends every append through the writer thread for [`DIRECT_COMMIT_PAUSE`], so that a
+    /// slow disk never holds up the other sessions of that thread for long. Default 20 ms (a
+    /// stall, not the occasional slow `fdatasync` of a busy disk).
+    pub direct_commit_limit: Duration,
 }
 
 impl AuditOptions {
     pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
     pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
     pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+    pub const DEFAULT_DIRECT_COMMIT_LIMIT: Duration = Duration::from_millis(20);
 
     /// Options with the defaults.
     pub fn new(dir: impl Into<PathBuf>, signing_key: SigningKey) -> Self {
@@ -78,9 +91,13 @@ impl AuditOptions {
             checkpoint_every: Self::DEFAULT_CHECKPOINT_EVERY,
             checkpoint_interval: Self::DEFAULT_CHECKPOINT_INTERVAL,
             observer: None,
+            direct_commit_limit: Self::DEFAULT_DIRECT_COMMIT_LIMIT,
         }
     }
 }
+
+/// How long appends go through the writer thread after a slow commit on a session's thread.
+pub const DIRECT_COMMIT_PAUSE: Duration = Duration::from_secs(10);
 
 /// Counters of the writer, e.g. for a benchmark printing fsyncs per second.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +114,9 @@ pub struct AuditStats {
     pub failures: u64,
     /// Seq of the last durable record (0 when none).
     pub last_seq: u64,
+    /// Appends committed on the caller's thread (the writer was idle), not by the writer
+    /// thread.
+    pub direct_commits: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +127,7 @@ struct Counters {
     checkpoints: AtomicU64,
     failures: AtomicU64,
     last_seq: AtomicU64,
+    direct_commits: AtomicU64,
 }
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
@@ -116,6 +137,8 @@ type Entry = Box<(RecordDraft, RecordContext)>;
 
 enum Msg {
     Append(Entry, Reply),
+    /// Rotate if due (after a commit on a session's thread filled the segment).
+    Tend,
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -129,6 +152,16 @@ pub struct AuditLog {
 struct Inner {
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
+    /// The writer's state. The writer thread locks it for each batch; an append that finds it
+    /// free with nothing queued commits on its own thread (see [`AuditLog::append_in_context`]).
+    writer: Arc<Mutex<Writer>>,
+    /// Appends sent to the writer thread and not yet taken by it.
+    queued: Arc<AtomicUsize>,
+    /// See [`AuditOptions::direct_commit_limit`].
+    direct_limit: Duration,
+    /// Direct commits resume at `epoch` + this many nanoseconds (after a slow one).
+    direct_paused_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -137,6 +170,95 @@ impl std::fmt::Debug for AuditLog {
             .field("stats", &self.stats())
             .finish()
     }
+}
+
+impl Inner {
+    /// Commits `entry` on the calling thread when the writer is idle: nothing queued for the
+    /// writer thread and its state not locked by a batch. At low concurrency this saves the
+    /// two thread hand-offs of the queue (to the writer thread, and back to the session's
+    /// thread), each a wake-up that on a small VM can cost as much as a fast `fdatasync`.
+    ///
+    /// The calling thread blocks for one write and `fdatasync`. On a multi-thread runtime
+    /// that happens inside `block_in_place` (the runtime moves its other tasks away); on a
+    /// session's current-thread runtime the other sessions of that thread wait for it, which
+    /// is why a slow commit (see [`AuditOptions::direct_commit_limit`]) pauses direct commits.
+    /// Otherwise (busy, or paused) the entry is given back for the writer thread, which takes
+    /// everything queued as one batch (group commit). Durability is the same either way.
+    fn commit_here(&self, entry: Entry) -> Result<Result<u64, AuditError>, Entry> {
+        if self.queued.load(Ordering::SeqCst) != 0 || self.direct_paused() {
+            return Err(entry);
+        }
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::WouldBlock) => return Err(entry),
+            Err(TryLockError::Poisoned(_)) => return Ok(Err(poisoned())),
+        };
+        if writer.closed {
+            return Ok(Err(AuditError::Closed));
+        }
+        let started = Instant::now();
+        let mut work = move || {
+            let result = writer.commit_batch(std::slice::from_ref(&entry));
+            if let Ok(seqs) = &result {
+                writer.observe(std::slice::from_ref(&entry), seqs);
+            }
+            (result, writer.needs_rotation())
+        };
+        let (result, rotate) = if on_multi_thread_runtime() {
+            tokio::task::block_in_place(work)
+        } else {
+            work()
+        };
+        self.counters.direct_commits.fetch_add(1, Ordering::Relaxed);
+        if started.elapsed() > self.direct_limit {
+            self.pause_direct(started.elapsed());
+        }
+        if rotate {
+            // Rotating takes a checkpoint and an fsync: the writer thread does it, off this
+            // statement's path.
+            let _ = self.tx.send(Msg::Tend);
+        }
+        Ok(result.and_then(|seqs| {
+            seqs.first()
+                .copied()
+                .ok_or_else(|| AuditError::Unavailable("no seq assigned".into()))
+        }))
+    }
+
+    fn direct_paused(&self) -> bool {
+        let until = self.direct_paused_until.load(Ordering::Relaxed);
+        until != 0 && self.nanos_since_epoch() < until
+    }
+
+    fn pause_direct(&self, took: Duration) {
+        let until = self.nanos_since_epoch() + duration_nanos(DIRECT_COMMIT_PAUSE);
+        if !self.direct_paused() {
+            tracing::warn!(
+                took_us = took.as_micros() as u64,
+                limit_us = self.direct_limit.as_micros() as u64,
+                pause_s = DIRECT_COMMIT_PAUSE.as_secs(),
+                "audit commit was slow; records go through the writer thread for a while"
+            );
+        }
+        self.direct_paused_until.store(until, Ordering::Relaxed);
+    }
+
+    fn nanos_since_epoch(&self) -> u64 {
+        duration_nanos(self.epoch.elapsed())
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+fn poisoned() -> AuditError {
+    AuditError::Unavailable("the audit writer stopped after an internal error".into())
 }
 
 /// Largest number of drafts taken into one batch.
@@ -155,6 +277,7 @@ impl AuditLog {
         let dir_id = dir_identity(&dir)
             .map_err(|e| AuditError::Unavailable(format!("cannot stat {}: {e}", dir.display())))?;
         let counters = Arc::new(Counters::default());
+        let direct_limit = opts.direct_commit_limit;
         let max_bytes = opts.segment_max_bytes.max(1);
         let successor = Successor::new(&dir, max_bytes);
         let mut writer = Writer {
@@ -176,17 +299,29 @@ impl AuditLog {
             counters: counters.clone(),
             lock: Some(lock),
             observer: opts.observer,
+            closed: false,
         };
         writer.recover()?;
         writer.successor.start();
         counters.last_seq.store(writer.last_seq, Ordering::Relaxed);
+        let writer = Arc::new(Mutex::new(writer));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
+        let (thread_writer, thread_queued) = (Arc::clone(&writer), Arc::clone(&queued));
         std::thread::Builder::new()
             .name("pgveil-audit".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || run(&thread_writer, &thread_queued, &rx))
             .map_err(|e| AuditError::Unavailable(format!("cannot start audit writer: {e}")))?;
         Ok(AuditLog {
-            inner: Arc::new(Inner { tx, counters }),
+            inner: Arc::new(Inner {
+                tx,
+                counters,
+                writer,
+                queued,
+                direct_limit,
+                direct_paused_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
         })
     }
 
@@ -204,11 +339,16 @@ impl AuditLog {
         draft: RecordDraft,
         context: RecordContext,
     ) -> Result<u64, AuditError> {
+        let entry = match self.inner.commit_here(Box::new((draft, context))) {
+            Ok(result) => return result,
+            Err(entry) => entry,
+        };
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Msg::Append(Box::new((draft, context)), reply))
-            .map_err(|_| AuditError::Closed)?;
+        self.inner.queued.fetch_add(1, Ordering::SeqCst);
+        if self.inner.tx.send(Msg::Append(entry, reply)).is_err() {
+            self.inner.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(AuditError::Closed);
+        }
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -230,6 +370,7 @@ impl AuditLog {
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Relaxed),
+            direct_commits: c.direct_commits.load(Ordering::Relaxed),
         }
     }
 }
@@ -293,6 +434,8 @@ struct Writer {
     /// Held (flock) while the writer runs, so two processes never append to one log.
     lock: Option<File>,
     observer: Option<Box<dyn RecordObserver>>,
+    /// Set at shutdown: later appends fail with [`AuditError::Closed`].
+    closed: bool,
 }
 
 mod recover;
@@ -478,39 +621,82 @@ impl Writer {
         self.successor.finish();
     }
 
-    fn write_batch(&mut self, batch: Vec<(Entry, Reply)>) {
-        let (drafts, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    /// Commits `drafts` as one batch, rotating first when the segment is full; a failure is
+    /// counted and logged, and nothing of the batch stays in the chain.
+    fn commit_batch(&mut self, drafts: &[Entry]) -> Result<Vec<u64>, AuditError> {
         let result = if self.needs_rotation() {
-            self.rotate().and_then(|()| self.commit(&drafts, None))
+            self.rotate().and_then(|()| self.commit(drafts, None))
         } else {
-            self.commit(&drafts, None)
+            self.commit(drafts, None)
         };
         match result {
             Ok(seqs) => {
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                for (reply, seq) in replies.into_iter().zip(&seqs) {
-                    let _ = reply.send(Ok(*seq));
-                }
-                // After the answers: the observer never delays a release.
-                if let Some(observer) = &self.observer {
-                    for (entry, seq) in drafts.iter().zip(seqs) {
-                        observer.durable(seq, &entry.0, &entry.1);
-                    }
-                }
+                Ok(seqs)
             }
             Err(e) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, records = replies.len(), "audit log write failed");
-                for reply in replies {
-                    let _ = reply.send(Err(AuditError::Unavailable(e.clone())));
-                }
+                tracing::error!(error = %e, records = drafts.len(), "audit log write failed");
+                Err(AuditError::Unavailable(e))
             }
         }
+    }
+
+    /// Tells the observer about durable records; called after the appenders were answered
+    /// (on the writer thread), so the observer never delays a release.
+    fn observe(&self, drafts: &[Entry], seqs: &[u64]) {
+        if let Some(observer) = &self.observer {
+            for (entry, seq) in drafts.iter().zip(seqs) {
+                observer.durable(*seq, &entry.0, &entry.1);
+            }
+        }
+    }
+
+    /// Rotates when the segment is full, so the next batch need not.
+    fn tend(&mut self) {
         if self.needs_rotation() {
             if let Err(e) = self.rotate() {
                 tracing::error!(error = %e, "audit log rotation failed; retrying with the next batch");
             }
         }
+    }
+
+    fn write_batch(&mut self, batch: Vec<(Entry, Reply)>) {
+        let (drafts, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match self.commit_batch(&drafts) {
+            Ok(seqs) => {
+                for (reply, seq) in replies.into_iter().zip(&seqs) {
+                    let _ = reply.send(Ok(*seq));
+                }
+                self.observe(&drafts, &seqs);
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        self.tend();
+    }
+
+    /// How long the writer thread may sleep before a periodic checkpoint is due (`None`:
+    /// nothing written since the last one).
+    fn checkpoint_wait(&self) -> Option<Duration> {
+        (self.since_checkpoint > 0)
+            .then(|| self.interval.saturating_sub(self.last_checkpoint.elapsed()))
+    }
+
+    /// At shutdown (or when every handle was dropped): the final checkpoint, the segment cut
+    /// to its content, the directory lock released, later appends refused.
+    fn shut_down(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.checkpoint(CheckpointReason::Shutdown);
+        self.close();
+        self.closed = true;
+        // Released before anyone is answered, so a new writer can open at once.
+        drop(self.lock.take());
     }
 
     fn checkpoint(&mut self, reason: CheckpointReason) {
@@ -524,52 +710,85 @@ impl Writer {
             self.last_checkpoint = Instant::now();
         }
     }
+}
 
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        loop {
-            let first = if self.since_checkpoint > 0 {
-                let wait = self.interval.saturating_sub(self.last_checkpoint.elapsed());
-                match rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.checkpoint(CheckpointReason::Periodic);
-                        continue;
+/// What the writer thread took from the queue for one round.
+#[derive(Default)]
+struct Taken {
+    batch: Vec<(Entry, Reply)>,
+    tend: bool,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Taken {
+    fn take(&mut self, m: Msg, queued: &AtomicUsize) {
+        match m {
+            Msg::Append(d, r) => {
+                queued.fetch_sub(1, Ordering::SeqCst);
+                self.batch.push((d, r));
+            }
+            Msg::Tend => self.tend = true,
+            Msg::Shutdown(r) => self.shutdown = Some(r),
+        }
+    }
+}
+
+/// The writer thread: takes everything queued as one batch, writes periodic checkpoints when
+/// idle, and shuts the writer down on request or when every handle is gone.
+fn run(shared: &Mutex<Writer>, queued: &AtomicUsize, rx: &mpsc::Receiver<Msg>) {
+    let lock = || shared.lock().ok();
+    loop {
+        let Some(wait) = lock().map(|w| w.checkpoint_wait()) else {
+            return;
+        };
+        let first = match wait {
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Appends committed on sessions' threads may have checkpointed meanwhile.
+                    let Some(mut writer) = lock() else { return };
+                    if writer.checkpoint_wait().is_some_and(|w| w.is_zero()) {
+                        writer.checkpoint(CheckpointReason::Periodic);
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    continue;
                 }
-            } else {
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                }
-            };
-            let mut batch = Vec::new();
-            let mut shutdown = None;
-            match first {
-                Msg::Append(d, r) => batch.push((d, r)),
-                Msg::Shutdown(r) => shutdown = Some(r),
-            }
-            while shutdown.is_none() && batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Append(d, r)) => batch.push((d, r)),
-                    Ok(Msg::Shutdown(r)) => shutdown = Some(r),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.write_batch(batch);
-            }
-            if let Some(reply) = shutdown {
-                self.checkpoint(CheckpointReason::Shutdown);
-                self.close();
-                // Release the lock before answering, so a new writer can open at once.
-                drop(self.lock.take());
-                let _ = reply.send(());
-                return;
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+        };
+        // Locked before the queue is drained: what arrives while a session commits on its
+        // own thread joins this batch.
+        let Some(mut writer) = lock() else { return };
+        let mut taken = Taken::default();
+        taken.take(first, queued);
+        while taken.shutdown.is_none() && taken.batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => taken.take(m, queued),
+                Err(_) => break,
             }
         }
-        // Every handle was dropped without shutdown().
-        self.checkpoint(CheckpointReason::Shutdown);
-        self.close();
+        let Taken {
+            batch,
+            tend,
+            shutdown,
+        } = taken;
+        if !batch.is_empty() {
+            writer.write_batch(batch);
+        } else if tend {
+            writer.tend();
+        }
+        if let Some(reply) = shutdown {
+            writer.shut_down();
+            drop(writer);
+            let _ = reply.send(());
+            return;
+        }
+    }
+    // Every handle was dropped without shutdown().
+    if let Some(mut writer) = lock() {
+        writer.shut_down();
     }
 }
