@@ -161,6 +161,15 @@ impl KeyCipher {
 
     /// Checks and decrypts a stored value of this column.
     pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::new();
+        self.decrypt_into(stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decrypt`] into `out` (cleared first), so a bulk read reuses one buffer. On
+    /// error `out` holds no plaintext.
+    pub fn decrypt_into(&self, stored: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        out.clear();
         check_header(stored)?;
         if stored[1..5] != self.header[1..5] {
             return Err(CryptoError::UnknownKeyId);
@@ -171,11 +180,15 @@ impl KeyCipher {
         let nonce = Nonce::from_slice(&stored[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
         let tag_at = stored.len() - TAG_LEN;
         let tag = Tag::from_slice(&stored[tag_at..]);
-        let mut out = stored[HEADER_LEN + NONCE_LEN..tag_at].to_vec();
-        self.aead
-            .decrypt_in_place_detached(nonce, &self.associated_data, &mut out, tag)
-            .map_err(|_| CryptoError::Authentication)?;
-        Ok(out)
+        out.extend_from_slice(&stored[HEADER_LEN + NONCE_LEN..tag_at]);
+        let result = self
+            .aead
+            .decrypt_in_place_detached(nonce, &self.associated_data, out, tag);
+        if result.is_err() {
+            out.clear();
+            return Err(CryptoError::Authentication);
+        }
+        Ok(())
     }
 }
 
@@ -248,10 +261,18 @@ impl ColumnCipher {
     /// Decrypts a stored value with the key its envelope names; a key id that no configured
     /// key has is [`CryptoError::UnknownKeyId`], which callers report like a tampered value.
     pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::new();
+        self.decrypt_into(stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decrypt`] into `out` (cleared first; no plaintext left in it on error).
+    pub fn decrypt_into(&self, stored: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        out.clear();
         check_header(stored)?;
         let id = u32::from_be_bytes([stored[1], stored[2], stored[3], stored[4]]);
         match self.all().find(|c| c.key_id() == id) {
-            Some(cipher) => cipher.decrypt(stored),
+            Some(cipher) => cipher.decrypt_into(stored, out),
             None => Err(CryptoError::UnknownKeyId),
         }
     }
