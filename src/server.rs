@@ -98,7 +98,19 @@ pub fn load_key_ring(config: &Config) -> Result<Option<KeyRing>, crate::crypto::
     KeyRing::open(current, &config.keys.previous_master_key_files).map(Some)
 }
 
-/// Sessions run on per-core current-thread runtimes: every wakeup of a session (its two
+/// Session threads when `[server] workers` is not set: one per two CPUs, at least one.
+///
+/// A relayed statement costs pgveil two receives, two sends and the wake-ups around them,
+/// almost all of it kernel time that no thread count makes smaller. What each further thread
+/// adds is wake-ups: every thread sleeps and wakes for its own, fewer, ready sockets. On
+/// 2 vCPUs shared with pgbench and PostgreSQL, one thread instead of two took pgveil from
+/// 1.6 to 1.0 context switches per statement at 8 clients and its CPU per transaction down
+/// by a fifth, to PgBouncer's (bench/README.md, "Relay runtime").
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 2).max(1))
+}
+
+/// Sessions run on current-thread runtimes: every wakeup of a session (its two
 /// sockets and its task) stays on one thread, which on a loaded machine costs far fewer
 /// context switches than a work-stealing pool.
 struct Workers {
@@ -236,10 +248,7 @@ pub async fn serve_with_reload(
     }
     let _ = metrics::get();
 
-    let worker_count = config
-        .server
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    let worker_count = config.server.workers.unwrap_or_else(default_workers);
     let mut workers = Workers::start(worker_count).map_err(|source| ServeError::Listen {
         addr: "worker threads".into(),
         source,
