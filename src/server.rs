@@ -98,16 +98,12 @@ pub fn load_key_ring(config: &Config) -> Result<Option<KeyRing>, crate::crypto::
     KeyRing::open(current, &config.keys.previous_master_key_files).map(Some)
 }
 
-/// Session threads when `[server] workers` is not set: one per two CPUs, at least one.
-///
-/// A relayed statement costs pgveil two receives, two sends and the wake-ups around them,
-/// almost all of it kernel time that no thread count makes smaller. What each further thread
-/// adds is wake-ups: every thread sleeps and wakes for its own, fewer, ready sockets. On
-/// 2 vCPUs shared with pgbench and PostgreSQL, one thread instead of two took pgveil from
-/// 1.6 to 1.0 context switches per statement at 8 clients and its CPU per transaction down
-/// by a fifth, to PgBouncer's (bench/README.md, "Relay runtime").
+/// Session threads when `[server] workers` is not set: one per CPU, so pgveil can use every
+/// core it is given. On a small machine shared with the database and the clients, fewer
+/// threads cost less CPU per statement (fewer wake-ups) but take a smaller share of the CPUs:
+/// bench/README.md, "Relay runtime", measured both; `workers = 1` there is an operator's choice.
 fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 2).max(1))
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Sessions run on current-thread runtimes: every wakeup of a session (its two
