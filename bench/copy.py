@@ -19,7 +19,9 @@ is given.
 """
 import argparse
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,11 +82,33 @@ def status_kib(pid, field):
     return 0
 
 
-def timed_psql(cluster, port, command):
+def cluster_cpu_seconds(cluster):
+    """CPU of the PostgreSQL cluster so far: the postmaster's reaped children (every backend
+    that exited, so the copy's backend once its psql is gone) plus the live ones (checkpointer,
+    WAL writer, ...)."""
+    postmaster = int((cluster.path / "data" / "postmaster.pid").read_text().split()[0])
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    live = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return reaped + sum(proc_cpu_seconds(int(pid)) for pid in live if Path(f"/proc/{pid}").exists())
+
+
+def psql_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_psql(cluster, port, command, veil_pid):
+    """Wall seconds of one psql command, and CPU seconds of psql, the cluster and pgveil."""
+    cpu = (psql_cpu_seconds(), cluster_cpu_seconds(cluster), proc_cpu_seconds(veil_pid))
     start = time.monotonic()
     subprocess.run([cluster.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command,
                     *cluster.conn_args(port)], check=True, capture_output=True, env=cluster.env())
-    return time.monotonic() - start
+    wall = time.monotonic() - start
+    time.sleep(0.2)  # the backend exits and is reaped after psql
+    after = (psql_cpu_seconds(), cluster_cpu_seconds(cluster), proc_cpu_seconds(veil_pid))
+    return wall, tuple(b - a for a, b in zip(cpu, after))
 
 
 def main():
@@ -94,6 +118,9 @@ def main():
     ap.add_argument("--binary")
     ap.add_argument("--no-audit", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--perf", choices=("in", "out"),
+                    help="perf record (cpu-clock, DWARF call graphs) pgveil during this direction's copy")
+    ap.add_argument("--perf-out", default="/tmp/pgveil-copy-perf.data")
     args = ap.parse_args()
     binary = build_pgveil(args.binary)
     work = Path(tempfile.mkdtemp(prefix="pgveil-copy-"))
@@ -117,12 +144,25 @@ def main():
         sampler = RssSampler(proc.pid)
         cpu_before = proc_cpu_seconds(proc.pid)
         results = {k: [] for k in ("in_veil", "in_direct", "out_veil", "out_direct")}
+        cpu_used = {k: [] for k in results}
         for _ in range(args.rounds):
             cluster.psql(f"TRUNCATE {PROTECTED}; TRUNCATE {TWIN}")
-            results["in_veil"].append(timed_psql(cluster, port, f"\\copy {PROTECTED} FROM '{data}'"))
-            results["in_direct"].append(timed_psql(cluster, cluster.port, f"\\copy {TWIN} FROM '{data}'"))
-            results["out_veil"].append(timed_psql(cluster, port, f"\\copy {PROTECTED} TO '{out_file}'"))
-            results["out_direct"].append(timed_psql(cluster, cluster.port, f"\\copy {TWIN} TO '{out_file}'"))
+            for key, p, command in (("in_veil", port, f"\\copy {PROTECTED} FROM '{data}'"),
+                                    ("in_direct", cluster.port, f"\\copy {TWIN} FROM '{data}'"),
+                                    ("out_veil", port, f"\\copy {PROTECTED} TO '{out_file}'"),
+                                    ("out_direct", cluster.port, f"\\copy {TWIN} TO '{out_file}'")):
+                perf = None
+                if args.perf and key == f"{args.perf}_veil":
+                    perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g",
+                                             "--call-graph", "dwarf,16384", "-o", args.perf_out,
+                                             "-p", str(proc.pid)], stderr=subprocess.DEVNULL)
+                    time.sleep(1)
+                wall, used = timed_psql(cluster, p, command, proc.pid)
+                if perf:
+                    perf.send_signal(signal.SIGINT)
+                    perf.wait()
+                results[key].append(wall)
+                cpu_used[key].append(used)
             print(f"  round done, load average {load_average()}")
         cpu = proc_cpu_seconds(proc.pid) - cpu_before
         sampled = sampler.stop()
@@ -139,6 +179,12 @@ def main():
         print(f"\n{'':12}{'pgveil rows/s':>16}{'direct rows/s':>16}{'ratio':>8}  (goal >= 0.5)")
         for what, a, b in (("COPY FROM", "in_veil", "in_direct"), ("COPY TO", "out_veil", "out_direct")):
             print(f"{what:12}{rate[a]:>16,.0f}{rate[b]:>16,.0f}{rate[a] / rate[b]:>8.2f}")
+        print(f"\nCPU seconds per copy (best round by wall clock): psql + PostgreSQL + pgveil = total")
+        for key in results:
+            i = results[key].index(best[key])
+            p, b, v = cpu_used[key][i]
+            print(f"  {key:11} psql {p:5.2f}  postgres {b:5.2f}  pgveil {v:5.2f}  = {p + b + v:5.2f}"
+                  f"  ({v * 1e6 / args.rows:.2f} us/row pgveil)")
         print(f"\npgveil peak RSS (VmHWM): {hwm / 1024:.1f} MiB (goal < 100 MiB); "
               f"largest sampled VmRSS {sampled / 1024:.1f} MiB; pgveil CPU {cpu:.1f} s")
         if audit_dir:

@@ -42,12 +42,14 @@ release mode unless --binary is given.
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +195,23 @@ class Env:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+def db_cpu_seconds(cluster):
+    """CPU time of the whole cluster: the postmaster's own plus that of its exited children
+    (`cutime`/`cstime`: a pgbench run's backends exit when it disconnects and are counted once
+    the postmaster has reaped them). Long-lived helpers (walwriter, checkpointer) count only when
+    they exit, which they do not during a run; their work is small next to the backends'."""
+    pid = int((cluster.path / "data" / "postmaster.pid").read_text().split()[0])
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds():
+    """CPU time of this script's exited children (pgbench, psql and the `runuser` around them)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def med(rows, i):
     return statistics.median(r[i] for r in rows)
 
@@ -255,11 +274,16 @@ def compare(env, args, modes, clients):
         for mode, c in configs:
             for target, (port, table, pid) in targets.items():
                 cpu0 = proc_cpu_seconds(pid) if pid else 0.0
+                db0, bench0 = db_cpu_seconds(env.cluster), children_cpu_seconds()
                 tps, lat, txs = env.pgbench(port, table, mode, c, args.duration)
                 cpu_us = (proc_cpu_seconds(pid) - cpu0) * 1e6 / txs if pid and txs else 0.0
-                results.setdefault((mode, c, target), []).append((tps, lat, cpu_us))
+                time.sleep(0.3)  # let the postmaster reap the run's backends
+                db_us = (db_cpu_seconds(env.cluster) - db0) * 1e6 / txs if txs else 0.0
+                bench_us = (children_cpu_seconds() - bench0) * 1e6 / txs if txs else 0.0
+                results.setdefault((mode, c, target), []).append((tps, lat, cpu_us, db_us, bench_us))
                 print(f"round {rnd + 1} {mode:8} c={c} {target:11} tps={tps:8.0f} lat={lat:7.3f} ms "
-                      f"cpu={cpu_us:6.1f} µs/tx", file=sys.stderr, flush=True)
+                      f"cpu={cpu_us:6.1f} µs/tx db={db_us:6.1f} µs/tx pgbench={bench_us:6.1f} µs/tx",
+                      file=sys.stderr, flush=True)
         loads.append(load_average())
 
     what = "SELECT by ssn" if args.select_only else "INSERT + SELECT by ssn"
@@ -270,15 +294,17 @@ def compare(env, args, modes, clients):
           + "; ".join(loads))
     print()
     print("| mode | clients | (a) pgveil PHI TPS | (b) pgveil twin TPS | (c) direct twin TPS | (a)/(b) | (a)/(c) "
-          "| added µs/stmt vs (b) | added µs/stmt vs (c) | pgveil CPU µs/tx (a) | pgveil CPU µs/tx (b) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| added µs/stmt vs (b) | added µs/stmt vs (c) | pgveil CPU µs/tx (a) | pgveil CPU µs/tx (b) "
+          "| database CPU µs/tx (a) / (b) / (c) | pgbench CPU µs/tx (a) / (b) / (c) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, c in configs:
         a, b, d = (results[(mode, c, t)] for t in targets)
         ta, tb, tc = med(a, 0), med(b, 0), med(d, 0)
         la, lb, lc = med(a, 1), med(b, 1), med(d, 1)
         print(f"| {mode} | {c} | {ta:.0f} | {tb:.0f} | {tc:.0f} | {ta / tb:.2f} | {ta / tc:.2f} "
               f"| {(la - lb) * 1000 / env.statements:.0f} | {(la - lc) * 1000 / env.statements:.0f} "
-              f"| {med(a, 2):.0f} | {med(b, 2):.0f} |")
+              f"| {med(a, 2):.0f} | {med(b, 2):.0f} "
+              f"| {med(a, 3):.0f} / {med(b, 3):.0f} / {med(d, 3):.0f} | {med(a, 4):.0f} / {med(b, 4):.0f} / {med(d, 4):.0f} |")
 
 
 def count_records(audit_dir):

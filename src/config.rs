@@ -62,7 +62,7 @@ pub struct ServerConfig {
     pub log_level: String,
     pub max_message_size: usize,
     pub shutdown_timeout: Duration,
-    /// Session threads; `None`: one per CPU.
+    /// Session threads; `None`: one per CPU (`server::default_workers`).
     pub workers: Option<usize>,
     /// Where `serve` writes its process id and `reload` reads it. Default: `pgveil.pid`
     /// beside the configuration file.

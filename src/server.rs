@@ -98,7 +98,15 @@ pub fn load_key_ring(config: &Config) -> Result<Option<KeyRing>, crate::crypto::
     KeyRing::open(current, &config.keys.previous_master_key_files).map(Some)
 }
 
-/// Sessions run on per-core current-thread runtimes: every wakeup of a session (its two
+/// Session threads when `[server] workers` is not set: one per CPU, so pgveil can use every
+/// core it is given. On a small machine shared with the database and the clients, fewer
+/// threads cost less CPU per statement (fewer wake-ups) but take a smaller share of the CPUs:
+/// bench/README.md, "Relay runtime", measured both; `workers = 1` there is an operator's choice.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Sessions run on current-thread runtimes: every wakeup of a session (its two
 /// sockets and its task) stays on one thread, which on a loaded machine costs far fewer
 /// context switches than a work-stealing pool.
 struct Workers {
@@ -236,10 +244,7 @@ pub async fn serve_with_reload(
     }
     let _ = metrics::get();
 
-    let worker_count = config
-        .server
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    let worker_count = config.server.workers.unwrap_or_else(default_workers);
     let mut workers = Workers::start(worker_count).map_err(|source| ServeError::Listen {
         addr: "worker threads".into(),
         source,

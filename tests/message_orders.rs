@@ -474,3 +474,44 @@ async fn a_describe_left_unanswered_by_rows_does_not_decode_a_simple_query_psql(
     assert_rows(&msgs, &[(2, BINARY)]);
     setup.proxy.assert_no_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_describe_the_database_skipped_after_an_error_is_asked_again_at_the_next_execute() {
+    let setup = setup();
+    let mut raw = Raw::connect(setup.proxy.port()).await;
+    let msgs = raw
+        .batch(&[Raw::parse("s3", SELECT, &[]), Raw::sync()])
+        .await;
+    assert_eq!(tags(&msgs), "1Z");
+    // The Bind fails (not an integer), so the database skips the Describe of its portal:
+    // nothing told pgveil the statement's result columns.
+    let mut bad = Vec::new();
+    bad.extend_from_slice(b"\0s3\0");
+    bad.extend_from_slice(&0i16.to_be_bytes());
+    bad.extend_from_slice(&1i16.to_be_bytes());
+    bad.extend_from_slice(&(1i32).to_be_bytes());
+    bad.push(b'x');
+    bad.extend_from_slice(&0i16.to_be_bytes());
+    let msgs = raw
+        .batch(&[
+            frame(b'B', &bad),
+            Raw::describe(b'P', ""),
+            Raw::execute("", 0),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(tags(&msgs), "EZ");
+    // Executed without a Describe (pgJDBC's cached order): its rows are still decrypted.
+    for results in [TEXT, MIXED] {
+        let msgs = raw
+            .batch(&[
+                bind("", "s3", 1, false, results),
+                Raw::execute("", 0),
+                Raw::sync(),
+            ])
+            .await;
+        assert_eq!(tags(&msgs), "2DCZ");
+        assert_rows(&msgs, &[(1, results)]);
+    }
+    setup.proxy.assert_no_leaks();
+}

@@ -13,7 +13,7 @@ pub fn serve(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), Cl
         &config.server.log_level,
     );
     super::fdlimit::raise_open_files_limit();
-    // The accept loop only; sessions run on their own per-core threads.
+    // The accept loop only; sessions run on their own worker threads (server::default_workers).
     let runtime = super::runtime()?;
     let pid_file = config.server.pid_file.clone();
     runtime.block_on(async move {

@@ -2,13 +2,12 @@
 //!
 //! `0x01 | key id u32 BE | mode 'D'/'R' | nonce 12 | AES-256-GCM-SIV ciphertext | tag 16`
 
-use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::gcm_siv::GcmSiv;
 use crate::schema::{EncryptionMode, LogicalType, ProtectedColumn};
 
 pub const VERSION: u8 = 0x01;
@@ -62,7 +61,7 @@ pub struct ColumnKeys {
 /// Cheap to use per row: the AES key schedule, the HMAC state and the associated data are
 /// computed once here.
 pub struct KeyCipher {
-    aead: Aes256GcmSiv,
+    aead: GcmSiv,
     nonce_mac: Hmac<Sha256>,
     header: [u8; HEADER_LEN],
     mode: EncryptionMode,
@@ -83,12 +82,10 @@ impl std::fmt::Debug for KeyCipher {
 impl KeyCipher {
     pub fn new(key_id: u32, keys: &ColumnKeys, column: &ProtectedColumn) -> KeyCipher {
         let scope = column.key_scope();
-        let aead = Aes256GcmSiv::new_from_slice(&keys.encryption[..]);
-        let nonce_mac = <Hmac<Sha256> as Mac>::new_from_slice(&keys.nonce[..]);
-        // Both accept a 32-byte key; the match keeps this free of unwrap.
-        let (aead, nonce_mac) = match (aead, nonce_mac) {
-            (Ok(a), Ok(m)) => (a, m),
-            _ => unreachable!("32-byte keys are valid for AES-256 and HMAC"),
+        let aead = GcmSiv::new(&keys.encryption);
+        let nonce_mac = match <Hmac<Sha256> as Mac>::new_from_slice(&keys.nonce[..]) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts a key of any length"),
         };
 
         let mut header = [0u8; HEADER_LEN];
@@ -146,21 +143,25 @@ impl KeyCipher {
         out.extend_from_slice(&self.header);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(canonical_plaintext);
-        let tag = self.aead.encrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
-            &self.associated_data,
-            &mut out[body_start..],
-        );
-        match tag {
-            Ok(tag) => out.extend_from_slice(&tag),
-            // Only fails for plaintexts over 2^36 bytes, far beyond a PostgreSQL value (1 GB).
-            Err(_) => unreachable!("AES-GCM-SIV plaintext length limit exceeded"),
-        }
+        // RFC 8452 limits plaintexts to 2^36 bytes, far beyond a PostgreSQL value (1 GB).
+        let tag = self
+            .aead
+            .encrypt_in_place(&nonce, &self.associated_data, &mut out[body_start..]);
+        out.extend_from_slice(&tag);
         out
     }
 
     /// Checks and decrypts a stored value of this column.
     pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::new();
+        self.decrypt_into(stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decrypt`] into `out` (cleared first), so a bulk read reuses one buffer. On
+    /// error `out` holds no plaintext.
+    pub fn decrypt_into(&self, stored: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        out.clear();
         check_header(stored)?;
         if stored[1..5] != self.header[1..5] {
             return Err(CryptoError::UnknownKeyId);
@@ -168,14 +169,22 @@ impl KeyCipher {
         if stored[5] != self.header[5] {
             return Err(CryptoError::ModeMismatch);
         }
-        let nonce = Nonce::from_slice(&stored[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
         let tag_at = stored.len() - TAG_LEN;
-        let tag = Tag::from_slice(&stored[tag_at..]);
-        let mut out = stored[HEADER_LEN + NONCE_LEN..tag_at].to_vec();
-        self.aead
-            .decrypt_in_place_detached(nonce, &self.associated_data, &mut out, tag)
-            .map_err(|_| CryptoError::Authentication)?;
-        Ok(out)
+        let (Ok(nonce), Ok(tag)) = (
+            <&[u8; NONCE_LEN]>::try_from(&stored[HEADER_LEN..HEADER_LEN + NONCE_LEN]),
+            <&[u8; TAG_LEN]>::try_from(&stored[tag_at..]),
+        ) else {
+            return Err(CryptoError::Malformed);
+        };
+        out.extend_from_slice(&stored[HEADER_LEN + NONCE_LEN..tag_at]);
+        let result = self
+            .aead
+            .decrypt_in_place(nonce, &self.associated_data, out, tag);
+        if result.is_err() {
+            out.clear();
+            return Err(CryptoError::Authentication);
+        }
+        Ok(())
     }
 }
 
@@ -248,10 +257,18 @@ impl ColumnCipher {
     /// Decrypts a stored value with the key its envelope names; a key id that no configured
     /// key has is [`CryptoError::UnknownKeyId`], which callers report like a tampered value.
     pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::new();
+        self.decrypt_into(stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decrypt`] into `out` (cleared first; no plaintext left in it on error).
+    pub fn decrypt_into(&self, stored: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        out.clear();
         check_header(stored)?;
         let id = u32::from_be_bytes([stored[1], stored[2], stored[3], stored[4]]);
         match self.all().find(|c| c.key_id() == id) {
-            Some(cipher) => cipher.decrypt(stored),
+            Some(cipher) => cipher.decrypt_into(stored, out),
             None => Err(CryptoError::UnknownKeyId),
         }
     }

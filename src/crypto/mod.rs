@@ -19,6 +19,7 @@
 
 pub mod constraint;
 pub mod envelope;
+pub mod gcm_siv;
 pub mod hsm;
 pub mod keyring;
 pub mod keys;

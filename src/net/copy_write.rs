@@ -6,6 +6,7 @@
 use bytes::Bytes;
 
 use super::copy_rows::{CopyFormat, CopyOptions, Out};
+use crate::pgtype::push_bytea_hex;
 
 /// Writes one row (the fields in order, then the line terminator of text and csv).
 pub fn encode_row(options: &CopyOptions, fields: &[Out<'_>], terminator: &[u8], out: &mut Vec<u8>) {
@@ -63,6 +64,32 @@ impl<'o> RowWriter<'o> {
                 Out::Value(Some(v)) => csv_quote(options, v, out),
             }
         }
+        self.written += 1;
+    }
+
+    /// A bytea value as its hex text input (`\x` and hex digits), e.g. a ciphertext. In
+    /// text format it is written straight into the row already escaped (`\\x`: hex digits
+    /// never need escaping, unless one is the delimiter), without the intermediate copy and
+    /// the escape scan of [`Self::field`] (together ~10% of a bulk COPY FROM's CPU). Other
+    /// formats go through `scratch` and [`Self::field`].
+    pub fn bytea_hex(&mut self, raw: &[u8], scratch: &mut Vec<u8>) {
+        let delimiter = self.options.delimiter;
+        let direct = self.options.format == CopyFormat::Text
+            && !delimiter.is_ascii_hexdigit()
+            && delimiter != b'x'
+            && delimiter != b'\\';
+        if !direct {
+            scratch.clear();
+            push_bytea_hex(raw, scratch);
+            self.field(Out::Value(Some(scratch)));
+            return;
+        }
+        if self.written > 0 {
+            self.out.push(delimiter);
+        }
+        // The escape of the backslash that starts `\x`.
+        self.out.push(b'\\');
+        push_bytea_hex(raw, self.out);
         self.written += 1;
     }
 
@@ -196,6 +223,36 @@ mod tests {
         out.clear();
         text_escape(&options, b"", &mut out);
         assert!(out.is_empty());
+    }
+
+    /// The direct hex writer writes what escaping the hex text would, in every format and
+    /// with a delimiter that is a hex digit (which must be escaped).
+    #[test]
+    fn bytea_hex_is_the_escaped_hex_field() {
+        let raw: Vec<u8> = (0..=255).collect();
+        for format in [CopyFormat::Text, CopyFormat::Csv, CopyFormat::Binary] {
+            for delimiter in [None, Some(b'a'), Some(b'x'), Some(b'5'), Some(b'|')] {
+                let mut options = CopyOptions::defaults(format);
+                if let Some(d) = delimiter {
+                    options.delimiter = d;
+                }
+                for value in [&raw[..], &[][..], &[0xaa][..]] {
+                    let mut hex = Vec::new();
+                    push_bytea_hex(value, &mut hex);
+                    let fields = [Out::Raw(b"1"), Out::Value(Some(&hex)), Out::Value(None)];
+                    let mut expected = Vec::new();
+                    encode_row(&options, &fields, b"\n", &mut expected);
+                    let mut got = Vec::new();
+                    let mut scratch = b"stale".to_vec();
+                    let mut row = RowWriter::new(&options, &mut got, 3);
+                    row.field(Out::Raw(b"1"));
+                    row.bytea_hex(value, &mut scratch);
+                    row.field(Out::Value(None));
+                    row.finish(b"\n");
+                    assert_eq!(got, expected, "{format:?} {delimiter:?}");
+                }
+            }
+        }
     }
 
     #[test]

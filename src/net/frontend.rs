@@ -365,6 +365,14 @@ impl Target {
         finish(out)
     }
 
+    /// A Describe of the portal `name`.
+    pub fn describe_portal(name: &[u8]) -> Bytes {
+        let mut out = begin(b'D', name.len() + 2);
+        out.put_u8(b'P');
+        put_cstr(&mut out, name);
+        finish(out)
+    }
+
     /// `C` of a statement: pgveil's own Close, ahead of preparing a name again.
     pub fn close_statement(name: &[u8]) -> Bytes {
         let mut out = begin(b'C', name.len() + 2);

@@ -117,23 +117,45 @@ const INVALID: u8 = 0xff;
 /// protected column in text format goes through here, so it runs without a branch per
 /// digit: a bad digit sets high bits that are checked once at the end.
 fn decode_hex_pairs(hex: &[u8]) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
+    let mut out = Vec::new();
+    decode_hex_pairs_into(hex, &mut out).then_some(out)
+}
+
+/// [`decode_bytea_text`] into `out` (cleared first), so a bulk read reuses one buffer;
+/// `false` when `text` is not valid bytea input.
+pub fn decode_bytea_text_into(text: &[u8], out: &mut Vec<u8>) -> bool {
+    if let Some(hex) = text.strip_prefix(b"\\x") {
+        if decode_hex_pairs_into(hex, out) {
+            return true;
+        }
     }
-    // Collected from an exact-size iterator: one allocation, not zeroed first.
+    out.clear();
+    match bytea_in(text) {
+        Ok(raw) => {
+            out.extend_from_slice(&raw);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// [`decode_hex_pairs`] appended to a cleared `out`.
+fn decode_hex_pairs_into(hex: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if !hex.len().is_multiple_of(2) {
+        return false;
+    }
+    // Extended from an exact-size iterator: no zero-fill, no capacity check per byte.
     let mut seen = 0u8;
-    let out: Vec<u8> = hex
-        .chunks_exact(2)
-        .map(|pair| {
-            let (high, low) = (
-                HEX_DIGITS[usize::from(pair[0])],
-                HEX_DIGITS[usize::from(pair[1])],
-            );
-            seen |= high | low;
-            high << 4 | low
-        })
-        .collect();
-    (seen & 0xf0 == 0).then_some(out)
+    out.extend(hex.chunks_exact(2).map(|pair| {
+        let (high, low) = (
+            HEX_DIGITS[usize::from(pair[0])],
+            HEX_DIGITS[usize::from(pair[1])],
+        );
+        seen |= high | low;
+        high << 4 | low
+    }));
+    seen & 0xf0 == 0
 }
 
 #[cfg(test)]

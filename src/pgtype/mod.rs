@@ -60,9 +60,9 @@ mod uuid;
 #[cfg(test)]
 mod tests;
 
-pub use bytea::{decode_bytea_text, push_bytea_hex};
+pub use bytea::{decode_bytea_text, decode_bytea_text_into, push_bytea_hex};
 pub use error::{ValueError, ValueErrorKind};
 pub use format::WireFormat;
 pub use input::{canonical_from_binary, canonical_from_text};
-pub use output::to_wire;
+pub use output::{text_out_into, to_wire};
 pub use time::{DateOrder, SessionTime};

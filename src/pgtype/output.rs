@@ -3,7 +3,7 @@
 //! A canonical value that does not have its type's shape is an error, never guessed at.
 
 use super::bytea::bytea_out;
-use super::datetime::{date_out, timestamp_out};
+use super::datetime::{date_out, date_out_into, timestamp_out};
 use super::error::ValueError;
 use super::float::float8_out;
 use super::format::WireFormat;
@@ -24,6 +24,28 @@ pub fn to_wire(
         WireFormat::Text => text_out(ty, canonical, tz),
         WireFormat::Binary => binary_out(ty, canonical),
     }
+}
+
+/// [`to_wire`]'s text output into `out` (cleared first): a bulk COPY TO reuses one buffer.
+/// Text and dates are written in place; other types go through [`text_out`].
+pub fn text_out_into(
+    ty: LogicalType,
+    canonical: &[u8],
+    tz: &SessionTime,
+    out: &mut Vec<u8>,
+) -> Result<(), ValueError> {
+    out.clear();
+    match ty {
+        LogicalType::Text | LogicalType::Varchar | LogicalType::Jsonb => {
+            out.extend_from_slice(canonical);
+        }
+        LogicalType::Date => {
+            let days = read_i32(canonical).ok_or_else(|| ValueError::corrupt(ty))?;
+            date_out_into(days, out);
+        }
+        _ => out.extend_from_slice(&text_out(ty, canonical, tz)?),
+    }
+    Ok(())
 }
 
 /// The text output of a canonical value.

@@ -14,7 +14,7 @@ use crate::net::copy::{encode_copy_done, encode_copy_fail, CopyMessage};
 use crate::net::copy_rows::{CopyFormat, CopyRowError, FieldBuf, Fields, Out, RowSplitter, Unit};
 use crate::net::copy_write::{CopyDataWriter, Payload};
 use crate::pgerror::{sqlstate, PgError};
-use crate::pgtype::{push_bytea_hex, SessionTime};
+use crate::pgtype::SessionTime;
 use crate::session::relay::Action;
 use crate::sql::CopyPlan;
 use crate::veil::Veil;
@@ -148,9 +148,7 @@ fn write_row(
         } else {
             // bytea's text input: `\x` and hex (escaped again by the row's encoding).
             let ciphertext = encrypt_text(veil, column, &value, time)?;
-            hex.clear();
-            push_bytea_hex(&ciphertext, hex);
-            row.field(Out::Value(Some(hex)));
+            row.bytea_hex(&ciphertext, hex);
         }
     }
     row.finish(fields.terminator());

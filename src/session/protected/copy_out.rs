@@ -5,6 +5,7 @@
 //! so memory stays bounded; the CopyDone and CommandComplete wait for the audit record.
 
 use bytes::Bytes;
+use zeroize::Zeroizing;
 
 use super::state::State;
 use super::values::{corrupt_value, reveal, reveal_ciphertext};
@@ -13,6 +14,7 @@ use crate::net::copy_rows::{CopyFormat, CopyRowError, FieldBuf, Fields, Out, Row
 use crate::net::copy_write::{encode_row, CopyDataWriter, Payload};
 use crate::pgerror::{sqlstate, PgError};
 use crate::pgtype;
+use crate::policy::Access;
 use crate::session::recording::Recording;
 use crate::sql::{ColumnRef, CopyPlan};
 use crate::veil::Veil;
@@ -27,6 +29,18 @@ pub(super) struct CopyOut {
     splitter: RowSplitter,
     /// Room for field positions, reused from row to row.
     fields: FieldBuf,
+    /// Buffers of the revealing fast path, reused from value to value.
+    scratch: Scratch,
+}
+
+/// A protected value on its way out: its ciphertext, its plaintext, its text form. Reused,
+/// so a bulk copy allocates nothing per value (three allocations a value were ~10% of
+/// COPY TO's CPU). Plaintext is overwritten by the next value and dropped with the copy.
+#[derive(Default)]
+struct Scratch {
+    ciphertext: Vec<u8>,
+    canonical: Zeroizing<Vec<u8>>,
+    text: Zeroizing<Vec<u8>>,
 }
 
 impl CopyOut {
@@ -52,6 +66,7 @@ impl CopyOut {
             shown: plan.fields.len(),
             splitter: RowSplitter::new(plan.options.clone(), MAX_COPY_ROW),
             fields: FieldBuf::default(),
+            scratch: Scratch::default(),
         };
         Ok((copy, response.encode(b'H')))
     }
@@ -96,7 +111,16 @@ impl CopyOut {
                     if let Some(recording) = recording.as_deref_mut() {
                         recording.observe_with(|i| fields.value(i));
                     }
-                    let written = self.row(&fields, veil, state, &mut out);
+                    let (plan, shown) = (&self.plan, self.shown);
+                    let written = write_row(
+                        plan,
+                        shown,
+                        &mut self.scratch,
+                        &fields,
+                        veil,
+                        state,
+                        &mut out,
+                    );
                     self.fields = fields.recycle();
                     written?;
                 }
@@ -104,53 +128,95 @@ impl CopyOut {
         }
         Ok(frame.finish())
     }
+}
 
-    /// Writes one row with its protected fields revealed as the policy allows and pgveil's
-    /// subject columns left out. (A row that fails leaves part of itself in `out`, which is
-    /// dropped with the copy.)
-    fn row(
-        &self,
-        fields: &Fields<'_>,
+impl Scratch {
+    /// The fast path of a text-format value the session sees in plaintext: `\\x` hex
+    /// decoded, decrypted and printed into [`Scratch`], nothing allocated. `false` when it
+    /// does not apply or fails; the caller then takes the general path, which reports the
+    /// error (so failures are counted and worded in one place).
+    fn reveal_plain_text(
+        &mut self,
+        hex: &[u8],
+        column: ColumnRef,
         veil: &Veil,
         state: &State,
-        out: &mut Payload<'_>,
-    ) -> Result<(), PgError> {
-        let format = i16::from(self.plan.options.format == CopyFormat::Binary);
-        let shown = self.shown.min(fields.len());
-        let mut row = out.row(&self.plan.options, shown);
-        for index in 0..shown {
-            let column: Option<ColumnRef> = self.plan.fields.get(index).copied().flatten();
-            let Some(column) = column else {
-                row.field(fields.out(index));
-                continue;
-            };
-            // The database prints a bytea as `\x` and hex, which text format escapes to
-            // `\\x`: decoded straight from the row, without unescaping it first.
-            let hex = fields
-                .raw(index)
-                .filter(|_| self.plan.options.format == CopyFormat::Text)
-                .and_then(|raw| raw.strip_prefix(b"\\"))
-                .filter(|rest| rest.starts_with(b"\\x") && !rest[1..].contains(&b'\\'));
-            // The field is unescaped only when it is not that plain `\\x` form.
-            let shown = match hex {
-                Some(hex) => {
-                    let ciphertext = pgtype::decode_bytea_text(hex)
-                        .ok_or_else(|| corrupt_value(veil, column))?;
-                    reveal_ciphertext(&ciphertext, column, format, veil, state)?
-                }
-                None => match fields.value(index) {
-                    Some(stored) => reveal(&stored, column, format, veil, state)?,
-                    None => {
-                        row.field(fields.out(index));
-                        continue;
-                    }
-                },
-            };
-            row.field(Out::Value(shown.as_deref()));
+    ) -> bool {
+        if state.access.get(column) != Access::Plaintext {
+            return false;
         }
-        row.finish(fields.terminator());
-        Ok(())
+        let (Some(cipher), Some(spec)) = (veil.cipher(column), veil.protection.column(column))
+        else {
+            return false;
+        };
+        pgtype::decode_bytea_text_into(hex, &mut self.ciphertext)
+            && cipher
+                .decrypt_into(&self.ciphertext, &mut self.canonical)
+                .is_ok()
+            && pgtype::text_out_into(
+                spec.logical_type,
+                &self.canonical,
+                &state.time,
+                &mut self.text,
+            )
+            .is_ok()
     }
+}
+
+/// Writes one row with its protected fields revealed as the policy allows and pgveil's
+/// subject columns left out. (A row that fails leaves part of itself in `out`, which is
+/// dropped with the copy.)
+#[allow(clippy::too_many_arguments)]
+fn write_row(
+    plan: &CopyPlan,
+    shown: usize,
+    scratch: &mut Scratch,
+    fields: &Fields<'_>,
+    veil: &Veil,
+    state: &State,
+    out: &mut Payload<'_>,
+) -> Result<(), PgError> {
+    let format = i16::from(plan.options.format == CopyFormat::Binary);
+    let shown = shown.min(fields.len());
+    let mut row = out.row(&plan.options, shown);
+    for index in 0..shown {
+        let column: Option<ColumnRef> = plan.fields.get(index).copied().flatten();
+        let Some(column) = column else {
+            row.field(fields.out(index));
+            continue;
+        };
+        // The database prints a bytea as `\x` and hex, which text format escapes to
+        // `\\x`: decoded straight from the row, without unescaping it first.
+        let hex = fields
+            .raw(index)
+            .filter(|_| plan.options.format == CopyFormat::Text)
+            .and_then(|raw| raw.strip_prefix(b"\\"))
+            .filter(|rest| rest.starts_with(b"\\x") && !rest[1..].contains(&b'\\'));
+        if let Some(hex) = hex {
+            if scratch.reveal_plain_text(hex, column, veil, state) {
+                row.field(Out::Value(Some(&scratch.text)));
+                continue;
+            }
+        }
+        // The field is unescaped only when it is not that plain `\\x` form.
+        let shown = match hex {
+            Some(hex) => {
+                let ciphertext =
+                    pgtype::decode_bytea_text(hex).ok_or_else(|| corrupt_value(veil, column))?;
+                reveal_ciphertext(&ciphertext, column, format, veil, state)?
+            }
+            None => match fields.value(index) {
+                Some(stored) => reveal(&stored, column, format, veil, state)?,
+                None => {
+                    row.field(fields.out(index));
+                    continue;
+                }
+            },
+        };
+        row.field(Out::Value(shown.as_deref()));
+    }
+    row.finish(fields.terminator());
+    Ok(())
 }
 
 fn row_error(e: CopyRowError) -> PgError {

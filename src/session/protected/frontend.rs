@@ -2,6 +2,7 @@
 //! expects back. Query texts pass the gate ([`super::gate`]); Bind carries its parameters
 //! encrypted for the protected columns they are bound for.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -79,7 +80,9 @@ pub(super) fn message(
             describe(target, state);
             Action::Forward
         }
-        FrontendMessage::Execute(execute) => execute_message(&execute.portal, session, state),
+        FrontendMessage::Execute(execute) => {
+            execute_message(&execute.portal, frame, session, state)
+        }
         FrontendMessage::Close(target) => {
             if target.kind == TargetKind::Statement {
                 state.statements.remove(&target.name);
@@ -112,7 +115,7 @@ fn follow_policy(session: &Session, state: &mut State) {
 }
 
 /// An Execute: a cursor statement takes effect, a FETCH passes the gate with its cursor.
-fn execute_message(name: &[u8], session: &Session, state: &mut State) -> Action {
+fn execute_message(name: &[u8], frame: &[u8], session: &Session, state: &mut State) -> Action {
     let portal = state.portals.get(name).cloned();
     if portal.is_none() {
         if let Err(error) = execute_unbound(name, session, state) {
@@ -148,8 +151,19 @@ fn execute_message(name: &[u8], session: &Session, state: &mut State) -> Action 
         .and_then(|p| p.prepared.plan())
         .and_then(copy_into_protected)
         .map(CopyIn::new);
+    let owed = portal.as_ref().filter(|p| p.owes_describe()).map(|p| {
+        p.describing.store(true, Ordering::Relaxed);
+        p.prepared.clone()
+    });
     state.expect.push_back(Expect::Execute(portal, fetch));
-    Action::Forward
+    match owed {
+        Some(prepared) => {
+            let at = state.expect.len() - 1;
+            state.expect.insert(at, Expect::DescribeOwed(prepared));
+            Action::Replace(join(&[&Target::describe_portal(name), frame]))
+        }
+        None => Action::Forward,
+    }
 }
 
 fn describe(target: Target, state: &mut State) {
@@ -168,6 +182,9 @@ fn describe(target: Target, state: &mut State) {
         }
         TargetKind::Portal => {
             let portal = state.portals.get(&target.name).cloned();
+            if let Some(portal) = &portal {
+                portal.describing.store(true, Ordering::Relaxed);
+            }
             // A portal runs a FETCH of a cursor, or is itself a cursor SQL DECLAREd (drivers
             // describe their server-side cursors by name).
             let cursor = match &portal {
@@ -455,6 +472,8 @@ pub(super) fn parse_message(parse: Parse, session: &Session, state: &mut State) 
         param_types: params.types,
     };
     let statement = &admitted.statements[0];
+    let cursor = prepared_cursor(&parse.query, state);
+    let describe_now = cursor.is_some();
     let prepared = Arc::new(Prepared {
         analysis: Some(admitted.analysis.clone()),
         param_columns: params.columns,
@@ -465,14 +484,20 @@ pub(super) fn parse_message(parse: Parse, session: &Session, state: &mut State) 
         fingerprint: statement.fingerprint.clone(),
         injected: statement.injected,
         refused: None,
-        cursor: prepared_cursor(&parse.query, state),
+        cursor,
         context: admitted.settings.ops.first().map(|(_, op)| op.clone()),
         shadow,
         origin,
     });
     state.insert_statement(parse.name.clone(), prepared.clone());
-    // pgveil describes the statement itself, so it knows which result columns to decrypt
-    // even when the client never asks.
+    if !describe_now {
+        // Its result columns come from a Describe the client sends (most drivers describe
+        // each portal or statement), or else from pgveil's own Describe of the portal ahead
+        // of its Execute (`Portal::owes_describe`): no Describe the client did not need.
+        return Action::Replace(rewritten.encode());
+    }
+    // A cursor statement: pgveil describes it itself, so the cursor's plan knows its
+    // result columns even when the client never asks.
     state.expect.push_back(Expect::DescribeStatement {
         prepared,
         internal: true,

@@ -3,6 +3,7 @@
 //! Both halves of the relay share it behind one lock.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
@@ -148,6 +149,9 @@ pub(super) struct Portal {
     /// What a Describe of this portal showed the client (columns and their formats, as the
     /// database reported them for this portal): its Execute is decoded the same way.
     pub described: OnceLock<RowPlan>,
+    /// The client sent a Describe of this portal: its answer, which precedes the portal's
+    /// rows, tells pgveil the statement's result columns, so pgveil need not ask itself.
+    pub describing: AtomicBool,
 }
 
 impl Portal {
@@ -156,7 +160,25 @@ impl Portal {
             prepared,
             result_formats,
             described: OnceLock::new(),
+            describing: AtomicBool::new(false),
         })
+    }
+
+    /// Whether pgveil must describe this portal itself before its Execute: its statement was
+    /// analysed (its rows may carry protected columns), and neither an earlier answer (a
+    /// Describe of the statement or of one of its portals) nor a Describe of this portal the
+    /// client sent ahead of the Execute tells pgveil its result columns. Statements that
+    /// open, read or close cursors are described at their Parse instead (their plan is
+    /// needed when a portal of them runs, not only when rows arrive). A Describe the
+    /// database skipped after an error leaves the columns unknown, so a later Execute asks
+    /// again; an Execute in the same batch as that Describe is skipped too.
+    pub fn owes_describe(&self) -> bool {
+        let prepared = &self.prepared;
+        prepared.analysis.is_some()
+            && prepared.refused.is_none()
+            && prepared.cursor.is_none()
+            && prepared.row.get().is_none()
+            && !self.describing.load(Ordering::Relaxed)
     }
 }
 
@@ -185,6 +207,10 @@ pub(super) enum Expect {
         cursor: Option<Arc<CursorSource>>,
     },
     DescribePortal(Option<Arc<Portal>>, Option<Arc<CursorSource>>),
+    /// pgveil's own Describe of a portal, sent ahead of its Execute because nothing told
+    /// pgveil the result columns of its statement yet (see [`Portal::owes_describe`]); its
+    /// answer sets them and is never shown.
+    DescribeOwed(Arc<Prepared>),
     /// The portal, and for a FETCH the cursor it reads as the gate admitted it.
     Execute(Option<Arc<Portal>>, Option<Arc<Fetch>>),
     /// A refused Parse or Bind, replaced by Parse/Bind/Execute of a raising statement:

@@ -60,11 +60,7 @@ impl Backend<'_> {
                     Err(error) => return self.raise(error),
                 };
                 let strip = cursor.as_ref().map_or(prepared.injected, |c| c.injected);
-                let types = fields.iter().map(|f| f.type_oid).collect();
-                let _ = prepared.row.set(RowInfo {
-                    columns: columns.clone(),
-                    types,
-                });
+                set_row(&prepared, &columns, &fields);
                 match message {
                     _ if internal => Action::Drop,
                     // Formats belong to a portal, not to a statement: the rows of each
@@ -91,6 +87,12 @@ impl Backend<'_> {
         match message {
             BackendMessage::NoData => {
                 state.expect.pop_front();
+                let prepared = portal.as_ref().map(|p| &p.prepared);
+                if let Some(prepared) =
+                    prepared.filter(|p| cursor.is_none() && p.analysis.is_some())
+                {
+                    set_row(prepared, &[], &[]);
+                }
                 Action::Forward
             }
             BackendMessage::RowDescription(_) => {
@@ -110,11 +112,38 @@ impl Backend<'_> {
                     Some(cursor) => cursor.injected,
                     None => prepared.map_or(0, |p| p.injected),
                 };
+                if let Some(prepared) =
+                    prepared.filter(|p| cursor.is_none() && p.analysis.is_some())
+                {
+                    // The statement's result columns, as pgveil's own Describe would have
+                    // found them: later portals of it need not be described again.
+                    set_row(prepared, &columns, &fields);
+                }
                 let (action, plan) = self.describe_rows(&fields, &columns, &formats, strip, state);
                 if let (Some(portal), Some(plan)) = (portal, plan) {
                     let _ = portal.described.set(plan);
                 }
                 action
+            }
+            _ => Action::Forward,
+        }
+    }
+
+    /// The answer to pgveil's own Describe of a portal ahead of its Execute: it tells the
+    /// statement's result columns (found as for pgveil's Describe of a statement) and is
+    /// never shown.
+    pub(super) fn describe_owed(&mut self, state: &mut State, (_, message): Message<'_>) -> Action {
+        let Some(Expect::DescribeOwed(prepared)) = state.expect.front() else {
+            return Action::Forward;
+        };
+        let prepared = prepared.clone();
+        match message {
+            BackendMessage::RowDescription(_) | BackendMessage::NoData => {
+                state.expect.pop_front();
+                let fields = fields_of(&message);
+                let columns = result_columns(&fields, &state.database, prepared.plan());
+                set_row(&prepared, &columns, &fields);
+                Action::Drop
             }
             _ => Action::Forward,
         }
@@ -165,6 +194,14 @@ impl Backend<'_> {
         }
         (Action::Replace(RowDescription::encode(&fields)), Some(plan))
     }
+}
+
+/// The statement's result columns, once: the first answer that tells them.
+fn set_row(prepared: &Prepared, columns: &[Option<ColumnRef>], fields: &[Field]) {
+    let _ = prepared.row.set(RowInfo {
+        columns: columns.to_vec(),
+        types: fields.iter().map(|f| f.type_oid).collect(),
+    });
 }
 
 pub(super) fn fields_of(message: &BackendMessage<'_>) -> Vec<Field> {

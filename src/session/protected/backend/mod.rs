@@ -162,6 +162,7 @@ impl<'a> Backend<'a> {
             Some(Expect::Injected(_)) => self.injected_response(&mut state, message),
             Some(Expect::DescribeStatement { .. }) => self.describe_statement(&mut state, message),
             Some(Expect::DescribePortal(..)) => self.describe_portal(&mut state, message),
+            Some(Expect::DescribeOwed(_)) => self.describe_owed(&mut state, message),
             Some(Expect::Execute(..)) => self.execute_response(&mut state, message),
             Some(Expect::Query { .. }) => self.query_response(&mut state, message),
             Some(Expect::Sync(_) | Expect::Function(_)) => Action::Forward,
